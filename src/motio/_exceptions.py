@@ -1,0 +1,123 @@
+"""Every error motio raises on its own account derives from one root.
+
+    MotioError
+    ├── ChunkTimeoutError (also a TimeoutError): a stream went quiet too long
+    ├── ConfigurationError (also a ValueError): bad option, model file, URL...
+    └── BackendError: a model backend failed; carries provider/model/base_url
+        ├── BackendConnectionError: the server could not be reached
+        ├── BackendTimeoutError (also a TimeoutError): a request took too long
+        ├── StreamError: the server sent a malformed or truncated stream
+        └── APIStatusError: the server answered with an HTTP error status
+            ├── BadRequestError (400, 422)
+            ├── AuthenticationError (401, 403)
+            ├── NotFoundError (404)
+            ├── RateLimitError (429)
+            └── ServerError (5xx)
+
+Foreign errors (openai, httpx, llama.cpp) are translated at the backend
+boundary and chained with ``raise ... from exc`` so the original stays visible.
+Errors produced by the user's own callbacks or generators are passed through
+unchanged: motio does not wrap what it did not cause.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MotioError",
+    "ChunkTimeoutError",
+    "ConfigurationError",
+    "BackendError",
+    "BackendConnectionError",
+    "BackendTimeoutError",
+    "StreamError",
+    "APIStatusError",
+    "BadRequestError",
+    "AuthenticationError",
+    "NotFoundError",
+    "RateLimitError",
+    "ServerError",
+]
+
+
+class MotioError(Exception):
+    """Root of every error raised by motio itself."""
+
+
+class ChunkTimeoutError(MotioError, TimeoutError):
+    """No chunk arrived from a stream within ``chunk_timeout`` seconds.
+
+    Attributes:
+        timeout: the limit that expired, in seconds.
+        chunks: how many chunks had arrived before the stream went quiet.
+    """
+
+    def __init__(self, message: str, *, timeout: float, chunks: int) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.chunks = chunks
+
+
+class ConfigurationError(MotioError, ValueError):
+    """An option, path or URL given to motio cannot work."""
+
+
+class BackendError(MotioError):
+    """A model backend failed.
+
+    Attributes:
+        provider: backend kind, such as ``"openai"`` or ``"llamacpp"``.
+        model: the model asked for, where known.
+        base_url: the server's base URL, for HTTP backends.
+        status_code: the HTTP status, for :class:`APIStatusError`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        base_url: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.model = model
+        self.base_url = base_url
+        self.status_code = status_code
+
+
+class BackendConnectionError(BackendError):
+    """The backend's server could not be reached (refused, DNS, reset)."""
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """A request to the backend did not complete within its timeout."""
+
+
+class StreamError(BackendError):
+    """The server sent a stream motio could not decode, or cut it short."""
+
+
+class APIStatusError(BackendError):
+    """The server answered with an HTTP error status."""
+
+
+class BadRequestError(APIStatusError):
+    """400/422: the server rejected the request's parameters."""
+
+
+class AuthenticationError(APIStatusError):
+    """401/403: the API key is missing, wrong or not allowed."""
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown model or wrong base URL path."""
+
+
+class RateLimitError(APIStatusError):
+    """429: the server asks to slow down."""
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed while handling the request."""

@@ -1,0 +1,3 @@
+"""Shared test configuration: every test runs with a bounded wait."""
+
+pytest_plugins = ["tests.plugins.servers"]
