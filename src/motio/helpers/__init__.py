@@ -1,0 +1,3 @@
+"""Documented helper modules (``motio.helpers.async_helpers``)."""
+
+__all__: list[str] = []
