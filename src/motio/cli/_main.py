@@ -1,0 +1,192 @@
+"""Argument parsing and dispatch for the ``motio`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._errors import EXIT_USAGE, CliError
+
+__all__ = ["main", "build_parser"]
+
+_DESCRIPTION = """\
+Concurrent LLM generation from the command line.
+
+Without --backend or --base-url, motio runs the embedded SmolLM2-135M model
+with llama.cpp, offline. Give --base-url for any OpenAI-compatible server
+(OpenAI, vLLM, llama.cpp server, Ollama's /v1, LM Studio, TGI)."""
+
+_RUN_EPILOG = """\
+input lines:
+  {"id": "q1", "prompt": "Why is the sky blue?"}
+  {"id": "q2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64}
+  "id" defaults to the line number; give explicit ids if the file may change.
+
+output lines (one per prompt, written as each finishes):
+  id, output, finish_reason, usage, ttfb_ms, latency_ms, model, error
+
+Running the same command again resumes: ids already in OUT are skipped.
+
+exit status: 0 all prompts succeeded; 1 some prompts failed or input lines
+were bad (the others ran); 2 bad command line or path; 3 backend unreachable,
+API key refused or model not found; 130 interrupted (results kept)."""
+
+_CHAT_EPILOG = """\
+examples:
+  motio chat "Write a haiku about rivers"
+  echo "Summarise: ..." | motio chat - --system "Answer in one sentence"
+  motio chat "Hi" --base-url http://127.0.0.1:8000/v1 --api-key-env MY_KEY"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``motio`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _handler(args.command)(args)
+    except CliError as exc:
+        print(f"motio: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+
+
+def _handler(command: str) -> Callable[[Any], int]:
+    # Imported on demand: `motio --help` should not pay for asyncio and co.
+    if command == "run":
+        from ._run import run_command
+
+        return run_command
+    from ._chat import chat_command
+
+    return chat_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``motio`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="motio",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"motio {_version()}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    backend = _backend_options()
+    generation = _generation_options()
+    _add_run(commands, [backend, generation])
+    _add_chat(commands, [backend, generation])
+    return parser
+
+
+def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run",
+        parents=parents,
+        help="generate for every prompt in a JSONL file, resumable",
+        description="Generate for every prompt in PROMPTS.jsonl and append one\n"
+        "result line per prompt to OUT.jsonl, concurrently, as each finishes.",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("prompts", metavar="PROMPTS.jsonl", help="one JSON object per line")
+    run.add_argument(
+        "-o", "--output", metavar="OUT.jsonl", required=True,
+        help="results file; appended to, and read to resume",
+    )
+    run.add_argument(
+        "--concurrency", "-c", type=_positive_int, metavar="N",
+        help="generations in flight at once (default: 16 for a server, 1 embedded)",
+    )
+    run.add_argument(
+        "--retry-errors", action="store_true",
+        help="run again the prompts whose earlier result is an error",
+    )
+    run.add_argument(
+        "--quiet", "-q", action="store_true",
+        help="no progress bar and no summary; problems are still reported",
+    )
+
+
+def _add_chat(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    chat = commands.add_parser(
+        "chat",
+        parents=parents,
+        help="stream the answer to one prompt to stdout",
+        description="Stream the answer to PROMPT to stdout as it is generated.",
+        epilog=_CHAT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chat.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
+    chat.add_argument("--system", metavar="TEXT", help="a system message sent before the prompt")
+
+
+def _backend_options() -> argparse.ArgumentParser:
+    group = argparse.ArgumentParser(add_help=False)
+    options = group.add_argument_group("backend")
+    options.add_argument(
+        "--backend", choices=["llamacpp", "openai"],
+        help="llamacpp: embedded model, offline (default); "
+        "openai: any OpenAI-compatible server (implied by --base-url)",
+    )
+    options.add_argument(
+        "--model", "-m", metavar="NAME",
+        help="model name on the server, or a GGUF file path for llamacpp",
+    )
+    options.add_argument(
+        "--base-url", metavar="URL", help="server URL, such as http://127.0.0.1:8000/v1"
+    )
+    options.add_argument(
+        "--api-key-env", metavar="VAR",
+        help="read the API key from environment variable VAR (never from the command line)",
+    )
+    return group
+
+
+def _generation_options() -> argparse.ArgumentParser:
+    group = argparse.ArgumentParser(add_help=False)
+    options = group.add_argument_group("generation")
+    options.add_argument(
+        "--max-tokens", type=_positive_int, default=512, metavar="N",
+        help="tokens to generate at most (default: 512)",
+    )
+    options.add_argument("--temperature", type=_non_negative_float, metavar="T")
+    options.add_argument("--seed", type=int, metavar="N")
+    options.add_argument(
+        "--chunk-timeout", type=_non_negative_float, metavar="SECONDS",
+        help="fail a generation that sends nothing for this long (0: no limit)",
+    )
+    return group
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("motio")
+    except PackageNotFoundError:
+        import motio
+
+        return str(getattr(motio, "__version__", "unknown"))

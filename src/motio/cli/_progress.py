@@ -1,0 +1,112 @@
+"""Live progress of ``motio run`` on stderr, drawn by rich when it is wanted.
+
+rich is imported here only, and only when stderr is a terminal, so piping
+``motio run`` into a log costs neither the import nor escape codes.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Protocol
+
+from ._stats import RunStats
+
+__all__ = ["Progress", "make_progress"]
+
+
+class Progress(Protocol):
+    """Where ``motio run`` reports while it works."""
+
+    def start(self) -> None: ...
+
+    def update(self) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _PlainProgress:
+    """No live display: notes go straight to stderr."""
+
+    def start(self) -> None:
+        pass
+
+    def update(self) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
+class _RichProgress:
+    """done/total, errors, tokens/s and ETA on one live line."""
+
+    def __init__(self, stats: RunStats) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress as RichBar,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._stats = stats
+        self._bar = RichBar(
+            TextColumn("[bold]motio run"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[errors]} errors"),
+            TextColumn("{task.fields[tps]:.1f} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._bar.add_task("run", total=stats.to_run, errors=0, tps=0.0)
+
+    def start(self) -> None:
+        self._bar.start()
+
+    def update(self) -> None:
+        stats = self._stats
+        self._bar.update(
+            self._task,
+            completed=stats.ok + stats.failed,
+            errors=stats.failed,
+            tps=stats.tokens_per_second(),
+        )
+
+    def note(self, message: str) -> None:
+        # Through the live console, so the bar is redrawn below the note
+        # instead of being torn apart by it.
+        self._bar.console.print(message, markup=False, highlight=False)
+
+    def stop(self) -> None:
+        self.update()
+        self._bar.stop()
+
+
+def make_progress(stats: RunStats, *, quiet: bool, stream: Any = None) -> Progress:
+    """A rich progress bar if ``stream`` (stderr) is a terminal and not quiet."""
+    stream = sys.stderr if stream is None else stream
+    if quiet or not _is_terminal(stream):
+        return _PlainProgress()
+    try:
+        return _RichProgress(stats)
+    except ImportError:
+        print("motio: install 'motio[cli]' for a progress bar", file=sys.stderr)
+        return _PlainProgress()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False

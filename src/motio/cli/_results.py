@@ -1,0 +1,251 @@
+"""The results file of ``motio run``: append-only JSONL that survives crashes.
+
+Durability model:
+
+- Each result is one ``os.write`` of a whole line on an ``O_APPEND`` file
+  descriptor, so once ``append`` returns the line is in the kernel's page cache
+  and survives the process being killed at any moment, ``kill -9`` included.
+- ``fsync`` is only needed against power loss or a kernel crash; it costs
+  milliseconds, so it runs at most once per ``sync_interval`` and on close
+  rather than once per line.
+- Whatever a crash does leave behind, a torn last line (no newline, or a
+  fragment that is not JSON) is cut off when the file is opened again, so
+  appending after it keeps the file valid JSONL.
+- An exclusive ``flock`` keeps a second ``motio run`` from appending to the
+  same file, which would otherwise write ids twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._inputs import id_key
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock; locking is skipped
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["ResumeState", "ResultsFile", "ResultsFileLocked"]
+
+
+class ResultsFileLocked(Exception):
+    """Another process is writing the same results file."""
+
+
+@dataclass
+class ResumeState:
+    """What an existing results file already holds.
+
+    Attributes:
+        done: id keys with a successful result.
+        failed: id keys whose result is an error (and none succeeded).
+        torn_bytes: size of a torn last line that was cut off (0 if none).
+        bad_lines: 1-based numbers of complete lines that are not results.
+    """
+
+    done: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    torn_bytes: int = 0
+    bad_lines: list[int] = field(default_factory=list)
+
+    def add(self, key: str, ok: bool) -> None:
+        if ok:
+            self.done.add(key)
+            self.failed.discard(key)
+        elif key not in self.done:
+            self.failed.add(key)
+
+
+class ResultsFile:
+    """An opened, locked, repaired results file ready for appending."""
+
+    def __init__(self, path: Path, fd: int, state: ResumeState, sync_interval: float) -> None:
+        self.path = path
+        self.state = state
+        self.written = 0
+        self._fd = fd
+        self._sync_interval = sync_interval
+        self._last_sync = time.monotonic()
+        self._dirty = False
+
+    @classmethod
+    def open(cls, path: str | Path, *, sync_interval: float = 1.0) -> ResultsFile:
+        """Open (creating if needed), lock, read and repair the results file.
+
+        Raises:
+            ResultsFileLocked: another process holds the file.
+            OSError: the file cannot be created, read or written.
+        """
+        path = Path(path)
+        fd = _open_locked(path)
+        try:
+            state = _read_and_repair(path, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, state, sync_interval)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one result line; it survives a crash of this process on return."""
+        _write_all(self._fd, encode_line(record))
+        self.state.add(id_key(record["id"]), record.get("error") is None)
+        self.written += 1
+        self._dirty = True
+        if time.monotonic() - self._last_sync >= self._sync_interval:
+            self.sync()
+
+    def sync(self) -> None:
+        """Flush written lines to the disk itself (power-loss safety)."""
+        if self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def drop_failed(self, keys: set[str]) -> int:
+        """Remove the error lines of ``keys`` so they can be re-run.
+
+        The file is rewritten to a temporary file and atomically renamed over
+        the original, so a crash midway leaves either the old or the new file.
+        Returns the number of lines removed.
+        """
+        keys = keys & self.state.failed
+        if not keys:
+            return 0
+        tmp = self.path.with_name(self.path.name + ".motio-tmp")
+        new_fd = _open_locked(tmp, truncate=True)
+        try:
+            dropped = _copy_without(self.path, new_fd, keys)
+            os.fsync(new_fd)
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except BaseException:
+            os.close(new_fd)
+            raise
+        # The lock travels with new_fd, which now is the file at self.path.
+        os.close(self._fd)
+        self._fd = new_fd
+        self.state.failed -= keys
+        return dropped
+
+    def close(self) -> None:
+        """Sync and release the file (and its lock). Idempotent."""
+        if self._fd < 0:
+            return
+        try:
+            self.sync()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One JSONL line for ``record``, readable UTF-8 where possible."""
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        # A model can emit a lone surrogate; escaped JSON still round-trips.
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def _open_locked(path: Path, *, truncate: bool = False) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
+    while True:
+        fd = os.open(path, flags, 0o644)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ResultsFileLocked(f"{path} is being written by another motio process") from None
+        # A concurrent --retry-errors may have renamed a new file over the path
+        # between our open and our lock; then we locked an orphan: try again.
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _read_and_repair(path: Path, fd: int) -> ResumeState:
+    state = ResumeState()
+    offset = 0
+    last: tuple[int, bytes, bool] | None = None
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            parsed = _parse_result(raw)
+            if parsed is not None:
+                state.add(*parsed)
+            elif raw.endswith(b"\n") and raw.strip():
+                state.bad_lines.append(number)
+            last = (offset, raw, parsed is not None)
+            offset += len(raw)
+    if last is not None and not last[1].endswith(b"\n"):
+        _repair_tail(fd, state, *last)
+    return state
+
+
+def _repair_tail(fd: int, state: ResumeState, offset: int, raw: bytes, valid: bool) -> None:
+    if valid:
+        # A complete result whose newline never made it: finish the line.
+        _write_all(fd, b"\n")
+    else:
+        os.ftruncate(fd, offset)
+        state.torn_bytes = len(raw)
+    os.fsync(fd)
+
+
+def _parse_result(raw: bytes) -> tuple[str, bool] | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return None
+    if not isinstance(obj, dict) or "id" not in obj:
+        return None
+    return id_key(obj["id"]), obj.get("error") is None
+
+
+def _copy_without(path: Path, fd: int, keys: set[str]) -> int:
+    dropped = 0
+    with open(path, "rb") as lines:
+        for raw in lines:
+            parsed = _parse_result(raw)
+            if parsed is not None and parsed[0] in keys and not parsed[1]:
+                dropped += 1
+                continue
+            _write_all(fd, raw)
+    return dropped
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible (nor needed) everywhere.
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)

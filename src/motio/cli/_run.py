@@ -1,0 +1,295 @@
+"""``motio run``: a prompts file in, a results file out, resumable at any point.
+
+Flow: check paths, lock and repair the results file, open and check the
+backend (fail fast), scan the prompts once to report bad lines and count the
+work, then stream the prompts a second time through a fixed pool of
+``--concurrency`` workers. Only that many tasks ever exist, however long the
+file: each worker pulls the next prompt when its previous one is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import AuthenticationError, BackendConnectionError, MotioError
+from ._backend import BackendSpec, generation_options, one_line, open_backend
+from ._errors import (
+    EXIT_BACKEND,
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+)
+from ._inputs import InputProblem, PromptRecord, scan_prompts
+from ._progress import Progress, make_progress
+from ._results import ResultsFile, ResultsFileLocked, ResumeState
+from ._stats import RunStats, format_summary
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+
+__all__ = ["run_command", "build_result"]
+
+# Enough bad lines to see the pattern; a broken file must not flood the terminal.
+_MAX_PROBLEMS_SHOWN = 20
+
+
+class _RunAborted(Exception):
+    """A failure of the whole run (not of one prompt) seen by a worker."""
+
+    def __init__(self, error: CliError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def run_command(args: Any) -> int:
+    """Run ``motio run`` and return its exit status.
+
+    Raises:
+        CliError: an unusable path, a busy results file or a failing backend.
+    """
+    prompts, out = _check_paths(Path(args.prompts), Path(args.output))
+    spec = BackendSpec.from_args(args)
+    results = _open_results(out)
+    stats = RunStats()
+    try:
+        asyncio.run(_run(args, spec, prompts, results, stats))
+    except KeyboardInterrupt:
+        _print_end(stats, args.quiet)
+        _say(f"interrupted: {results.written} new results saved in {out}; "
+             "run the same command again to resume")
+        return EXIT_INTERRUPTED
+    finally:
+        results.close()
+    _print_end(stats, args.quiet)
+    return EXIT_FAILURES if stats.failed or stats.bad_lines or stats.already_failed else EXIT_OK
+
+
+def _check_paths(prompts: Path, out: Path) -> tuple[Path, Path]:
+    if not prompts.is_file():
+        what = "is not a file" if prompts.exists() else "not found"
+        raise CliError(f"prompts file {str(prompts)!r} {what}", EXIT_USAGE)
+    if out.exists() and out.resolve() == prompts.resolve():
+        raise CliError("the results file (-o) must not be the prompts file", EXIT_USAGE)
+    if not out.parent.is_dir():
+        raise CliError(f"directory of results file {str(out)!r} does not exist", EXIT_USAGE)
+    return prompts, out
+
+
+def _open_results(out: Path) -> ResultsFile:
+    try:
+        results = ResultsFile.open(out)
+    except ResultsFileLocked as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    except OSError as exc:
+        raise CliError(f"cannot use results file {str(out)!r}: {exc.strerror}", EXIT_USAGE) from exc
+    _report_repairs(results)
+    return results
+
+
+def _report_repairs(results: ResultsFile) -> None:
+    state = results.state
+    if state.torn_bytes:
+        _say(f"{results.path}: cut off a torn last line ({state.torn_bytes} bytes) "
+             "left by an interrupted run; that prompt runs again")
+    for number in state.bad_lines[:_MAX_PROBLEMS_SHOWN]:
+        _say(f"{results.path}:{number}: not a result line; ignored")
+
+
+async def _run(
+    args: Any, spec: BackendSpec, prompts: Path, results: ResultsFile, stats: RunStats
+) -> None:
+    backend = await open_backend(spec)
+    try:
+        retry = _plan(prompts, results.state, stats, retry_errors=args.retry_errors)
+        results.drop_failed(retry)
+        stats.started = time.perf_counter()
+        progress = make_progress(stats, quiet=args.quiet)
+        progress.start()
+        try:
+            await _Pool(backend, args, results, stats, progress).run(prompts, spec.concurrency)
+        finally:
+            progress.stop()
+    finally:
+        await backend.aclose()
+
+
+def _plan(prompts: Path, state: ResumeState, stats: RunStats, *, retry_errors: bool) -> set[str]:
+    """First pass: report bad lines and count the work. Returns the ids to retry."""
+    retry: set[str] = set()
+    for item in _read_prompts(prompts):
+        if isinstance(item, InputProblem):
+            stats.bad_lines += 1
+            if stats.bad_lines <= _MAX_PROBLEMS_SHOWN:
+                _say(f"{prompts}:{item}")
+            continue
+        stats.total += 1
+        if item.key in state.done:
+            stats.already_done += 1
+        elif item.key in state.failed:
+            if retry_errors:
+                retry.add(item.key)
+            else:
+                stats.already_failed += 1
+    if stats.bad_lines > _MAX_PROBLEMS_SHOWN:
+        _say(f"{prompts}: ... and {stats.bad_lines - _MAX_PROBLEMS_SHOWN} more bad lines")
+    return retry
+
+
+def _read_prompts(prompts: Path) -> Iterator[PromptRecord | InputProblem]:
+    try:
+        yield from scan_prompts(prompts)
+    except OSError as exc:
+        raise CliError(f"cannot read {str(prompts)!r}: {exc.strerror}", EXIT_USAGE) from exc
+
+
+def _pending(prompts: Path, state: ResumeState) -> Iterator[PromptRecord]:
+    """Second pass: the prompts still to run, read lazily.
+
+    ``state`` grows while the run writes results; that never hides a pending
+    prompt, because each id occurs once (duplicates are problems, skipped).
+    """
+    for item in _read_prompts(prompts):
+        if isinstance(item, PromptRecord) and not (
+            item.key in state.done or item.key in state.failed
+        ):
+            yield item
+
+
+class _Pool:
+    """A fixed number of workers sharing one lazy iterator of prompts."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        args: Any,
+        results: ResultsFile,
+        stats: RunStats,
+        progress: Progress,
+    ) -> None:
+        self._backend = backend
+        self._args = args
+        self._results = results
+        self._stats = stats
+        self._progress = progress
+
+    async def run(self, prompts: Path, concurrency: int) -> None:
+        # One shared synchronous iterator is safe across tasks: next() never
+        # awaits, so no two workers are ever inside it at once.
+        pending = _pending(prompts, self._results.state)
+        workers = min(concurrency, self._stats.to_run)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(self._work(pending))
+        except* _RunAborted as aborted:
+            first = aborted.exceptions[0]
+            assert isinstance(first, _RunAborted)
+            raise first.error from None
+
+    async def _work(self, pending: Iterator[PromptRecord]) -> None:
+        for record in pending:
+            result = await self._generate(record)
+            self._write(result)
+
+    async def _generate(self, record: PromptRecord) -> dict[str, Any]:
+        options = generation_options(self._args, record.options)
+        started = time.perf_counter()
+        mot = None
+        error: Exception | None = None
+        try:
+            mot = await self._backend.generate(record.request, stream=True, **options)
+            await mot.avalue()
+        except Exception as exc:
+            error = exc
+        finally:
+            # On Ctrl-C this is what stops the generation at its source (the
+            # HTTP response or the llama.cpp thread) before the loop exits.
+            if mot is not None:
+                await mot.aclose()
+        latency_ms = (time.perf_counter() - started) * 1000
+        if error is not None:
+            await self._abort_if_fatal(error)
+        return build_result(record, mot, latency_ms, error)
+
+    async def _abort_if_fatal(self, error: Exception) -> None:
+        # A refused key or a vanished server is not one prompt's failure:
+        # recording it for every remaining prompt would only bury the cause.
+        if isinstance(error, AuthenticationError):
+            raise _RunAborted(self._aborted(error))
+        if isinstance(error, BackendConnectionError):
+            try:
+                await self._backend.check()
+            except MotioError as exc:
+                raise _RunAborted(self._aborted(exc)) from exc
+            # The server answers again: a transient failure of this prompt.
+
+    def _aborted(self, error: BaseException) -> CliError:
+        return CliError(
+            f"{one_line(error)}; {self._results.written} new results saved in "
+            f"{self._results.path}; run the same command again to resume",
+            EXIT_BACKEND,
+        )
+
+    def _write(self, result: dict[str, Any]) -> None:
+        try:
+            self._results.append(result)
+        except OSError as exc:
+            raise _RunAborted(
+                CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES)
+            ) from exc
+        self._stats.record(result)
+        self._progress.update()
+        if result["error"] is not None and not self._args.quiet:
+            self._note_failure(result)
+
+    def _note_failure(self, result: dict[str, Any]) -> None:
+        if self._stats.failed > _MAX_PROBLEMS_SHOWN:
+            return
+        error = result["error"]
+        self._progress.note(
+            f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}"
+        )
+        if self._stats.failed == _MAX_PROBLEMS_SHOWN:
+            self._progress.note("motio: further failures are not shown; see the results file")
+
+
+def build_result(
+    record: PromptRecord, mot: Any, latency_ms: float, error: BaseException | None
+) -> dict[str, Any]:
+    """The output line for one prompt, from its thunk's metadata."""
+    generation = getattr(mot, "generation", None)
+    usage = getattr(generation, "usage", None)
+    finish_reasons = getattr(generation, "finish_reasons", None) or [None]
+    ttfb = getattr(generation, "ttfb_ms", None)
+    return {
+        "id": record.id,
+        "output": mot.value if error is None and mot is not None else None,
+        "finish_reason": finish_reasons[0],
+        "usage": dict(usage) if usage else None,
+        "ttfb_ms": round(ttfb, 1) if ttfb is not None else None,
+        "latency_ms": round(latency_ms, 1),
+        "model": getattr(generation, "model", None),
+        "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
+    }
+
+
+def _print_end(stats: RunStats, quiet: bool) -> None:
+    if quiet:
+        return
+    for line in format_summary(stats):
+        _say(line)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _say(message: str) -> None:
+    print(f"motio: {message}", file=sys.stderr, flush=True)

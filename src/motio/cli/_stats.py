@@ -1,0 +1,114 @@
+"""Counters and percentiles for ``motio run``'s progress line and end summary."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunStats", "percentile", "format_summary"]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) by linear interpolation, or None if empty.
+
+    Same definition as NumPy's default, so figures compare with other tools.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {q}")
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class RunStats:
+    """What one ``motio run`` did; results from earlier runs are only counted.
+
+    Attributes:
+        total: valid input lines.
+        already_done: lines skipped because a previous run finished them.
+        already_failed: lines skipped because a previous run recorded an error.
+        bad_lines: input lines that could not run.
+        ok, failed: results written by this run.
+    """
+
+    total: int = 0
+    already_done: int = 0
+    already_failed: int = 0
+    bad_lines: int = 0
+    ok: int = 0
+    failed: int = 0
+    completion_tokens: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    ttfb_ms: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def to_run(self) -> int:
+        return self.total - self.already_done - self.already_failed
+
+    def record(self, result: dict[str, Any]) -> None:
+        """Count one written result line."""
+        if result.get("error") is None:
+            self.ok += 1
+        else:
+            self.failed += 1
+        if result.get("latency_ms") is not None:
+            self.latencies_ms.append(result["latency_ms"])
+        if result.get("ttfb_ms") is not None:
+            self.ttfb_ms.append(result["ttfb_ms"])
+        usage = result.get("usage") or {}
+        self.completion_tokens += usage.get("completion_tokens") or 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def tokens_per_second(self) -> float:
+        elapsed = self.elapsed()
+        return self.completion_tokens / elapsed if elapsed > 0 else 0.0
+
+
+def format_summary(stats: RunStats) -> list[str]:
+    """The end-of-run summary as plain lines (no colour, fit for logs)."""
+    done = stats.ok + stats.failed
+    lines = [f"{done} of {stats.to_run} prompts in {stats.elapsed():.1f}s: "
+             f"{stats.ok} ok, {stats.failed} failed"]
+    skipped = _skipped_note(stats)
+    if skipped:
+        lines.append(skipped)
+    if stats.latencies_ms:
+        lines.append("latency " + _p50_p95(stats.latencies_ms))
+    if stats.ttfb_ms:
+        lines.append("first token " + _p50_p95(stats.ttfb_ms))
+    lines.append(
+        f"{stats.completion_tokens} completion tokens, {stats.tokens_per_second():.1f} tokens/s"
+    )
+    return lines
+
+
+def _skipped_note(stats: RunStats) -> str:
+    parts = []
+    if stats.already_done:
+        parts.append(f"{stats.already_done} already done")
+    if stats.already_failed:
+        parts.append(f"{stats.already_failed} failed before (re-run them with --retry-errors)")
+    if stats.bad_lines:
+        parts.append(f"{stats.bad_lines} bad input lines")
+    return "skipped: " + ", ".join(parts) if parts else ""
+
+
+def _p50_p95(values: Sequence[float]) -> str:
+    p50, p95 = percentile(values, 50), percentile(values, 95)
+    return f"p50 {_ms(p50)}, p95 {_ms(p95)}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
