@@ -1,0 +1,60 @@
+"""Percentiles and the end-of-run summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from motio.cli._stats import RunStats, format_summary, percentile
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([5.0], 50, 5.0),
+        ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
+        ([10.0, 1.0, 5.0], 0, 1.0),
+        ([10.0, 1.0, 5.0], 100, 10.0),
+        ([float(i) for i in range(1, 101)], 95, 95.05),
+    ],
+)
+def test_percentile_interpolates_like_numpy(values: list[float], q: float, expected: float) -> None:
+    assert percentile(values, q) == pytest.approx(expected)
+
+
+def test_percentile_of_nothing_is_none_and_bad_q_is_refused() -> None:
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError, match="0..100"):
+        percentile([1.0], 101)
+
+
+def _result(error: object = None, latency: float = 100.0, tokens: int = 10) -> dict[str, object]:
+    return {
+        "error": error,
+        "latency_ms": latency,
+        "ttfb_ms": latency / 10,
+        "usage": {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": tokens + 3},
+    }
+
+
+def test_record_counts_results_and_tokens() -> None:
+    stats = RunStats(total=5, already_done=1)
+    stats.record(_result(latency=100.0))
+    stats.record(_result(latency=300.0, tokens=5))
+    stats.record({"error": {"type": "X", "message": "m"}, "latency_ms": 50.0, "usage": None,
+                  "ttfb_ms": None})
+    assert (stats.ok, stats.failed, stats.to_run) == (2, 1, 4)
+    assert stats.completion_tokens == 15
+    assert stats.latencies_ms == [100.0, 300.0, 50.0]
+    assert stats.ttfb_ms == [10.0, 30.0]
+
+
+def test_summary_names_counts_percentiles_and_throughput() -> None:
+    stats = RunStats(total=4, already_done=1, already_failed=1, bad_lines=2)
+    stats.record(_result(latency=100.0))
+    stats.record(_result(latency=200.0))
+    text = "\n".join(format_summary(stats))
+    assert "2 of 2 prompts" in text and "2 ok, 0 failed" in text
+    assert "1 already done" in text and "--retry-errors" in text and "2 bad input lines" in text
+    assert "latency p50 150 ms, p95 195 ms" in text
+    assert "first token p50 15 ms" in text
+    assert "20 completion tokens" in text and "tokens/s" in text
