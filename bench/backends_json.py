@@ -1,0 +1,92 @@
+"""Which JSON decoder for streamed chat chunks: stdlib json, orjson or msgspec?
+
+Decodes real OpenAI-style chunk payloads (the lines bench/backends_server.py
+streams, and the llama.cpp server's shape) and folds each into text the way
+OpenAIBackend does, reporting ns per chunk. msgspec is measured twice: to
+plain dicts, and typed (a Struct with only the fields motio reads, which
+skips building the rest).
+
+    python bench/backends_json.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(__file__))
+from backends_server import chunk_line  # noqa: E402
+
+__all__ = ["measure"]
+
+
+def _payloads(n: int) -> list[bytes]:
+    return [chunk_line(i)[6:-2] for i in range(n)]
+
+
+def _fold_dict(chunk: dict[str, Any]) -> Any:
+    return chunk["choices"][0]["delta"].get("content")
+
+
+def _decoders() -> dict[str, Any]:
+    found: dict[str, Any] = {"json (stdlib)": lambda p: _fold_dict(json.loads(p))}
+    try:
+        import orjson
+
+        found["orjson"] = lambda p: _fold_dict(orjson.loads(p))
+    except ImportError:
+        pass
+    try:
+        import msgspec
+    except ImportError:
+        return found
+    decode_any = msgspec.json.Decoder().decode
+    found["msgspec (dict)"] = lambda p: _fold_dict(decode_any(p))
+
+    class Delta(msgspec.Struct):
+        content: str | None = None
+
+    class Choice(msgspec.Struct):
+        delta: Delta | None = None
+        index: int = 0
+        finish_reason: str | None = None
+
+    class Chunk(msgspec.Struct):
+        choices: list[Choice] = []
+        id: str | None = None
+        model: str | None = None
+
+    decode_typed = msgspec.json.Decoder(Chunk).decode
+
+    def typed(p: bytes) -> Any:
+        delta = decode_typed(p).choices[0].delta
+        return delta.content if delta is not None else None
+
+    found["msgspec (typed Struct)"] = typed
+    return found
+
+
+def measure(n: int = 200_000, repeats: int = 5) -> dict[str, float]:
+    """Best-of-``repeats`` ns per chunk for each available decoder."""
+    payloads = _payloads(n)
+    results = {}
+    for name, fn in _decoders().items():
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for p in payloads:
+                fn(p)
+            best = min(best, time.perf_counter() - t0)
+        results[name] = best / n * 1e9
+    return results
+
+
+if __name__ == "__main__":
+    results = measure()
+    base = results["json (stdlib)"]
+    print(f"{'decoder':<24}{'ns/chunk':>10}{'vs stdlib':>11}")
+    for name, ns in results.items():
+        print(f"{name:<24}{ns:>10.0f}{base / ns:>10.2f}x")

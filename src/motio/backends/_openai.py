@@ -1,0 +1,365 @@
+"""OpenAIBackend: any OpenAI-compatible chat server, streamed at raw-SSE speed.
+
+The official SDK's ``AsyncOpenAI`` does the transport: base URL, key,
+headers, connection pool, status errors. Its typed stream does not: building
+a pydantic object per chunk costs about seven times what reading the raw SSE
+bytes (``with_streaming_response``) and decoding each payload with orjson
+costs, and at hundreds of concurrent streams that is the CPU's whole budget.
+
+Data flow of one streamed generation::
+
+    generate() -> ModelOutputThunk.from_response(_open_stream(...))
+    _open_stream: wait for a concurrency slot (not counted by chunk_timeout)
+                  -> SlotStream(_read_sse(...))   # gives the slot back once
+    _read_sse:    one list of SSE payloads per network read
+    _ChatFold:    decodes and folds each payload into text and metadata
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from .._exceptions import BackendError, ConfigurationError, NotFoundError
+from ._chat import fold_chunk
+from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
+from ._errors import Where, stream_error, translate
+from ._loopclients import LoopClient, LoopClients, loop_semaphore
+from ._sse import ErrorEvent, SSEDecoder
+
+__all__ = ["OpenAIBackend"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Local servers (llama.cpp, vLLM, Ollama) ignore the key, but the SDK insists on one.
+_PLACEHOLDER_KEY = "sk-no-key-required"
+
+_OPTIONS = COMMON_OPTIONS | {
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "response_format",
+    "extra_body",
+}
+
+
+def _no_release() -> None:
+    pass
+
+
+class OpenAIBackend(Backend):
+    """Chat completions from an OpenAI-compatible server.
+
+    Args:
+        model: the model name; None asks the server (``GET /models``) and
+            uses the first it lists.
+        base_url: the API root; default ``$OPENAI_BASE_URL`` or OpenAI's.
+        api_key: default ``$OPENAI_API_KEY``, else a placeholder that local
+            servers accept.
+        headers: extra HTTP headers for every request.
+        max_concurrency: at most this many requests in flight per event
+            loop; the rest wait without holding a connection. None: no cap.
+        timeout: seconds for a whole request (reads included).
+        connect_timeout: seconds to establish a connection.
+        max_retries: the SDK's retries (429, 5xx and connection errors, with
+            backoff). 0 by default, so a dead server fails at once.
+
+    Raises:
+        ConfigurationError: a bad ``max_concurrency`` or timeout.
+    """
+
+    provider = "openai"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_concurrency: int | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        max_retries: int = 0,
+    ) -> None:
+        _check_positive_int("max_concurrency", max_concurrency, allow_none=True)
+        _check_positive_int("max_retries", max_retries + 1)
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError("timeout and connect_timeout must be positive numbers of seconds")
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
+        self._headers = dict(headers or {})
+        self.max_concurrency = max_concurrency
+        self._timeout = (timeout, connect_timeout)
+        self._max_retries = max_retries
+        self._clients = LoopClients(self._new_client)
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+        self._semaphores = weakref.WeakKeyDictionary()
+        self._model_lock = threading.Lock()
+        self._loads = _json_loads()
+        # Cleared the first time a server rejects stream_options (older servers).
+        self._ask_usage = True
+
+    def _new_client(self) -> Any:
+        import httpx
+        import openai
+
+        total, connect = self._timeout
+        return openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            default_headers=self._headers,
+            max_retries=self._max_retries,
+            timeout=httpx.Timeout(total, connect=connect),
+        )
+
+    def _where(self) -> Where:
+        return Where(self.provider, self.model, self.base_url)
+
+    async def generate(
+        self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
+    ) -> Any:
+        from .. import DEFAULT_CHUNK_TIMEOUT, ModelOutputThunk
+
+        check_options(options, _OPTIONS, type(self).__name__)
+        chunk_timeout = options.pop("chunk_timeout", DEFAULT_CHUNK_TIMEOUT)
+        body = _request_body(to_messages(prompt_or_messages), stream, options)
+        fold = _ChatFold(self._loads, self._where(), stream)
+        opener = self._open_stream(body, fold) if stream else self._complete(body, fold)
+        mot = ModelOutputThunk.from_response(
+            opener, process=fold.process, post_process=fold.finish, chunk_timeout=chunk_timeout
+        )
+        meta = mot.generation
+        meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
+        return mot
+
+    async def _open_stream(self, body: dict[str, Any], fold: _ChatFold) -> SlotStream:
+        release = await self._take_slot()
+        try:
+            entry = await self._clients.get()
+            await self._prepare(entry, body, fold)
+        except BaseException:
+            release()
+            raise
+        if self._ask_usage:
+            body["stream_options"] = {"include_usage": True}
+        return SlotStream(self._read_sse(entry, body, fold.where), release)
+
+    async def _complete(self, body: dict[str, Any], fold: _ChatFold) -> list[bytes]:
+        release = await self._take_slot()
+        try:
+            entry = await self._clients.get()
+            await self._prepare(entry, body, fold)
+            with self._translated(fold.where), _using(entry):
+                async with contextlib.AsyncExitStack() as stack:
+                    response = await self._send(stack, entry.client, body)
+                    return [await response.http_response.aread()]
+        finally:
+            release()
+
+    async def _prepare(self, entry: LoopClient, body: dict[str, Any], fold: _ChatFold) -> None:
+        if self.model is None:
+            with self._translated(self._where()):
+                await self._ask_model(entry.client)
+        body["model"] = self.model
+        fold.where = self._where()
+
+    async def _read_sse(
+        self, entry: LoopClient, body: dict[str, Any], where: Where
+    ) -> AsyncIterator[list[bytes | ErrorEvent]]:
+        with self._translated(where), _using(entry):
+            async with contextlib.AsyncExitStack() as stack:
+                response = await self._send(stack, entry.client, body)
+                decoder = SSEDecoder()
+                async for raw in response.http_response.aiter_bytes():
+                    events = decoder.feed(raw)
+                    if events:
+                        yield events
+                if tail := decoder.flush():
+                    yield tail
+        # Leaving the AsyncExitStack closes the HTTP response: when the thunk
+        # is closed early the connection is dropped and the server sees it.
+
+    async def _send(self, stack: contextlib.AsyncExitStack, client: Any, body: dict[str, Any]) -> Any:
+        import openai
+
+        create = client.chat.completions.with_streaming_response.create
+        try:
+            return await stack.enter_async_context(create(**body))
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if "stream_options" not in body or "stream_options" not in str(exc.message):
+                raise
+        # An older server that rejects stream_options: ask once more without
+        # it and count the chunks for usage instead.
+        self._ask_usage = False
+        del body["stream_options"]
+        return await stack.enter_async_context(create(**body))
+
+    async def _take_slot(self) -> Callable[[], None]:
+        if self.max_concurrency is None:
+            return _no_release
+        sem = loop_semaphore(self._semaphores, self.max_concurrency)
+        await sem.acquire()
+        return sem.release
+
+    async def _ask_model(self, client: Any) -> str:
+        page = await client.models.list()
+        ids = [m.id for m in page.data]
+        with self._model_lock:
+            if self.model is None:
+                if not ids:
+                    raise NotFoundError(
+                        f"{self._where().describe()}: the server lists no models; pass model=",
+                        **self._where().fields(),
+                    )
+                self.model = ids[0]
+        return self.model
+
+    @contextlib.contextmanager
+    def _translated(self, where: Where) -> Any:
+        try:
+            yield
+        except BackendError:
+            raise
+        except Exception as exc:
+            error = translate(exc, where)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def check(self) -> None:
+        """Ask the server for its models: fails fast if it is unreachable,
+        refuses the key, or does not serve ``model``.
+
+        Raises:
+            BackendConnectionError, AuthenticationError, NotFoundError,
+            BackendTimeoutError: with a message saying what to check.
+        """
+        entry = await self._clients.get()
+        with self._translated(self._where()), _using(entry):
+            page = await entry.client.models.list()
+        ids = [m.id for m in page.data]
+        if self.model is None:
+            with self._translated(self._where()):
+                await self._ask_model(entry.client)
+        elif ids and self.model not in ids:
+            shown = ", ".join(map(repr, ids[:10]))
+            raise NotFoundError(
+                f"{self._where().describe()}: the server does not list model {self.model!r} "
+                f"(it lists {shown}); check model=",
+                **self._where().fields(),
+            )
+
+    async def aclose(self) -> None:
+        """Close this loop's client now and every other loop's on its own loop."""
+        await self._clients.aclose()
+
+    def close(self) -> None:
+        if _running_loop() is None:
+            from .. import run_sync
+
+            run_sync(self.aclose())
+        self._clients.close_all_elsewhere()
+
+
+@contextlib.contextmanager
+def _using(entry: LoopClient) -> Any:
+    entry.acquire()
+    try:
+        yield
+    finally:
+        entry.release()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _request_body(messages: Messages, stream: bool, options: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"messages": messages, "stream": stream}
+    for key, value in options.items():
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def _check_positive_int(name: str, value: int | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+
+
+def _json_loads() -> Callable[[bytes], Any]:
+    """orjson's decoder if installed (see bench/backends_json.py), else json's."""
+    try:
+        import orjson
+    except ImportError:
+        import json
+
+        return json.loads
+    return orjson.loads
+
+
+class _ChatFold:
+    """Folds chat completion payloads (streamed chunks or one whole answer)
+    into the thunk's text and metadata. Runs on the producer task, so every
+    error here becomes the thunk's error: foreign ones are turned into
+    :class:`StreamError` first.
+    """
+
+    __slots__ = ("_loads", "where", "_stream", "_done", "_pieces")
+
+    def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool) -> None:
+        self._loads = loads
+        self.where = where
+        self._stream = stream
+        self._done = False
+        self._pieces = 0
+
+    def process(self, mot: Any, payloads: list[bytes | ErrorEvent]) -> str | None:
+        meta = mot.generation
+        texts = []
+        for payload in payloads:
+            if payload == b"[DONE]":
+                self._done = True
+                continue
+            chunk = self._decode(payload)
+            try:
+                text = fold_chunk(meta, chunk)
+            except (KeyError, TypeError, AttributeError, IndexError) as exc:
+                raise stream_error(f"unexpected chunk {payload[:200]!r}", self.where) from exc
+            if text:
+                texts.append(text)
+        self._pieces += len(texts)
+        return "".join(texts) if texts else None
+
+    def _decode(self, payload: bytes | ErrorEvent) -> dict[str, Any]:
+        if isinstance(payload, ErrorEvent):
+            raise stream_error(f"the server sent an error event: {payload.data[:300]!r}", self.where)
+        try:
+            chunk = self._loads(payload)
+        except ValueError as exc:
+            raise stream_error(f"a chunk is not JSON: {payload[:200]!r}", self.where) from exc
+        if type(chunk) is not dict:
+            raise stream_error(f"a chunk is not a JSON object: {payload[:200]!r}", self.where)
+        if "error" in chunk:
+            raise stream_error(f"the server reported an error mid-stream: {chunk['error']}", self.where)
+        return chunk
+
+    def finish(self, mot: Any) -> None:
+        meta = mot.generation
+        if self._stream and not self._done and not meta.finish_reasons:
+            raise stream_error("the stream ended before [DONE] or a finish_reason", self.where)
+        if meta.usage is None and self._stream:
+            # The server ignored stream_options: one content chunk per token
+            # is what llama.cpp, vLLM and Ollama send; the prompt is unknown.
+            meta.usage = {"prompt_tokens": None, "completion_tokens": self._pieces, "total_tokens": None}
