@@ -34,7 +34,8 @@ def chat_command(args: Any) -> int:
 
 
 def _read_prompt(prompt: str) -> str:
-    text = sys.stdin.read() if prompt == "-" else prompt
+    # `echo ... | motio chat -` ends the text with a newline the user never meant.
+    text = sys.stdin.read().rstrip("\r\n") if prompt == "-" else prompt
     if not text.strip():
         source = "stdin" if prompt == "-" else "the prompt"
         raise CliError(f"{source} is empty; give a prompt to answer", EXIT_USAGE)

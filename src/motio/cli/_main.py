@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``motio`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="motio",
+        allow_abbrev=False,
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,6 +86,7 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
         "run",
         parents=parents,
+        allow_abbrev=False,
         help="generate for every prompt in a JSONL file, resumable",
         description="Generate for every prompt in PROMPTS.jsonl and append one\n"
         "result line per prompt to OUT.jsonl, concurrently, as each finishes.",
@@ -114,6 +116,7 @@ def _add_chat(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     chat = commands.add_parser(
         "chat",
         parents=parents,
+        allow_abbrev=False,
         help="stream the answer to one prompt to stdout",
         description="Stream the answer to PROMPT to stdout as it is generated.",
         epilog=_CHAT_EPILOG,
@@ -142,6 +145,7 @@ def _backend_options() -> argparse.ArgumentParser:
         "--api-key-env", metavar="VAR",
         help="read the API key from environment variable VAR (never from the command line)",
     )
+    options.add_argument("--api-key", nargs="?", action=_RefuseKeyOnArgv, help=argparse.SUPPRESS)
     return group
 
 
@@ -159,6 +163,20 @@ def _generation_options() -> argparse.ArgumentParser:
         help="fail a generation that sends nothing for this long (0: no limit)",
     )
     return group
+
+
+class _RefuseKeyOnArgv(argparse.Action):
+    """``--api-key``: refused without echoing the key back.
+
+    A key on the command line leaks into shell history and ``ps`` output,
+    and argparse's own "unrecognized arguments" error would print it again.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        parser.error(
+            "motio does not take an API key on the command line; put it in an "
+            "environment variable and pass --api-key-env VAR"
+        )
 
 
 def _positive_int(text: str) -> int:

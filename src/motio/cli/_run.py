@@ -127,7 +127,7 @@ def _plan(prompts: Path, state: ResumeState, stats: RunStats, *, retry_errors: b
         if isinstance(item, InputProblem):
             stats.bad_lines += 1
             if stats.bad_lines <= _MAX_PROBLEMS_SHOWN:
-                _say(f"{prompts}:{item}")
+                _say(f"{prompts}:{item.line}: {item.message}")
             continue
         stats.total += 1
         if item.key in state.done:
@@ -246,7 +246,7 @@ class _Pool:
             ) from exc
         self._stats.record(result)
         self._progress.update()
-        if result["error"] is not None and not self._args.quiet:
+        if result["error"] is not None:
             self._note_failure(result)
 
     def _note_failure(self, result: dict[str, Any]) -> None:

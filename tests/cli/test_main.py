@@ -1,0 +1,97 @@
+"""Argument parsing, help, version and the package's public surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+
+import motio.cli
+from motio.cli._backend import BackendSpec, generation_options
+from motio.cli._main import build_parser, main
+
+from .conftest import motio_env, run_motio
+
+
+def test_exports_exactly_main() -> None:
+    assert motio.cli.__all__ == ["main"]
+
+
+def test_version_from_package_metadata() -> None:
+    done = run_motio("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"motio {version('motio')}"
+
+
+def test_help_lists_commands_and_run_help_documents_every_option() -> None:
+    top = run_motio("--help")
+    assert top.returncode == 0 and "run" in top.stdout and "chat" in top.stdout
+    run = run_motio("run", "--help").stdout
+    for option in ("--backend", "--model", "--base-url", "--api-key-env", "--concurrency",
+                   "--max-tokens", "--temperature", "--seed", "--chunk-timeout", "--quiet",
+                   "--retry-errors", "exit status", "resume"):
+        assert option in run, option
+    chat = run_motio("chat", "--help").stdout
+    assert "--system" in chat and "stdin" in chat
+
+
+def test_no_command_shows_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["run", "p", "-o", "o", "--concurrency", "0"], id="zero-concurrency"),
+        pytest.param(["run", "p", "-o", "o", "--max-tokens", "x"], id="word-max-tokens"),
+        pytest.param(["run", "p", "-o", "o", "--temperature", "-1"], id="negative-temperature"),
+        pytest.param(["run", "p", "-o", "o", "--chunk-timeout", "nan"], id="nan-timeout"),
+        pytest.param(["run", "p", "-o", "o", "--backend", "vllm"], id="unknown-backend"),
+        pytest.param(["run", "p"], id="no-output"),
+        pytest.param(["run", "p", "-o", "o", "--base-url"], id="missing-url"),
+    ],
+)
+def test_bad_command_lines_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(args)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--api-key", "--api-key=sk-secret"])
+def test_api_key_on_the_command_line_is_refused_without_echoing_it(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", "p", "-o", "o", option] + ([] if "=" in option else ["sk-secret"])
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--api-key-env VAR" in err and "sk-secret" not in err
+
+
+def test_base_url_implies_the_openai_backend_and_its_default_concurrency() -> None:
+    args = build_parser().parse_args(["run", "p", "-o", "o", "--base-url", "http://h/v1"])
+    assert BackendSpec.from_args(args) == BackendSpec("openai", None, "http://h/v1", None, 16)
+    args = build_parser().parse_args(["run", "p", "-o", "o"])
+    assert BackendSpec.from_args(args).kind == "llamacpp"
+    assert BackendSpec.from_args(args).concurrency == 1
+
+
+def test_generation_options_pass_only_what_was_set() -> None:
+    parse = build_parser().parse_args
+    assert generation_options(parse(["chat", "x"])) == {"max_tokens": 512}
+    args = parse(["chat", "x", "--temperature", "0", "--seed", "3", "--chunk-timeout", "0"])
+    assert generation_options(args, {"max_tokens": 9}) == {
+        "max_tokens": 9, "temperature": 0.0, "seed": 3, "chunk_timeout": None,
+    }
+
+
+def test_import_motio_loads_neither_the_cli_nor_rich() -> None:
+    code = ("import sys, motio; "
+            "assert not [m for m in sys.modules if m.startswith(('motio.cli', 'rich'))]")
+    done = subprocess.run([sys.executable, "-c", code], env=motio_env(), timeout=60)
+    assert done.returncode == 0
