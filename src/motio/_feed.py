@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from ._exceptions import ChunkTimeoutError
 from ._threaded import ThreadedIterator
+from ._watchdog import Watchdog, watch
 
 __all__ = ["DEFAULT_CHUNK_TIMEOUT", "send_to_queue"]
 
@@ -32,15 +33,6 @@ class _QueueLike(Protocol):
     def put_nowait(self, item: Any) -> None: ...
 
     async def put(self, item: Any) -> None: ...
-
-
-class _Single:
-    """A non-streaming result: put once, then the sentinel."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
 
 
 async def send_to_queue(
@@ -66,34 +58,67 @@ async def send_to_queue(
     Raises:
         asyncio.CancelledError: the task running this was cancelled; the
             queue gets a ``CancelledError`` instance first, so a waiting
-            consumer is released.
+            consumer is released. ``KeyboardInterrupt`` and ``SystemExit``
+            propagate too, after being put in the queue the same way.
     """
+    # One coroutine frame for the whole stream, on purpose: every nested
+    # coroutine costs each in-flight generation a few hundred bytes.
     source: Any = None
+    dog = _UNWATCHED
     try:
-        source = await _open(co)
-        if isinstance(source, _Single):
-            await _put(aqueue, source.value)
-        else:
-            await _pump(source, aqueue, chunk_timeout, on_timeout)
+        _check_timeout(chunk_timeout)
+        source = _as_async_iterator(co)
+        if source is None:
+            result = await co  # type: ignore[misc]
+            if not hasattr(result, "__anext__"):
+                await _put(aqueue, result)
+                await _put(aqueue, None)
+                return
+            source = result
+        dog = watch(chunk_timeout) if chunk_timeout is not None else Watchdog(None, None)
+        put = aqueue.put_nowait
+        async for item in source:
+            dog.ticks += 1
+            try:
+                put(item)
+            except asyncio.QueueFull:
+                await _put_waiting(aqueue, item, dog)
+        dog.disarm()
+        await _put(aqueue, None)
+    except (asyncio.CancelledError, Exception) as exc:
+        dog.disarm()
+        if _is_own_timeout(dog):
+            await _expire(source, aqueue, chunk_timeout, dog.ticks, on_timeout)
             return
-    except asyncio.CancelledError:
         await _abandon(source)
+        if isinstance(exc, Exception):
+            await _put(aqueue, exc)
+            return
         _put_final(aqueue, asyncio.CancelledError())
         raise
-    except Exception as exc:
-        await _abandon(source)
-        await _put(aqueue, exc)
-        return
-    await _put(aqueue, None)
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: release, never swallow
+        dog.disarm()
+        _put_final(aqueue, exc)
+        raise
 
 
-async def _open(co: Any) -> Any:
-    """Turn what a backend returned into an async iterator or a `_Single`."""
+def _check_timeout(chunk_timeout: float | None) -> None:
+    if chunk_timeout is not None and not chunk_timeout > 0:
+        raise ValueError(
+            f"chunk_timeout must be a positive number of seconds or None, got {chunk_timeout!r}"
+        )
+
+
+def _as_async_iterator(co: Any) -> Any:
+    """What to iterate, or None when ``co`` must be awaited first.
+
+    Raises:
+        TypeError: ``co`` is none of the accepted kinds.
+    """
     if hasattr(co, "__anext__"):
         return co
     if hasattr(co, "__await__"):
-        result = await co
-        return result if hasattr(result, "__anext__") else _Single(result)
+        return None
     if hasattr(co, "__aiter__"):
         return co.__aiter__()
     if hasattr(co, "__next__"):
@@ -104,68 +129,13 @@ async def _open(co: Any) -> Any:
     )
 
 
-class _Watchdog:
-    """One re-armed timer per stream instead of a timeout per chunk.
-
-    The producer bumps ``ticks`` per item. The timer samples it every quarter
-    of the limit and cancels the producer after four samples in a row saw no
-    progress, so a stall is caught between 1 and 1.25 limits after the last
-    item, at the cost of one integer increment per chunk.
-    """
-
-    __slots__ = (
-        "ticks", "waiting_on_queue", "fired", "_seen", "_idle", "_period", "_task", "_loop", "_handle"
-    )
-
-    def __init__(self, timeout: float) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        self.ticks = 0
-        self.waiting_on_queue = False
-        self.fired = False
-        self._seen = 0
-        self._idle = 0
-        self._period = timeout / 4
-        self._task = asyncio.current_task()
-        self._handle = loop.call_at(loop.time() + self._period, self._check)
-
-    def _check(self) -> None:
-        if self.ticks != self._seen or self.waiting_on_queue:
-            self._seen = self.ticks
-            self._idle = 0
-        else:
-            self._idle += 1
-            if self._idle >= 4:
-                self.fired = True
-                assert self._task is not None
-                self._task.cancel()
-                return
-        self._handle = self._loop.call_at(self._handle.when() + self._period, self._check)
-
-    def disarm(self) -> None:
-        self._handle.cancel()
-
-
-async def _pump(
-    source: Any,
-    aqueue: _QueueLike,
-    chunk_timeout: float | None,
-    on_timeout: Callable[[], object] | None,
-) -> None:
-    """Move every item of ``source`` into ``aqueue`` under the watchdog."""
-    dog = _Watchdog(chunk_timeout) if chunk_timeout is not None else _NoWatchdog()
+async def _put_waiting(aqueue: _QueueLike, item: Any, dog: Any) -> None:
+    """Backpressure: wait for room; the watchdog does not count this time."""
+    dog.waiting_on_queue = True
     try:
-        await _move_items(source, aqueue, dog)
-    except (asyncio.CancelledError, Exception):
-        dog.disarm()
-        if not _is_own_timeout(dog):
-            raise
-    else:
-        dog.disarm()
-        await _put(aqueue, None)
-        return
-    await _abandon(source)
-    await _put(aqueue, _timeout_error(chunk_timeout, dog.ticks))
-    _call_on_timeout(on_timeout)
+        await aqueue.put(item)
+    finally:
+        dog.waiting_on_queue = False
 
 
 def _is_own_timeout(dog: Any) -> bool:
@@ -181,31 +151,23 @@ def _is_own_timeout(dog: Any) -> bool:
     return task is not None and task.uncancel() == 0
 
 
-async def _move_items(source: Any, aqueue: _QueueLike, dog: Any) -> None:
-    put = aqueue.put_nowait
-    async for item in source:
-        dog.ticks += 1
-        try:
-            put(item)
-        except asyncio.QueueFull:
-            # Backpressure: wait for room; the watchdog does not count this.
-            dog.waiting_on_queue = True
-            try:
-                await aqueue.put(item)
-            finally:
-                dog.waiting_on_queue = False
+async def _expire(
+    source: Any,
+    aqueue: _QueueLike,
+    chunk_timeout: float | None,
+    ticks: int,
+    on_timeout: Callable[[], object] | None,
+) -> None:
+    if isinstance(source, ThreadedIterator):
+        await source.aclose(wait=False)  # its worker is stuck: don't wait on it
+    else:
+        await _abandon(source)
+    await _put(aqueue, _timeout_error(chunk_timeout, ticks))
+    _call_on_timeout(on_timeout)
 
 
-class _NoWatchdog:
-    __slots__ = ("ticks", "waiting_on_queue", "fired")
-
-    def __init__(self) -> None:
-        self.ticks = 0
-        self.waiting_on_queue = False
-        self.fired = False
-
-    def disarm(self) -> None:
-        pass
+# Stands in before the stream starts: nothing mutates it, disarm() is a no-op.
+_UNWATCHED = Watchdog(None, None)
 
 
 def _timeout_error(chunk_timeout: float | None, ticks: int) -> ChunkTimeoutError:
@@ -233,7 +195,7 @@ async def _abandon(source: Any) -> None:
     aclose = getattr(source, "aclose", None)
     if aclose is None:
         close = getattr(source, "close", None)
-        if close is not None and not isinstance(source, _Single):
+        if close is not None:
             _close_quietly(close)
         return
     try:

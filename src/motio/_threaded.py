@@ -114,11 +114,14 @@ class ThreadedIterator:
         except Exception:
             _log.exception("closing %r failed", self._source)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, wait: bool = True) -> None:
         """Stop the worker after its current item and wait for it to exit.
 
-        The wait is bounded: a worker stuck in a blocking call that never
-        returns is left to exit on its own when that call returns.
+        Args:
+            wait: wait (bounded) for the worker to finish its current item
+                and close the source. A stalled source (a chunk timeout) is
+                not waited for: its worker exits when its blocking call
+                returns.
         """
         with self._cond:
             self._stop = True
@@ -126,6 +129,8 @@ class ThreadedIterator:
             self._cond.notify_all()
         if self._thread is None:
             self._close_source()
+            return
+        if not wait:
             return
         deadline = self._loop.time() + _CLOSE_WAIT
         while True:

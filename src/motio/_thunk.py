@@ -66,8 +66,8 @@ class ModelOutputThunk(Generic[T]):
 
     __slots__ = (
         "_parts", "_value", "_computed", "_error", "_fail_seq", "_cancelled", "_loop",
-        "_task", "_waiters", "_callbacks", "_stream_pos", "_t0", "generation", "meta",
-        "parsed_repr", "tool_calls", "__weakref__",
+        "_task", "_waiters", "_callbacks", "_stream_pos", "_t0", "_ttfb_ms", "_generation",
+        "_meta", "parsed_repr", "tool_calls", "__weakref__",
     )  # fmt: skip
 
     def __init__(
@@ -91,8 +91,10 @@ class ModelOutputThunk(Generic[T]):
         self._callbacks: list[Callable[[ModelOutputThunk[Any]], None]] | None = None
         self._stream_pos = 0
         self._t0 = 0.0
-        self.generation = GenerationMeta()
-        self.meta = meta if meta is not None else {}
+        self._ttfb_ms: float | None = None
+        # Created on first access: most in-flight thunks never need them yet.
+        self._generation: GenerationMeta | None = None
+        self._meta = meta
         self.parsed_repr = parsed_repr
         self.tool_calls = tool_calls
 
@@ -140,8 +142,33 @@ class ModelOutputThunk(Generic[T]):
         sink = _Sink(mot, process, post_process)
         feed = send_to_queue(response, sink, chunk_timeout=chunk_timeout, on_timeout=on_timeout)  # type: ignore[arg-type]
         mot._task = task = loop.create_task(feed)
-        task.add_done_callback(_ProducerDone(mot, response))
+        if inspect.iscoroutine(response):
+            task.add_done_callback(_ProducerDone(mot, response))
         return mot
+
+    # -- metadata --------------------------------------------------------------
+
+    @property
+    def generation(self) -> GenerationMeta:
+        """How the text was generated: model, usage, ttfb_ms, finish reasons..."""
+        if self._generation is None:
+            self._generation = GenerationMeta(ttfb_ms=self._ttfb_ms)
+        return self._generation
+
+    @generation.setter
+    def generation(self, meta: GenerationMeta) -> None:
+        self._generation = meta
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Free-form metadata for the caller."""
+        if self._meta is None:
+            self._meta = {}
+        return self._meta
+
+    @meta.setter
+    def meta(self, meta: dict[str, Any]) -> None:
+        self._meta = meta
 
     # -- reading the value -------------------------------------------------
 
@@ -251,6 +278,10 @@ class ModelOutputThunk(Generic[T]):
         # asyncio.wait() does not raise the task's own CancelledError, but a
         # cancel() of *our* caller still propagates out of it.
         await asyncio.wait((task,))
+        if not self._is_done():
+            # Cancelled before its first step: send_to_queue never ran, so
+            # no terminal marker came; settle here so no waiter hangs.
+            self._finish(cancelled=True)
 
     async def __aenter__(self) -> ModelOutputThunk[T]:
         return self
@@ -427,7 +458,9 @@ class _Sink:
         if not self._started:
             self._started = True
             mot = self._mot
-            mot.generation.ttfb_ms = (mot._loop.time() - mot._t0) * 1000.0  # type: ignore[union-attr]
+            mot._ttfb_ms = (mot._loop.time() - mot._t0) * 1000.0  # type: ignore[union-attr]
+            if mot._generation is not None:
+                mot._generation.ttfb_ms = mot._ttfb_ms
         if self._process is None:
             if not isinstance(chunk, str):
                 raise TypeError(
@@ -470,11 +503,12 @@ class _Sink:
 
 
 class _ProducerDone:
-    """Task done-callback: no thunk is left waiting, no coroutine unawaited.
+    """Done-callback for producers of coroutine responses.
 
-    A producer cancelled before its first step never awaits the response
-    coroutine (it would warn "never awaited"), and one killed by a
-    BaseException never puts its terminal marker (waiters would hang).
+    A producer cancelled before its first step (by aclose() right after
+    creation, or a loop shutting down) never awaits the response coroutine:
+    close it so it cannot warn "never awaited", and settle the thunk, which
+    no terminal marker will reach. Async iterators need none of this.
     """
 
     __slots__ = ("_mot", "_response")

@@ -296,6 +296,18 @@ def test_non_streaming_result_is_not_bounded_by_chunk_timeout() -> None:
     assert run(main()) == ["done", None]
 
 
+@pytest.mark.parametrize("bad", [0, -1.0])
+def test_invalid_chunk_timeout_is_put_as_a_value_error(bad: float) -> None:
+    async def main() -> list[Any]:
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        source = agen(["a"])
+        await send_to_queue(source, q, chunk_timeout=bad)
+        return await drain(q)
+
+    items = run(main())
+    assert len(items) == 1 and isinstance(items[0], ValueError) and "chunk_timeout" in str(items[0])
+
+
 def test_failing_on_timeout_is_logged_and_suppressed(caplog: pytest.LogCaptureFixture) -> None:
     def boom() -> None:
         raise RuntimeError("callback broke")

@@ -311,6 +311,32 @@ def test_aclose_stops_producer_and_iterator_before_returning() -> None:
     assert mot.value is not None and mot.value.startswith("partial ")
 
 
+def test_aclose_stops_a_blocking_iterator_in_its_thread_before_returning() -> None:
+    import threading
+
+    closed_in: list[threading.Thread] = []
+    first = threading.Event()
+
+    def tokens():  # type: ignore[no-untyped-def]
+        try:
+            for i in range(10_000):
+                yield f"t{i} "
+                first.set()
+        finally:
+            closed_in.append(threading.current_thread())
+
+    async def main() -> ModelOutputThunk[Any]:
+        mot = ModelOutputThunk.from_response(tokens())
+        assert await asyncio.to_thread(first.wait, 10)
+        await mot.aclose()
+        assert len(closed_in) == 1  # closed already, by the worker
+        return mot
+
+    mot = run(main())
+    assert closed_in[0] is not threading.main_thread()
+    assert mot.cancelled and mot.value is not None and mot.value.startswith("t0 ")
+
+
 def test_aclose_releases_waiters_with_partial_text_and_ends_loops() -> None:
     async def main() -> None:
         closed: list[bool] = []
