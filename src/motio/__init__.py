@@ -20,6 +20,35 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BackendConnectionError",
+    "BackendError",
+    "BackendTimeoutError",
+    "BadRequestError",
+    "ChunkTimeoutError",
+    "ClientCache",
+    "ConfigurationError",
+    "DEFAULT_CHUNK_TIMEOUT",
+    "GenerationMeta",
+    "LlamaCppBackend",
+    "ModelOutputThunk",
+    "MotioError",
+    "NotFoundError",
+    "OpenAIBackend",
+    "RateLimitError",
+    "ServerError",
+    "StreamError",
+    "__version__",
+    "create_backend",
+    "get_current_event_loop",
+    "run_sync",
+    "send_to_queue",
+    "wait_for_all_mots",
+]
+
+# Where each public name lives; it is imported on first access.
 _EXPORTS = {
     "send_to_queue": "._feed",
     "DEFAULT_CHUNK_TIMEOUT": "._feed",
@@ -32,27 +61,10 @@ _EXPORTS = {
     "OpenAIBackend": ".backends",
     "LlamaCppBackend": ".backends",
     "create_backend": ".backends",
-    **dict.fromkeys(
-        [
-            "MotioError",
-            "ChunkTimeoutError",
-            "ConfigurationError",
-            "BackendError",
-            "BackendConnectionError",
-            "BackendTimeoutError",
-            "StreamError",
-            "APIStatusError",
-            "BadRequestError",
-            "AuthenticationError",
-            "NotFoundError",
-            "RateLimitError",
-            "ServerError",
-        ],
-        "._exceptions",
-    ),
 }
-
-__all__ = sorted(_EXPORTS) + ["__version__"]
+_EXPORTS.update(
+    (name, "._exceptions") for name in __all__ if name.endswith("Error") and name not in _EXPORTS
+)
 
 if TYPE_CHECKING:
     from ._cache import ClientCache

@@ -229,6 +229,7 @@ def _put_final(aqueue: Any, item: BaseException) -> None:
     except asyncio.QueueFull:
         if not isinstance(aqueue, asyncio.Queue):
             raise
-        aqueue._put(item)  # type: ignore[attr-defined]
-        aqueue._unfinished_tasks += 1  # type: ignore[attr-defined]
-        aqueue._wakeup_next(aqueue._getters)  # type: ignore[attr-defined]
+        queue: Any = aqueue
+        queue._put(item)
+        queue._unfinished_tasks += 1
+        queue._wakeup_next(queue._getters)

@@ -119,14 +119,14 @@ def _portal_for_this_thread() -> _Portal:
     for portal in list(_portals.values()):
         if portal.thread is current:
             depth = portal.depth + 1
-    portal = _portals.get(depth)
-    if portal is not None:
-        return portal
+    found = _portals.get(depth)
+    if found is not None:
+        return found
     with _portals_lock:  # single flight: two threads must not start two loops
-        portal = _portals.get(depth)
-        if portal is None:
-            portal = _portals[depth] = _Portal(depth)
-    return portal
+        found = _portals.get(depth)
+        if found is None:
+            found = _portals[depth] = _Portal(depth)
+    return found
 
 
 def run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
