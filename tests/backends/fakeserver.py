@@ -54,6 +54,8 @@ class FakeServer:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0
+        self.max_connections = 0
         self.disconnected = threading.Event()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -79,6 +81,7 @@ class FakeServer:
         with self._lock:
             self.requests.clear()
             self.max_in_flight = self.in_flight
+            self.max_connections = self.connections
             self.disconnected.clear()
 
     def _run(self) -> None:
@@ -92,12 +95,17 @@ class FakeServer:
             self._loop.run_forever()
         finally:
             self._server.close()
-            for task in asyncio.all_tasks(self._loop):
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
                 task.cancel()
-            self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.run_until_complete(asyncio.sleep(0))  # let stream callbacks see the ends
             self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            self.connections += 1
+            self.max_connections = max(self.max_connections, self.connections)
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
@@ -112,8 +120,12 @@ class FakeServer:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            return  # server shutting down (a handler task must not end cancelled: asyncio logs it)
         finally:
             writer.close()
+            with self._lock:
+                self.connections -= 1
 
     async def _answer(
         self, path: str, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter

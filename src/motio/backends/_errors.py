@@ -7,6 +7,7 @@ chain the result: ``raise translate(exc, where) from exc``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from .._exceptions import (
@@ -76,22 +77,37 @@ def stream_error(detail: str, where: Where) -> StreamError:
 
 def translate(exc: BaseException, where: Where) -> BackendError | None:
     """The motio error for a foreign ``exc``, or None if it is not ours to wrap."""
-    import httpx
     import openai
 
+    timeouts, connects, transports = _http_errors()
     if isinstance(exc, openai.APIStatusError):
         return status_error(exc.status_code, exc.message, where)
-    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
+    if isinstance(exc, (openai.APITimeoutError, *timeouts)):
         return BackendTimeoutError(
             f"{where.describe()}: no answer in time ({type(exc).__name__}); a busy server "
             "may need a larger timeout=, an unreachable one a different base_url",
             **where.fields(),
         )
-    if isinstance(exc, (openai.APIConnectionError, httpx.ConnectError)):
+    if isinstance(exc, (openai.APIConnectionError, *connects)):
         return _connection_error(exc, where)
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, transports):
         return stream_error(f"the connection broke mid-stream ({exc!r})", where)
     return None
+
+
+def _http_errors() -> tuple[tuple[type[BaseException], ...], ...]:
+    """Timeout, connect and transport error classes of the HTTP stacks loaded.
+
+    Recent openai SDKs ride on ``httpx2``, older ones on ``httpx``; the raw
+    stream read raises whichever the SDK uses, so both are recognised (only
+    if already imported: never import an HTTP stack just to classify).
+    """
+    modules = [m for m in (sys.modules.get("httpx2"), sys.modules.get("httpx")) if m is not None]
+    return (
+        tuple(m.TimeoutException for m in modules),
+        tuple(m.ConnectError for m in modules),
+        tuple(m.TransportError for m in modules),
+    )
 
 
 def _connection_error(exc: BaseException, where: Where) -> BackendConnectionError:

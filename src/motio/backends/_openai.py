@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 import weakref
@@ -95,28 +96,19 @@ class OpenAIBackend(Backend):
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
         self._headers = dict(headers or {})
         self.max_concurrency = max_concurrency
-        self._timeout = (timeout, connect_timeout)
-        self._max_retries = max_retries
-        self._clients = LoopClients(self._new_client)
+        factory = functools.partial(
+            _new_client, self._api_key, self.base_url, self._headers, max_retries, timeout, connect_timeout
+        )
+        self._clients = LoopClients(factory)
+        # A backend dropped without close(): close its clients on their own
+        # loops instead of leaving sockets for the garbage collector.
+        weakref.finalize(self, self._clients.close_all_elsewhere)
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
         self._semaphores = weakref.WeakKeyDictionary()
         self._model_lock = threading.Lock()
         self._loads = _json_loads()
         # Cleared the first time a server rejects stream_options (older servers).
         self._ask_usage = True
-
-    def _new_client(self) -> Any:
-        import httpx
-        import openai
-
-        total, connect = self._timeout
-        return openai.AsyncOpenAI(
-            api_key=self._api_key,
-            base_url=self.base_url,
-            default_headers=self._headers,
-            max_retries=self._max_retries,
-            timeout=httpx.Timeout(total, connect=connect),
-        )
 
     def _where(self) -> Where:
         return Where(self.provider, self.model, self.base_url)
@@ -265,6 +257,20 @@ class OpenAIBackend(Backend):
 
             run_sync(self.aclose())
         self._clients.close_all_elsewhere()
+
+
+def _new_client(
+    api_key: str, base_url: str, headers: dict[str, str], max_retries: int, total: float, connect: float
+) -> Any:
+    import openai
+
+    return openai.AsyncOpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        default_headers=headers,
+        max_retries=max_retries,
+        timeout=openai.Timeout(total, connect=connect),
+    )
 
 
 @contextlib.contextmanager

@@ -1,0 +1,238 @@
+"""OpenAIBackend against a scripted loopback server: what llama.cpp won't produce.
+
+Error statuses, broken streams, stalls, disconnects, and counting requests
+and connections in flight to prove ``max_concurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from motio import (
+    BadRequestError,
+    ChunkTimeoutError,
+    ModelOutputThunk,
+    RateLimitError,
+    ServerError,
+    StreamError,
+)
+from motio.backends import OpenAIBackend
+from tests.backends.fakeserver import FakeServer
+from tests.backends.util import arun
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    fake = FakeServer(delay=0.02).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake(server: FakeServer) -> FakeServer:
+    server.reset()
+    return server
+
+
+def backend_for(fake: FakeServer, model: str, **kwargs: Any) -> OpenAIBackend:
+    return OpenAIBackend(model, base_url=fake.base_url, **kwargs)
+
+
+async def failure_of(backend: OpenAIBackend, **options: Any) -> BaseException:
+    async with backend:
+        mot = await backend.generate("hi", **options)
+        with pytest.raises(Exception) as caught:
+            await mot.avalue()
+        assert mot.error is caught.value and not mot.is_computed()
+        return caught.value
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "hint"),
+    [
+        (429, RateLimitError, "slow down"),
+        (500, ServerError, "logs"),
+        (503, ServerError, "logs"),
+        (400, BadRequestError, "options"),
+    ],
+    ids=["429", "500", "503", "400"],
+)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_http_error_statuses(
+    fake: FakeServer, status: int, error_type: type[Exception], hint: str, stream: bool
+) -> None:
+    backend = backend_for(fake, f"status-{status}")
+    error = arun(failure_of(backend, stream=stream))
+    assert type(error) is error_type
+    assert error.status_code == status and error.base_url == fake.base_url  # type: ignore[attr-defined]
+    assert error.model == f"status-{status}" and hint in str(error)  # type: ignore[attr-defined]
+    assert f"fake failure {status}" in str(error)
+    assert error.__cause__ is not None  # chained from the SDK's error
+    assert len(fake.requests) == 1  # no hidden retries by default
+
+
+@pytest.mark.parametrize(
+    ("model", "fragment"),
+    [
+        ("malformed", "not JSON"),
+        ("error-event", "model crashed"),
+        ("truncated", "broke mid-stream"),
+        ("no-done", "before [DONE]"),
+    ],
+)
+def test_broken_streams_are_stream_errors(fake: FakeServer, model: str, fragment: str) -> None:
+    error = arun(failure_of(backend_for(fake, model), max_tokens=3))
+    assert isinstance(error, StreamError) and fragment in str(error)
+    assert error.base_url == fake.base_url and error.model == model
+
+
+def test_malformed_chunk_is_chained_from_the_decoder_error(fake: FakeServer) -> None:
+    error = arun(failure_of(backend_for(fake, "malformed")))
+    assert isinstance(error.__cause__, ValueError)
+
+
+def test_usage_from_the_server_and_metadata(fake: FakeServer) -> None:
+    async def main() -> ModelOutputThunk[Any]:
+        async with backend_for(fake, "ok") as backend:
+            mot = await backend.generate("hi", max_tokens=5)
+            await mot.avalue()
+            return mot
+
+    mot = arun(main())
+    meta = mot.generation
+    assert meta.usage == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert meta.finish_reasons == ["length"] and meta.response_id == "chatcmpl-fake"
+    assert meta.model == "fake-model" and fake.requests[-1]["stream_options"] == {"include_usage": True}
+
+
+def test_usage_is_counted_when_the_server_sends_none(fake: FakeServer) -> None:
+    mot = backend_for(fake, "no-usage").generate_sync("hi", max_tokens=6)
+    assert mot.value == "".join(f" w{i}" for i in range(6))
+    assert mot.generation.usage == {"prompt_tokens": None, "completion_tokens": 6, "total_tokens": None}
+
+
+def test_a_server_rejecting_stream_options_is_asked_again_without(fake: FakeServer) -> None:
+    backend = backend_for(fake, "reject-stream-options")
+    first = backend.generate_sync("hi", max_tokens=4)
+    second = backend.generate_sync("hi", max_tokens=4)
+    assert first.value == second.value == " w0 w1 w2 w3"
+    assert first.generation.usage is not None and first.generation.usage["completion_tokens"] == 4
+    # Rejected once, then remembered: three requests for two generations.
+    assert ["stream_options" in r for r in fake.requests] == [True, False, False]
+    backend.close()
+
+
+def test_unknown_option_is_a_type_error_naming_it(fake: FakeServer) -> None:
+    async def main() -> None:
+        async with backend_for(fake, "ok") as backend:
+            with pytest.raises(TypeError, match="max_tokenz"):
+                await backend.generate("hi", max_tokenz=3)
+
+    arun(main())
+    assert fake.requests == []
+
+
+def test_chunk_timeout_closes_a_stalled_stream(fake: FakeServer) -> None:
+    error = arun(failure_of(backend_for(fake, "stall"), chunk_timeout=0.4))
+    assert isinstance(error, ChunkTimeoutError)
+    assert fake.disconnected.wait(10), "the server never saw the client leave"
+
+
+def test_closing_early_disconnects_from_the_server(fake: FakeServer) -> None:
+    async def main() -> ModelOutputThunk[Any]:
+        async with backend_for(fake, "slow") as backend:
+            mot = await backend.generate("hi", max_tokens=500)
+            assert await mot.astream()
+            await mot.aclose()
+            return mot
+
+    mot = arun(main())
+    assert mot.cancelled and mot.value is not None
+    assert fake.disconnected.wait(10), "the server never saw the client leave"
+
+
+def test_stream_sync_closed_early_disconnects(fake: FakeServer) -> None:
+    backend = backend_for(fake, "slow")
+    deltas = backend.stream_sync("hi", max_tokens=500)
+    assert next(deltas)
+    deltas.close()
+    assert fake.disconnected.wait(10), "the server never saw the client leave"
+    backend.close()
+
+
+def test_max_concurrency_caps_requests_and_connections_in_flight() -> None:
+    fake = FakeServer(delay=0.02).start()  # its own, so no other test's connections count
+    backend = backend_for(fake, "slow", max_concurrency=3)
+
+    async def main() -> list[str]:
+        async with backend:
+            mots = [await backend.generate("hi", max_tokens=8) for _ in range(10)]
+            return list(await asyncio.gather(*(m.avalue() for m in mots)))
+
+    values = arun(main())
+    assert len(values) == 10 and all(values)
+    assert fake.max_in_flight == 3  # reached, never exceeded
+    # Waiting generations hold no connection either.
+    assert fake.max_connections <= 3
+    fake.stop()
+
+
+def test_waiting_for_a_slot_does_not_count_against_chunk_timeout(fake: FakeServer) -> None:
+    backend = backend_for(fake, "slow", max_concurrency=1)
+
+    async def main() -> list[str]:
+        async with backend:
+            # Each takes ~0.2 s; the last waits ~0.6 s for its slot.
+            mots = [await backend.generate("hi", max_tokens=10, chunk_timeout=0.3) for _ in range(4)]
+            return list(await asyncio.gather(*(m.avalue() for m in mots)))
+
+    assert all(arun(main()))
+
+
+@pytest.mark.parametrize("ending", ["error", "close"])
+def test_a_slot_comes_back_however_the_generation_ends(fake: FakeServer, ending: str) -> None:
+    model = "status-500" if ending == "error" else "slow"
+    failing = backend_for(fake, model, max_concurrency=1)
+
+    async def main() -> str:
+        async with failing:
+            for _ in range(3):
+                mot = await failing.generate("hi", max_tokens=200)
+                if ending == "close":
+                    await mot.astream()
+                    await mot.aclose()
+                else:
+                    with pytest.raises(ServerError):
+                        await mot.avalue()
+            failing.model = "ok"
+            return await (await failing.generate("hi", max_tokens=2)).avalue()
+
+    assert arun(main(), timeout=20) == " w0 w1"
+
+
+def test_closing_a_thunk_waiting_for_its_slot(fake: FakeServer) -> None:
+    backend = backend_for(fake, "slow", max_concurrency=1)
+
+    async def main() -> tuple[ModelOutputThunk[Any], str]:
+        async with backend:
+            running = await backend.generate("hi", max_tokens=10)
+            waiting = await backend.generate("hi", max_tokens=10)
+            await asyncio.sleep(0)
+            await waiting.aclose()
+            return waiting, await running.avalue()
+
+    waiting, value = arun(main())
+    assert waiting.cancelled and waiting.value == "" and value
+    assert len(fake.requests) == 1  # the closed one never reached the server
+
+
+def test_non_streaming_answer(fake: FakeServer) -> None:
+    mot = backend_for(fake, "ok").generate_sync("hi", stream=False, max_tokens=3)
+    assert mot.value == " w w w" and mot.generation.streaming is False
+    assert mot.generation.usage == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert mot.generation.finish_reasons == ["length"]
+    assert mot.generation.response_id == "chatcmpl-fake-whole"
