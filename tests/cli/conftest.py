@@ -31,11 +31,16 @@ _SIGINT_READY = (
 )
 
 
+_LLAMA_CPP_DEVNULL = "ignore:unclosed file <_io.TextIOWrapper name='/dev/null':ResourceWarning"
+
+
 def motio_env(**extra: str) -> dict[str, str]:
     """The child's environment: this checkout first, warnings as errors."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    env["PYTHONWARNINGS"] = "error"
+    # Warnings are errors, except one that is not motio's: llama-cpp-python
+    # opens /dev/null twice at import (llama_cpp/_utils.py) and never closes it.
+    env["PYTHONWARNINGS"] = "error," + _LLAMA_CPP_DEVNULL
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
