@@ -90,6 +90,8 @@ def start_llama_server(model_path: Path, log_path: Path, api_key: str | None = N
         sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
         "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", "2048", "--verbose", "False",
+        # By default a new request interrupts the one streaming: queue them instead.
+        "--interrupt_requests", "False",
     ]  # fmt: skip
     if api_key:
         cmd += ["--api_key", api_key]

@@ -53,6 +53,10 @@ class LoopClient:
         """Register the shutdown hook: must run on the client's loop."""
         await self._closer.__anext__()
 
+    def loop_is_dead(self) -> bool:
+        loop = self._loop_ref()
+        return loop is None or loop.is_closed()
+
     def serves(self, loop: asyncio.AbstractEventLoop) -> bool:
         return not self._retired and self._loop_ref() is loop
 
@@ -171,7 +175,16 @@ class LoopClients:
             # Same id(), different (dead) loop: replacing is not an eviction,
             # so the cache does not discard it for us.
             entry.discard()
+        self._drop_dead_loops()
         return fresh
+
+    def _drop_dead_loops(self) -> None:
+        # A loop closed without shutdown_asyncgens (a bare new_event_loop()
+        # ... close()) left its client's sockets open: close them now rather
+        # than when the entry finally falls out of the LRU.
+        for entry in list(self._cache.cache.values()):
+            if entry.loop_is_dead():
+                entry.discard()
 
     async def aclose(self) -> None:
         """Close every client: the running loop's now, others on their loops."""
