@@ -266,7 +266,8 @@ class _LlamaFold:
     def process(self, mot: Any, chunk: dict[str, Any] | list[dict[str, Any]]) -> str | None:
         chunks = chunk if isinstance(chunk, list) else (chunk,)
         meta = mot.generation
-        texts = [text for c in chunks if (text := fold_chunk(meta, c))]
+        # llama-cpp-python reports the file path as the model; keep the stem.
+        texts = [text for c in chunks if (text := fold_chunk(meta, c, take_model=False))]
         self._pieces += len(texts)
         return "".join(texts) if texts else None
 
