@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -61,45 +62,64 @@ async def send_to_queue(
             consumer is released. ``KeyboardInterrupt`` and ``SystemExit``
             propagate too, after being put in the queue the same way.
     """
-    # One coroutine frame for the whole stream, on purpose: every nested
-    # coroutine costs each in-flight generation a few hundred bytes.
+    # One small coroutine frame for the whole stream, on purpose: every
+    # nested coroutine, local and stack slot costs each in-flight generation.
     source: Any = None
     dog = _UNWATCHED
     try:
         _check_timeout(chunk_timeout)
         source = _as_async_iterator(co)
-        if source is None:
-            result = await co  # type: ignore[misc]
-            if not hasattr(result, "__anext__"):
-                await _put(aqueue, result)
-                await _put(aqueue, None)
-                return
-            source = result
-        dog = watch(chunk_timeout) if chunk_timeout is not None else Watchdog(None, None)
-        put = aqueue.put_nowait
+        if source is None and (source := await _resolve(co, aqueue)) is None:
+            return
+        dog = watch(chunk_timeout) if chunk_timeout is not None else Watchdog()
         async for item in source:
             dog.ticks += 1
             try:
-                put(item)
+                aqueue.put_nowait(item)
+                continue
             except asyncio.QueueFull:
-                await _put_waiting(aqueue, item, dog)
+                pass  # awaited below, outside the handler: a shallower frame
+            await _put_waiting(aqueue, item, dog)
         dog.disarm()
         await _put(aqueue, None)
-    except (asyncio.CancelledError, Exception) as exc:
+    except (asyncio.CancelledError, Exception):
         dog.disarm()
-        if _is_own_timeout(dog):
-            await _expire(source, aqueue, chunk_timeout, dog.ticks, on_timeout)
-            return
-        await _abandon(source)
-        if isinstance(exc, Exception):
-            await _put(aqueue, exc)
-            return
-        _put_final(aqueue, asyncio.CancelledError())
-        raise
-    except BaseException as exc:  # KeyboardInterrupt, SystemExit: release, never swallow
+        if not await _ended_early(source, aqueue, dog, (chunk_timeout, on_timeout)):
+            raise
+    except BaseException:  # KeyboardInterrupt, SystemExit: release, never swallow
         dog.disarm()
-        _put_final(aqueue, exc)
+        _put_final(aqueue, sys.exc_info()[1])  # type: ignore[arg-type]
         raise
+
+
+async def _resolve(co: Any, aqueue: _QueueLike) -> Any:
+    """Await ``co``: its async iterator, or None once its one result is put."""
+    result = await co
+    if hasattr(result, "__anext__"):
+        return result
+    await _put(aqueue, result)
+    await _put(aqueue, None)
+    return None
+
+
+async def _ended_early(
+    source: Any, aqueue: _QueueLike, dog: Watchdog, limits: tuple[float | None, Any]
+) -> bool:
+    """Handle the error in flight; return False if it must propagate.
+
+    Our own watchdog's cancel becomes a timeout; another error is put in
+    the queue; a cancellation puts a CancelledError, then propagates.
+    """
+    error = sys.exc_info()[1]
+    if _is_own_timeout(dog):
+        await _expire(source, aqueue, limits[0], dog.ticks, limits[1])
+        return True
+    await _abandon(source)
+    if isinstance(error, Exception):
+        await _put(aqueue, error)
+        return True
+    _put_final(aqueue, asyncio.CancelledError())
+    return False
 
 
 def _check_timeout(chunk_timeout: float | None) -> None:
@@ -167,7 +187,7 @@ async def _expire(
 
 
 # Stands in before the stream starts: nothing mutates it, disarm() is a no-op.
-_UNWATCHED = Watchdog(None, None)
+_UNWATCHED = Watchdog()
 
 
 def _timeout_error(chunk_timeout: float | None, ticks: int) -> ChunkTimeoutError:

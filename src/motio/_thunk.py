@@ -1,11 +1,11 @@
 """``ModelOutputThunk``: a generation's text, usable before it is finished.
 
-A thunk is fed by one producer task running ``send_to_queue``. Instead of a
-real queue plus a second task that drains it, the producer writes into a
-queue-shaped ``_Sink`` that folds each chunk into the thunk's list of parts
-at once. Consumers keep their own cursor into that list and are woken once
-per batch of new parts, so a consumer that falls behind receives the pending
-deltas merged into one string instead of one wake-up per chunk.
+A thunk is fed by one producer task running ``send_to_queue``, and the
+thunk itself is the queue that task fills (``put_nowait``/``put``): each chunk
+is folded into the thunk's list of parts at once, with no real queue and no
+second task. Consumers keep their own cursor into that list and are woken
+once per batch of new parts, so a consumer that falls behind receives the
+pending deltas merged into one string instead of one wake-up per chunk.
 
 Lifecycle (``_State``-like, derived from three fields)::
 
@@ -23,16 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ._feed import DEFAULT_CHUNK_TIMEOUT, send_to_queue
+from ._sink import PostProcessFn, ProcessFn, areceive, receive
 
 __all__ = ["GenerationMeta", "ModelOutputThunk"]
 
 T = TypeVar("T")
 
-ProcessFn = Callable[["ModelOutputThunk[Any]", Any], "str | None | Awaitable[str | None]"]
-PostProcessFn = Callable[["ModelOutputThunk[Any]"], "None | Awaitable[None]"]
 
 # Orders failures in time, so wait_for_all_mots raises the earliest one.
-_failure_clock = itertools.count()
+_failure_clock = itertools.count(1)
+
+_NO_PARTS: tuple[()] = ()
 
 
 @dataclass(slots=True)
@@ -64,11 +65,9 @@ class ModelOutputThunk(Generic[T]):
         TypeError: ``value`` is neither ``None`` nor a ``str``.
     """
 
-    __slots__ = (
-        "_parts", "_value", "_computed", "_error", "_fail_seq", "_cancelled", "_loop",
-        "_task", "_waiters", "_callbacks", "_stream_pos", "_t0", "_ttfb_ms", "_generation",
-        "_meta", "parsed_repr", "tool_calls", "__weakref__",
-    )  # fmt: skip
+    # Kept small on purpose: tens of thousands may be in flight at once.
+    # Computed <=> _value is not None; failed <=> _extra.error is not None.
+    __slots__ = ("_parts", "_value", "_task", "_waiters", "_callbacks", "_clock", "_extra")
 
     def __init__(
         self,
@@ -79,24 +78,21 @@ class ModelOutputThunk(Generic[T]):
     ) -> None:
         if value is not None and not isinstance(value, str):
             raise TypeError(f"ModelOutputThunk value must be a str or None, got {type(value).__name__}")
-        self._parts: list[str] = [value] if value else []
+        # A shared empty tuple until the first text arrives: a waiting
+        # generation should not pay for a list it does not use yet.
+        self._parts: list[str] | tuple[()] = [value] if value else _NO_PARTS
         self._value = value
-        self._computed = value is not None
-        self._error: BaseException | None = None
-        self._fail_seq = 0
-        self._cancelled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[asyncio.Future[None]] | None = None
         self._callbacks: list[Callable[[ModelOutputThunk[Any]], None]] | None = None
-        self._stream_pos = 0
-        self._t0 = 0.0
-        self._ttfb_ms: float | None = None
-        # Created on first access: most in-flight thunks never need them yet.
-        self._generation: GenerationMeta | None = None
-        self._meta = meta
-        self.parsed_repr = parsed_repr
-        self.tool_calls = tool_calls
+        # Minus the start time (loop clock) until the first chunk, then the
+        # time to first chunk in ms: one slot, the sign tells which.
+        self._clock = 0.0
+        # Rarely needed state lives here, created on first use.
+        self._extra: _Extra | None = None
+        if meta is not None or parsed_repr is not None or tool_calls is not None:
+            extra = self._more()
+            extra.meta, extra.parsed_repr, extra.tool_calls = meta, parsed_repr, tool_calls
 
     @classmethod
     def from_response(
@@ -137,10 +133,11 @@ class ModelOutputThunk(Generic[T]):
                 "from async code, or from sync code through motio.run_sync(...)"
             ) from None
         mot: ModelOutputThunk[Any] = cls()
-        mot._loop = loop
-        mot._t0 = loop.time()
-        sink = _Sink(mot, process, post_process)
-        feed = send_to_queue(response, sink, chunk_timeout=chunk_timeout, on_timeout=on_timeout)  # type: ignore[arg-type]
+        mot._clock = -loop.time()
+        if process is not None or post_process is not None:
+            extra = mot._more()
+            extra.process, extra.post_process = process, post_process
+        feed = send_to_queue(response, mot, chunk_timeout=chunk_timeout, on_timeout=on_timeout)  # type: ignore[arg-type]
         mot._task = task = loop.create_task(feed)
         if inspect.iscoroutine(response):
             task.add_done_callback(_ProducerDone(mot, response))
@@ -151,24 +148,49 @@ class ModelOutputThunk(Generic[T]):
     @property
     def generation(self) -> GenerationMeta:
         """How the text was generated: model, usage, ttfb_ms, finish reasons..."""
-        if self._generation is None:
-            self._generation = GenerationMeta(ttfb_ms=self._ttfb_ms)
-        return self._generation
+        extra = self._more()
+        if extra.generation is None:
+            extra.generation = GenerationMeta(ttfb_ms=self.ttfb_ms)
+        return extra.generation
 
     @generation.setter
     def generation(self, meta: GenerationMeta) -> None:
-        self._generation = meta
+        self._more().generation = meta
 
     @property
     def meta(self) -> dict[str, Any]:
         """Free-form metadata for the caller."""
-        if self._meta is None:
-            self._meta = {}
-        return self._meta
+        extra = self._more()
+        if extra.meta is None:
+            extra.meta = {}
+        return extra.meta
 
     @meta.setter
     def meta(self, meta: dict[str, Any]) -> None:
-        self._meta = meta
+        self._more().meta = meta
+
+    @property
+    def parsed_repr(self) -> T | None:
+        """A parsed form of the output, if any."""
+        return None if self._extra is None else self._extra.parsed_repr
+
+    @parsed_repr.setter
+    def parsed_repr(self, parsed: T | None) -> None:
+        self._more().parsed_repr = parsed
+
+    @property
+    def tool_calls(self) -> dict[str, Any] | None:
+        """Tool calls the model asked for, if any."""
+        return None if self._extra is None else self._extra.tool_calls
+
+    @tool_calls.setter
+    def tool_calls(self, calls: dict[str, Any] | None) -> None:
+        self._more().tool_calls = calls
+
+    @property
+    def ttfb_ms(self) -> float | None:
+        """Milliseconds from the start to the first chunk, once it came."""
+        return self._clock if self._clock >= 0 and self._task is not None else None
 
     # -- reading the value -------------------------------------------------
 
@@ -183,25 +205,25 @@ class ModelOutputThunk(Generic[T]):
             raise RuntimeError("cannot set the value of a thunk while it is generating")
         if not isinstance(text, str):
             raise TypeError(f"ModelOutputThunk value must be a str, got {type(text).__name__}")
-        self._parts = [text] if text else []
-        self._stream_pos = 0
+        self._parts = [text] if text else _NO_PARTS
         self._value = text
-        self._computed = True
-        self._error = None
+        if self._extra is not None:
+            self._extra.error = None
+            self._extra.stream_pos = 0
 
     @property
     def error(self) -> BaseException | None:
         """The generation's error, or ``None`` (a cancelled thunk has none)."""
-        return self._error
+        return None if self._extra is None else self._extra.error
 
     @property
     def cancelled(self) -> bool:
         """True when ``aclose()`` stopped the generation before its end."""
-        return self._cancelled
+        return self._extra is not None and self._extra.cancelled
 
     def is_computed(self) -> bool:
         """Return True once the full text is available."""
-        return self._computed
+        return self._value is not None
 
     async def avalue(self) -> str:
         """Wait for the generation to finish.
@@ -214,13 +236,13 @@ class ModelOutputThunk(Generic[T]):
             RuntimeError: awaited from another loop, or the thunk has no
                 generation.
         """
-        if self._computed:
-            return self._value  # type: ignore[return-value]
+        if self._value is not None:
+            return self._value
         self._check_loop()
         while not self._is_done():
             await self._wait_change()
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         return self._value  # type: ignore[return-value]
 
     def __await__(self) -> Generator[Any, None, str]:
@@ -238,20 +260,21 @@ class ModelOutputThunk(Generic[T]):
             Exception: the generation's error, once pending text is delivered.
         """
         self._check_loop()
-        pos = self._stream_pos
+        extra = self._more()  # the astream() cursor lives there
+        pos = extra.stream_pos
         if pos == len(self._parts):
             if self._is_done():
-                if self._error is not None:
-                    raise self._error
+                if extra.error is not None:
+                    raise extra.error
                 raise RuntimeError(
                     "astream() called on a computed thunk whose text was all "
                     "delivered; read .value instead"
                 )
             await self._wait_change()
         parts = self._parts
-        end = self._stream_pos = len(parts)
-        if pos == end and self._error is not None:
-            raise self._error
+        end = extra.stream_pos = len(parts)
+        if pos == end and extra.error is not None:
+            raise extra.error
         return "".join(parts[pos:end])
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -295,30 +318,56 @@ class ModelOutputThunk(Generic[T]):
         return self._value or ""
 
     def __repr__(self) -> str:
-        if self._error is not None:
-            state = f"failed {type(self._error).__name__}"
-        elif self._computed:
-            state = "cancelled" if self._cancelled else "computed"
+        if self.error is not None:
+            state = f"failed {type(self.error).__name__}"
+        elif self._value is not None:
+            state = "cancelled" if self.cancelled else "computed"
         else:
             state = "generating" if self._task is not None else "empty"
         text = "".join(self._parts)
         shown = text if len(text) <= 24 else text[:23] + "…"
         return f"<ModelOutputThunk {state} {shown!r}>"
 
+    # -- the queue protocol, for send_to_queue --------------------------------
+
+    def put_nowait(self, item: Any) -> None:
+        """Take one item from the producer: a chunk, ``None`` (end) or an error.
+
+        A thunk is the queue ``send_to_queue`` fills: ``from_response`` runs
+        ``send_to_queue(response, thunk)``. Raises ``asyncio.QueueFull``
+        when an async callback must be awaited through ``put``.
+        """
+        if item.__class__ is str and self._clock >= 0 and self._extra is None:
+            # The hot path: a str chunk after the first, no callbacks.
+            if item:
+                self._add_text(item)
+            return
+        receive(self, item)
+
+    async def put(self, item: Any) -> None:
+        """``put_nowait``, awaiting an async ``process``/``post_process``."""
+        await areceive(self, item)
+
     # -- internals -----------------------------------------------------------
 
     def _is_done(self) -> bool:
-        return self._computed or self._error is not None
+        return self._value is not None or (self._extra is not None and self._extra.error is not None)
+
+    def _more(self) -> _Extra:
+        if self._extra is None:
+            self._extra = _Extra()
+        return self._extra
 
     def _check_loop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            if self._task is None and not self._computed:
+        task = self._task
+        if task is None:
+            if not self._is_done():
                 raise RuntimeError(
                     "this ModelOutputThunk has no generation: create it with "
                     "ModelOutputThunk.from_response(...) or a backend's generate()"
                 )
             return
+        loop = task.get_loop()
         running = asyncio.get_running_loop()
         if running is not loop:
             raise RuntimeError(
@@ -330,7 +379,7 @@ class ModelOutputThunk(Generic[T]):
     async def _wait_change(self) -> None:
         if self._task is None:
             self._check_loop()  # raises: nothing will ever change
-        waiter = self._loop.create_future()  # type: ignore[union-attr]
+        waiter = self._task.get_loop().create_future()  # type: ignore[union-attr]
         if self._waiters is None:
             self._waiters = [waiter]
         else:
@@ -343,15 +392,30 @@ class ModelOutputThunk(Generic[T]):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _add_text(self, text: str) -> None:
+        if self._parts is _NO_PARTS:
+            self._parts = [text]
+        else:
+            self._parts.append(text)  # type: ignore[union-attr]
+        if self._waiters:
+            self._notify()
+
+    def _mark_first_chunk(self) -> None:
+        if self._clock < 0:
+            self._clock = (self._task.get_loop().time() + self._clock) * 1000.0  # type: ignore[union-attr]
+            if self._extra is not None and self._extra.generation is not None:
+                self._extra.generation.ttfb_ms = self._clock
+
     def _finish(self, *, cancelled: bool = False) -> None:
+        if cancelled:
+            self._more().cancelled = True
         self._value = "".join(self._parts)
-        self._computed = True
-        self._cancelled = cancelled
         self._settle()
 
     def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._fail_seq = next(_failure_clock)
+        extra = self._more()
+        extra.error = error
+        extra.fail_seq = next(_failure_clock)
         self._settle()
 
     def _settle(self) -> None:
@@ -359,6 +423,10 @@ class ModelOutputThunk(Generic[T]):
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             callback(self)
+
+    def _failed_at(self) -> int:
+        """Order of this thunk's failure among all failures (lower is earlier)."""
+        return self._extra.fail_seq if self._extra is not None else 0
 
     def _add_done_callback(self, callback: Callable[[ModelOutputThunk[Any]], None]) -> None:
         if self._callbacks is None:
@@ -369,6 +437,28 @@ class ModelOutputThunk(Generic[T]):
     def _remove_done_callback(self, callback: Callable[[ModelOutputThunk[Any]], None]) -> None:
         if self._callbacks is not None and callback in self._callbacks:
             self._callbacks.remove(callback)
+
+
+class _Extra:
+    """A thunk's rarely used state, allocated on first use."""
+
+    __slots__ = (
+        "generation", "meta", "parsed_repr", "tool_calls", "cancelled", "error", "fail_seq",
+        "stream_pos", "process", "post_process", "pending",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.stream_pos = 0
+        self.process: ProcessFn | None = None
+        self.post_process: PostProcessFn | None = None
+        self.pending: Awaitable[Any] | None = None
+        self.generation: GenerationMeta | None = None
+        self.meta: dict[str, Any] | None = None
+        self.parsed_repr: Any = None
+        self.tool_calls: dict[str, Any] | None = None
+        self.cancelled = False
+        self.fail_seq = 0
 
 
 class _Deltas:
@@ -393,113 +483,10 @@ class _Deltas:
                 self._pos = end
                 return parts[pos] if end - pos == 1 else "".join(parts[pos:end])
             if mot._is_done():
-                if mot._error is not None:
-                    raise mot._error
+                if mot.error is not None:
+                    raise mot.error
                 raise StopAsyncIteration
             await mot._wait_change()
-
-
-class _Sink:
-    """The queue ``send_to_queue`` fills for a thunk: folds chunks in place.
-
-    ``put_nowait`` handles everything that needs no await; it raises
-    ``QueueFull`` when an async ``process``/``post_process`` must be
-    awaited, which makes ``send_to_queue`` call ``put`` (the queue protocol).
-    """
-
-    __slots__ = ("_mot", "_process", "_post_process", "_pending", "_started")
-
-    def __init__(
-        self,
-        mot: ModelOutputThunk[Any],
-        process: ProcessFn | None,
-        post_process: PostProcessFn | None,
-    ) -> None:
-        self._mot = mot
-        self._process = process
-        self._post_process = post_process
-        self._pending: Awaitable[Any] | None = None
-        self._started = False
-
-    def put_nowait(self, item: Any) -> None:
-        if item.__class__ is str and self._process is None and self._started:
-            if item:
-                mot = self._mot
-                mot._parts.append(item)
-                if mot._waiters:
-                    mot._notify()
-            return
-        self._put_other(item)
-
-    async def put(self, item: Any) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None:
-            self.put_nowait(item)
-            return
-        if item is None:
-            try:
-                await pending
-            except Exception as exc:
-                self._mot._fail(exc)
-                return
-            self._mot._finish()
-            return
-        self._add(await pending)
-
-    def _put_other(self, item: Any) -> None:
-        if item is None:
-            self._end()
-        elif isinstance(item, BaseException):
-            self._stop(item)
-        else:
-            self._chunk(item)
-
-    def _chunk(self, chunk: Any) -> None:
-        if not self._started:
-            self._started = True
-            mot = self._mot
-            mot._ttfb_ms = (mot._loop.time() - mot._t0) * 1000.0  # type: ignore[union-attr]
-            if mot._generation is not None:
-                mot._generation.ttfb_ms = mot._ttfb_ms
-        if self._process is None:
-            if not isinstance(chunk, str):
-                raise TypeError(
-                    f"got a {type(chunk).__name__} chunk; the default process accepts str "
-                    "chunks only: pass process=... to ModelOutputThunk.from_response"
-                )
-            self._add(chunk)
-            return
-        text = self._process(self._mot, chunk)
-        if inspect.isawaitable(text):
-            self._pending = text
-            raise asyncio.QueueFull
-        self._add(text)
-
-    def _add(self, text: str | None) -> None:
-        if text:
-            mot = self._mot
-            mot._parts.append(text)
-            if mot._waiters:
-                mot._notify()
-
-    def _end(self) -> None:
-        mot = self._mot
-        if self._post_process is not None:
-            try:
-                result = self._post_process(mot)
-            except Exception as exc:
-                mot._fail(exc)
-                return
-            if inspect.isawaitable(result):
-                self._pending = result
-                raise asyncio.QueueFull
-        mot._finish()
-
-    def _stop(self, error: BaseException) -> None:
-        if isinstance(error, asyncio.CancelledError):
-            self._mot._finish(cancelled=True)
-        else:
-            self._mot._fail(error)
 
 
 class _ProducerDone:

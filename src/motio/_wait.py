@@ -32,7 +32,7 @@ async def wait_for_all_mots(mots: list[ModelOutputThunk[Any]]) -> None:
         await _AllDone(loop, pending).wait()
     failed = [mot for mot in mots if mot.error is not None]
     if failed:
-        raise min(failed, key=lambda mot: mot._fail_seq).error  # type: ignore[misc]
+        raise min(failed, key=lambda mot: mot._failed_at()).error  # type: ignore[misc]
 
 
 def _pending_on(
@@ -44,8 +44,7 @@ def _pending_on(
         if mot._is_done():
             continue
         mot._check_loop()
-        if mot._error is None and not mot._computed:
-            pending.append(mot)
+        pending.append(mot)
     return pending
 
 
