@@ -51,21 +51,32 @@ def motio_argv(*args: str | Path) -> list[str]:
 
 
 def run_motio(
-    *args: str | Path, input: str | None = None, env: dict[str, str] | None = None,
+    *args: str | Path,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
     timeout: float = COMMAND_TIMEOUT,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m motio ARGS`` to completion (bounded)."""
     return subprocess.run(
         [sys.executable, "-m", "motio", *map(str, args)],
-        input=input, capture_output=True, text=True, env=env or motio_env(), timeout=timeout,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=env or motio_env(),
+        timeout=timeout,
+        check=False,
     )
 
 
 def start_motio(*args: str | Path, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
     """Start ``motio ARGS`` in the background, SIGINT-able, pipes captured."""
     return subprocess.Popen(
-        motio_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env or motio_env(), **popen,
+        motio_argv(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or motio_env(),
+        **popen,
     )
 
 
@@ -132,8 +143,7 @@ def ids_of(lines: list[dict[str, Any]]) -> list[Any]:
 
 def assert_clean(stderr: str) -> None:
     """No traceback, warning or swallowed exception in the command's stderr."""
-    for marker in ("Traceback", "Warning", "Exception ignored", "Task was destroyed",
-                   "never retrieved"):
+    for marker in ("Traceback", "Warning", "Exception ignored", "Task was destroyed", "never retrieved"):
         assert marker not in stderr, stderr
 
 

@@ -10,8 +10,16 @@ from .fake_openai import FakeOpenAIServer
 
 
 def test_chat_prints_the_answer(fake_server: FakeOpenAIServer) -> None:
-    done = run_motio("chat", "hello there", "--base-url", fake_server.base_url,
-                     "--system", "Be brief", "--max-tokens", "16")
+    done = run_motio(
+        "chat",
+        "hello there",
+        "--base-url",
+        fake_server.base_url,
+        "--system",
+        "Be brief",
+        "--max-tokens",
+        "16",
+    )
     assert done.returncode == 0, done.stderr
     assert_clean(done.stderr)
     assert done.stdout == "echo: hello there\n"

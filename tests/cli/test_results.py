@@ -114,7 +114,10 @@ def test_drop_failed_removes_only_those_error_lines(tmp_path: Path) -> None:
     finally:
         results.close()
     assert [(r["id"], r["error"] is None) for r in lines_of(path)] == [
-        (1, True), (3, False), (4, True), (2, True),
+        (1, True),
+        (3, False),
+        (4, True),
+        (2, True),
     ]
     assert not (tmp_path / "out.jsonl.motio-tmp").exists()
 
@@ -144,7 +147,7 @@ def test_lock_is_seen_by_another_process(tmp_path: Path) -> None:
         "except ResultsFileLocked:\n    sys.exit(7)\n"
     )
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60)
+        done = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60, check=False)
     finally:
         results.close()
     assert done.returncode == 7

@@ -30,9 +30,7 @@ from .conftest import (
 from .fake_openai import FakeOpenAIServer
 
 
-def test_full_run_writes_one_complete_line_per_prompt(
-    tmp_path: Path, fake_server: FakeOpenAIServer
-) -> None:
+def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         '{"id": "a", "prompt": "alpha"}\n'
@@ -51,8 +49,16 @@ def test_full_run_writes_one_complete_line_per_prompt(
     assert by_id[7]["output"] == "echo: beta"
     assert by_id[3]["output"] == "echo: gamma"  # id defaults to the line number
     for line in lines:
-        assert list(line) == ["id", "output", "finish_reason", "usage", "ttfb_ms",
-                              "latency_ms", "model", "error"]
+        assert list(line) == [
+            "id",
+            "output",
+            "finish_reason",
+            "usage",
+            "ttfb_ms",
+            "latency_ms",
+            "model",
+            "error",
+        ]
         assert line["error"] is None and line["finish_reason"] == "stop"
         assert line["model"] == "fake-model"
         assert line["usage"]["completion_tokens"] == 3
@@ -85,9 +91,7 @@ def test_quiet_prints_nothing_on_success(tmp_path: Path, fake_server: FakeOpenAI
 def test_concurrency_cap_is_reached_and_never_exceeded(tmp_path: Path, cap: int) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", cap * 4), tmp_path / "out.jsonl"
     with FakeOpenAIServer(batch=cap) as server:
-        done = run_motio(
-            "run", prompts, "-o", out, "--base-url", server.base_url, "-c", str(cap), "-q"
-        )
+        done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", str(cap), "-q")
         seen = server.snapshot()
     assert done.returncode == 0, done.stderr
     assert seen["requests"] == cap * 4
@@ -106,7 +110,7 @@ def test_bad_input_lines_are_named_and_the_rest_still_runs(
         '{"id": "broken", "prompt": "two"\n'
         '{"id": "nothing"}\n'
         '{"id": "ok1", "prompt": "again"}\n'
-        '\n'
+        "\n"
         '{"id": "ok2", "messages": [{"role": "user", "content": "three"}]}\n'
         '{"id": "bad-mt", "prompt": "x", "max_tokens": -3}\n'
     )
@@ -126,10 +130,12 @@ def test_bad_input_lines_are_named_and_the_rest_still_runs(
 
 def test_failed_prompts_are_recorded_and_retried_only_when_asked(tmp_path: Path) -> None:
     prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
-    prompts.write_text("".join(
-        json.dumps({"id": i, "prompt": "please fail" if i in (1, 3) else f"fine {i}"}) + "\n"
-        for i in range(5)
-    ))
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": i, "prompt": "please fail" if i in (1, 3) else f"fine {i}"}) + "\n"
+            for i in range(5)
+        )
+    )
     with FakeOpenAIServer(fail_marker="please fail") as server:
         url = server.base_url
         first = run_motio("run", prompts, "-o", out, "--base-url", url)
@@ -185,15 +191,19 @@ def test_bad_api_key_fails_fast_and_key_comes_from_the_environment(tmp_path: Pat
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(("run", "missing.jsonl", "-o", "out.jsonl"), "'missing.jsonl' not found",
-                     id="missing-prompts"),
+        pytest.param(
+            ("run", "missing.jsonl", "-o", "out.jsonl"), "'missing.jsonl' not found", id="missing-prompts"
+        ),
         pytest.param(("run", ".", "-o", "out.jsonl"), "is not a file", id="prompts-is-dir"),
-        pytest.param(("run", "p.jsonl", "-o", "no/such/dir/out.jsonl"), "does not exist",
-                     id="missing-out-dir"),
-        pytest.param(("run", "p.jsonl", "-o", "p.jsonl"), "must not be the prompts file",
-                     id="out-is-input"),
-        pytest.param(("run", "p.jsonl", "-o", "o.jsonl", "--backend", "llamacpp",
-                      "--base-url", "http://x/v1"), "need --backend openai", id="url-for-llamacpp"),
+        pytest.param(
+            ("run", "p.jsonl", "-o", "no/such/dir/out.jsonl"), "does not exist", id="missing-out-dir"
+        ),
+        pytest.param(("run", "p.jsonl", "-o", "p.jsonl"), "must not be the prompts file", id="out-is-input"),
+        pytest.param(
+            ("run", "p.jsonl", "-o", "o.jsonl", "--backend", "llamacpp", "--base-url", "http://x/v1"),
+            "need --backend openai",
+            id="url-for-llamacpp",
+        ),
     ],
 )
 def test_unusable_paths_and_options_fail_fast_with_one_line(

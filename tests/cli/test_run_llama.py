@@ -28,11 +28,9 @@ pytestmark = pytest.mark.integration
 
 _TINY = ("--max-tokens", "8", "--temperature", "0", "--seed", "1")
 
-# One request at a time against the llama_server fixtures: llama_cpp.server
-# runs with interrupt_requests=True by default, so a second concurrent request
-# cuts the first one's stream short (the concurrency cap itself is proven
-# against the counting server in test_run_http.py).
-_ONE_AT_A_TIME = ("--concurrency", "1")
+# Two at a time against the llama_server fixtures: enough to overlap requests
+# (the server queues them); the cap itself is proven in test_run_http.py.
+_TWO_AT_A_TIME = ("--concurrency", "2")
 
 
 def assert_results(lines: list[dict[str, Any]], ids: list[str], max_tokens: int) -> None:
@@ -81,8 +79,18 @@ def test_embedded_model_ctrl_c_then_resume(tmp_path: Path, smollm2_path: Path) -
 
 def test_llama_server_full_run(tmp_path: Path, llama_server: Any) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 4), tmp_path / "out.jsonl"
-    done = run_motio("run", prompts, "-o", out, "--base-url", llama_server.base_url,
-                     "--model", llama_server.model, *_ONE_AT_A_TIME, *_TINY)
+    done = run_motio(
+        "run",
+        prompts,
+        "-o",
+        out,
+        "--base-url",
+        llama_server.base_url,
+        "--model",
+        llama_server.model,
+        *_TWO_AT_A_TIME,
+        *_TINY,
+    )
     assert done.returncode == 0, done.stderr
     assert_clean(done.stderr)
     lines = complete_lines(out)
@@ -92,7 +100,7 @@ def test_llama_server_full_run(tmp_path: Path, llama_server: Any) -> None:
 
 def test_llama_server_kill_9_mid_run_then_resume(tmp_path: Path, llama_server: Any) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 12), tmp_path / "out.jsonl"
-    args = ("--base-url", llama_server.base_url, *_ONE_AT_A_TIME, "--temperature", "0")
+    args = ("--base-url", llama_server.base_url, *_TWO_AT_A_TIME, "--temperature", "0")
     proc = start_motio("run", prompts, "-o", out, *args, "--max-tokens", "32")
     wait_for_results(out, 2, proc)
     proc.kill()
@@ -108,8 +116,18 @@ def test_llama_server_kill_9_mid_run_then_resume(tmp_path: Path, llama_server: A
 def test_llama_server_api_key_from_environment(tmp_path: Path, llama_server_with_key: Any) -> None:
     server = llama_server_with_key
     prompts, out = write_prompts(tmp_path / "p.jsonl", 2), tmp_path / "out.jsonl"
-    args = ("run", prompts, "-o", out, "--base-url", server.base_url, "--api-key-env", "LLAMA_KEY",
-            *_ONE_AT_A_TIME, *_TINY)
+    args = (
+        "run",
+        prompts,
+        "-o",
+        out,
+        "--base-url",
+        server.base_url,
+        "--api-key-env",
+        "LLAMA_KEY",
+        *_TWO_AT_A_TIME,
+        *_TINY,
+    )
     wrong = run_motio(*args, env=motio_env(LLAMA_KEY="not-the-key"))
     assert wrong.returncode == 3
     assert wrong.stderr.startswith("motio: error: ") and wrong.stderr.count("\n") == 1

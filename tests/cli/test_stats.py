@@ -40,8 +40,7 @@ def test_record_counts_results_and_tokens() -> None:
     stats = RunStats(total=5, already_done=1)
     stats.record(_result(latency=100.0))
     stats.record(_result(latency=300.0, tokens=5))
-    stats.record({"error": {"type": "X", "message": "m"}, "latency_ms": 50.0, "usage": None,
-                  "ttfb_ms": None})
+    stats.record({"error": {"type": "X", "message": "m"}, "latency_ms": 50.0, "usage": None, "ttfb_ms": None})
     assert (stats.ok, stats.failed, stats.to_run) == (2, 1, 4)
     assert stats.completion_tokens == 15
     assert stats.latencies_ms == [100.0, 300.0, 50.0]

@@ -16,7 +16,7 @@ from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from ..backends import Backend
 
-__all__ = ["BackendSpec", "open_backend", "one_line", "generation_options"]
+__all__ = ["BackendSpec", "generation_options", "one_line", "open_backend"]
 
 # The embedded model serves one generation at a time, the others just queue,
 # so more than one worker would only inflate every latency figure.
@@ -31,7 +31,7 @@ class BackendSpec:
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
-    concurrency: int | None = None
+    concurrency: int = 1
 
     @classmethod
     def from_args(cls, args: Any) -> BackendSpec:
@@ -100,8 +100,7 @@ def _preflight_error(exc: BaseException, spec: BackendSpec) -> CliError:
     if isinstance(exc, ModuleNotFoundError):
         extra = "openai" if spec.kind == "openai" else "llamacpp"
         return CliError(
-            f"the {spec.kind} backend needs the '{exc.name}' package: "
-            f"pip install 'motio[{extra}]'",
+            f"the {spec.kind} backend needs the '{exc.name}' package: pip install 'motio[{extra}]'",
             EXIT_USAGE,
         )
     # A bad option or model path is the user's to fix (usage); anything else

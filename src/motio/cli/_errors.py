@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 __all__ = [
-    "CliError",
-    "EXIT_OK",
-    "EXIT_FAILURES",
-    "EXIT_USAGE",
     "EXIT_BACKEND",
+    "EXIT_FAILURES",
     "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CliError",
 ]
 
 EXIT_OK = 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PromptRecord", "InputProblem", "id_key", "parse_line", "scan_prompts"]
+__all__ = ["InputProblem", "PromptRecord", "id_key", "parse_line", "scan_prompts"]
 
 # Per-line keys that override the command-line generation options.
 _OVERRIDES = ("max_tokens", "temperature")
@@ -94,14 +94,10 @@ def _decode_and_parse(raw: bytes, number: int) -> PromptRecord | InputProblem | 
     return parse_line(text, number)
 
 
-def _check_unique(
-    record: PromptRecord, first_line_of: dict[str, int]
-) -> PromptRecord | InputProblem:
+def _check_unique(record: PromptRecord, first_line_of: dict[str, int]) -> PromptRecord | InputProblem:
     first = first_line_of.setdefault(record.key, record.line)
     if first != record.line:
-        return InputProblem(
-            record.line, f"duplicate id {record.key} (first used on line {first}); skipped"
-        )
+        return InputProblem(record.line, f"duplicate id {record.key} (first used on line {first}); skipped")
     return record
 
 
@@ -146,7 +142,7 @@ def _check_request(obj: dict[str, Any]) -> str | None:
 
 def _check_messages(messages: object) -> str | None:
     if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects"
+        return '\'messages\' must be a non-empty list of {"role": ..., "content": ...} objects'
     for index, message in enumerate(messages):
         if (
             not isinstance(message, dict)
@@ -165,9 +161,7 @@ def _check_overrides(obj: dict[str, Any]) -> str | None:
         return "'max_tokens' must be a positive integer"
     temperature = obj.get("temperature")
     if temperature is not None and (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or temperature < 0
+        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0
     ):
         return "'temperature' must be a number >= 0"
     return None

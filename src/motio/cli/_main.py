@@ -9,7 +9,7 @@ from typing import Any
 
 from ._errors import EXIT_USAGE, CliError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 _DESCRIPTION = """\
 Concurrent LLM generation from the command line.
@@ -95,19 +95,28 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("prompts", metavar="PROMPTS.jsonl", help="one JSON object per line")
     run.add_argument(
-        "-o", "--output", metavar="OUT.jsonl", required=True,
+        "-o",
+        "--output",
+        metavar="OUT.jsonl",
+        required=True,
         help="results file; appended to, and read to resume",
     )
     run.add_argument(
-        "--concurrency", "-c", type=_positive_int, metavar="N",
+        "--concurrency",
+        "-c",
+        type=_positive_int,
+        metavar="N",
         help="generations in flight at once (default: 16 for a server, 1 embedded)",
     )
     run.add_argument(
-        "--retry-errors", action="store_true",
+        "--retry-errors",
+        action="store_true",
         help="run again the prompts whose earlier result is an error",
     )
     run.add_argument(
-        "--quiet", "-q", action="store_true",
+        "--quiet",
+        "-q",
+        action="store_true",
         help="no progress bar and no summary; problems are still reported",
     )
 
@@ -130,19 +139,21 @@ def _backend_options() -> argparse.ArgumentParser:
     group = argparse.ArgumentParser(add_help=False)
     options = group.add_argument_group("backend")
     options.add_argument(
-        "--backend", choices=["llamacpp", "openai"],
+        "--backend",
+        choices=["llamacpp", "openai"],
         help="llamacpp: embedded model, offline (default); "
         "openai: any OpenAI-compatible server (implied by --base-url)",
     )
     options.add_argument(
-        "--model", "-m", metavar="NAME",
+        "--model",
+        "-m",
+        metavar="NAME",
         help="model name on the server, or a GGUF file path for llamacpp",
     )
+    options.add_argument("--base-url", metavar="URL", help="server URL, such as http://127.0.0.1:8000/v1")
     options.add_argument(
-        "--base-url", metavar="URL", help="server URL, such as http://127.0.0.1:8000/v1"
-    )
-    options.add_argument(
-        "--api-key-env", metavar="VAR",
+        "--api-key-env",
+        metavar="VAR",
         help="read the API key from environment variable VAR (never from the command line)",
     )
     options.add_argument("--api-key", nargs="?", action=_RefuseKeyOnArgv, help=argparse.SUPPRESS)
@@ -153,13 +164,18 @@ def _generation_options() -> argparse.ArgumentParser:
     group = argparse.ArgumentParser(add_help=False)
     options = group.add_argument_group("generation")
     options.add_argument(
-        "--max-tokens", type=_positive_int, default=512, metavar="N",
+        "--max-tokens",
+        type=_positive_int,
+        default=512,
+        metavar="N",
         help="tokens to generate at most (default: 512)",
     )
     options.add_argument("--temperature", type=_non_negative_float, metavar="T")
     options.add_argument("--seed", type=int, metavar="N")
     options.add_argument(
-        "--chunk-timeout", type=_non_negative_float, metavar="SECONDS",
+        "--chunk-timeout",
+        type=_non_negative_float,
+        metavar="SECONDS",
         help="fail a generation that sends nothing for this long (0: no limit)",
     )
     return group

@@ -31,7 +31,7 @@ try:
 except ImportError:  # pragma: no cover - Windows has no flock; locking is skipped
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ResumeState", "ResultsFile", "ResultsFileLocked"]
+__all__ = ["ResultsFile", "ResultsFileLocked", "ResumeState"]
 
 
 class ResultsFileLocked(Exception):

@@ -34,7 +34,7 @@ from ._stats import RunStats, format_summary
 if TYPE_CHECKING:
     from ..backends import Backend
 
-__all__ = ["run_command", "build_result"]
+__all__ = ["build_result", "run_command"]
 
 # Enough bad lines to see the pattern; a broken file must not flood the terminal.
 _MAX_PROBLEMS_SHOWN = 20
@@ -62,8 +62,9 @@ def run_command(args: Any) -> int:
         asyncio.run(_run(args, spec, prompts, results, stats))
     except KeyboardInterrupt:
         _print_end(stats, args.quiet)
-        _say(f"interrupted: {results.written} new results saved in {out}; "
-             "run the same command again to resume")
+        _say(
+            f"interrupted: {results.written} new results saved in {out}; run the same command again to resume"
+        )
         return EXIT_INTERRUPTED
     finally:
         results.close()
@@ -96,15 +97,15 @@ def _open_results(out: Path) -> ResultsFile:
 def _report_repairs(results: ResultsFile) -> None:
     state = results.state
     if state.torn_bytes:
-        _say(f"{results.path}: cut off a torn last line ({state.torn_bytes} bytes) "
-             "left by an interrupted run; that prompt runs again")
+        _say(
+            f"{results.path}: cut off a torn last line ({state.torn_bytes} bytes) "
+            "left by an interrupted run; that prompt runs again"
+        )
     for number in state.bad_lines[:_MAX_PROBLEMS_SHOWN]:
         _say(f"{results.path}:{number}: not a result line; ignored")
 
 
-async def _run(
-    args: Any, spec: BackendSpec, prompts: Path, results: ResultsFile, stats: RunStats
-) -> None:
+async def _run(args: Any, spec: BackendSpec, prompts: Path, results: ResultsFile, stats: RunStats) -> None:
     backend = await open_backend(spec)
     try:
         retry = _plan(prompts, results.state, stats, retry_errors=args.retry_errors)
@@ -156,9 +157,7 @@ def _pending(prompts: Path, state: ResumeState) -> Iterator[PromptRecord]:
     prompt, because each id occurs once (duplicates are problems, skipped).
     """
     for item in _read_prompts(prompts):
-        if isinstance(item, PromptRecord) and not (
-            item.key in state.done or item.key in state.failed
-        ):
+        if isinstance(item, PromptRecord) and not (item.key in state.done or item.key in state.failed):
             yield item
 
 
@@ -206,7 +205,7 @@ class _Pool:
         try:
             mot = await self._backend.generate(record.request, stream=True, **options)
             await mot.avalue()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of one prompt is its result
             error = exc
         finally:
             # On Ctrl-C this is what stops the generation at its source (the
@@ -253,9 +252,7 @@ class _Pool:
         if self._stats.failed > _MAX_PROBLEMS_SHOWN:
             return
         error = result["error"]
-        self._progress.note(
-            f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}"
-        )
+        self._progress.note(f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}")
         if self._stats.failed == _MAX_PROBLEMS_SHOWN:
             self._progress.note("motio: further failures are not shown; see the results file")
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunStats", "percentile", "format_summary"]
+__all__ = ["RunStats", "format_summary", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -77,8 +77,10 @@ class RunStats:
 def format_summary(stats: RunStats) -> list[str]:
     """The end-of-run summary as plain lines (no colour, fit for logs)."""
     done = stats.ok + stats.failed
-    lines = [f"{done} of {stats.to_run} prompts in {stats.elapsed():.1f}s: "
-             f"{stats.ok} ok, {stats.failed} failed"]
+    headline = (
+        f"{done} of {stats.to_run} prompts in {stats.elapsed():.1f}s: {stats.ok} ok, {stats.failed} failed"
+    )
+    lines = [headline]
     skipped = _skipped_note(stats)
     if skipped:
         lines.append(skipped)
@@ -86,9 +88,7 @@ def format_summary(stats: RunStats) -> list[str]:
         lines.append("latency " + _p50_p95(stats.latencies_ms))
     if stats.ttfb_ms:
         lines.append("first token " + _p50_p95(stats.ttfb_ms))
-    lines.append(
-        f"{stats.completion_tokens} completion tokens, {stats.tokens_per_second():.1f} tokens/s"
-    )
+    lines.append(f"{stats.completion_tokens} completion tokens, {stats.tokens_per_second():.1f} tokens/s")
     return lines
 
 
