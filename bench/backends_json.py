@@ -9,13 +9,13 @@ skips building the rest).
     python bench/backends_json.py
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: msgspec must evaluate the
+# annotations of the Structs defined inside _decoders().
 import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, List, Optional
 
 sys.path.insert(0, os.path.dirname(__file__))
 from backends_server import chunk_line  # noqa: E402
@@ -47,17 +47,17 @@ def _decoders() -> dict[str, Any]:
     found["msgspec (dict)"] = lambda p: _fold_dict(decode_any(p))
 
     class Delta(msgspec.Struct):
-        content: str | None = None
+        content: Optional[str] = None  # noqa: UP045
 
     class Choice(msgspec.Struct):
-        delta: Delta | None = None
+        delta: Optional[Delta] = None  # noqa: UP045
         index: int = 0
-        finish_reason: str | None = None
+        finish_reason: Optional[str] = None  # noqa: UP045
 
     class Chunk(msgspec.Struct):
-        choices: list[Choice] = []
-        id: str | None = None
-        model: str | None = None
+        choices: List[Choice] = []  # noqa: UP006
+        id: Optional[str] = None  # noqa: UP045
+        model: Optional[str] = None  # noqa: UP045
 
     decode_typed = msgspec.json.Decoder(Chunk).decode
 

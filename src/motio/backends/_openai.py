@@ -27,11 +27,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from .._exceptions import BackendError, ConfigurationError, NotFoundError
-from ._chat import fold_chunk
+from ._chat import batch_decoder, fold_chunk, fold_structs
 from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
 from ._errors import Where, stream_error, translate
 from ._loopclients import LoopClient, LoopClients, loop_semaphore
-from ._sse import ErrorEvent, SSEDecoder
+from ._sse import ErrorEvent, SSEDecoder, data_as_json_array, parse_events
 
 __all__ = ["OpenAIBackend"]
 
@@ -46,6 +46,9 @@ _OPTIONS = COMMON_OPTIONS | {
     "response_format",
     "extra_body",
 }
+
+
+_TAKE_GENERIC_PATH = object()
 
 
 def _no_release() -> None:
@@ -123,8 +126,9 @@ class OpenAIBackend(Backend):
         body = _request_body(to_messages(prompt_or_messages), stream, options)
         fold = _ChatFold(self._loads, self._where(), stream)
         opener = self._open_stream(body, fold) if stream else self._complete(body, fold)
+        process = fold.process_events if stream else fold.process_whole
         mot = ModelOutputThunk.from_response(
-            opener, process=fold.process, post_process=fold.finish, chunk_timeout=chunk_timeout
+            opener, process=process, post_process=fold.finish, chunk_timeout=chunk_timeout
         )
         meta = mot.generation
         meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
@@ -142,7 +146,7 @@ class OpenAIBackend(Backend):
             body["stream_options"] = {"include_usage": True}
         return SlotStream(self._read_sse(entry, body, fold.where), release)
 
-    async def _complete(self, body: dict[str, Any], fold: _ChatFold) -> list[bytes]:
+    async def _complete(self, body: dict[str, Any], fold: _ChatFold) -> bytes:
         release = await self._take_slot()
         try:
             entry = await self._clients.get()
@@ -150,7 +154,7 @@ class OpenAIBackend(Backend):
             with self._translated(fold.where), _using(entry):
                 async with contextlib.AsyncExitStack() as stack:
                     response = await self._send(stack, entry.client, body)
-                    return [await response.http_response.aread()]
+                    return await response.http_response.aread()
         finally:
             release()
 
@@ -163,17 +167,17 @@ class OpenAIBackend(Backend):
 
     async def _read_sse(
         self, entry: LoopClient, body: dict[str, Any], where: Where
-    ) -> AsyncIterator[list[bytes | ErrorEvent]]:
+    ) -> AsyncIterator[bytes]:
+        """Yield each network read's complete SSE events as one block."""
         with self._translated(where), _using(entry):
             async with contextlib.AsyncExitStack() as stack:
                 response = await self._send(stack, entry.client, body)
                 decoder = SSEDecoder()
                 async for raw in response.http_response.aiter_bytes():
-                    events = decoder.feed(raw)
-                    if events:
-                        yield events
-                if tail := decoder.flush():
-                    yield tail
+                    if block := decoder.feed(raw):
+                        yield block
+                if block := decoder.flush():
+                    yield block
         # Leaving the AsyncExitStack closes the HTTP response: when the thunk
         # is closed early the connection is dropped and the server sees it.
 
@@ -322,17 +326,46 @@ class _ChatFold:
     :class:`StreamError` first.
     """
 
-    __slots__ = ("_loads", "where", "_stream", "_done", "_pieces")
+    __slots__ = ("_loads", "_batch", "where", "_stream", "_done", "_pieces")
 
     def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool) -> None:
         self._loads = loads
+        self._batch = batch_decoder()
         self.where = where
         self._stream = stream
         self._done = False
         self._pieces = 0
 
-    def process(self, mot: Any, payloads: list[bytes | ErrorEvent]) -> str | None:
-        meta = mot.generation
+    def process_events(self, mot: Any, block: bytes) -> str | None:
+        """Fold a block of SSE events (one network read's worth)."""
+        if self._batch is not None and (plain := data_as_json_array(block)) is not None:
+            text = self._process_batch(mot.generation, *plain)
+            if text is not _TAKE_GENERIC_PATH:
+                return text  # type: ignore[return-value]
+        return self._process_each(mot.generation, parse_events(block))
+
+    def process_whole(self, mot: Any, body: bytes) -> str | None:
+        """Fold a non-streamed completion."""
+        return self._process_each(mot.generation, [body])
+
+    def _process_batch(self, meta: Any, array: bytes, done: bool) -> object:
+        """The fast path: all of a read's chunks decoded by one msgspec call."""
+        try:
+            chunks = self._batch(array)  # type: ignore[misc]
+        except ValueError:
+            # Malformed JSON or an unexpected type (content as a list of
+            # parts, say): the generic path pinpoints or copes with it.
+            return _TAKE_GENERIC_PATH
+        texts: list[str] = []
+        error = fold_structs(meta, chunks, texts)
+        if error is not None:
+            raise stream_error(f"the server reported an error mid-stream: {error}", self.where)
+        self._done = self._done or done
+        self._pieces += len(texts)
+        return "".join(texts) if texts else None
+
+    def _process_each(self, meta: Any, payloads: list[bytes | ErrorEvent]) -> str | None:
+        """The generic path: one payload at a time, into dicts."""
         texts = []
         for payload in payloads:
             if payload == b"[DONE]":
