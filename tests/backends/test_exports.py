@@ -1,0 +1,48 @@
+"""The backends package's public surface, and that nothing heavy loads eagerly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import motio.backends
+from motio import ConfigurationError
+from motio.backends import create_backend
+
+
+def test_public_names_are_exactly_these() -> None:
+    assert sorted(motio.backends.__all__) == sorted(
+        ["Backend", "COMMON_OPTIONS", "OpenAIBackend", "LlamaCppBackend", "create_backend"]
+    )
+    for name in motio.backends.__all__:
+        assert getattr(motio.backends, name) is not None
+
+
+def test_sdks_load_only_when_a_backend_is_used() -> None:
+    code = (
+        "import sys, motio, motio.backends; "
+        "motio.backends.OpenAIBackend('m', base_url='http://127.0.0.1:1/v1'); "
+        "motio.backends.LlamaCppBackend('/nowhere.gguf'); "
+        "print(sorted(m for m in ('openai', 'httpx', 'httpx2', 'llama_cpp', 'msgspec', 'llm') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_create_backend_by_kind() -> None:
+    backend = create_backend("openai", model="m", base_url="http://127.0.0.1:1/v1")
+    assert backend.provider == "openai" and backend.model == "m"
+    with pytest.raises(ConfigurationError, match="openai, llamacpp"):
+        create_backend("vllm")
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_concurrency": 0}, {"timeout": 0}, {"max_concurrency": True}], ids=str
+)
+def test_bad_constructor_arguments_are_configuration_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        motio.backends.OpenAIBackend("m", **kwargs)  # type: ignore[arg-type]
