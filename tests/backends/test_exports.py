@@ -36,7 +36,7 @@ def test_sdks_load_only_when_a_backend_is_used() -> None:
 def test_create_backend_by_kind() -> None:
     backend = create_backend("openai", model="m", base_url="http://127.0.0.1:1/v1")
     assert backend.provider == "openai" and backend.model == "m"
-    with pytest.raises(ConfigurationError, match="openai, llamacpp"):
+    with pytest.raises(ConfigurationError, match="llamacpp, openai"):
         create_backend("vllm")
 
 
