@@ -81,7 +81,8 @@ async def best_rate(stream_all: Timed, streams: int, chunks: int, repeats: int) 
 async def run_motio(base_url: str, streams: int, chunks: int, repeats: int) -> float:
     from motio.backends import OpenAIBackend
 
-    async with OpenAIBackend("bench-model", base_url=base_url) as backend:
+    # A long connect timeout: 500 connections opening at once on a busy box.
+    async with OpenAIBackend("bench-model", base_url=base_url, connect_timeout=60.0) as backend:
 
         async def one(n: int) -> int:
             mot = await backend.generate(MESSAGES, max_tokens=n)
@@ -100,7 +101,8 @@ async def run_motio(base_url: str, streams: int, chunks: int, repeats: int) -> f
 async def run_sdk(base_url: str, streams: int, chunks: int, repeats: int) -> float:
     import openai
 
-    async with openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0) as client:
+    timeout = openai.Timeout(600.0, connect=60.0)
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=timeout) as client:
 
         async def one(n: int) -> int:
             stream = await client.chat.completions.create(
