@@ -59,6 +59,7 @@ class FakeOpenAIServer:
         self.completed = 0
         self.disconnects = 0
         self.prompts: list[str] = []
+        self._open_streams: list[socket.socket] = []
         self._released_below = 0
         self._cond = threading.Condition()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
@@ -75,9 +76,10 @@ class FakeOpenAIServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=_MAX_WAIT)
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._thread.join(timeout=_MAX_WAIT)
 
     def snapshot(self) -> dict[str, int]:
         with self._cond:
@@ -87,6 +89,17 @@ class FakeOpenAIServer:
                 "completed": self.completed,
                 "disconnects": self.disconnects,
             }
+
+    def crash(self) -> None:
+        """Die like a killed server: stop listening and reset every open stream."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._cond:
+            for sock in self._open_streams:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
         """Wait until ``predicate(self)`` holds; False if ``timeout`` passes first."""
@@ -189,8 +202,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _wait_for_disconnect(self) -> None:
         # The request body is fully read, so the socket turns readable only
-        # when the client closes it (recv then returns b"").
+        # when the client closes it (recv then returns b"") or crash() shuts it.
         sock = self.connection
+        with self.fake._cond:
+            self.fake._open_streams.append(sock)
         ready, _, _ = select.select([sock], [], [], _MAX_WAIT)
         if ready:
             try:

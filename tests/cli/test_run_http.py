@@ -157,6 +157,27 @@ def test_failed_prompts_are_recorded_and_retried_only_when_asked(tmp_path: Path)
     assert all(line["error"] is None for line in lines)
 
 
+def test_server_dying_mid_run_stops_the_run_instead_of_failing_every_prompt(
+    tmp_path: Path,
+) -> None:
+    prompts, out = write_prompts(tmp_path / "p.jsonl", 30), tmp_path / "out.jsonl"
+    with FakeOpenAIServer(hang_from=2) as server:
+        proc = start_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
+        wait_for_results(out, 2, proc)
+        assert server.wait_for(lambda s: s.requests == 4, EVENT_TIMEOUT)
+        server.crash()
+        code, _, err = finish(proc, timeout=EVENT_TIMEOUT)
+    assert code == 3, err
+    assert_clean(err)
+    assert "new results saved in" in err and "run the same command again to resume" in err
+    lines = complete_lines(out)
+    # The two streams cut by the crash are that prompt's failures (retryable);
+    # nothing else was attempted against the dead server.
+    assert [line["error"] is None for line in lines].count(True) == 2
+    assert len(lines) <= 4
+    assert {line["error"]["type"] for line in lines if line["error"]} <= {"StreamError"}
+
+
 def test_unreachable_server_fails_fast_with_one_line(tmp_path: Path) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

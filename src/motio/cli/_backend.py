@@ -71,7 +71,8 @@ def _build(spec: BackendSpec) -> Backend:
             api_key=read_api_key(spec.api_key_env),
             max_concurrency=spec.concurrency,
         )
-    return LlamaCppBackend(spec.model)
+    # Each extra slot is one more model instance generating in parallel.
+    return LlamaCppBackend(spec.model, max_concurrency=spec.concurrency)
 
 
 async def open_backend(spec: BackendSpec) -> Backend:

@@ -40,14 +40,6 @@ __all__ = ["build_result", "run_command"]
 _MAX_PROBLEMS_SHOWN = 20
 
 
-class _RunAborted(Exception):
-    """A failure of the whole run (not of one prompt) seen by a worker."""
-
-    def __init__(self, error: CliError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 def run_command(args: Any) -> int:
     """Run ``motio run`` and return its exit status.
 
@@ -187,10 +179,11 @@ class _Pool:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
                     group.create_task(self._work(pending))
-        except* _RunAborted as aborted:
-            first = aborted.exceptions[0]
-            assert isinstance(first, _RunAborted)
-            raise first.error from None
+        except* CliError as aborted:
+            # A worker found the whole run unable to go on (the server went
+            # away, the key was revoked, the disk is full, the prompts file
+            # vanished); the task group has cancelled the others already.
+            raise aborted.exceptions[0] from None
 
     async def _work(self, pending: Iterator[PromptRecord]) -> None:
         for record in pending:
@@ -221,12 +214,12 @@ class _Pool:
         # A refused key or a vanished server is not one prompt's failure:
         # recording it for every remaining prompt would only bury the cause.
         if isinstance(error, AuthenticationError):
-            raise _RunAborted(self._aborted(error))
+            raise self._aborted(error)
         if isinstance(error, BackendConnectionError):
             try:
                 await self._backend.check()
             except MotioError as exc:
-                raise _RunAborted(self._aborted(exc)) from exc
+                raise self._aborted(exc) from exc
             # The server answers again: a transient failure of this prompt.
 
     def _aborted(self, error: BaseException) -> CliError:
@@ -240,9 +233,7 @@ class _Pool:
         try:
             self._results.append(result)
         except OSError as exc:
-            raise _RunAborted(
-                CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES)
-            ) from exc
+            raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
         self._stats.record(result)
         self._progress.update()
         if result["error"] is not None:
