@@ -64,6 +64,9 @@ def assert_well_formed(mot: ModelOutputThunk[Any], *, streaming: bool) -> None:
     assert meta.streaming is streaming and meta.response_id
     assert meta.finish_reasons and meta.finish_reasons[-1] in ("stop", "length")
     assert meta.usage is not None and 1 <= meta.usage["completion_tokens"] <= OPTS["max_tokens"]
+    usage = meta.usage
+    assert usage["prompt_tokens"] is not None and usage["prompt_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert meta.ttfb_ms is not None
 
 

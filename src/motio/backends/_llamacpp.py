@@ -109,6 +109,7 @@ class LlamaCppBackend(Backend):
         kwargs = {key: value for key, value in options.items() if value is not None}
         kwargs["messages"] = to_messages(prompt_or_messages)
         fold = _LlamaFold(stream)
+        kwargs["logits_processor"] = fold.prompt_counter()
         mot = ModelOutputThunk.from_response(
             self._run(kwargs, stream), process=fold.process, post_process=fold.finish,
             chunk_timeout=chunk_timeout,
@@ -257,11 +258,27 @@ def _generate(lease: _Lease, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]
 class _LlamaFold:
     """Folds llama-cpp-python's chunk dicts into the thunk."""
 
-    __slots__ = ("_stream", "_pieces")
+    __slots__ = ("_stream", "_pieces", "_prompt_tokens")
 
     def __init__(self, stream: bool) -> None:
         self._stream = stream
         self._pieces = 0
+        self._prompt_tokens: int | None = None
+
+    def prompt_counter(self) -> Any:
+        """A logits processor that records the prompt's length in tokens.
+
+        llama-cpp-python's stream carries no usage, but the first sampling
+        step sees every evaluated token: exactly the formatted prompt.
+        """
+        from llama_cpp import LogitsProcessorList
+
+        def count(input_ids: Any, scores: Any) -> Any:
+            if self._prompt_tokens is None:
+                self._prompt_tokens = len(input_ids)
+            return scores
+
+        return LogitsProcessorList([count])
 
     def process(self, mot: Any, chunk: dict[str, Any] | list[dict[str, Any]]) -> str | None:
         chunks = chunk if isinstance(chunk, list) else (chunk,)
@@ -276,4 +293,6 @@ class _LlamaFold:
         if meta.usage is None:
             # llama-cpp-python's stream carries no usage; each content chunk
             # is one sampled token.
-            meta.usage = {"prompt_tokens": None, "completion_tokens": self._pieces, "total_tokens": None}
+            prompt = self._prompt_tokens
+            total = None if prompt is None else prompt + self._pieces
+            meta.usage = {"prompt_tokens": prompt, "completion_tokens": self._pieces, "total_tokens": total}
