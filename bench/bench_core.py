@@ -218,6 +218,9 @@ def measure_imports() -> dict[str, float]:
     """Median ms of each statement, timed inside fresh interpreters, interleaved."""
     motio_src = str(Path(motio.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [motio_src, os.environ.get("PYTHONPATH")]))}
+    # As on a user's machine: bytecode is cached after the first import (this
+    # workplace sets PYTHONDONTWRITEBYTECODE, which would time the compiler).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     samples: dict[str, list[float]] = {name: [] for name in IMPORT_STATEMENTS}
     for attempt in range(IMPORT_RUNS + 1):
         for name, statement in IMPORT_STATEMENTS.items():
