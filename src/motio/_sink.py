@@ -74,6 +74,10 @@ def _chunk(mot: ModelOutputThunk[Any], chunk: Any) -> None:
 
 
 def _add(mot: ModelOutputThunk[Any], text: str | None) -> None:
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise TypeError(f"process() must return str or None, got {type(text).__name__}")
     if text:
         mot._add_text(text)
 

@@ -93,6 +93,15 @@ def test_process_and_post_process(is_async: bool) -> None:
     assert mot.meta["post"] == 1 and mot.generation.finish_reasons == ["stop"]
 
 
+def test_process_returning_a_non_str_fails_the_thunk_clearly() -> None:
+    async def main() -> None:
+        mot = start(["a"], process=lambda m, c: 42)
+        with pytest.raises(TypeError, match="process"):
+            await mot.avalue()
+
+    run(main())
+
+
 def test_default_process_rejects_non_str_chunks() -> None:
     async def main() -> BaseException | None:
         mot = start([{"not": "text"}])
