@@ -236,3 +236,16 @@ def test_non_streaming_answer(fake: FakeServer) -> None:
     assert mot.generation.usage == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
     assert mot.generation.finish_reasons == ["length"]
     assert mot.generation.response_id == "chatcmpl-fake-whole"
+
+
+def test_requests_go_through_the_sdk_http_stack() -> None:
+    # client.post(cast_to=...) returns the raw response only when cast_to is
+    # the Response class of the HTTP library the SDK itself rides on.
+    import sys
+
+    import openai
+
+    from motio.backends._openai import _http_response_type
+
+    stack = sys.modules[_http_response_type().__module__.partition(".")[0]]
+    assert issubclass(openai.DefaultAsyncHttpxClient, stack.AsyncClient)
