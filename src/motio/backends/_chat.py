@@ -76,6 +76,28 @@ def batch_decoder() -> Callable[[bytes], list[Any]] | None:
     return msgspec.json.Decoder(list[chunk]).decode  # type: ignore[valid-type]
 
 
+def _fold_struct(meta: Any, chunk: Any, append: Callable[[str], None]) -> Any:
+    """The general case of :func:`fold_structs` for one chunk; returns its error."""
+    if chunk.error is not None:
+        return chunk.error
+    for choice in chunk.choices:
+        if choice.index:
+            continue
+        part = choice.delta if choice.delta is not None else choice.message
+        if part is not None and part.content:
+            append(part.content)
+        if choice.finish_reason:
+            meta.finish_reasons.append(choice.finish_reason)
+    if chunk.usage is not None:
+        usage = chunk.usage
+        meta.usage = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        }
+    return None
+
+
 def fold_structs(meta: Any, chunks: list[Any], texts: list[str]) -> Any:
     """:func:`fold_chunk` for :func:`batch_decoder`'s structs, appending text to ``texts``.
 
@@ -85,22 +107,19 @@ def fold_structs(meta: Any, chunks: list[Any], texts: list[str]) -> Any:
     if meta.response_id is None and chunks:
         meta.response_id = chunks[0].id
         meta.model = chunks[0].model or meta.model
+    append = texts.append
     for chunk in chunks:
-        if chunk.error is not None:
-            return chunk.error
-        for choice in chunk.choices:
-            if choice.index:
+        # The common chunk (one choice, a delta, nothing else) in as few
+        # attribute reads as possible: this loop runs once per token.
+        choices = chunk.choices
+        if len(choices) == 1 and chunk.usage is None and chunk.error is None:
+            choice = choices[0]
+            delta = choice.delta
+            if delta is not None and choice.finish_reason is None and not choice.index:
+                if delta.content:
+                    append(delta.content)
                 continue
-            part = choice.delta if choice.delta is not None else choice.message
-            if part is not None and part.content:
-                texts.append(part.content)
-            if choice.finish_reason:
-                meta.finish_reasons.append(choice.finish_reason)
-        if chunk.usage is not None:
-            usage = chunk.usage
-            meta.usage = {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-            }
+        error = _fold_struct(meta, chunk, append)
+        if error is not None:
+            return error
     return None
