@@ -7,6 +7,8 @@ chain the result: ``raise translate(exc, where) from exc``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sys
 from dataclasses import dataclass
 
@@ -48,7 +50,7 @@ class Where:
     model: str | None
     base_url: str | None
 
-    def fields(self) -> dict[str, str | None]:
+    def fields(self) -> dict[str, Any]:
         return {"provider": self.provider, "model": self.model, "base_url": self.base_url}
 
     def describe(self) -> str:
@@ -58,6 +60,7 @@ class Where:
 
 def status_error(status: int, detail: str, where: Where) -> APIStatusError:
     """The motio error for an HTTP error ``status`` with the server's ``detail``."""
+    cls: type[APIStatusError]
     if status >= 500:
         cls, hint = ServerError, _SERVER_HINT
     else:

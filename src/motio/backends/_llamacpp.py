@@ -93,7 +93,7 @@ class LlamaCppBackend(Backend):
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         self.model = self.model_path.stem
         self.max_concurrency = max_concurrency
-        self._llama_args = {"n_ctx": n_ctx, "n_threads": n_threads, "verbose": verbose}
+        self._llama_args: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads, "verbose": verbose}
         self._gate = Gate(max_concurrency)
         self._pool_lock = threading.Lock()
         self._free: list[Any] = []

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from .._cache import ClientCache
@@ -113,7 +113,7 @@ class LoopClient:
             _log.debug("closing %r failed", self.client, exc_info=True)
 
 
-async def _close_at_shutdown(entry: LoopClient) -> AsyncIterator[None]:
+async def _close_at_shutdown(entry: LoopClient) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:

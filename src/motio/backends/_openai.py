@@ -156,7 +156,7 @@ class OpenAIBackend(Backend):
             with self._translated(fold.where), _using(entry):
                 async with contextlib.AsyncExitStack() as stack:
                     response = await self._send(stack, entry.client, body)
-                    return await response.aread()
+                    return bytes(await response.aread())
         finally:
             release()
 
@@ -408,7 +408,7 @@ class _ChatFold:
             try:
                 text = fold_chunk(meta, chunk)
             except (KeyError, TypeError, AttributeError, IndexError) as exc:
-                raise stream_error(f"unexpected chunk {payload[:200]!r}", self.where) from exc
+                raise stream_error(f"unexpected chunk {payload!r:.200}", self.where) from exc
             if text:
                 texts.append(text)
         self._pieces += len(texts)
