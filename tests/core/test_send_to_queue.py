@@ -359,9 +359,19 @@ def test_cancel_releases_consumer_closes_iterator_and_propagates(maxsize: int) -
 def test_consumer_already_waiting_is_released_on_cancel() -> None:
     async def main() -> Any:
         q: asyncio.Queue[Any] = asyncio.Queue()
-        producer = asyncio.create_task(send_to_queue(agen([], step=asyncio.Event()), q))
+        started = asyncio.Event()
+
+        async def stalled() -> AsyncIterator[str]:
+            started.set()
+            await asyncio.Event().wait()
+            yield "never"
+
+        producer = asyncio.create_task(send_to_queue(stalled(), q))
         consumer = asyncio.create_task(q.get())
-        await asyncio.sleep(0)  # let both reach their waits
+        # The producer's first step sets `started`; the consumer, scheduled
+        # right after it, is blocked in q.get() before we resume.
+        await started.wait()
+        assert not consumer.done()
         producer.cancel()
         return await consumer
 
