@@ -5,9 +5,10 @@ the sentinel ``None`` (the end), or one exception instance (the end, with an
 error: the generation's own ``Exception``, a ``ChunkTimeoutError``, or a
 ``CancelledError`` when the producing task was cancelled).
 
-Any object with asyncio.Queue's ``put_nowait``/``put`` (``QueueFull`` meaning
-"await ``put``") can stand in for the queue; the thunk uses that to fold
-chunks straight into its text without a second task.
+Any object with asyncio.Queue's ``put_nowait``/``put`` can stand in for the
+queue. Internally the producer fills a ``Sink`` (``_sink.py``); a thunk is
+one, so it folds chunks straight into its text without a queue or a second
+task (``feed_sink``, which ``ModelOutputThunk.from_response`` runs).
 """
 
 from __future__ import annotations
@@ -15,25 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from ._exceptions import ChunkTimeoutError
+from ._sink import QueueLike, Sink, as_sink
+from ._source import abandon_source, close_source
 from ._threaded import ThreadedIterator
 from ._watchdog import Watchdog, watch
 
-__all__ = ["DEFAULT_CHUNK_TIMEOUT", "send_to_queue"]
+__all__ = ["DEFAULT_CHUNK_TIMEOUT", "feed_sink", "send_to_queue"]
 
 DEFAULT_CHUNK_TIMEOUT = 120.0
 """Seconds to wait for each chunk of a stream, the first included."""
 
 _log = logging.getLogger("motio")
-
-
-class _QueueLike(Protocol):
-    def put_nowait(self, item: Any) -> None: ...
-
-    async def put(self, item: Any) -> None: ...
 
 
 async def send_to_queue(
@@ -62,6 +59,21 @@ async def send_to_queue(
             consumer is released. ``KeyboardInterrupt`` and ``SystemExit``
             propagate too, after being put in the queue the same way.
     """
+    sink = as_sink(aqueue)
+    await feed_sink(co, sink, chunk_timeout=chunk_timeout, on_timeout=on_timeout)
+
+
+async def feed_sink(
+    co: Any,
+    sink: Sink,
+    *,
+    chunk_timeout: float | None = DEFAULT_CHUNK_TIMEOUT,
+    on_timeout: Callable[[], object] | None = None,
+) -> None:
+    """``send_to_queue`` into a ``Sink``: what a thunk's producer task runs.
+
+    Same arguments, protocol and errors as ``send_to_queue``.
+    """
     # One small coroutine frame for the whole stream, on purpose: every
     # nested coroutine, local and stack slot costs each in-flight generation.
     source: Any = None
@@ -69,41 +81,39 @@ async def send_to_queue(
     try:
         _check_timeout(chunk_timeout)
         source = _as_async_iterator(co)
-        if source is None and (source := await _resolve(co, aqueue)) is None:
+        if source is None and (source := await _resolve(co, sink)) is None:
             return
         dog = watch(chunk_timeout) if chunk_timeout is not None else Watchdog()
         async for item in source:
             dog.ticks += 1
-            try:
-                aqueue.put_nowait(item)
-                continue
-            except asyncio.QueueFull:
-                pass  # awaited below, outside the handler: a shallower frame
-            await _put_waiting(aqueue, item, dog)
+            # `item` is reused for what the sink asks us to await, if
+            # anything: one less slot in every in-flight frame.
+            if (item := sink._take(item)) is not None:
+                await _await_waiting(item, dog)
         dog.disarm()
-        await _put(aqueue, None)
+        await _put(sink, None)
     except (asyncio.CancelledError, Exception):
         dog.disarm()
-        if not await _ended_early(source, aqueue, dog, (chunk_timeout, on_timeout)):
+        if not await _ended_early(source, sink, dog, (chunk_timeout, on_timeout)):
             raise
     except BaseException:  # KeyboardInterrupt, SystemExit: release, never swallow
         dog.disarm()
-        _put_final(aqueue, sys.exc_info()[1])  # type: ignore[arg-type]
+        _take_final_in_flight(sink)
         raise
 
 
-async def _resolve(co: Any, aqueue: _QueueLike) -> Any:
+async def _resolve(co: Any, sink: Sink) -> Any:
     """Await ``co``: its async iterator, or None once its one result is put."""
     result = await co
     if hasattr(result, "__anext__"):
         return result
-    await _put(aqueue, result)
-    await _put(aqueue, None)
+    await _put(sink, result)
+    await _put(sink, None)
     return None
 
 
 async def _ended_early(
-    source: Any, aqueue: _QueueLike, dog: Watchdog, limits: tuple[float | None, Any]
+    source: Any, sink: Sink, dog: Watchdog, limits: tuple[float | None, Any]
 ) -> bool:
     """Handle the error in flight; return False if it must propagate.
 
@@ -112,14 +122,22 @@ async def _ended_early(
     """
     error = sys.exc_info()[1]
     if _is_own_timeout(dog):
-        await _expire(source, aqueue, limits[0], dog.ticks, limits[1])
+        await _expire(source, sink, limits[0], dog.ticks, limits[1])
         return True
-    await _abandon(source)
+    await close_source(source)
     if isinstance(error, Exception):
-        await _put(aqueue, error)
+        await _put(sink, error)
         return True
-    _put_final(aqueue, asyncio.CancelledError())
+    sink._take_final(asyncio.CancelledError())
     return False
+
+
+def _take_final_in_flight(sink: Sink) -> None:
+    # Read here, not bound with `except ... as` in feed_sink: that would
+    # add a slot to every in-flight frame.
+    error = sys.exc_info()[1]
+    assert error is not None
+    sink._take_final(error)
 
 
 def _check_timeout(chunk_timeout: float | None) -> None:
@@ -149,16 +167,16 @@ def _as_async_iterator(co: Any) -> Any:
     )
 
 
-async def _put_waiting(aqueue: _QueueLike, item: Any, dog: Any) -> None:
-    """Backpressure: wait for room; the watchdog does not count this time."""
+async def _await_waiting(pending: Awaitable[None], dog: Watchdog) -> None:
+    """Backpressure (a full queue, an async callback): the watchdog does not count this time."""
     dog.waiting_on_queue = True
     try:
-        await aqueue.put(item)
+        await pending
     finally:
         dog.waiting_on_queue = False
 
 
-def _is_own_timeout(dog: Any) -> bool:
+def _is_own_timeout(dog: Watchdog) -> bool:
     """Whether the error in flight is the watchdog's cancel (then absorb it).
 
     An outer cancel() that arrived as well leaves cancelling() above zero and
@@ -173,16 +191,15 @@ def _is_own_timeout(dog: Any) -> bool:
 
 async def _expire(
     source: Any,
-    aqueue: _QueueLike,
+    sink: Sink,
     chunk_timeout: float | None,
     ticks: int,
     on_timeout: Callable[[], object] | None,
 ) -> None:
-    if isinstance(source, ThreadedIterator):
-        await source.aclose(wait=False)  # its worker is stuck: don't wait on it
-    else:
-        await _abandon(source)
-    await _put(aqueue, _timeout_error(chunk_timeout, ticks))
+    # The source may be stuck in a blocking call (a worker thread): stop it
+    # without waiting, or the timeout would take as long as the close wait.
+    await abandon_source(source)
+    await _put(sink, _timeout_error(chunk_timeout, ticks))
     _call_on_timeout(on_timeout)
 
 
@@ -210,46 +227,7 @@ def _call_on_timeout(on_timeout: Callable[[], object] | None) -> None:
         _log.exception("on_timeout callback failed")
 
 
-async def _abandon(source: Any) -> None:
-    """Close an iterator that will not be read to the end (best effort)."""
-    aclose = getattr(source, "aclose", None)
-    if aclose is None:
-        close = getattr(source, "close", None)
-        if close is not None:
-            _close_quietly(close)
-        return
-    try:
-        await aclose()
-    except Exception:
-        _log.debug("closing %r failed", source, exc_info=True)
-
-
-def _close_quietly(close: Callable[[], object]) -> None:
-    try:
-        close()
-    except Exception:
-        _log.debug("closing failed", exc_info=True)
-
-
-async def _put(aqueue: _QueueLike, item: Any) -> None:
-    try:
-        aqueue.put_nowait(item)
-    except asyncio.QueueFull:
-        await aqueue.put(item)
-
-
-def _put_final(aqueue: Any, item: BaseException) -> None:
-    """Put the terminal marker now, even into a full queue.
-
-    We are being cancelled and cannot wait for room; a consumer that drains
-    the queue later must still find the end instead of hanging.
-    """
-    try:
-        aqueue.put_nowait(item)
-    except asyncio.QueueFull:
-        if not isinstance(aqueue, asyncio.Queue):
-            raise
-        queue: Any = aqueue
-        queue._put(item)
-        queue._unfinished_tasks += 1
-        queue._wakeup_next(queue._getters)
+async def _put(sink: Sink, item: Any) -> None:
+    pending = sink._take(item)
+    if pending is not None:
+        await pending

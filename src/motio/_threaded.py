@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from ._loops import wake
+
 __all__ = ["ThreadedIterator"]
 
 _log = logging.getLogger("motio")
@@ -29,8 +31,9 @@ _CLOSE_WAIT = 5.0
 class ThreadedIterator:
     """An async iterator over a blocking iterator drained by a daemon thread.
 
-    Once closed (``aclose``), the worker stops pulling after the item it is
-    currently waiting for and closes the source iterator in its own thread.
+    Once closed (``aclose``) or abandoned (``abandon``), the worker stops
+    pulling after the item it is currently waiting for and closes the source
+    iterator in its own thread. It implements the core's ``Source`` protocol.
     """
 
     def __init__(self, source: Iterator[Any], loop: asyncio.AbstractEventLoop) -> None:
@@ -101,7 +104,7 @@ class ThreadedIterator:
         if waiter is None:
             return
         try:
-            self._loop.call_soon_threadsafe(_resolve, waiter)
+            self._loop.call_soon_threadsafe(wake, waiter)
         except RuntimeError:
             pass  # the loop is closed: nobody is left to wake
 
@@ -144,7 +147,11 @@ class ThreadedIterator:
                 _log.warning("worker for %r still busy %.0f s after close", self._source, _CLOSE_WAIT)
                 return
 
+    async def abandon(self) -> None:
+        """Stop the worker after its current item, without waiting for it.
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+        For a stalled source (a chunk timeout): its worker is stuck in a
+        blocking call and exits when that call returns.
+        """
+        await self.aclose(wait=False)
+

@@ -1,39 +1,87 @@
 """``ModelOutputThunk``: a generation's text, usable before it is finished.
 
-A thunk is fed by one producer task running ``send_to_queue``, and the
-thunk itself is the queue that task fills (``put_nowait``/``put``): each chunk
-is folded into the thunk's list of parts at once, with no real queue and no
-second task. Consumers keep their own cursor into that list and are woken
-once per batch of new parts, so a consumer that falls behind receives the
-pending deltas merged into one string instead of one wake-up per chunk.
+A thunk is fed by one producer task running ``feed_sink`` (``send_to_queue``
+with the thunk as its ``Sink``): each chunk is folded into the thunk's list
+of parts at once, with no real queue and no second task. Consumers keep
+their own cursor into that list and are woken once per batch of new parts,
+so a consumer that falls behind receives the pending deltas merged into one
+string instead of one wake-up per chunk.
 
-Lifecycle (``_State``-like, derived from three fields)::
+Lifecycle: ``_State``, held in one slot; ``_TRANSITIONS`` is this graph, edge
+for edge (``tests/core/test_thunk_state.py`` checks that they agree)::
 
-    running ──► computed            (value set; cancelled=True after aclose)
-            └─► failed              (error set; value stays None)
+    EMPTY     -> STARTED     from_response() starts the producer
+    EMPTY     -> COMPUTED    value = text (or a hand-fed stream ended)
+    EMPTY     -> CANCELLED   a hand-fed stream was cancelled
+    EMPTY     -> FAILED      a hand-fed stream failed
+    STARTED   -> STREAMING   the first chunk arrived (ttfb_ms is fixed)
+    STARTED   -> COMPUTED    the stream ended, no chunk ever came
+    STARTED   -> CANCELLED   aclose() before the first chunk
+    STARTED   -> FAILED      error or chunk timeout before the first chunk
+    STREAMING -> COMPUTED    the stream ended; value is the joined text
+    STREAMING -> CANCELLED   aclose(): value is the partial text
+    STREAMING -> FAILED      the stream's error or a chunk timeout
+    COMPUTED  -> COMPUTED    value = text replaces the text
+    CANCELLED -> CANCELLED   value = text replaces the text; still cancelled
+    FAILED    -> COMPUTED    value = text clears the error
+
+``ModelOutputThunk(text)`` starts in COMPUTED. "Hand-fed" means a thunk made
+with ``ModelOutputThunk()`` and passed to ``send_to_queue`` by the caller:
+it has no producer task of its own, so it stays EMPTY while chunks arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ._feed import DEFAULT_CHUNK_TIMEOUT, send_to_queue
-from ._sink import PostProcessFn, ProcessFn, areceive, receive
+from ._feed import DEFAULT_CHUNK_TIMEOUT, feed_sink
+from ._sink import PostProcessFn, ProcessFn
 
 __all__ = ["GenerationMeta", "ModelOutputThunk"]
 
 T = TypeVar("T")
 
 
+class _State(enum.Enum):
+    """Where a thunk is in its lifecycle (see the module docstring)."""
+
+    EMPTY = "empty"
+    STARTED = "started"
+    STREAMING = "streaming"
+    COMPUTED = "computed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+_EMPTY, _STARTED, _STREAMING = _State.EMPTY, _State.STARTED, _State.STREAMING
+_COMPUTED, _CANCELLED, _FAILED = _State.COMPUTED, _State.CANCELLED, _State.FAILED
+
+_TRANSITIONS: dict[_State, frozenset[_State]] = {
+    _EMPTY: frozenset({_STARTED, _COMPUTED, _CANCELLED, _FAILED}),
+    _STARTED: frozenset({_STREAMING, _COMPUTED, _CANCELLED, _FAILED}),
+    _STREAMING: frozenset({_COMPUTED, _CANCELLED, _FAILED}),
+    _COMPUTED: frozenset({_COMPUTED}),
+    _CANCELLED: frozenset({_CANCELLED}),
+    _FAILED: frozenset({_COMPUTED}),
+}
+
+# Settled: the generation is over and nothing will change by itself. A
+# tuple, not a set: `in` tests identity first, without hashing an Enum.
+_SETTLED = (_COMPUTED, _CANCELLED, _FAILED)
+
 # Orders failures in time, so wait_for_all_mots raises the earliest one.
 _failure_clock = itertools.count(1)
 
 _NO_PARTS: tuple[()] = ()
+
+SettleCallback = Callable[["ModelOutputThunk[Any]", int], None]
+"""``callback(mot, failed_at)``: ``failed_at`` orders failures in time, 0 if none."""
 
 
 @dataclass(slots=True)
@@ -66,8 +114,7 @@ class ModelOutputThunk(Generic[T]):
     """
 
     # Kept small on purpose: tens of thousands may be in flight at once.
-    # Computed <=> _value is not None; failed <=> _extra.error is not None.
-    __slots__ = ("_parts", "_value", "_task", "_waiters", "_callbacks", "_clock", "_extra")
+    __slots__ = ("_state", "_parts", "_value", "_task", "_waiters", "_callbacks", "_clock", "_extra")
 
     def __init__(
         self,
@@ -78,16 +125,17 @@ class ModelOutputThunk(Generic[T]):
     ) -> None:
         if value is not None and not isinstance(value, str):
             raise TypeError(f"ModelOutputThunk value must be a str or None, got {type(value).__name__}")
+        self._state = _EMPTY if value is None else _COMPUTED
         # A shared empty tuple until the first text arrives: a waiting
         # generation should not pay for a list it does not use yet.
         self._parts: list[str] | tuple[()] = [value] if value else _NO_PARTS
         self._value = value
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[asyncio.Future[None]] | None = None
-        self._callbacks: list[Callable[[ModelOutputThunk[Any]], None]] | None = None
-        # Minus the start time (loop clock) until the first chunk, then the
-        # time to first chunk in ms: one slot, the sign tells which.
-        self._clock = 0.0
+        self._callbacks: list[SettleCallback] | None = None
+        # STARTED: the loop time the generation started. Later: the time to
+        # first chunk in ms, or None when no chunk came.
+        self._clock: float | None = None
         # Rarely needed state lives here, created on first use.
         self._extra: _Extra | None = None
         if meta is not None or parsed_repr is not None or tool_calls is not None:
@@ -133,11 +181,12 @@ class ModelOutputThunk(Generic[T]):
                 "from async code, or from sync code through motio.run_sync(...)"
             ) from None
         mot: ModelOutputThunk[Any] = cls()
-        mot._clock = -loop.time()
+        mot._become(_STARTED)
+        mot._clock = loop.time()
         if process is not None or post_process is not None:
             extra = mot._more()
             extra.process, extra.post_process = process, post_process
-        feed = send_to_queue(response, mot, chunk_timeout=chunk_timeout, on_timeout=on_timeout)  # type: ignore[arg-type]
+        feed = feed_sink(response, mot, chunk_timeout=chunk_timeout, on_timeout=on_timeout)
         mot._task = task = loop.create_task(feed)
         if inspect.iscoroutine(response):
             task.add_done_callback(_ProducerDone(mot, response))
@@ -190,7 +239,7 @@ class ModelOutputThunk(Generic[T]):
     @property
     def ttfb_ms(self) -> float | None:
         """Milliseconds from the start to the first chunk, once it came."""
-        return self._clock if self._clock >= 0 and self._task is not None else None
+        return None if self._state is _STARTED else self._clock
 
     # -- reading the value -------------------------------------------------
 
@@ -201,10 +250,11 @@ class ModelOutputThunk(Generic[T]):
 
     @value.setter
     def value(self, text: str) -> None:
-        if self._task is not None and not self._is_done():
+        if self._state is _STARTED or self._state is _STREAMING:
             raise RuntimeError("cannot set the value of a thunk while it is generating")
         if not isinstance(text, str):
             raise TypeError(f"ModelOutputThunk value must be a str, got {type(text).__name__}")
+        self._become(_CANCELLED if self._state is _CANCELLED else _COMPUTED)
         self._parts = [text] if text else _NO_PARTS
         self._value = text
         if self._extra is not None:
@@ -219,7 +269,7 @@ class ModelOutputThunk(Generic[T]):
     @property
     def cancelled(self) -> bool:
         """True when ``aclose()`` stopped the generation before its end."""
-        return self._extra is not None and self._extra.cancelled
+        return self._state is _CANCELLED
 
     def is_computed(self) -> bool:
         """Return True once the full text is available."""
@@ -239,11 +289,12 @@ class ModelOutputThunk(Generic[T]):
         if self._value is not None:
             return self._value
         self._check_loop()
-        while not self._is_done():
+        while self._value is None:
+            error = self.error
+            if error is not None:
+                raise error
             await self._wait_change()
-        if self.error is not None:
-            raise self.error
-        return self._value  # type: ignore[return-value]
+        return self._value
 
     def __await__(self) -> Generator[Any, None, str]:
         return self.avalue().__await__()
@@ -318,40 +369,168 @@ class ModelOutputThunk(Generic[T]):
         return self._value or ""
 
     def __repr__(self) -> str:
-        if self.error is not None:
-            state = f"failed {type(self.error).__name__}"
-        elif self._value is not None:
-            state = "cancelled" if self.cancelled else "computed"
+        state = self._state
+        if state is _FAILED:
+            shown_state = f"failed {type(self.error).__name__}"
+        elif state is _STARTED or state is _STREAMING:
+            shown_state = "generating"
         else:
-            state = "generating" if self._task is not None else "empty"
+            shown_state = state.value
         text = "".join(self._parts)
         shown = text if len(text) <= 24 else text[:23] + "…"
-        return f"<ModelOutputThunk {state} {shown!r}>"
+        return f"<ModelOutputThunk {shown_state} {shown!r}>"
 
-    # -- the queue protocol, for send_to_queue --------------------------------
+    # -- the queue protocol, for callers that treat a thunk as a queue ---------
 
     def put_nowait(self, item: Any) -> None:
-        """Take one item from the producer: a chunk, ``None`` (end) or an error.
+        """Take one item as a producer would: a chunk, ``None`` (end) or an error.
 
-        A thunk is the queue ``send_to_queue`` fills: ``from_response`` runs
-        ``send_to_queue(response, thunk)``. Raises ``asyncio.QueueFull``
-        when an async callback must be awaited through ``put``.
+        motio's own producer feeds the thunk through its ``Sink`` side
+        (``_take``); this is the asyncio.Queue spelling of the same, for
+        callers that pass a thunk where a queue is expected. Raises
+        ``asyncio.QueueFull`` when an async callback must be awaited: then
+        call ``put`` with the same item.
         """
-        if item.__class__ is str and self._clock >= 0 and self._extra is None:
-            # The hot path: a str chunk after the first, no callbacks.
-            if item:
-                self._add_text(item)
-            return
-        receive(self, item)
+        pending = self._take(item)
+        if pending is not None:
+            self._more().pending = pending
+            raise asyncio.QueueFull
 
     async def put(self, item: Any) -> None:
         """``put_nowait``, awaiting an async ``process``/``post_process``."""
-        await areceive(self, item)
+        extra = self._extra
+        pending = None if extra is None else extra.pending
+        if extra is not None and pending is not None:
+            extra.pending = None  # left by put_nowait for this item
+        else:
+            pending = self._take(item)
+        if pending is not None:
+            await pending
+
+    # -- the sink, fed by the producer task (see _sink.Sink) ------------------
+
+    def _take(self, item: Any) -> Awaitable[None] | None:
+        """Fold one item (chunk, ``None`` or exception) into the thunk.
+
+        Returns:
+            What the producer must await before the next item (an async
+            ``process``/``post_process`` result), or None.
+
+        Raises:
+            TypeError: a chunk the default ``process`` cannot take, or a
+                ``process`` that returned neither str nor None.
+        """
+        if item.__class__ is str and self._state is _STREAMING and self._extra is None:
+            # The hot path: a str chunk after the first, no callbacks.
+            if item:
+                self._add_text(item)
+            return None
+        if item is None:
+            return self._end_of_stream()
+        if isinstance(item, BaseException):
+            self._take_final(item)
+            return None
+        self._mark_first_chunk()
+        return self._chunk(item)
+
+    def _take_final(self, item: BaseException) -> None:
+        """The stream ended with ``item``; never waits."""
+        # A cancelled producer (aclose) leaves a computed thunk with the
+        # partial text: cancellation is not an error of the generation.
+        if isinstance(item, asyncio.CancelledError):
+            self._finish(cancelled=True)
+        else:
+            self._fail(item)
+
+    def _chunk(self, chunk: Any) -> Awaitable[None] | None:
+        extra = self._extra
+        process = None if extra is None else extra.process
+        if process is None:
+            if not isinstance(chunk, str):
+                raise TypeError(
+                    f"got a {type(chunk).__name__} chunk; the default process accepts str "
+                    "chunks only: pass process=... to ModelOutputThunk.from_response"
+                )
+            self._add(chunk)
+            return None
+        text = process(self, chunk)
+        if inspect.isawaitable(text):
+            return self._add_later(text)
+        self._add(text)
+        return None
+
+    async def _add_later(self, text: Awaitable[str | None]) -> None:
+        self._add(await text)
+
+    def _add(self, text: str | None) -> None:
+        if text is None:
+            return
+        if not isinstance(text, str):
+            raise TypeError(f"process() must return str or None, got {type(text).__name__}")
+        if text:
+            self._add_text(text)
+
+    def _end_of_stream(self) -> Awaitable[None] | None:
+        extra = self._extra
+        post_process = None if extra is None else extra.post_process
+        if post_process is not None:
+            try:
+                result = post_process(self)
+            except Exception as exc:
+                self._fail(exc)
+                return None
+            if inspect.isawaitable(result):
+                return self._finish_later(result)
+        self._finish()
+        return None
+
+    async def _finish_later(self, post_processing: Awaitable[None]) -> None:
+        try:
+            await post_processing
+        except Exception as exc:
+            self._fail(exc)
+        else:
+            self._finish()
+
+    # -- the hook wait_for_all_mots uses ---------------------------------------
+
+    def _watch(self, callback: SettleCallback) -> Callable[[], None] | None:
+        """Call ``callback(self, failed_at)`` once the thunk is settled.
+
+        A settled thunk calls back at once and returns None. Otherwise the
+        callback is kept until the thunk settles; the returned function
+        forgets it (idempotent), for a waiter that stops waiting first.
+
+        Raises:
+            RuntimeError: the thunk is unsettled and belongs to another
+                loop, or has no generation.
+        """
+        if self._state in _SETTLED:
+            callback(self, self._failed_at())
+            return None
+        self._check_loop()
+        if self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
+        return lambda: self._forget(callback)
+
+    def _forget(self, callback: SettleCallback) -> None:
+        if self._callbacks is not None and callback in self._callbacks:
+            self._callbacks.remove(callback)
 
     # -- internals -----------------------------------------------------------
 
+    def _become(self, state: _State) -> None:
+        """Move to ``state``, which ``_TRANSITIONS`` must allow."""
+        if state not in _TRANSITIONS[self._state]:
+            raise RuntimeError(f"ModelOutputThunk cannot go from {self._state.value} to {state.value}")
+        if self._state is _STARTED:
+            self._clock = None  # settled before any chunk: no time to first chunk
+        self._state = state
+
     def _is_done(self) -> bool:
-        return self._value is not None or (self._extra is not None and self._extra.error is not None)
+        return self._state in _SETTLED
 
     def _more(self) -> _Extra:
         if self._extra is None:
@@ -361,11 +540,8 @@ class ModelOutputThunk(Generic[T]):
     def _check_loop(self) -> None:
         task = self._task
         if task is None:
-            if not self._is_done():
-                raise RuntimeError(
-                    "this ModelOutputThunk has no generation: create it with "
-                    "ModelOutputThunk.from_response(...) or a backend's generate()"
-                )
+            if self._state is _EMPTY:
+                raise _no_generation()
             return
         loop = task.get_loop()
         running = asyncio.get_running_loop()
@@ -377,9 +553,10 @@ class ModelOutputThunk(Generic[T]):
             )
 
     async def _wait_change(self) -> None:
-        if self._task is None:
-            self._check_loop()  # raises: nothing will ever change
-        waiter = self._task.get_loop().create_future()  # type: ignore[union-attr]
+        task = self._task
+        if task is None:
+            raise _no_generation()  # nothing will ever change
+        waiter = task.get_loop().create_future()
         if self._waiters is None:
             self._waiters = [waiter]
         else:
@@ -393,26 +570,32 @@ class ModelOutputThunk(Generic[T]):
                 waiter.set_result(None)
 
     def _add_text(self, text: str) -> None:
-        if self._parts is _NO_PARTS:
+        parts = self._parts
+        if type(parts) is list:
+            parts.append(text)
+        else:  # the shared empty tuple: the first text
             self._parts = [text]
-        else:
-            self._parts.append(text)  # type: ignore[union-attr]
         if self._waiters:
             self._notify()
 
     def _mark_first_chunk(self) -> None:
-        if self._clock < 0:
-            self._clock = (self._task.get_loop().time() + self._clock) * 1000.0  # type: ignore[union-attr]
-            if self._extra is not None and self._extra.generation is not None:
-                self._extra.generation.ttfb_ms = self._clock
+        if self._state is not _STARTED:
+            return
+        started = self._clock
+        assert started is not None  # STARTED <=> _clock holds the start time
+        ttfb = (asyncio.get_running_loop().time() - started) * 1000.0
+        self._become(_STREAMING)
+        self._clock = ttfb
+        if self._extra is not None and self._extra.generation is not None:
+            self._extra.generation.ttfb_ms = ttfb
 
     def _finish(self, *, cancelled: bool = False) -> None:
-        if cancelled:
-            self._more().cancelled = True
+        self._become(_CANCELLED if cancelled else _COMPUTED)
         self._value = "".join(self._parts)
         self._settle()
 
     def _fail(self, error: BaseException) -> None:
+        self._become(_FAILED)
         extra = self._more()
         extra.error = error
         extra.fail_seq = next(_failure_clock)
@@ -421,29 +604,27 @@ class ModelOutputThunk(Generic[T]):
     def _settle(self) -> None:
         self._notify()
         callbacks, self._callbacks = self._callbacks, None
+        failed_at = self._failed_at()
         for callback in callbacks or ():
-            callback(self)
+            callback(self, failed_at)
 
     def _failed_at(self) -> int:
-        """Order of this thunk's failure among all failures (lower is earlier)."""
-        return self._extra.fail_seq if self._extra is not None else 0
+        """Order of this thunk's failure among all failures (lower is earlier), 0 if none."""
+        return self._extra.fail_seq if self._state is _FAILED and self._extra is not None else 0
 
-    def _add_done_callback(self, callback: Callable[[ModelOutputThunk[Any]], None]) -> None:
-        if self._callbacks is None:
-            self._callbacks = [callback]
-        else:
-            self._callbacks.append(callback)
 
-    def _remove_done_callback(self, callback: Callable[[ModelOutputThunk[Any]], None]) -> None:
-        if self._callbacks is not None and callback in self._callbacks:
-            self._callbacks.remove(callback)
+def _no_generation() -> RuntimeError:
+    return RuntimeError(
+        "this ModelOutputThunk has no generation: create it with "
+        "ModelOutputThunk.from_response(...) or a backend's generate()"
+    )
 
 
 class _Extra:
     """A thunk's rarely used state, allocated on first use."""
 
     __slots__ = (
-        "generation", "meta", "parsed_repr", "tool_calls", "cancelled", "error", "fail_seq",
+        "generation", "meta", "parsed_repr", "tool_calls", "error", "fail_seq",
         "stream_pos", "process", "post_process", "pending",
     )  # fmt: skip
 
@@ -452,12 +633,12 @@ class _Extra:
         self.stream_pos = 0
         self.process: ProcessFn | None = None
         self.post_process: PostProcessFn | None = None
-        self.pending: Awaitable[Any] | None = None
+        # What put_nowait() left for put() to await (the queue spelling only).
+        self.pending: Awaitable[None] | None = None
         self.generation: GenerationMeta | None = None
         self.meta: dict[str, Any] | None = None
         self.parsed_repr: Any = None
         self.tool_calls: dict[str, Any] | None = None
-        self.cancelled = False
         self.fail_seq = 0
 
 

@@ -1,8 +1,14 @@
-"""``wait_for_all_mots``: wait for many thunks without a task per thunk."""
+"""``wait_for_all_mots``: wait for many thunks without a task per thunk.
+
+It reaches each thunk through one hook, ``ModelOutputThunk._watch``: call
+back when settled (at once if already settled), with the failure's place in
+time, and a way to stop watching.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from ._thunk import ModelOutputThunk
@@ -26,52 +32,51 @@ async def wait_for_all_mots(mots: list[ModelOutputThunk[Any]]) -> None:
     """
     if not mots:
         return
-    loop = asyncio.get_running_loop()
-    pending = _pending_on(loop, mots)
-    if pending:
-        await _AllDone(loop, pending).wait()
-    failed = [mot for mot in mots if mot.error is not None]
-    if failed:
-        raise min(failed, key=lambda mot: mot._failed_at()).error  # type: ignore[misc]
-
-
-def _pending_on(
-    loop: asyncio.AbstractEventLoop, mots: list[ModelOutputThunk[Any]]
-) -> list[ModelOutputThunk[Any]]:
-    """Check every thunk up front; return those still generating."""
-    pending = []
-    for mot in mots:
-        if mot._is_done():
-            continue
-        mot._check_loop()
-        pending.append(mot)
-    return pending
+    await _AllDone(asyncio.get_running_loop()).wait(mots)
 
 
 class _AllDone:
-    """One future for the whole batch, resolved by thunk done-callbacks.
+    """One future for the whole batch, resolved by the thunks' settle callbacks.
 
-    Resolves early on the first failure; the futures here never carry an
-    exception, so nothing can be logged as "never retrieved".
+    Resolves early on the first failure *while waiting* (a thunk that had
+    already failed does not cut the wait short); the future never carries
+    an exception, so nothing can be logged as "never retrieved".
     """
 
-    __slots__ = ("_future", "_left", "_mots")
+    __slots__ = ("_future", "_left", "_first", "_waiting")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, mots: list[ModelOutputThunk[Any]]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._future: asyncio.Future[None] = loop.create_future()
-        self._left = len(mots)
-        self._mots = mots
+        self._left = 0
+        # (failed_at, error) of the earliest failure seen.
+        self._first: tuple[int, BaseException] | None = None
+        self._waiting = False
 
-    async def wait(self) -> None:
-        for mot in self._mots:
-            mot._add_done_callback(self._one_done)
+    async def wait(self, mots: list[ModelOutputThunk[Any]]) -> None:
+        """Wait for ``mots``; raise the earliest failure among them."""
+        forget: list[Callable[[], None]] = []
         try:
-            await self._future
+            # Every thunk is checked (loop, generation) before anything waits.
+            for mot in mots:
+                stop = mot._watch(self._one_done)
+                if stop is not None:
+                    forget.append(stop)
+            self._left = len(forget)
+            self._waiting = True
+            if self._left:
+                await self._future
         finally:
-            for mot in self._mots:
-                mot._remove_done_callback(self._one_done)
+            for stop in forget:
+                stop()
+        if self._first is not None:
+            raise self._first[1]
 
-    def _one_done(self, mot: ModelOutputThunk[Any]) -> None:
+    def _one_done(self, mot: ModelOutputThunk[Any], failed_at: int) -> None:
+        error = mot.error
+        if failed_at and error is not None and (self._first is None or failed_at < self._first[0]):
+            self._first = (failed_at, error)
+        if not self._waiting:
+            return  # settled before the call: counted, never cuts the wait short
         self._left -= 1
-        if not self._future.done() and (mot.error is not None or self._left == 0):
+        if not self._future.done() and (failed_at or self._left == 0):
             self._future.set_result(None)

@@ -13,6 +13,8 @@ import asyncio
 import threading
 from collections import deque
 
+from .._loops import wake
+
 __all__ = ["Gate"]
 
 
@@ -67,13 +69,9 @@ class Gate:
             waiter = self._waiters.popleft()
             waiter.granted = True
             try:
-                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+                waiter.loop.call_soon_threadsafe(wake, waiter.future)
             except RuntimeError:
                 continue  # that waiter's loop is closed; nobody is waiting there
             return
         self._free += 1
 
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
