@@ -19,6 +19,7 @@ thousands of streams in flight.
 from __future__ import annotations
 
 import asyncio
+import enum
 import weakref
 from typing import Any
 
@@ -27,10 +28,22 @@ __all__ = ["Watchdog", "watch"]
 # Samples without progress that make a stall; the sample period is the
 # limit divided by this, so a stall is detected within 1 to 1.25 limits.
 _SAMPLES = 4
-# Special _idle values (one slot serves three purposes, to keep every
-# in-flight stream small): blocked on a full queue, and fired.
-_PAUSED = -(1 << 30)
-_FIRED = 1 << 30
+
+
+class _Idle(enum.IntEnum):
+    """The states ``Watchdog._idle`` can hold besides a count of idle samples.
+
+    One int slot serves both, to keep every in-flight stream small: from 0
+    up it counts samples in a row without progress (-1: the first sample
+    closes a partial period and does not count); these two values sit far
+    outside that range.
+    """
+
+    PAUSED = -(1 << 30)  # blocked on a full queue or an async callback: not a stall
+    FIRED = 1 << 30  # the stream stalled and its task was cancelled
+
+
+_PAUSED, _FIRED = _Idle.PAUSED, _Idle.FIRED
 
 
 class Watchdog:
@@ -41,8 +54,9 @@ class Watchdog:
     def __init__(self, task: asyncio.Task[Any] | None = None) -> None:
         self.ticks = 0
         self._seen = 0
-        # The first sample closes a partial period: it must not count.
-        self._idle = -1
+        # Idle samples in a row, or an _Idle state. The first sample closes
+        # a partial period: it must not count.
+        self._idle: int = -1
         self._task = task
         self._prev: Any = None
         self._next: Any = None

@@ -84,3 +84,34 @@ def test_safe_under_concurrent_use_and_evicts_each_value_once() -> None:
     remaining = set(cache.cache.values())
     assert len(evicted) == len(set(evicted)) == 8 * 2_000 - len(remaining)
     assert remaining.isdisjoint(evicted) and cache.current_size() == 8
+
+
+def test_size_is_never_seen_above_capacity_under_eight_threads() -> None:
+    # The bug: put() inserted before it evicted and current_size() read
+    # without the lock, so a reader saw 9 entries in a cache of 8.
+    cache = ClientCache(8)
+    start = threading.Barrier(8)
+    peaks = [0] * 8
+    failures: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            start.wait(timeout=10)
+            peak = 0
+            for i in range(20_000):
+                key = (t * 7 + i) % 24  # shared keys: replacements and evictions
+                cache.put(key, i)
+                cache.get((key + 5) % 24)
+                peak = max(peak, cache.current_size(), len(cache.cache))
+            peaks[t] = peak
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert not failures
+    assert max(peaks) == 8 and cache.current_size() == 8
