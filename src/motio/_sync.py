@@ -11,7 +11,9 @@ loop that the second call no longer has.
 A call made *on* the portal thread itself (sync code reached from a
 coroutine that run_sync is running) cannot block that loop waiting for
 itself, so it gets a nested portal of its own: one more thread per nesting
-depth, created once and reused.
+depth, created once and reused. Which portal a call uses is found from the
+loop running in the calling thread, keyed weakly on that loop object (as all
+per-loop state in motio), never from a thread id or a depth number.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ import concurrent.futures
 import contextvars
 import os
 import threading
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from ._loops import get_current_event_loop
 
 __all__ = ["run_sync"]
 
@@ -35,6 +40,8 @@ class _Portal:
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
+        # The portal for calls made on this one's own thread, once needed.
+        self.nested: _Portal | None = None
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self.thread = threading.Thread(
@@ -108,25 +115,39 @@ def _copy_outcome(task: asyncio.Task[T], result: concurrent.futures.Future[T]) -
         result.set_result(task.result())
 
 
-_portals: dict[int, _Portal] = {}
+# Every portal, keyed weakly on its own loop. (Each portal holds its loop, so
+# these entries live as long as the process: portals are never replaced.)
+_portals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Portal] = (
+    weakref.WeakKeyDictionary()
+)
+# The portal for calls made anywhere but on a portal's own loop.
+_root: _Portal | None = None
 _portals_lock = threading.Lock()
 
 
 def _portal_for_this_thread() -> _Portal:
-    """The portal one level deeper than the one running this thread, if any."""
-    depth = 0
-    current = threading.current_thread()
-    for portal in list(_portals.values()):
-        if portal.thread is current:
-            depth = portal.depth + 1
-    found = _portals.get(depth)
+    """The root portal, or the one nested under the portal running this thread."""
+    running = get_current_event_loop()
+    parent = None if running is None else _portals.get(running)
+    found = _root if parent is None else parent.nested
     if found is not None:
         return found
     with _portals_lock:  # single flight: two threads must not start two loops
-        found = _portals.get(depth)
+        found = _root if parent is None else parent.nested
         if found is None:
-            found = _portals[depth] = _Portal(depth)
+            found = _start_portal(parent)
     return found
+
+
+def _start_portal(parent: _Portal | None) -> _Portal:
+    global _root
+    portal = _Portal(0 if parent is None else parent.depth + 1)
+    _portals[portal.loop] = portal
+    if parent is None:
+        _root = portal
+    else:
+        parent.nested = portal
+    return portal
 
 
 def run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
@@ -181,18 +202,26 @@ def _wait_quietly(future: concurrent.futures.Future[Any]) -> None:
 
 def _forget_portals_after_fork() -> None:
     # The child has the parent's loop objects but not their threads.
-    global _portals_lock
+    global _portals_lock, _root
     _portals.clear()
+    _root = None
     _portals_lock = threading.Lock()
 
 
 def _shutdown_portals() -> None:
-    for portal in list(_portals.values())[::-1]:
+    global _root
+    chain = []
+    portal = _root
+    while portal is not None:
+        chain.append(portal)
+        portal = portal.nested
+    for portal in reversed(chain):  # the deepest first: it may be serving a call above
         try:
             portal.shutdown()
         except Exception:
             pass
     _portals.clear()
+    _root = None
 
 
 os.register_at_fork(after_in_child=_forget_portals_after_fork)

@@ -71,6 +71,24 @@ def test_nested_inside_itself_without_deadlock() -> None:
     assert run_sync(deeper(), timeout=BOUND) == "inner+outer+deeper"
 
 
+def test_each_nesting_level_has_its_own_loop_found_from_the_calling_loop() -> None:
+    async def loops_down(levels: int) -> list[asyncio.AbstractEventLoop]:
+        here = asyncio.get_running_loop()
+        if levels == 0:
+            return [here]
+        return [here, *run_sync(loops_down(levels - 1))]
+
+    first = run_sync(loops_down(2), timeout=BOUND)
+    again = run_sync(loops_down(2), timeout=BOUND)
+    assert len(set(first)) == 3 and first == again  # one loop per depth, reused
+    # Called from a foreign running loop, run_sync uses the root portal.
+    assert asyncio.run(asyncio.wait_for(_root_loop_from_a_running_loop(), BOUND)) is first[0]
+
+
+async def _root_loop_from_a_running_loop() -> asyncio.AbstractEventLoop:
+    return run_sync(current_loop(), timeout=BOUND)
+
+
 def test_contextvars_visible_inside_and_changes_do_not_leak() -> None:
     async def read_and_change() -> str:
         seen = request_id.get()
