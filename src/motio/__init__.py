@@ -22,75 +22,57 @@ TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "APIStatusError",
-    "AuthenticationError",
-    "BackendConnectionError",
-    "BackendError",
-    "BackendTimeoutError",
-    "BadRequestError",
-    "ChunkTimeoutError",
-    "ClientCache",
-    "ConfigurationError",
-    "DEFAULT_CHUNK_TIMEOUT",
-    "GenerationMeta",
-    "LlamaCppBackend",
-    "ModelOutputThunk",
-    "MotioError",
-    "NotFoundError",
-    "OpenAIBackend",
-    "RateLimitError",
-    "ServerError",
-    "StreamError",
-    "__version__",
-    "create_backend",
-    "get_current_event_loop",
-    "run_sync",
-    "send_to_queue",
-    "wait_for_all_mots",
-]
+# The one list of public names, by the module each is imported from on
+# first access; ``__all__`` and the lookup table below derive from it. The
+# TYPE_CHECKING block underneath spells the same imports for type checkers
+# (they cannot run code), and tests/core/test_exports.py checks that it
+# matches this table name for name.
+_EXPORTS_BY_MODULE = {
+    "._feed": ("send_to_queue", "DEFAULT_CHUNK_TIMEOUT"),
+    "._wait": ("wait_for_all_mots",),
+    "._loops": ("get_current_event_loop",),
+    "._cache": ("ClientCache",),
+    "._thunk": ("ModelOutputThunk", "GenerationMeta"),
+    "._sync": ("run_sync",),
+    "._exceptions": (
+        "MotioError", "ChunkTimeoutError", "ConfigurationError", "BackendClosedError",
+        "BackendError", "BackendConnectionError", "BackendTimeoutError", "StreamError",
+        "APIStatusError", "BadRequestError", "AuthenticationError", "NotFoundError",
+        "RateLimitError", "ServerError",
+    ),
+    ".backends": ("OpenAIBackend", "LlamaCppBackend", "create_backend"),
+}  # fmt: skip
 
-# Where each public name lives; it is imported on first access.
-_EXPORTS = {
-    "send_to_queue": "._feed",
-    "DEFAULT_CHUNK_TIMEOUT": "._feed",
-    "wait_for_all_mots": "._wait",
-    "get_current_event_loop": "._loops",
-    "ClientCache": "._cache",
-    "ModelOutputThunk": "._thunk",
-    "GenerationMeta": "._thunk",
-    "run_sync": "._sync",
-    "OpenAIBackend": ".backends",
-    "LlamaCppBackend": ".backends",
-    "create_backend": ".backends",
-}
-_EXPORTS.update(
-    (name, "._exceptions") for name in __all__ if name.endswith("Error") and name not in _EXPORTS
-)
+_EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
-    from ._cache import ClientCache
-    from ._exceptions import (
-        APIStatusError,
-        AuthenticationError,
-        BackendConnectionError,
-        BackendError,
-        BackendTimeoutError,
-        BadRequestError,
-        ChunkTimeoutError,
-        ConfigurationError,
-        MotioError,
-        NotFoundError,
-        RateLimitError,
-        ServerError,
-        StreamError,
-    )
-    from ._feed import DEFAULT_CHUNK_TIMEOUT, send_to_queue
-    from ._loops import get_current_event_loop
-    from ._sync import run_sync
-    from ._thunk import GenerationMeta, ModelOutputThunk
-    from ._wait import wait_for_all_mots
-    from .backends import LlamaCppBackend, OpenAIBackend, create_backend
+    from ._cache import ClientCache as ClientCache
+    from ._exceptions import APIStatusError as APIStatusError
+    from ._exceptions import AuthenticationError as AuthenticationError
+    from ._exceptions import BackendClosedError as BackendClosedError
+    from ._exceptions import BackendConnectionError as BackendConnectionError
+    from ._exceptions import BackendError as BackendError
+    from ._exceptions import BackendTimeoutError as BackendTimeoutError
+    from ._exceptions import BadRequestError as BadRequestError
+    from ._exceptions import ChunkTimeoutError as ChunkTimeoutError
+    from ._exceptions import ConfigurationError as ConfigurationError
+    from ._exceptions import MotioError as MotioError
+    from ._exceptions import NotFoundError as NotFoundError
+    from ._exceptions import RateLimitError as RateLimitError
+    from ._exceptions import ServerError as ServerError
+    from ._exceptions import StreamError as StreamError
+    from ._feed import DEFAULT_CHUNK_TIMEOUT as DEFAULT_CHUNK_TIMEOUT
+    from ._feed import send_to_queue as send_to_queue
+    from ._loops import get_current_event_loop as get_current_event_loop
+    from ._sync import run_sync as run_sync
+    from ._thunk import GenerationMeta as GenerationMeta
+    from ._thunk import ModelOutputThunk as ModelOutputThunk
+    from ._wait import wait_for_all_mots as wait_for_all_mots
+    from .backends import LlamaCppBackend as LlamaCppBackend
+    from .backends import OpenAIBackend as OpenAIBackend
+    from .backends import create_backend as create_backend
 
 
 def __getattr__(name: str) -> object:

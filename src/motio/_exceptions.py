@@ -3,6 +3,7 @@
     MotioError
     ├── ChunkTimeoutError (also a TimeoutError): a stream went quiet too long
     ├── ConfigurationError (also a ValueError): bad option, model file, URL...
+    ├── BackendClosedError (also a RuntimeError): a backend used after close()
     └── BackendError: a model backend failed; carries provider/model/base_url
         ├── BackendConnectionError: the server could not be reached
         ├── BackendTimeoutError (also a TimeoutError): a request took too long
@@ -26,6 +27,7 @@ __all__ = [
     "MotioError",
     "ChunkTimeoutError",
     "ConfigurationError",
+    "BackendClosedError",
     "BackendError",
     "BackendConnectionError",
     "BackendTimeoutError",
@@ -59,6 +61,14 @@ class ChunkTimeoutError(MotioError, TimeoutError):
 
 class ConfigurationError(MotioError, ValueError):
     """An option, path or URL given to motio cannot work."""
+
+
+class BackendClosedError(MotioError, RuntimeError):
+    """A backend was asked to generate (or check) after ``close()``/``aclose()``.
+
+    A RuntimeError as well: using a closed object is a programming error,
+    not a failure of the model. Create a new backend instead.
+    """
 
 
 class BackendError(MotioError):

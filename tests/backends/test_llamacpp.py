@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from motio import ChunkTimeoutError, ConfigurationError, ModelOutputThunk
+from motio import BackendClosedError, ChunkTimeoutError, ConfigurationError, ModelOutputThunk
 from motio.backends import LlamaCppBackend, create_backend
-from tests.backends.util import arun
+from tests.backends.util import WAIT, arun
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +44,46 @@ class ActivityProbe:
         llm.create_chat_completion = recording
 
 
+class StuckSampler:
+    """Makes the model's worker thread block inside llama.cpp's sampling step.
+
+    A logits processor is added to each generation: on its ``block_at``-th
+    call (one call per sampled token) it blocks on ``release``, as a stuck
+    native call would, until the test sets it (bounded by ``WAIT``).
+    """
+
+    def __init__(self, llm: Any, block_at: int = 2) -> None:
+        self.release = threading.Event()
+        self.stuck = threading.Event()
+        self.stuck_at = 0.0
+        self._calls = 0
+        self._block_at = block_at
+        self._llm = llm
+        self._before = llm.__dict__.get("create_chat_completion")
+        real = llm.create_chat_completion
+
+        def with_blocking_sampler(*args: Any, **kwargs: Any) -> Any:
+            kwargs["logits_processor"].append(self._sample)
+            return real(*args, **kwargs)
+
+        llm.create_chat_completion = with_blocking_sampler
+
+    def _sample(self, input_ids: Any, scores: Any) -> Any:
+        self._calls += 1
+        if self._calls == self._block_at:
+            self.stuck_at = time.monotonic()
+            self.stuck.set()
+            self.release.wait(WAIT)
+        return scores
+
+    def undo(self) -> None:
+        self.release.set()
+        if self._before is None:
+            del self._llm.create_chat_completion
+        else:
+            self._llm.create_chat_completion = self._before
+
+
 @pytest.fixture(scope="module")
 def backend(smollm2_path: Path) -> Iterator[LlamaCppBackend]:
     llama = LlamaCppBackend(smollm2_path)
@@ -55,6 +96,14 @@ def backend(smollm2_path: Path) -> Iterator[LlamaCppBackend]:
 def probe(backend: LlamaCppBackend) -> ActivityProbe:
     [llm] = backend._free
     return ActivityProbe(llm)
+
+
+@pytest.fixture
+def stuck(backend: LlamaCppBackend) -> Iterator[StuckSampler]:
+    [llm] = backend._free
+    sampler = StuckSampler(llm)
+    yield sampler
+    sampler.undo()
 
 
 def assert_well_formed(mot: ModelOutputThunk[Any], *, streaming: bool) -> None:
@@ -176,3 +225,46 @@ def test_a_file_that_is_not_a_model_fails_the_check(tmp_path: Path) -> None:
     # And a generation reports the same error through its thunk.
     with pytest.raises(ConfigurationError):
         llama.generate_sync("hi", max_tokens=2)
+
+
+def test_chunk_timeout_abandons_a_stuck_worker_at_once(backend: LlamaCppBackend, stuck: StuckSampler) -> None:
+    # The worker is stuck inside llama.cpp after one token. The timeout must
+    # come within 1 to 1.25 limits of the stall: the core abandons the worker
+    # through SlotStream instead of waiting out its 5 s close wait.
+    async def main() -> tuple[ModelOutputThunk[Any], float]:
+        mot = await backend.generate("Write a long story.", max_tokens=50, chunk_timeout=0.2)
+        with pytest.raises(ChunkTimeoutError) as caught:
+            await mot.avalue()
+        assert caught.value.chunks >= 1
+        return mot, time.monotonic()
+
+    mot, failed_at = arun(main())
+    assert stuck.stuck.is_set() and isinstance(mot.error, ChunkTimeoutError)
+    delay = failed_at - stuck.stuck_at
+    assert 0.15 < delay < 1.0, f"ChunkTimeoutError {delay:.2f} s after the worker got stuck"
+    stuck.release.set()
+    # The worker hands the model back once its blocking call returns.
+    assert backend.generate_sync("Say hi.", **OPTS).value
+
+
+def test_a_closed_backend_raises_backend_closed_error(smollm2_path: Path) -> None:
+    llama = LlamaCppBackend(smollm2_path)
+    assert not llama.is_closed
+    llama.close()
+    llama.close()  # idempotent
+    assert llama.is_closed
+    with pytest.raises(BackendClosedError, match="LlamaCppBackend has been closed"):
+        llama.generate_sync("hi", max_tokens=2)
+    with pytest.raises(BackendClosedError):
+        llama.check_sync()
+    with pytest.raises(BackendClosedError):
+        list(llama.stream_sync("hi", max_tokens=2))
+
+    async def after_aclose() -> None:
+        other = LlamaCppBackend(smollm2_path)
+        async with other:
+            pass
+        with pytest.raises(BackendClosedError):
+            await other.generate("hi")
+
+    arun(after_aclose())

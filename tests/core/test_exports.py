@@ -1,5 +1,7 @@
 """The public surface is exactly what is intended, and cheap to import."""
 
+import ast
+import inspect
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ EXPECTED = {
     "send_to_queue", "wait_for_all_mots", "get_current_event_loop", "ClientCache",
     "DEFAULT_CHUNK_TIMEOUT", "ModelOutputThunk", "GenerationMeta", "run_sync",
     "OpenAIBackend", "LlamaCppBackend", "create_backend", "__version__",
-    "MotioError", "ChunkTimeoutError", "ConfigurationError", "BackendError",
+    "MotioError", "ChunkTimeoutError", "ConfigurationError", "BackendClosedError", "BackendError",
     "BackendConnectionError", "BackendTimeoutError", "StreamError", "APIStatusError",
     "BadRequestError", "AuthenticationError", "NotFoundError", "RateLimitError", "ServerError",
 }  # fmt: skip
@@ -62,3 +64,21 @@ def test_import_motio_loads_no_sdk_and_no_asyncio_machinery() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_type_checkers_imports_match_the_one_export_table() -> None:
+    # The TYPE_CHECKING block cannot be derived at runtime; it must spell
+    # exactly the lazy table, each name re-exported from the same module.
+    tree = ast.parse(inspect.getsource(motio))
+    [block] = [
+        node for node in tree.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+    ]  # fmt: skip
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom)
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{alias.name} must be re-exported as itself"
+            seen[alias.name] = "." * node.level + (node.module or "")
+    assert seen == motio._EXPORTS
+    assert set(motio.__all__) == set(seen) | {"__version__"}

@@ -1,19 +1,30 @@
 """What every backend offers, and the pieces they share.
 
 A backend turns a prompt into a running :class:`~motio.ModelOutputThunk`.
-Subclasses implement ``generate`` (async, returns at once) and ``aclose``;
-the synchronous bridges (``generate_sync``, ``stream_sync``, ``close``) and
-option checking live here.
+Subclasses implement ``generate`` (async, returns at once), ``check`` and
+``aclose``; the open/closed state, the synchronous bridges
+(``generate_sync``, ``stream_sync``, ``check_sync``, ``close``) and option
+checking live here.
+
+The closed state, for subclasses: call ``self._ensure_open()`` first thing
+in ``generate()`` and ``check()`` (it raises ``BackendClosedError``), and
+``self._mark_closed()`` first thing in ``aclose()``, then release what the
+backend holds. ``close()`` is ``aclose()`` run through ``run_sync``; do not
+override it.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from .._exceptions import ConfigurationError
+from .._exceptions import BackendClosedError, ConfigurationError
+from .._source import abandon_source
+from .._sync import run_sync
+from .._thunk import ModelOutputThunk
 
 __all__ = ["Backend", "COMMON_OPTIONS", "to_messages", "check_options", "SlotStream"]
 
@@ -34,11 +45,35 @@ class Backend(abc.ABC):
 
     provider: str
     model: str | None
+    # A class attribute, so subclasses need not call Backend.__init__.
+    _closed = False
+
+    @property
+    def is_closed(self) -> bool:
+        """True once ``aclose()`` or ``close()`` was called; then generating raises."""
+        return self._closed
+
+    def _ensure_open(self) -> None:
+        """Call first in ``generate()`` and ``check()``.
+
+        Raises:
+            BackendClosedError: the backend has been closed.
+        """
+        if self._closed:
+            raise BackendClosedError(
+                f"this {type(self).__name__} has been closed; create a new one to generate again"
+            )
+
+    def _mark_closed(self) -> bool:
+        """Call first in ``aclose()``; return True the first time (False if already closed)."""
+        first = not self._closed
+        self._closed = True
+        return first
 
     @abc.abstractmethod
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
-    ) -> Any:
+    ) -> ModelOutputThunk[Any]:
         """Start a generation and return its running ``ModelOutputThunk`` at once.
 
         Args:
@@ -51,24 +86,29 @@ class Backend(abc.ABC):
         Raises:
             TypeError: an unknown option; errors of the generation itself are
                 raised by the thunk (``await mot.avalue()``), as motio errors.
+            BackendClosedError: the backend has been closed.
         """
 
     @abc.abstractmethod
     async def check(self) -> None:
-        """Fail fast, with a message that says what to fix, if generating cannot work."""
+        """Fail fast, with a message that says what to fix, if generating cannot work.
+
+        Raises:
+            BackendClosedError: the backend has been closed.
+        """
 
     @abc.abstractmethod
     async def aclose(self) -> None:
-        """Release clients, connections or the model. Idempotent."""
+        """Release clients, connections or the model; later generations raise
+        ``BackendClosedError``. Idempotent."""
 
-    def generate_sync(self, prompt_or_messages: str | Messages, **options: Any) -> Any:
+    def generate_sync(self, prompt_or_messages: str | Messages, **options: Any) -> ModelOutputThunk[Any]:
         """Generate to the end from synchronous code and return the computed thunk.
 
         Raises:
             motio.MotioError: the generation failed.
+            BackendClosedError: the backend has been closed.
         """
-        from .. import run_sync
-
         return run_sync(_computed(self, prompt_or_messages, options))
 
     def stream_sync(self, prompt_or_messages: str | Messages, **options: Any) -> Iterator[str]:
@@ -77,21 +117,15 @@ class Backend(abc.ABC):
         Closing the iterator early (``break`` in a ``for`` loop, then garbage
         collection, or ``.close()``) stops the generation.
         """
-        from .. import run_sync
-
         mot = run_sync(self.generate(prompt_or_messages, stream=True, **options))
         return _sync_deltas(mot, run_sync)
 
     def check_sync(self) -> None:
         """``check()`` from synchronous code."""
-        from .. import run_sync
-
         run_sync(self.check())
 
     def close(self) -> None:
-        """``aclose()`` from synchronous code."""
-        from .. import run_sync
-
+        """``aclose()`` from synchronous code (on motio's background loop). Idempotent."""
         run_sync(self.aclose())
 
     async def __aenter__(self) -> Backend:
@@ -114,7 +148,9 @@ class Backend(abc.ABC):
         return f"<{type(self).__name__} model={self.model!r}>"
 
 
-async def _computed(backend: Backend, prompt: str | Messages, options: dict[str, Any]) -> Any:
+async def _computed(
+    backend: Backend, prompt: str | Messages, options: dict[str, Any]
+) -> ModelOutputThunk[Any]:
     mot = await backend.generate(prompt, **options)
     await mot.avalue()
     return mot
@@ -123,7 +159,7 @@ async def _computed(backend: Backend, prompt: str | Messages, options: dict[str,
 _END = object()
 
 
-def _sync_deltas(mot: Any, run_sync: Callable[..., Any]) -> Iterator[str]:
+def _sync_deltas(mot: ModelOutputThunk[Any], run_sync: Callable[..., Any]) -> Iterator[str]:
     cursor = run_sync(_aiter(mot))
     try:
         while (delta := run_sync(_step(cursor))) is not _END:
@@ -133,11 +169,11 @@ def _sync_deltas(mot: Any, run_sync: Callable[..., Any]) -> Iterator[str]:
             run_sync(mot.aclose())
 
 
-async def _aiter(mot: Any) -> AsyncIterator[str]:
-    return mot.__aiter__()  # type: ignore[no-any-return]
+async def _aiter(mot: ModelOutputThunk[Any]) -> AsyncIterator[str]:
+    return mot.__aiter__()
 
 
-async def _step(cursor: AsyncIterator[str]) -> Any:
+async def _step(cursor: AsyncIterator[str]) -> str | object:
     try:
         return await cursor.__anext__()
     except StopAsyncIteration:
@@ -177,8 +213,17 @@ class SlotStream:
 
     The slot is taken before the stream starts (so waiting for it does not
     count against ``chunk_timeout``) and must come back however the stream
-    ends: exhausted, failed, or closed before its first item, when an async
-    generator's own ``finally`` would never run.
+    ends: exhausted, failed, closed or abandoned, even before its first
+    item, when an async generator's own ``finally`` would never run.
+
+    It implements the core's ``Source`` protocol and passes ``abandon`` on
+    to what it wraps, so a stuck worker thread underneath is abandoned on a
+    chunk timeout, not waited for.
+
+    A cancellation in ``__anext__`` leaves the stream open: its owner (the
+    core's producer) decides whether to ``aclose`` it (waiting) or
+    ``abandon`` it (a chunk timeout), and does either at once. Iterate it
+    yourself only inside ``contextlib.aclosing``.
     """
 
     __slots__ = ("_source", "_release")
@@ -193,11 +238,14 @@ class SlotStream:
     async def __anext__(self) -> Any:
         try:
             return await self._source.__anext__()
+        except asyncio.CancelledError:
+            raise  # the owner closes or abandons us (see the class docstring)
         except BaseException:
             await self.aclose()
             raise
 
     async def aclose(self) -> None:
+        """Close the wrapped stream, waiting for it, then give the slot back."""
         release, self._release = self._release, None
         if release is None:
             return
@@ -205,5 +253,15 @@ class SlotStream:
             aclose = getattr(self._source, "aclose", None)
             if aclose is not None:
                 await aclose()
+        finally:
+            release()
+
+    async def abandon(self) -> None:
+        """Stop the wrapped stream without waiting for it, then give the slot back."""
+        release, self._release = self._release, None
+        if release is None:
+            return
+        try:
+            await abandon_source(self._source)
         finally:
             release()

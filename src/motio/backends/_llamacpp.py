@@ -6,7 +6,9 @@ whole token per ``next()``. So each generation:
 1. waits on a :class:`Gate` for a free model instance (a coroutine waiting,
    not a thread; not counted by ``chunk_timeout``),
 2. is drained by the core's worker thread (``ThreadedIterator``), which
-   stops after the current token when the thunk is closed or times out,
+   stops after the current token when the thunk is closed or times out
+   (on a timeout the stream is abandoned, not waited for: ``SlotStream``
+   passes the core's ``Source.abandon`` through),
 3. gives the instance back from that worker thread, once it has really
    finished with the generator: a ``_Lease`` makes the hand-back happen
    exactly once, whether the thread ran, never started, or outlived the
@@ -19,6 +21,7 @@ each on first need, in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import threading
@@ -27,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import BackendError, ConfigurationError
+from .._feed import DEFAULT_CHUNK_TIMEOUT
 from .._threaded import ThreadedIterator
+from .._thunk import ModelOutputThunk
 from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
 from ._chat import fold_chunk
 from ._gate import Gate
@@ -97,20 +102,18 @@ class LlamaCppBackend(Backend):
         self._gate = Gate(max_concurrency)
         self._pool_lock = threading.Lock()
         self._free: list[Any] = []
-        self._closed = False
 
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
-    ) -> Any:
-        from .. import DEFAULT_CHUNK_TIMEOUT, ModelOutputThunk
-
+    ) -> ModelOutputThunk[Any]:
+        self._ensure_open()
         check_options(options, _OPTIONS, type(self).__name__)
         chunk_timeout = options.pop("chunk_timeout", DEFAULT_CHUNK_TIMEOUT)
         kwargs = {key: value for key, value in options.items() if value is not None}
         kwargs["messages"] = to_messages(prompt_or_messages)
         fold = _LlamaFold(stream)
         kwargs["logits_processor"] = fold.prompt_counter()
-        mot = ModelOutputThunk.from_response(
+        mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
             self._run(kwargs, stream), process=fold.process, post_process=fold.finish,
             chunk_timeout=chunk_timeout,
         )  # fmt: skip
@@ -126,11 +129,13 @@ class LlamaCppBackend(Backend):
             return chunks
         # Whole answer: still drained token by token, so closing the thunk
         # stops llama.cpp within one token here too.
-        return [chunk async for chunk in chunks]
+        async with contextlib.aclosing(chunks):
+            return [chunk async for chunk in chunks]
 
     async def _lease(self) -> _Lease:
-        if self._closed:
-            raise RuntimeError("this LlamaCppBackend is closed; create a new one")
+        # Checked again here: a generation may have waited for the model
+        # while the backend was closed.
+        self._ensure_open()
         await self._gate.acquire()
         try:
             with self._pool_lock:
@@ -177,24 +182,24 @@ class LlamaCppBackend(Backend):
 
         Raises:
             ConfigurationError: the file is missing or is not a loadable GGUF.
+            BackendClosedError: the backend has been closed.
         """
+        self._ensure_open()
         lease = await self._lease()
         lease.abandon()
 
     async def aclose(self) -> None:
-        """Free the loaded model instances; later generations fail."""
-        self._closed = True
+        """Free the loaded model instances; later generations raise ``BackendClosedError``.
+
+        An instance still generating is freed when its worker hands it back.
+        """
         with self._pool_lock:
+            # Under the lock: _give_back must see the closed state and the
+            # emptied pool together, or an instance could be kept after close.
+            self._mark_closed()
             free, self._free = self._free, []
         for llm in free:
             await asyncio.to_thread(_close_model, llm)
-
-    def close(self) -> None:
-        self._closed = True
-        with self._pool_lock:
-            free, self._free = self._free, []
-        for llm in free:
-            _close_model(llm)
 
 
 def _close_model(llm: Any) -> None:
@@ -280,7 +285,7 @@ class _LlamaFold:
 
         return LogitsProcessorList([count])
 
-    def process(self, mot: Any, chunk: dict[str, Any] | list[dict[str, Any]]) -> str | None:
+    def process(self, mot: ModelOutputThunk[Any], chunk: dict[str, Any] | list[dict[str, Any]]) -> str | None:
         chunks = chunk if isinstance(chunk, list) else (chunk,)
         meta = mot.generation
         # llama-cpp-python reports the file path as the model; keep the stem.
@@ -288,11 +293,14 @@ class _LlamaFold:
         self._pieces += len(texts)
         return "".join(texts) if texts else None
 
-    def finish(self, mot: Any) -> None:
+    def finish(self, mot: ModelOutputThunk[Any]) -> None:
         meta = mot.generation
         if meta.usage is None:
             # llama-cpp-python's stream carries no usage; each content chunk
             # is one sampled token.
             prompt = self._prompt_tokens
             total = None if prompt is None else prompt + self._pieces
-            meta.usage = {"prompt_tokens": prompt, "completion_tokens": self._pieces, "total_tokens": total}
+            # Any: the prompt's length is None when nothing was sampled.
+            usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": self._pieces}
+            usage["total_tokens"] = total
+            meta.usage = usage
