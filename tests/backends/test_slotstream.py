@@ -1,0 +1,72 @@
+"""SlotStream: the slot comes back exactly once, and abandoning passes through."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from motio import ChunkTimeoutError, ModelOutputThunk
+from motio._source import Source
+from motio._threaded import ThreadedIterator
+from motio.backends._base import SlotStream
+from tests.backends.util import WAIT, arun
+
+
+def _stuck_after_one(release: threading.Event, stuck: threading.Event) -> Iterator[str]:
+    yield "first "
+    stuck.set()
+    release.wait(WAIT)  # a blocking call that does not return on its own
+    yield "late"
+
+
+def test_slotstream_is_a_source_and_a_stuck_worker_is_abandoned_at_once() -> None:
+    release, stuck = threading.Event(), threading.Event()
+    releases: list[float] = []
+
+    async def main() -> tuple[ModelOutputThunk[Any], float]:
+        loop = asyncio.get_running_loop()
+        worker = ThreadedIterator(_stuck_after_one(release, stuck), loop)
+        stream = SlotStream(worker, lambda: releases.append(time.monotonic()))
+        assert isinstance(stream, Source) and isinstance(worker, Source)
+        mot = ModelOutputThunk.from_response(stream, chunk_timeout=0.2)
+        with pytest.raises(ChunkTimeoutError):
+            await mot.avalue()
+        return mot, time.monotonic()
+
+    try:
+        started = time.monotonic()
+        mot, failed_at = arun(main())
+    finally:
+        release.set()
+    assert stuck.is_set() and mot.value is None
+    # 1 to 1.25 limits after the last chunk; the worker's 5 s close wait was not waited for.
+    assert failed_at - started < 1.5, failed_at - started
+    assert len(releases) == 1 and releases[0] <= failed_at
+
+
+def test_slotstream_over_an_async_generator_is_closed_and_released_once() -> None:
+    closed: list[bool] = []
+    releases: list[int] = []
+
+    async def chunks() -> Any:
+        try:
+            yield "a"
+            await asyncio.Event().wait()  # stalls forever; only a close ends it
+        finally:
+            closed.append(True)
+
+    async def main() -> ModelOutputThunk[Any]:
+        stream = SlotStream(chunks(), lambda: releases.append(1))
+        mot = ModelOutputThunk.from_response(stream, chunk_timeout=0.2)
+        with pytest.raises(ChunkTimeoutError):
+            await mot
+        await stream.aclose()  # a second close gives nothing back twice
+        return mot
+
+    arun(main())
+    assert closed == [True] and releases == [1]
