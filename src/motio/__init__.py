@@ -45,7 +45,7 @@ _EXPORTS_BY_MODULE = {
 
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = ["__version__", *sorted(_EXPORTS)]  # noqa: PLE0604 (derived from the one table, on purpose)
 
 if TYPE_CHECKING:
     from ._cache import ClientCache as ClientCache

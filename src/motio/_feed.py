@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from ._exceptions import ChunkTimeoutError
-from ._sink import QueueLike, Sink, as_sink
+from ._sink import Sink, as_sink
 from ._source import abandon_source, close_source
 from ._threaded import ThreadedIterator
 from ._watchdog import Watchdog, watch
