@@ -2,13 +2,12 @@
 
 It reaches each thunk through one hook, ``ModelOutputThunk._watch``: call
 back when settled (at once if already settled), with the failure's place in
-time, and a way to stop watching.
+time; ``stop=True`` forgets the callback.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from ._thunk import ModelOutputThunk
@@ -54,20 +53,20 @@ class _AllDone:
 
     async def wait(self, mots: list[ModelOutputThunk[Any]]) -> None:
         """Wait for ``mots``; raise the earliest failure among them."""
-        forget: list[Callable[[], None]] = []
+        callback = self._one_done  # one bound method: _watch(stop=True) must find it
+        watched: list[ModelOutputThunk[Any]] = []
         try:
             # Every thunk is checked (loop, generation) before anything waits.
             for mot in mots:
-                stop = mot._watch(self._one_done)
-                if stop is not None:
-                    forget.append(stop)
-            self._left = len(forget)
+                if mot._watch(callback):
+                    watched.append(mot)
+            self._left = len(watched)
             self._waiting = True
             if self._left:
                 await self._future
         finally:
-            for stop in forget:
-                stop()
+            for mot in watched:
+                mot._watch(callback, stop=True)
         if self._first is not None:
             raise self._first[1]
 
