@@ -12,7 +12,12 @@ It answers ``POST /v1/chat/completions`` according to the requested model:
 - ``malformed``: a chunk that is not JSON;
 - ``error-event``: a mid-stream ``{"error": ...}`` payload;
 - ``truncated``: two chunks, then the connection is cut mid-body;
-- ``no-done``: a well-formed body that ends without [DONE] or a finish_reason.
+- ``no-done``: a well-formed body that ends without [DONE] or a finish_reason;
+- ``hold-N``: one chunk, then wait until N streams are in flight at once
+  (bounded), then finish: proves that N streams really were concurrent.
+
+It records each chat request's body (``requests``) and headers
+(``headers``, names lower-cased) and counts the connections it ``accepted``.
 
 It runs its own event loop in a daemon thread, so the loop under test and
 the server never share a loop.
@@ -52,6 +57,8 @@ class FakeServer:
         self.delay = delay
         self.port = 0
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.accepted = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.connections = 0
@@ -80,14 +87,17 @@ class FakeServer:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.headers.clear()
+            self.accepted = 0
             self.max_in_flight = self.in_flight
             self.max_connections = self.connections
             self.disconnected.clear()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._gathered = asyncio.Event()
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0)
+            asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=4096)
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -104,18 +114,22 @@ class FakeServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self._lock:
+            self.accepted += 1
             self.connections += 1
             self.max_connections = max(self.max_connections, self.connections)
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
                 path = head.split(" ", 2)[1]
-                length = 0
+                headers = {}
                 for line in head.split("\r\n")[1:]:
                     name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
+                    headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
                 body = json.loads(await reader.readexactly(length)) if length else {}
+                if not path.endswith("/models"):
+                    with self._lock:
+                        self.headers.append(headers)
                 if not await self._answer(path, body, reader, writer):
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -160,6 +174,8 @@ class FakeServer:
         n = int(body.get("max_tokens") or 4)
         if model in ("slow", "stall"):
             return await self._stream_slowly(model, n, reader, writer)
+        if model.startswith("hold-"):
+            return await self._stream_held(int(model.removeprefix("hold-")), writer)
         events = self._events(model, n, "stream_options" in body)
         if model == "truncated":
             writer.write(_http_chunk(events[0] + events[1]))
@@ -210,6 +226,26 @@ class FakeServer:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+
+    async def _stream_held(self, gather: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(_http_chunk(_event(_chunk(0, " held"))))
+        await writer.drain()
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self.in_flight >= gather:
+                self._gathered.set()
+        try:
+            await asyncio.wait_for(self._gathered.wait(), 60.0)
+        except TimeoutError:
+            pass  # the client will see fewer in flight than asked and fail its assertion
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        writer.write(_http_chunk(_event(_chunk(1, None, "stop")) + _event(b"[DONE]")) + b"0\r\n\r\n")
+        await writer.drain()
+        return True
 
 
 async def _client_left(reader: asyncio.StreamReader, wait: float) -> bool:

@@ -25,7 +25,7 @@ def test_sdks_load_only_when_a_backend_is_used() -> None:
         "import sys, motio, motio.backends; "
         "motio.backends.OpenAIBackend('m', base_url='http://127.0.0.1:1/v1'); "
         "motio.backends.LlamaCppBackend('/nowhere.gguf'); "
-        "print(sorted(m for m in ('openai', 'httpx', 'httpx2', 'llama_cpp', 'msgspec', 'llm') "
+        "print(sorted(m for m in ('openai', 'httpx', 'httpx2', 'aiohttp', 'llama_cpp', 'msgspec', 'llm') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -1,4 +1,4 @@
-"""One SDK client per event loop: never handed to the wrong loop, closed on its own.
+"""One HTTP client per event loop: never handed to the wrong loop, closed on its own.
 
 Run against the scripted loopback server (fast); the same paths against the
 real llama.cpp server are in test_openai_server.py.
@@ -20,7 +20,8 @@ import pytest
 from motio import run_sync
 from motio.backends import OpenAIBackend
 from motio.backends._loopclients import LoopClient, LoopClients
-from motio.backends._openai import _new_client
+from motio.backends._errors import Where
+from motio.backends._http import HTTPClient
 from tests.backends.fakeserver import FakeServer
 from tests.backends.util import arun
 
@@ -138,12 +139,12 @@ def test_sync_calls_from_inside_a_running_loop(server: FakeServer) -> None:
 def test_evicting_a_live_loops_client_closes_it_on_its_own_loop(
     server: FakeServer, no_log_noise: None
 ) -> None:
-    factory = functools.partial(_new_client, "k", server.base_url, {}, 0, 30.0, 5.0)
+    factory = functools.partial(HTTPClient, server.base_url, {}, 5.0, 30.0)
     clients = LoopClients(factory, capacity=1)
 
     async def request() -> LoopClient:
         entry = await clients.get()
-        await entry.client.models.list()  # leaves a pooled connection open
+        await entry.client.get_json("/models", Where("openai", "m", server.base_url))  # leaves a pooled connection open
         return entry
 
     first = run_sync(request())  # lives on run_sync's long-lived loop

@@ -1,11 +1,11 @@
 """OpenAIBackend: any OpenAI-compatible chat server, streamed at raw-SSE speed.
 
-The official SDK's ``AsyncOpenAI`` does the transport: base URL, key,
-headers, connection pool, status errors. Its typed stream does not: building
-a pydantic object per chunk costs about seven times what reading the raw SSE
-bytes (``client.post(..., cast_to=<the HTTP Response class>, stream=True)``)
-and decoding the payloads with msgspec costs, and at hundreds of concurrent
-streams that is the CPU's whole budget.
+The transport is aiohttp (``_http.py``): one session per event loop, kept
+alive connections, no pool cap below ``max_concurrency``. The openai SDK is
+not used: its typed stream builds a pydantic object per chunk (about seven
+times the cost of reading raw SSE bytes and decoding them with msgspec), and
+its httpx pool slows down as open connections grow, which at thousands of
+concurrent streams was the whole budget.
 
 Data flow of one streamed generation::
 
@@ -22,18 +22,22 @@ import asyncio
 import contextlib
 import functools
 import os
-import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._exceptions import BackendError, ConfigurationError, NotFoundError
+from .._exceptions import BadRequestError, ConfigurationError, MotioError, NotFoundError
+from .._loops import get_current_event_loop
 from ._chat import batch_decoder, fold_chunk, fold_structs
 from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
 from ._errors import Where, stream_error, translate
+from ._http import HTTPClient, json_codec
 from ._loopclients import LoopClient, LoopClients, loop_semaphore
 from ._sse import ErrorEvent, SSEDecoder, data_as_json_array, parse_events
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["OpenAIBackend"]
 
@@ -69,10 +73,10 @@ class OpenAIBackend(Backend):
         headers: extra HTTP headers for every request.
         max_concurrency: at most this many requests in flight per event
             loop; the rest wait without holding a connection. None: no cap.
-        timeout: seconds for a whole request (reads included).
+        timeout: seconds to wait for any one network read (the response's
+            headers, then each piece of its body).
         connect_timeout: seconds to establish a connection.
-        max_retries: the SDK's retries (429, 5xx and connection errors, with
-            backoff). 0 by default, so a dead server fails at once.
+        max_retries: accepted for compatibility; 0 by default.
 
     Raises:
         ConfigurationError: a bad ``max_concurrency`` or timeout.
@@ -99,11 +103,10 @@ class OpenAIBackend(Backend):
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
-        self._headers = dict(headers or {})
+        self._headers = {"Authorization": f"Bearer {self._api_key}", "User-Agent": "motio", **(headers or {})}
         self.max_concurrency = max_concurrency
-        factory = functools.partial(
-            _new_client, self._api_key, self.base_url, self._headers, max_retries, timeout, connect_timeout
-        )
+        self.max_retries = max_retries
+        factory = functools.partial(HTTPClient, self.base_url, self._headers, connect_timeout, timeout)
         self._clients = LoopClients(factory)
         # A backend dropped without close(): close its clients on their own
         # loops instead of leaving sockets for the garbage collector.
@@ -111,7 +114,7 @@ class OpenAIBackend(Backend):
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
         self._semaphores = weakref.WeakKeyDictionary()
         self._model_lock = threading.Lock()
-        self._loads = _json_loads()
+        self._loads = json_codec()[1]
         # Cleared the first time a server rejects stream_options (older servers).
         self._ask_usage = True
 
@@ -153,10 +156,15 @@ class OpenAIBackend(Backend):
         try:
             entry = await self._clients.get()
             await self._prepare(entry, body, fold)
-            with self._translated(fold.where), _using(entry):
-                async with contextlib.AsyncExitStack() as stack:
-                    response = await self._send(stack, entry.client, body)
-                    return bytes(await response.aread())
+            with _using(entry):
+                response = await self._send(entry.client, body, fold.where)
+                try:
+                    with self._translated(fold.where, mid_stream=True):
+                        return await response.read()
+                finally:
+                    # Read to the end, the connection went back to the pool
+                    # already; otherwise this drops it, and the server sees it.
+                    response.close()
         finally:
             release()
 
@@ -167,42 +175,47 @@ class OpenAIBackend(Backend):
         body["model"] = self.model
         fold.where = self._where()
 
-    async def _read_sse(
-        self, entry: LoopClient, body: dict[str, Any], where: Where
-    ) -> AsyncIterator[bytes]:
+    async def _read_sse(self, entry: LoopClient, body: dict[str, Any], where: Where) -> AsyncIterator[bytes]:
         """Yield each network read's complete SSE events as one block."""
-        with self._translated(where), _using(entry):
-            async with contextlib.AsyncExitStack() as stack:
-                response = await self._send(stack, entry.client, body)
-                decoder = SSEDecoder()
-                async for raw in response.aiter_bytes():
-                    if block := decoder.feed(raw):
+        with _using(entry):
+            response = await self._send(entry.client, body, where)
+            finished = False
+            try:
+                with self._translated(where, mid_stream=True):
+                    decoder = SSEDecoder()
+                    read = response.content.readany
+                    while raw := await read():
+                        if block := decoder.feed(raw):
+                            yield block
+                    if block := decoder.flush():
                         yield block
-                if block := decoder.flush():
-                    yield block
-        # Leaving the AsyncExitStack closes the HTTP response: when the thunk
-        # is closed early the connection is dropped and the server sees it.
+                finished = True
+            finally:
+                # A stream read to its end keeps its connection for the next
+                # request; one left early (closed thunk, timeout, error) drops
+                # it, so the server sees the client leave and stops generating.
+                if finished:
+                    response.release()
+                else:
+                    response.close()
 
-    async def _send(self, stack: contextlib.AsyncExitStack, client: Any, body: dict[str, Any]) -> Any:
-        """POST the body; return the unread HTTP response, closed by ``stack``.
+    async def _send(self, client: HTTPClient, body: dict[str, Any], where: Where) -> aiohttp.ClientResponse:
+        """POST the body; return the response with its body unread.
 
         Raises:
-            openai.APIStatusError (and the SDK's other errors): as ``create`` would.
+            BackendError: translated, with the server's message for an HTTP error.
         """
-        import openai
-
-        try:
-            response = await _post_chat(client, body)
-        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            if "stream_options" not in body or "stream_options" not in str(exc.message):
-                raise
+        with self._translated(where):
+            try:
+                return await client.post("/chat/completions", body, where)
+            except BadRequestError as exc:
+                if "stream_options" not in body or "stream_options" not in str(exc):
+                    raise
             # An older server that rejects stream_options: ask once more
             # without it and count the chunks for usage instead.
             self._ask_usage = False
             del body["stream_options"]
-            response = await _post_chat(client, body)
-        stack.push_async_callback(response.aclose)
-        return response
+            return await client.post("/chat/completions", body, where)
 
     async def _take_slot(self) -> Callable[[], None]:
         if self.max_concurrency is None:
@@ -211,9 +224,8 @@ class OpenAIBackend(Backend):
         await sem.acquire()
         return sem.release
 
-    async def _ask_model(self, client: Any) -> str:
-        page = await client.models.list()
-        ids = [m.id for m in page.data]
+    async def _ask_model(self, client: HTTPClient) -> str:
+        ids = _model_ids(await client.get_json("/models", self._where()))
         with self._model_lock:
             if self.model is None:
                 if not ids:
@@ -225,13 +237,13 @@ class OpenAIBackend(Backend):
         return self.model
 
     @contextlib.contextmanager
-    def _translated(self, where: Where) -> Any:
+    def _translated(self, where: Where, *, mid_stream: bool = False) -> Any:
         try:
             yield
-        except BackendError:
+        except MotioError:
             raise
         except Exception as exc:
-            error = translate(exc, where)
+            error = translate(exc, where, mid_stream=mid_stream)
             if error is None:
                 raise
             raise error from exc
@@ -246,8 +258,7 @@ class OpenAIBackend(Backend):
         """
         entry = await self._clients.get()
         with self._translated(self._where()), _using(entry):
-            page = await entry.client.models.list()
-        ids = [m.id for m in page.data]
+            ids = _model_ids(await entry.client.get_json("/models", self._where()))
         if self.model is None:
             with self._translated(self._where()):
                 await self._ask_model(entry.client)
@@ -264,50 +275,11 @@ class OpenAIBackend(Backend):
         await self._clients.aclose()
 
     def close(self) -> None:
-        if _running_loop() is None:
+        if get_current_event_loop() is None:
             from .. import run_sync
 
             run_sync(self.aclose())
         self._clients.close_all_elsewhere()
-
-
-def _new_client(
-    api_key: str, base_url: str, headers: dict[str, str], max_retries: int, total: float, connect: float
-) -> Any:
-    import openai
-
-    # The SDK's own pool limits (1000 connections, 100 kept alive) are kept on
-    # purpose: at 500 concurrent streams keeping 1000 alive halved throughput
-    # on httpx2, whose every pool pass probes each idle socket.
-    return openai.AsyncOpenAI(
-        api_key=api_key,
-        base_url=base_url,
-        default_headers=headers,
-        max_retries=max_retries,
-        timeout=openai.Timeout(total, connect=connect),
-    )
-
-
-async def _post_chat(client: Any, body: dict[str, Any]) -> Any:
-    # The SDK's generic post() (its documented way to reach any endpoint)
-    # rather than chat.completions.create(): create() first walks the whole
-    # body against its TypedDicts, which was a fifth of a short request's
-    # CPU, and motio sends plain JSON anyway. Retries, auth, headers, the
-    # pool and the status errors are the same.
-    return await client.post("/chat/completions", body=body, cast_to=_http_response_type(), stream=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _http_response_type() -> type:
-    """The Response class of the SDK's HTTP stack (httpx2 from openai 3, httpx before):
-    as ``cast_to`` it makes the SDK return the raw response, its body unread."""
-    import openai
-
-    for base in openai.DefaultAsyncHttpxClient.__mro__:
-        stack = sys.modules.get(base.__module__.partition(".")[0])
-        if stack is not None and stack is not openai and isinstance(getattr(stack, "Response", None), type):
-            return stack.Response  # type: ignore[no-any-return]
-    raise ImportError("cannot tell which HTTP library the openai SDK uses")
 
 
 @contextlib.contextmanager
@@ -319,11 +291,10 @@ def _using(entry: LoopClient) -> Any:
         entry.release()
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+def _model_ids(listing: Any) -> list[str]:
+    """The model names in a ``GET /models`` answer (``{"data": [{"id": ...}]}``)."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    return [m["id"] for m in data or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 def _request_body(messages: Messages, stream: bool, options: dict[str, Any]) -> dict[str, Any]:
@@ -339,17 +310,6 @@ def _check_positive_int(name: str, value: int | None, *, allow_none: bool = Fals
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
-
-
-def _json_loads() -> Callable[[bytes], Any]:
-    """orjson's decoder if installed (see bench/backends_json.py), else json's."""
-    try:
-        import orjson
-    except ImportError:
-        import json
-
-        return json.loads
-    return orjson.loads
 
 
 class _ChatFold:
