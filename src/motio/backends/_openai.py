@@ -19,13 +19,12 @@ Data flow of one streamed generation::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._exceptions import BadRequestError, ConfigurationError, MotioError, NotFoundError
 from .._loops import get_current_event_loop
@@ -115,11 +114,16 @@ class OpenAIBackend(Backend):
         self._semaphores = weakref.WeakKeyDictionary()
         self._model_lock = threading.Lock()
         self._loads = json_codec()[1]
+        self._last_where: Where | None = None
         # Cleared the first time a server rejects stream_options (older servers).
         self._ask_usage = True
 
     def _where(self) -> Where:
-        return Where(self.provider, self.model, self.base_url)
+        # One shared Where while the model stays the same: no object per request.
+        where = self._last_where
+        if where is None or where.model != self.model:
+            where = self._last_where = Where(self.provider, self.model, self.base_url)
+        return where
 
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
@@ -156,39 +160,54 @@ class OpenAIBackend(Backend):
         try:
             entry = await self._clients.get()
             await self._prepare(entry, body, fold)
-            with _using(entry):
+            entry.acquire()
+            try:
                 response = await self._send(entry.client, body, fold.where)
                 try:
-                    with self._translated(fold.where, mid_stream=True):
-                        return await response.read()
+                    return await response.read()
+                except Exception as exc:
+                    _reraise(exc, fold.where, mid_stream=True)
                 finally:
                     # Read to the end, the connection went back to the pool
                     # already; otherwise this drops it, and the server sees it.
                     response.close()
+            finally:
+                entry.release()
         finally:
             release()
 
     async def _prepare(self, entry: LoopClient, body: dict[str, Any], fold: _ChatFold) -> None:
         if self.model is None:
-            with self._translated(self._where()):
-                await self._ask_model(entry.client)
+            await self._ask_model(entry.client)
+        if fold.where.model != self.model:  # asked the server since generate()
+            fold.where = self._where()
         body["model"] = self.model
-        fold.where = self._where()
 
     async def _read_sse(self, entry: LoopClient, body: dict[str, Any], where: Where) -> AsyncIterator[bytes]:
-        """Yield each network read's complete SSE events as one block."""
-        with _using(entry):
+        """Yield each network read's complete SSE events as one block.
+
+        Plain try blocks rather than context managers: this frame lives as
+        long as the stream, and at thousands of streams every object it
+        keeps alive is one more for each garbage collection to walk.
+        """
+        entry.acquire()
+        try:
             response = await self._send(entry.client, body, where)
             finished = False
             try:
-                with self._translated(where, mid_stream=True):
-                    decoder = SSEDecoder()
-                    read = response.content.readany
-                    while raw := await read():
-                        if block := decoder.feed(raw):
-                            yield block
-                    if block := decoder.flush():
+                decoder = SSEDecoder()
+                read = response.content.readany
+                while True:
+                    try:
+                        raw = await read()
+                    except Exception as exc:
+                        _reraise(exc, where, mid_stream=True)
+                    if not raw:
+                        break
+                    if block := decoder.feed(raw):
                         yield block
+                if block := decoder.flush():
+                    yield block
                 finished = True
             finally:
                 # A stream read to its end keeps its connection for the next
@@ -198,6 +217,8 @@ class OpenAIBackend(Backend):
                     response.release()
                 else:
                     response.close()
+        finally:
+            entry.release()
 
     async def _send(self, client: HTTPClient, body: dict[str, Any], where: Where) -> aiohttp.ClientResponse:
         """POST the body; return the response with its body unread.
@@ -205,17 +226,25 @@ class OpenAIBackend(Backend):
         Raises:
             BackendError: translated, with the server's message for an HTTP error.
         """
-        with self._translated(where):
-            try:
-                return await client.post("/chat/completions", body, where)
-            except BadRequestError as exc:
-                if "stream_options" not in body or "stream_options" not in str(exc):
-                    raise
-            # An older server that rejects stream_options: ask once more
-            # without it and count the chunks for usage instead.
-            self._ask_usage = False
-            del body["stream_options"]
+        try:
             return await client.post("/chat/completions", body, where)
+        except BadRequestError as exc:
+            if "stream_options" not in body or "stream_options" not in str(exc):
+                raise
+        except MotioError:
+            raise
+        except Exception as exc:
+            _reraise(exc, where)
+        # An older server that rejects stream_options: ask once more
+        # without it and count the chunks for usage instead.
+        self._ask_usage = False
+        del body["stream_options"]
+        try:
+            return await client.post("/chat/completions", body, where)
+        except MotioError:
+            raise
+        except Exception as exc:
+            _reraise(exc, where)
 
     async def _take_slot(self) -> Callable[[], None]:
         if self.max_concurrency is None:
@@ -225,7 +254,7 @@ class OpenAIBackend(Backend):
         return sem.release
 
     async def _ask_model(self, client: HTTPClient) -> str:
-        ids = _model_ids(await client.get_json("/models", self._where()))
+        ids = await self._list_models(client)
         with self._model_lock:
             if self.model is None:
                 if not ids:
@@ -236,17 +265,14 @@ class OpenAIBackend(Backend):
                 self.model = ids[0]
         return self.model
 
-    @contextlib.contextmanager
-    def _translated(self, where: Where, *, mid_stream: bool = False) -> Any:
+    async def _list_models(self, client: HTTPClient) -> list[str]:
+        where = self._where()
         try:
-            yield
+            return _model_ids(await client.get_json("/models", where))
         except MotioError:
             raise
         except Exception as exc:
-            error = translate(exc, where, mid_stream=mid_stream)
-            if error is None:
-                raise
-            raise error from exc
+            _reraise(exc, where)
 
     async def check(self) -> None:
         """Ask the server for its models: fails fast if it is unreachable,
@@ -257,12 +283,14 @@ class OpenAIBackend(Backend):
             BackendTimeoutError: with a message saying what to check.
         """
         entry = await self._clients.get()
-        with self._translated(self._where()), _using(entry):
-            ids = _model_ids(await entry.client.get_json("/models", self._where()))
-        if self.model is None:
-            with self._translated(self._where()):
+        entry.acquire()
+        try:
+            ids = await self._list_models(entry.client)
+            if self.model is None:
                 await self._ask_model(entry.client)
-        elif ids and self.model not in ids:
+        finally:
+            entry.release()
+        if self.model not in ids and ids:
             shown = ", ".join(map(repr, ids[:10]))
             raise NotFoundError(
                 f"{self._where().describe()}: the server does not list model {self.model!r} "
@@ -282,13 +310,12 @@ class OpenAIBackend(Backend):
         self._clients.close_all_elsewhere()
 
 
-@contextlib.contextmanager
-def _using(entry: LoopClient) -> Any:
-    entry.acquire()
-    try:
-        yield
-    finally:
-        entry.release()
+def _reraise(exc: Exception, where: Where, *, mid_stream: bool = False) -> NoReturn:
+    """Raise the motio error for a foreign ``exc`` (chained), or ``exc`` itself."""
+    error = translate(exc, where, mid_stream=mid_stream)
+    if error is None:
+        raise exc
+    raise error from exc
 
 
 def _model_ids(listing: Any) -> list[str]:
