@@ -328,7 +328,11 @@ def trickle(
 
 
 def trickle_chunks(
-    interval: float = 0.1, delta: Mapping[str, Any] | None = None, *, after: int = 0, max_wait: float = MAX_WAIT
+    interval: float = 0.1,
+    delta: Mapping[str, Any] | None = None,
+    *,
+    after: int = 0,
+    max_wait: float = MAX_WAIT,
 ) -> Trickle:
     """A chunk without content (``delta``, default ``{}``) every ``interval`` s."""
     chunk = _chunk("chatcmpl-scripted", "scripted-model", dict(delta or {}))
@@ -487,6 +491,10 @@ class _Answer:
         return _usage(self.prompt_tokens, len(self.tokens))
 
 
+def _usage_chunk(model: str, answer: _Answer) -> dict[str, Any]:
+    return {**_chunk("chatcmpl-scripted", model, {}), "choices": [], "usage": answer.usage}
+
+
 @lru_cache(maxsize=256)
 def _whole_stream(answer: _Answer, model: str, usage: bool) -> bytes:
     """The whole streamed answer as HTTP chunks, built once per answer (the fast path)."""
@@ -495,7 +503,7 @@ def _whole_stream(answer: _Answer, model: str, usage: bool) -> bytes:
     events += [_event(_chunk(rid, model, {"content": t})) for t in answer.tokens]
     events.append(_event(_chunk(rid, model, {}, answer.finish)))
     if usage:
-        events.append(_event({**_chunk(rid, model, {}), "choices": [], "usage": answer.usage}))
+        events.append(_event(_usage_chunk(model, answer)))
     events.append(b"data: [DONE]\n\n")
     return b"".join(map(_http_chunk, events)) + b"0\r\n\r\n"
 
@@ -564,7 +572,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         line = await reader.readuntil(b"\r\n")
         try:
@@ -653,7 +661,9 @@ class _Connection:
 class _Exchange:
     """One request and its answer: buffers what a behaviour writes, flushes at waits."""
 
-    def __init__(self, server: ScriptedServer, conn: _Connection, record: RequestRecord, request: _Parsed) -> None:
+    def __init__(
+        self, server: ScriptedServer, conn: _Connection, record: RequestRecord, request: _Parsed
+    ) -> None:
         self.server = server
         self.conn = conn
         self.record = record
@@ -685,7 +695,8 @@ class _Exchange:
             self.server._update(self.record, chunks=self.record.chunks + content)
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> None:
-        self.event(_event(_chunk("chatcmpl-scripted", self.model, delta, finish)), content=bool(delta.get("content")))
+        data = _event(_chunk("chatcmpl-scripted", self.model, delta, finish))
+        self.event(data, content=bool(delta.get("content")))
 
     def role(self) -> None:
         self.chunk({"role": "assistant", "content": ""})
@@ -734,7 +745,9 @@ class _Exchange:
         limit = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
         if chunks is None and self.server.chunks is not None:
             chunks = tuple(f" tok{i}" for i in range(self.server.chunks))
-        tokens = chunks if chunks is not None else tuple(_TOKEN.findall("echo: " + _last_user_text(self.body)))
+        if chunks is None:
+            chunks = tuple(_TOKEN.findall("echo: " + _last_user_text(self.body)))
+        tokens = chunks
         if isinstance(limit, int) and 0 <= limit < len(tokens):
             return _Answer(tokens[:limit], "length", prompt)
         return _Answer(tokens, "stop", prompt)
@@ -746,7 +759,7 @@ class _Exchange:
     def tail(self, answer: _Answer, usage: bool) -> bytes:
         events = [_event(_chunk("chatcmpl-scripted", self.model, {}, answer.finish))]
         if usage and self.include_usage:
-            events.append(_event({**_chunk("chatcmpl-scripted", self.model, {}), "choices": [], "usage": answer.usage}))
+            events.append(_event(_usage_chunk(self.model, answer)))
         events.append(b"data: [DONE]\n\n")
         return b"".join(map(_http_chunk, events)) + b"0\r\n\r\n"
 
@@ -1138,7 +1151,7 @@ class ScriptedServer:
     connections_accepted = _counter("connections_accepted", "Connections accepted since the start.")
     connections_open = _counter("connections_open", "Connections open now.")
     max_connections_open = _counter("max_connections_open", "The most connections open at once.")
-    in_flight = _counter("in_flight", "Chat requests open now (arrived, answer not ended), queued ones included.")
+    in_flight = _counter("in_flight", "Chat requests open now (arrived, not ended), queued ones included.")
     max_in_flight = _counter("max_in_flight", "The most chat requests open at once.")
     serving = _counter("serving", "Chat requests admitted past the capacity limit now.")
     max_serving = _counter("max_serving", "The most chat requests admitted at once (at most the capacity).")
@@ -1252,7 +1265,8 @@ class ScriptedServer:
         if not self._authorised(request):
             return await _play_status(x, status(401, body=_error_body(401, "Incorrect API key provided")))
         if request.method == "GET" and request.path.split("?")[0].rstrip("/").endswith("/models"):
-            data = [{"id": m, "object": "model", "created": _CREATED, "owned_by": "scripted"} for m in self.models]
+            data = [{"id": m, "object": "model", "created": _CREATED, "owned_by": "scripted"}
+                    for m in self.models]  # fmt: skip
             return await x.json(200, json.dumps({"object": "list", "data": data}).encode())
         return await x.json(404, _error_body(404, f"no route {request.method} {request.path}"))
 
@@ -1262,7 +1276,9 @@ class ScriptedServer:
         except ValueError:
             body = None
         with self._cond:
-            record = RequestRecord(self._indices, conn.id, request.method, request.path, request.headers, body, self.now())
+            record = RequestRecord(
+                self._indices, conn.id, request.method, request.path, request.headers, body, self.now()
+            )
             self._indices += 1
             if self.keep_records:
                 self._records.append(record)
@@ -1390,6 +1406,9 @@ class ScriptedServer:
             x.record.ended = self.now()
             if x.record.chat:
                 self._bump("in_flight", -1)
+                # Counted before the last write, so a client that saw the end
+                # finds it counted; _settle takes it back if that write fails.
+                self._bump("completed", x.finished)
             if x.slot:
                 x.slot = False
                 self._bump("serving", -1)
@@ -1405,8 +1424,7 @@ class ScriptedServer:
             if x.client_left:
                 x.record.disconnected = True
                 self._bump("disconnects")
-            elif x.finished:
-                self._bump("completed")
+                self._bump("completed", -x.finished)
             self._cond.notify_all()
 
 
@@ -1425,8 +1443,11 @@ def running(**kwargs: Any) -> Iterator[ScriptedServer]:
 # ---------------------------------------------------------------- process mode
 
 
+_PROCESS_DOC = "A scripted OpenAI-compatible server on 127.0.0.1; prints PORT <n> when ready."
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.servers.scripted", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.scripted", description=_PROCESS_DOC)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--capacity", type=int, default=None)
     parser.add_argument("--overflow", choices=("reject", "queue"), default="reject")
