@@ -65,7 +65,9 @@ behaviour                 on the wire (streamed; non-streamed in brackets)
                           answer), ``delay`` s before each content chunk
                           (default: the server's ``token_time``); after
                           the server's ``service_time``. ``usage=False``
-                          omits the usage chunk (an older server).
+                          omits the usage chunk (an older server);
+                          ``finish_reason`` overrides stop/length
+                          [the whole body after ``delay`` x tokens]
 ``status(code, ...)``     that status, OpenAI-style error JSON unless
                           ``body``; ``headers`` e.g. ``{"Retry-After": "1"}``
                           or ``{"retry-after-ms": "250"}``
@@ -388,7 +390,7 @@ class RequestRecord:
     ended: float | None = None  # when the answer ended (before its last write)
     behaviour: Behaviour | None = None
     status: int | None = None
-    chunks: int = 0  # content chunks sent
+    chunks: int = 0  # content chunks sent (streams only)
     disconnected: bool = False  # the client left before the answer ended
     rejected: bool = False  # a 429 from the capacity limit
 
@@ -702,8 +704,10 @@ class _Exchange:
         self.chunk({"role": "assistant", "content": ""})
 
     async def flush(self) -> bool:
+        """Write what is buffered; False (and the client counted gone) if it left."""
         if not self.pending:
-            return not self.conn.gone.is_set()
+            self.client_left = self.client_left or self.conn.gone.is_set()
+            return not self.client_left
         data, self.pending = b"".join(self.pending), []
         if self.record.first_byte is None:
             self.server._update(self.record, first_byte=self.server.now())
@@ -775,10 +779,15 @@ async def _play_ok(x: _Exchange, b: Ok) -> bool:
 
 async def _answer(x: _Exchange, b: Ok, answer: _Answer, *, started: bool = False) -> bool:
     """The answer from wherever it stands (``started``: headers and role chunk already out)."""
-    if not x.record.stream:
-        return await x.json(200, json.dumps(_completion(answer, x.model)).encode())
     delay = b.delay if b.delay is not None else x.server.token_time
-    if delay <= 0 and not started and b.finish_reason is None:
+    if b.finish_reason is not None:
+        answer = _Answer(answer.tokens, b.finish_reason, answer.prompt_tokens)
+    if not x.record.stream:
+        # As long as the stream would take, all of it before the first byte.
+        if not await x.pause(delay * len(answer.tokens)):
+            return False
+        return await x.json(200, json.dumps(_completion(answer, x.model)).encode())
+    if delay <= 0 and not started:
         # Every chunk in one write: the benchmarks' fast path.
         x.server._update(x.record, chunks=len(answer.tokens))
         x.sse_head()
@@ -790,8 +799,7 @@ async def _answer(x: _Exchange, b: Ok, answer: _Answer, *, started: bool = False
         if not await x.pause(delay):
             return False
         x.content([token])
-    finish = b.finish_reason or answer.finish
-    return await x.finish(x.tail(_Answer(answer.tokens, finish, answer.prompt_tokens), b.usage))
+    return await x.finish(x.tail(answer, b.usage))
 
 
 async def _play_status(x: _Exchange, b: Status) -> bool:
@@ -1166,7 +1174,7 @@ class ScriptedServer:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported to start() or kept in errors
+        except Exception as exc:  # noqa: BLE001 - reported to start() or kept in errors
             self._startup_error = exc
             self._note_error(f"server loop died: {exc!r}")
             self._ready.set()
@@ -1470,8 +1478,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; print ``PORT <n>`` when ready and ``STATS {...}`` at the end."""
     args = _parse_args(argv)
     stop_signals = {signal.SIGTERM, signal.SIGINT}
-    # Blocked before the server thread starts (it inherits the mask), so only
-    # sigwait below receives them: no handler can interrupt the loop thread.
+    # A process started in the background inherits SIGINT as *ignored*, and
+    # POSIX leaves it unspecified whether an ignored signal stays pending for
+    # sigwait (Linux keeps it while blocked): restore the default first. Then
+    # block both before the server thread starts (it inherits the mask), so
+    # only sigwait below receives them.
+    for sig in stop_signals:
+        signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = ScriptedServer(
         port=args.port, models=tuple(args.models or ("scripted-model",)), api_key=args.api_key,

@@ -581,6 +581,26 @@ def test_a_client_leaving_during_a_large_write_is_seen(server: ScriptedServer, w
     assert server.chat_requests[0].disconnected and server.completed == 0
 
 
+def test_a_client_leaving_before_the_first_byte_is_seen() -> None:
+    with running(service_time=0.5) as server:
+        with Wire(server) as wire:
+            wire.post(chat())
+            server.wait_for(lambda s: s.in_flight == 1, BOUND)
+        server.wait_for(lambda s: s.disconnects == 1, BOUND)
+        [record] = server.chat_requests
+        assert record.disconnected and record.first_byte is None and server.completed == 0
+
+
+def test_a_plain_answer_takes_as_long_as_its_stream(server: ScriptedServer, wire: Wire) -> None:
+    server.script(ok(["a", "b", "c"], delay=0.1, finish_reason="content_filter"))
+    wire.post(chat(stream=False))
+    assert wire.quiet_for(0.2)
+    choice = wire.response().json()["choices"][0]
+    assert choice["message"]["content"] == "abc" and choice["finish_reason"] == "content_filter"
+    [record] = server.chat_requests
+    assert record.first_byte is not None and record.first_byte - record.arrived >= 0.3 - SLACK
+
+
 def test_gather_holds_streams_until_n_wait_together(server: ScriptedServer) -> None:
     server.script(*[gather(3)] * 3)
     wires = [Wire(server) for _ in range(3)]
@@ -791,9 +811,21 @@ def read_line(stream: Any, timeout: float) -> str:
     return str(stream.readline())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_process_mode_prints_port_serves_and_stops(sig: signal.Signals) -> None:
-    argv = [sys.executable, "-m", "tests.servers.scripted", "--port", "0", "--capacity", "64",
+# As if started in the background by a shell: SIGINT inherited as ignored.
+_SIGINT_IGNORED = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); sys.argv[0] = 'scripted'; "
+    "runpy.run_module('tests.servers.scripted', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.mark.parametrize(
+    ("sig", "start"),
+    [(signal.SIGTERM, ["-m", "tests.servers.scripted"]), (signal.SIGINT, ["-m", "tests.servers.scripted"]),
+     (signal.SIGINT, ["-c", _SIGINT_IGNORED])],
+    ids=["SIGTERM", "SIGINT", "SIGINT-inherited-ignored"],
+)  # fmt: skip
+def test_process_mode_prints_port_serves_and_stops(sig: signal.Signals, start: list[str]) -> None:
+    argv = [sys.executable, *start, "--port", "0", "--capacity", "64",
             "--overflow", "queue", "--retry-after", "1", "--service-time", "0.01",
             "--chunks", "20"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "error"}
