@@ -1004,7 +1004,7 @@ class ScriptedServer:
         self._records: list[RequestRecord] = []
         self._count = dict.fromkeys(_COUNTERS, 0)
         self._indices = 0
-        self.errors: list[str] = []
+        self._errors: list[str] = []
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._gathering: list[asyncio.Future[None]] = []
         self._connections: set[_Connection] = set()
@@ -1114,7 +1114,7 @@ class ScriptedServer:
         with self._cond:
             self._records.clear()
             self._script.clear()
-            self.errors.clear()
+            self._errors.clear()
             for name in ("connections_accepted", "rejected", "disconnects", "completed"):
                 self._count[name] = 0
             for name in ("connections_open", "in_flight", "serving", "queued"):
@@ -1132,6 +1132,12 @@ class ScriptedServer:
         """Copies of every request's record, in arrival order."""
         with self._cond:
             return [copy.copy(r) for r in self._records]
+
+    @property
+    def errors(self) -> list[str]:
+        """The server's own failures so far (a behaviour's bug, a rule that raised)."""
+        with self._cond:
+            return list(self._errors)
 
     @property
     def chat_requests(self) -> list[RequestRecord]:
@@ -1213,7 +1219,7 @@ class ScriptedServer:
 
     def _note_error(self, message: str) -> None:
         with self._cond:
-            self.errors.append(message)
+            self._errors.append(message)
             self._cond.notify_all()
 
     def _bump(self, name: str, by: int = 1) -> None:
