@@ -182,7 +182,11 @@ async def _expire(
         await source.aclose(wait=False)  # its worker is stuck: don't wait on it
     else:
         await _abandon(source)
-    await _put(aqueue, _timeout_error(chunk_timeout, ticks))
+    error = _timeout_error(chunk_timeout, ticks)
+    # A source may give the error its own context (a backend adds its
+    # provider, model and server) while keeping it a ChunkTimeoutError.
+    contextualise = getattr(source, "timeout_error", None)
+    await _put(aqueue, error if contextualise is None else contextualise(error))
     _call_on_timeout(on_timeout)
 
 

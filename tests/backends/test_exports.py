@@ -41,7 +41,10 @@ def test_create_backend_by_kind() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_concurrency": 0}, {"timeout": 0}, {"max_concurrency": True}], ids=str
+    "kwargs",
+        [{"max_concurrency": 0}, {"first_token_timeout": 0}, {"chunk_timeout": -1}, {"total_timeout": 0},
+         {"connect_timeout": 0}, {"max_concurrency": True}, {"max_concurrency": "fast"}, {"max_retries": -1}],
+        ids=str,
 )
 def test_bad_constructor_arguments_are_configuration_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

@@ -65,13 +65,13 @@ async def failure_of(backend: OpenAIBackend, **options: Any) -> BaseException:
 def test_http_error_statuses(
     fake: FakeServer, status: int, error_type: type[Exception], hint: str, stream: bool
 ) -> None:
-    backend = backend_for(fake, f"status-{status}")
+    backend = backend_for(fake, f"status-{status}", max_retries=0)
     error = arun(failure_of(backend, stream=stream))
     assert type(error) is error_type
     assert error.status_code == status and error.base_url == fake.base_url  # type: ignore[attr-defined]
     assert error.model == f"status-{status}" and hint in str(error)  # type: ignore[attr-defined]
     assert f"fake failure {status}" in str(error)
-    assert len(fake.requests) == 1  # no hidden retries by default
+    assert len(fake.requests) == 1  # max_retries=0: no retry
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from .._exceptions import (
     BackendError,
     BackendTimeoutError,
     BadRequestError,
+    ConnectTimeoutError,
     NotFoundError,
     RateLimitError,
     ServerError,
@@ -57,7 +58,9 @@ class Where:
         return f"{self.provider} backend{server} (model {self.model!r})"
 
 
-def status_error(status: int, detail: str, where: Where) -> APIStatusError:
+def status_error(
+    status: int, detail: str, where: Where, *, retry_after: float | None = None
+) -> APIStatusError:
     """The motio error for an HTTP error ``status`` with the server's ``detail``."""
     cls: type[APIStatusError]
     if status >= 500:
@@ -65,7 +68,9 @@ def status_error(status: int, detail: str, where: Where) -> APIStatusError:
     else:
         cls, hint = _HINTS.get(status, (APIStatusError, "check the request"))
     message = f"{where.describe()}: HTTP {status}: {_shorten(detail)}; {hint}"
-    return cls(message, status_code=status, **where.fields())
+    error = cls(message, status_code=status, **where.fields())
+    error.retry_after = retry_after
+    return error
 
 
 def stream_error(detail: str, where: Where) -> StreamError:
@@ -86,12 +91,15 @@ def translate(exc: BaseException, where: Where, *, mid_stream: bool = False) -> 
     """
     import aiohttp
 
-    if isinstance(exc, (aiohttp.ServerTimeoutError, TimeoutError)):
-        what = "connecting" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "reading"
-        return BackendTimeoutError(
-            f"{where.describe()}: no answer in time ({what}: {type(exc).__name__}); a busy server "
-            "may need a larger timeout, an unreachable one a different base_url",
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectTimeoutError(
+            f"{where.describe()}: no connection within connect_timeout ({exc}); check that the "
+            "server is up and base_url is right, or raise connect_timeout=",
             **where.fields(),
+        )
+    if isinstance(exc, (aiohttp.ServerTimeoutError, TimeoutError)):
+        return BackendTimeoutError(
+            f"{where.describe()}: no answer in time ({type(exc).__name__}: {exc})", **where.fields()
         )
     if isinstance(exc, aiohttp.InvalidURL):
         return BackendConnectionError(

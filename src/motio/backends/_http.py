@@ -152,11 +152,14 @@ class HTTPClient:
 
 async def _status_error(response: aiohttp.ClientResponse, where: Where) -> Exception:
     """The motio error for a non-2xx ``response``; the response is closed."""
+    from ._retry import retry_after_seconds
+
+    wait = retry_after_seconds(response.headers)
     try:
         with contextlib.suppress(Exception):
             raw = await response.content.read(_MAX_ERROR_BODY)
-            return status_error(response.status, _error_detail(raw, response.reason), where)
-        return status_error(response.status, response.reason or "", where)
+            return status_error(response.status, _error_detail(raw, response.reason), where, retry_after=wait)
+        return status_error(response.status, response.reason or "", where, retry_after=wait)
     finally:
         response.close()
 
