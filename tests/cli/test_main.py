@@ -87,7 +87,10 @@ def test_api_key_on_the_command_line_is_refused_without_echoing_it(
 
 def test_base_url_implies_the_openai_backend_and_its_default_concurrency() -> None:
     args = build_parser().parse_args(["run", "p", "-o", "o", "--base-url", "http://h/v1"])
-    assert BackendSpec.from_args(args) == BackendSpec("openai", None, "http://h/v1", None, 16)
+    spec = BackendSpec.from_args(args)
+    assert spec == BackendSpec("openai", None, "http://h/v1", None, "auto") and spec.workers == 256
+    args = build_parser().parse_args(["run", "p", "-o", "o", "--base-url", "http://h/v1", "-c", "auto:64"])
+    assert BackendSpec.from_args(args).workers == 64
     args = build_parser().parse_args(["run", "p", "-o", "o"])
     assert BackendSpec.from_args(args).kind == "llamacpp"
     assert BackendSpec.from_args(args).concurrency == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from motio.cli._results import ResultsFile, ResultsFileLocked, encode_line
+from motio.cli._results import NotAResultsFile, ResultsFile, ResultsFileLocked, encode_line
 
 
 def ok(id_: object, output: str = "text") -> dict[str, object]:
@@ -86,13 +86,24 @@ def test_complete_last_result_missing_its_newline_is_kept(tmp_path: Path) -> Non
     assert [r["id"] for r in lines_of(path)] == [1, 2, 3]
 
 
-def test_bad_middle_lines_are_ignored_and_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (encode_line(ok(1)) + b"garbage\n" + encode_line(ok(2)), 2),
+        (encode_line(ok(1)) + b'{"id": 7, "prompt": "a prompt, not a result"}\n', 2),
+        (b'{"id": 1, "prompt": "x"}\n{"id": 2, "prompt": "the last line, no newline"}', 1),
+        (b'{"prompt": "x"}', 1),
+        (encode_line(ok(1)) + b'{"id": 2, "output": "no error key"}\n', 2),
+    ],
+    ids=["garbage", "prompt-line", "prompts-file", "one-prompt-no-newline", "missing-key"],
+)
+def test_a_file_that_is_not_ours_is_refused_and_left_untouched(tmp_path: Path, content: bytes, line: int) -> None:
     path = tmp_path / "out.jsonl"
-    path.write_bytes(encode_line(ok(1)) + b"garbage\n" + b'{"no": "id"}\n' + encode_line(ok(2)))
-    results = ResultsFile.open(path)
-    results.close()
-    assert results.state.done == {"1", "2"}
-    assert results.state.bad_lines == [2, 3]
+    path.write_bytes(content)
+    with pytest.raises(NotAResultsFile, match=f"line {line}") as caught:
+        ResultsFile.open(path)
+    assert caught.value.line == line
+    assert path.read_bytes() == content
 
 
 def test_success_after_failure_counts_as_done(tmp_path: Path) -> None:

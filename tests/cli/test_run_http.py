@@ -43,11 +43,11 @@ def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, fake_serve
     assert done.returncode == 0, done.stderr
     assert_clean(done.stderr)
     lines = complete_lines(out)
-    assert sorted(map(str, ids_of(lines))) == ["3", "7", "a"]
+    assert sorted(map(str, ids_of(lines))) == ["7", "a", "line-3"]
     by_id = {line["id"]: line for line in lines}
     assert by_id["a"]["output"] == "echo: alpha"
     assert by_id[7]["output"] == "echo: beta"
-    assert by_id[3]["output"] == "echo: gamma"  # id defaults to the line number
+    assert by_id["line-3"]["output"] == "echo: gamma"  # id defaults to "line-N"
     for line in lines:
         assert list(line) == [
             "id",
@@ -57,6 +57,7 @@ def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, fake_serve
             "ttfb_ms",
             "latency_ms",
             "model",
+            "retries",
             "error",
         ]
         assert line["error"] is None and line["finish_reason"] == "stop"

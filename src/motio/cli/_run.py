@@ -1,10 +1,19 @@
 """``motio run``: a prompts file in, a results file out, resumable at any point.
 
-Flow: check paths, lock and repair the results file, open and check the
-backend (fail fast), scan the prompts once to report bad lines and count the
-work, then stream the prompts a second time through a fixed pool of
-``--concurrency`` workers. Only that many tasks ever exist, however long the
-file: each worker pulls the next prompt when its previous one is written.
+Flow, ordered so that nothing is written before it must be:
+
+1. check the paths (``-o`` must not be the prompts file by any name);
+2. read the results file without changing it: is it ours, what is done;
+3. scan the prompts once to report bad lines and count the work; an empty
+   file, or one with nothing left to run, stops here (no model is loaded);
+4. open and check the backend (a server's check is bounded in time);
+5. only now lock, create or repair the results file;
+6. stream the prompts a second time through a fixed pool of workers. Only
+   that many tasks ever exist, however long the file.
+
+A whole-run failure (the server gone, the key refused) stops the run and
+records nothing for the prompts it abandoned: they were not answered, so the
+rerun the hint names runs them.
 """
 
 from __future__ import annotations
@@ -16,7 +25,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import AuthenticationError, BackendConnectionError, MotioError
+from .._exceptions import (
+    AuthenticationError,
+    BackendConnectionError,
+    BackendTimeoutError,
+    MotioError,
+    StreamError,
+)
 from ._backend import BackendSpec, generation_options, one_line, open_backend
 from ._errors import (
     EXIT_BACKEND,
@@ -28,7 +43,7 @@ from ._errors import (
 )
 from ._inputs import InputProblem, PromptRecord, scan_prompts
 from ._progress import Progress, make_progress
-from ._results import ResultsFile, ResultsFileLocked, ResumeState
+from ._results import NotAResultsFile, ResultsFile, ResultsFileLocked, ResumeState, inspect_results
 from ._stats import RunStats, format_summary
 
 if TYPE_CHECKING:
@@ -38,29 +53,38 @@ __all__ = ["build_result", "run_command"]
 
 # Enough bad lines to see the pattern; a broken file must not flood the terminal.
 _MAX_PROBLEMS_SHOWN = 20
+# A mid-run check of a server that may have died: it either answers at once or is gone.
+_CHECK_TIMEOUT = 10.0
 
 
 def run_command(args: Any) -> int:
     """Run ``motio run`` and return its exit status.
 
     Raises:
-        CliError: an unusable path, a busy results file or a failing backend.
+        CliError: an unusable path, a busy or foreign results file, a failing backend.
     """
     prompts, out = _check_paths(Path(args.prompts), Path(args.output))
     spec = BackendSpec.from_args(args)
-    results = _open_results(out)
     stats = RunStats()
+    retry = _plan(prompts, _inspect(out), stats, retry_errors=args.retry_errors)
+    if stats.total == 0 and stats.bad_lines == 0:
+        _say(f"{prompts}: the prompts file is empty; nothing to do")
+        return EXIT_OK
+    if stats.to_run == 0 and not retry:
+        _print_end(stats, args.quiet)  # everything done, failed before, or bad
+        return _exit_status(stats)
+    run = _Run(args, spec, prompts, out, stats)
     try:
-        asyncio.run(_run(args, spec, prompts, results, stats))
+        asyncio.run(run.main(retry))
     except KeyboardInterrupt:
-        _print_end(stats, args.quiet)
-        _say(
-            f"interrupted: {results.written} new results saved in {out}; run the same command again to resume"
-        )
-        return EXIT_INTERRUPTED
+        return run.interrupted()
     finally:
-        results.close()
+        run.close()
     _print_end(stats, args.quiet)
+    return _exit_status(stats)
+
+
+def _exit_status(stats: RunStats) -> int:
     return EXIT_FAILURES if stats.failed or stats.bad_lines or stats.already_failed else EXIT_OK
 
 
@@ -68,11 +92,71 @@ def _check_paths(prompts: Path, out: Path) -> tuple[Path, Path]:
     if not prompts.is_file():
         what = "is not a file" if prompts.exists() else "not found"
         raise CliError(f"prompts file {str(prompts)!r} {what}", EXIT_USAGE)
-    if out.exists() and out.resolve() == prompts.resolve():
-        raise CliError("the results file (-o) must not be the prompts file", EXIT_USAGE)
+    if out.exists() and _same_file(out, prompts):
+        # By inode, not by name: a hard link, a symlink or ./path is the same file.
+        raise CliError(
+            f"the results file (-o {out}) must not be the prompts file ({prompts}), by any name; give another -o",
+            EXIT_USAGE,
+        )
     if not out.parent.is_dir():
         raise CliError(f"directory of results file {str(out)!r} does not exist", EXIT_USAGE)
     return prompts, out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    sa, sb = a.stat(), b.stat()
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _inspect(out: Path) -> ResumeState:
+    """What ``out`` already holds, read without changing a byte of it."""
+    try:
+        return inspect_results(out)
+    except NotAResultsFile as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    except OSError as exc:
+        raise CliError(f"cannot read results file {str(out)!r}: {exc.strerror}", EXIT_USAGE) from exc
+
+
+class _Run:
+    """The part of a run that needs the backend and the (locked) results file."""
+
+    def __init__(self, args: Any, spec: BackendSpec, prompts: Path, out: Path, stats: RunStats) -> None:
+        self.args, self.spec, self.prompts, self.out, self.stats = args, spec, prompts, out, stats
+        self.results: ResultsFile | None = None
+        self.running = False
+
+    async def main(self, retry: set[str]) -> None:
+        backend = await open_backend(self.spec)
+        try:
+            self.results = _open_results(self.out)
+            self.results.drop_failed(retry)
+            self.stats.started = time.perf_counter()
+            self.running = True
+            progress = make_progress(self.stats, quiet=self.args.quiet)
+            progress.start()
+            try:
+                pool = _Pool(backend, self.args, self.results, self.stats, progress)
+                await pool.run(self.prompts, self.spec.workers)
+            finally:
+                progress.stop()
+        finally:
+            await backend.aclose()
+
+    def interrupted(self) -> int:
+        if not self.running or self.results is None:
+            _say("interrupted before any prompt ran; nothing was written")
+            return EXIT_INTERRUPTED
+        _print_end(self.stats, self.args.quiet)
+        _say(
+            f"interrupted: {self.results.written} new results saved in {self.out}; "
+            "run the same command again to resume"
+        )
+        return EXIT_INTERRUPTED
+
+    def close(self) -> None:
+        if self.results is not None:
+            self.results.close()
 
 
 def _open_results(out: Path) -> ResultsFile:
@@ -80,37 +164,16 @@ def _open_results(out: Path) -> ResultsFile:
         results = ResultsFile.open(out)
     except ResultsFileLocked as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
+    except NotAResultsFile as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
     except OSError as exc:
         raise CliError(f"cannot use results file {str(out)!r}: {exc.strerror}", EXIT_USAGE) from exc
-    _report_repairs(results)
-    return results
-
-
-def _report_repairs(results: ResultsFile) -> None:
-    state = results.state
-    if state.torn_bytes:
+    if results.state.torn_bytes:
         _say(
-            f"{results.path}: cut off a torn last line ({state.torn_bytes} bytes) "
+            f"{results.path}: cut off a torn last line ({results.state.torn_bytes} bytes) "
             "left by an interrupted run; that prompt runs again"
         )
-    for number in state.bad_lines[:_MAX_PROBLEMS_SHOWN]:
-        _say(f"{results.path}:{number}: not a result line; ignored")
-
-
-async def _run(args: Any, spec: BackendSpec, prompts: Path, results: ResultsFile, stats: RunStats) -> None:
-    backend = await open_backend(spec)
-    try:
-        retry = _plan(prompts, results.state, stats, retry_errors=args.retry_errors)
-        results.drop_failed(retry)
-        stats.started = time.perf_counter()
-        progress = make_progress(stats, quiet=args.quiet)
-        progress.start()
-        try:
-            await _Pool(backend, args, results, stats, progress).run(prompts, spec.concurrency)
-        finally:
-            progress.stop()
-    finally:
-        await backend.aclose()
+    return results
 
 
 def _plan(prompts: Path, state: ResumeState, stats: RunStats, *, retry_errors: bool) -> set[str]:
@@ -187,10 +250,10 @@ class _Pool:
 
     async def _work(self, pending: Iterator[PromptRecord]) -> None:
         for record in pending:
-            result = await self._generate(record)
-            self._write(result)
+            result, attempts = await self._generate(record)
+            self._write(result, attempts)
 
-    async def _generate(self, record: PromptRecord) -> dict[str, Any]:
+    async def _generate(self, record: PromptRecord) -> tuple[dict[str, Any], Any]:
         options = generation_options(self._args, record.options)
         started = time.perf_counter()
         mot = None
@@ -208,19 +271,22 @@ class _Pool:
         latency_ms = (time.perf_counter() - started) * 1000
         if error is not None:
             await self._abort_if_fatal(error)
-        return build_result(record, mot, latency_ms, error)
+        attempts = None if mot is None else mot.generation.attempts
+        return build_result(record, mot, latency_ms, error), attempts
 
     async def _abort_if_fatal(self, error: Exception) -> None:
         # A refused key or a vanished server is not one prompt's failure:
-        # recording it for every remaining prompt would only bury the cause.
+        # recording it for every remaining prompt would only bury the cause,
+        # and the prompt was not answered, so it must stay unrecorded for the
+        # rerun to pick up. Raising here (before the write) is what keeps it so.
         if isinstance(error, AuthenticationError):
             raise self._aborted(error)
-        if isinstance(error, BackendConnectionError):
+        if isinstance(error, (BackendConnectionError, StreamError, BackendTimeoutError)):
             try:
-                await self._backend.check()
-            except MotioError as exc:
+                await asyncio.wait_for(self._backend.check(), _CHECK_TIMEOUT)
+            except (MotioError, TimeoutError) as exc:
                 raise self._aborted(exc) from exc
-            # The server answers again: a transient failure of this prompt.
+            # The server answers again: a failure of this prompt alone.
 
     def _aborted(self, error: BaseException) -> CliError:
         return CliError(
@@ -229,12 +295,15 @@ class _Pool:
             EXIT_BACKEND,
         )
 
-    def _write(self, result: dict[str, Any]) -> None:
+    def _write(self, result: dict[str, Any], attempts: Any) -> None:
         try:
             self._results.append(result)
         except OSError as exc:
             raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
-        self._stats.record(result)
+        self._stats.record(result, attempts)
+        adaptive = getattr(self._backend, "adaptive_concurrency", None)
+        if adaptive is not None:
+            self._stats.concurrency = adaptive.limit
         self._progress.update()
         if result["error"] is not None:
             self._note_failure(result)
@@ -256,7 +325,8 @@ def build_result(
     usage = getattr(generation, "usage", None)
     finish_reasons = getattr(generation, "finish_reasons", None) or [None]
     ttfb = getattr(generation, "ttfb_ms", None)
-    return {
+    attempts = getattr(generation, "attempts", None)
+    result = {
         "id": record.id,
         "output": mot.value if error is None and mot is not None else None,
         "finish_reason": finish_reasons[0],
@@ -264,8 +334,14 @@ def build_result(
         "ttfb_ms": round(ttfb, 1) if ttfb is not None else None,
         "latency_ms": round(latency_ms, 1),
         "model": getattr(generation, "model", None),
+        "retries": attempts.retries if attempts is not None else 0,
         "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
     }
+    partial = mot.text if error is not None and mot is not None else ""
+    if partial:
+        # A stream that broke after some text: kept, never retried (it could change).
+        result["partial_output"] = partial
+    return result
 
 
 def _print_end(stats: RunStats, quiet: bool) -> None:
