@@ -13,9 +13,28 @@ Map of the package (everything below ``main`` is private):
 - ``_errors``: ``CliError`` and the exit statuses
 
 Nothing in the core imports this package; rich and the backends are imported
-only when a command needs them.
+only when a command needs them. This module itself imports nothing, so that
+Ctrl-C at any instant of start-up lands inside ``main`` (exit 130), not in
+an import above it (a traceback and death by signal).
 """
 
-from ._main import main
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = ["main"]
+
+_EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``motio`` command; returns the exit status."""
+    try:
+        from ._main import main as run_main
+
+        return run_main(argv)
+    except KeyboardInterrupt:
+        import sys
+
+        print("motio: interrupted", file=sys.stderr, flush=True)
+        return _EXIT_INTERRUPTED
