@@ -19,7 +19,9 @@ rerun the hint names runs them.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,13 +77,26 @@ def run_command(args: Any) -> int:
         return _exit_status(stats)
     run = _Run(args, spec, prompts, out, stats)
     try:
+        # Ctrl-C is held back while asyncio.run sets its loop up and tears it
+        # down (an interrupt there leaves a task never run and a loop never
+        # closed); main() lets it through once asyncio's own handler is in
+        # place, and it lands here as KeyboardInterrupt all the same.
+        _hold_sigint(True)
         asyncio.run(run.main(retry))
+        _hold_sigint(False)
     except KeyboardInterrupt:
         return run.interrupted()
     finally:
+        _hold_sigint(False)
         run.close()
     _print_end(stats, args.quiet)
     return _exit_status(stats)
+
+
+def _hold_sigint(hold: bool) -> None:
+    """Block (or let through) SIGINT in this thread; a blocked one waits, it is not lost."""
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK if hold else signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _exit_status(stats: RunStats) -> int:
@@ -127,6 +142,13 @@ class _Run:
         self.running = False
 
     async def main(self, retry: set[str]) -> None:
+        _hold_sigint(False)
+        try:
+            await self._main(retry)
+        finally:
+            _hold_sigint(True)
+
+    async def _main(self, retry: set[str]) -> None:
         backend = await open_backend(self.spec)
         try:
             self.results = _open_results(self.out)
