@@ -178,8 +178,11 @@ async def _expire(
     ticks: int,
     on_timeout: Callable[[], object] | None,
 ) -> None:
-    if isinstance(source, ThreadedIterator):
-        await source.aclose(wait=False)  # its worker is stuck: don't wait on it
+    # A source that can be left without waiting (a worker thread stuck in a
+    # blocking call, or a wrapper around one) says so with abandon().
+    abandon = getattr(source, "abandon", None)
+    if abandon is not None:
+        await abandon()
     else:
         await _abandon(source)
     error = _timeout_error(chunk_timeout, ticks)

@@ -114,6 +114,10 @@ class ThreadedIterator:
         except Exception:
             _log.exception("closing %r failed", self._source)
 
+    async def abandon(self) -> None:
+        """Stop the worker without waiting for it (its source may be stuck)."""
+        await self.aclose(wait=False)
+
     async def aclose(self, *, wait: bool = True) -> None:
         """Stop the worker after its current item and wait for it to exit.
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from motio import ChunkTimeoutError, ConfigurationError, ModelOutputThunk
+from motio import BackendError, ChunkTimeoutError, ConfigurationError, ModelOutputThunk
+from motio._exceptions import BackendChunkTimeoutError, FirstTokenTimeoutError, TotalTimeoutError
 from motio.backends import LlamaCppBackend, create_backend
 from tests.backends.util import arun
 
@@ -176,3 +177,105 @@ def test_a_file_that_is_not_a_model_fails_the_check(tmp_path: Path) -> None:
     # And a generation reports the same error through its thunk.
     with pytest.raises(ConfigurationError):
         llama.generate_sync("hi", max_tokens=2)
+
+
+class Staller:
+    """Makes the model's worker thread block at a chosen chunk, until released."""
+
+    def __init__(self, llm: Any, at_chunk: int) -> None:
+        self.release = threading.Event()
+        self.reached = threading.Event()
+        self._llm = llm
+        self._real = llm.create_chat_completion
+        real, release, reached = self._real, self.release, self.reached
+
+        def stalling(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            for index, chunk in enumerate(real(*args, **kwargs)):
+                if index == at_chunk:
+                    reached.set()
+                    release.wait(30)  # bounded: the test releases it at its end
+                yield chunk
+
+        llm.create_chat_completion = stalling
+
+    def restore(self) -> None:
+        self.release.set()
+        self._llm.create_chat_completion = self._real
+
+
+@pytest.fixture
+def stall_at(backend: LlamaCppBackend) -> Iterator[Any]:
+    stallers: list[Staller] = []
+
+    def make(at_chunk: int) -> Staller:
+        [llm] = backend._free
+        stallers.append(Staller(llm, at_chunk))
+        return stallers[-1]
+
+    yield make
+    for staller in stallers:
+        staller.restore()
+    # The abandoned worker finishes in the background and then hands the model
+    # back: wait for that (on the gate, bounded) so the next test finds it.
+    arun(backend._gate.acquire(), timeout=60)
+    backend._gate.release()
+
+
+def timed_failure(backend: LlamaCppBackend, **options: Any) -> tuple[BaseException, float]:
+    async def main() -> tuple[BaseException, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        mot = await backend.generate("Write a long story.", max_tokens=50, **options)
+        with pytest.raises(Exception) as caught:
+            await mot.avalue()
+        return caught.value, loop.time() - started
+
+    return arun(main())
+
+
+def test_a_stuck_worker_times_out_at_chunk_timeout_not_later(
+    backend: LlamaCppBackend, stall_at: Any
+) -> None:
+    # The worker blocks mid-stream; the timeout must not wait for it (it did
+    # for 5 s when the wrapper around the worker's iterator hid it from the core).
+    stall_at(3)
+    error, elapsed = timed_failure(backend, chunk_timeout=0.2)
+    assert isinstance(error, BackendChunkTimeoutError) and isinstance(error, ChunkTimeoutError)
+    assert error.provider == "llamacpp" and error.model == backend.model
+    assert elapsed < 0.2 * 1.25 + 0.5, elapsed
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_first_token_timeout_bounds_prompt_processing(
+    backend: LlamaCppBackend, stall_at: Any, stream: bool
+) -> None:
+    stall_at(0)  # nothing at all arrives
+    error, elapsed = timed_failure(backend, first_token_timeout=0.3, stream=stream)
+    assert isinstance(error, FirstTokenTimeoutError) and error.timeout == 0.3
+    assert error.model == backend.model and 0.3 <= elapsed < 1.5
+
+
+def test_chunk_timeout_bounds_a_non_streamed_generation(backend: LlamaCppBackend, stall_at: Any) -> None:
+    stall_at(3)
+    error, elapsed = timed_failure(backend, chunk_timeout=0.3, stream=False)
+    assert isinstance(error, BackendChunkTimeoutError) and error.model == backend.model
+    assert elapsed < 1.5
+
+
+def test_total_timeout_bounds_the_whole_generation(backend: LlamaCppBackend, stall_at: Any) -> None:
+    stall_at(5)
+    error, elapsed = timed_failure(backend, total_timeout=0.5, chunk_timeout=None)
+    assert isinstance(error, TotalTimeoutError) and error.model == backend.model
+    assert 0.5 <= elapsed < 1.5
+
+
+def test_a_prompt_longer_than_the_context_names_the_model(smollm2_path: Path) -> None:
+    small = LlamaCppBackend(smollm2_path, n_ctx=64)
+    try:
+        with pytest.raises(BackendError) as caught:
+            small.generate_sync("word " * 200, max_tokens=4)
+    finally:
+        small.close()
+    error = caught.value
+    assert error.provider == "llamacpp" and error.model == small.model
+    assert small.model in str(error) and "n_ctx" in str(error)

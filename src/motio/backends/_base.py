@@ -198,12 +198,20 @@ class SlotStream:
             raise
 
     async def aclose(self) -> None:
+        await self._close("aclose")
+
+    async def abandon(self) -> None:
+        """Close without waiting on the source, if it can be left that way (a
+        stuck worker thread); the core calls this when a chunk timeout fires."""
+        await self._close("abandon" if hasattr(self._source, "abandon") else "aclose")
+
+    async def _close(self, how: str) -> None:
         release, self._release = self._release, None
         if release is None:
             return
         try:
-            aclose = getattr(self._source, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            close = getattr(self._source, how, None)
+            if close is not None:
+                await close()
         finally:
             release()
