@@ -53,6 +53,10 @@ class GenerationMeta:
     attempts: Any = None
     """Requests made for this generation (retries included), where a backend
     retries: count, HTTP statuses and waits (``Attempts.as_dict()``)."""
+    queued_ms: float | None = None
+    """Time spent waiting for a concurrency slot and the rate limiter before
+    the request went out (all attempts), where a backend limits either;
+    ``ttfb_ms - queued_ms`` is the server's own time to first token."""
 
 
 class ModelOutputThunk(Generic[T]):

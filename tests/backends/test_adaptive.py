@@ -81,23 +81,33 @@ def test_overload_halves_once_per_round_and_good_rounds_grow() -> None:
     gate = AdaptiveConcurrency(initial=16, maximum=256)
     for _ in range(16):
         gate.record_first_token(0.01)
-    assert gate.limit == 32  # slow start doubles
+    assert gate.limit == 24  # slow start grows by half
     gate.record_overload()
     gate.record_overload()  # the same burst: no second cut
-    assert gate.limit == 16 and gate.snapshot().overloads == 2
-    for _ in range(16):
+    assert gate.limit == 12 and gate.snapshot().overloads == 2
+    for _ in range(12):
         gate.record_first_token(0.01)
-    assert gate.limit == 24  # half the way back to where it was overloaded
+    assert gate.limit == 12  # the round after a cut is not judged: it saw the old queue
+    for _ in range(12):
+        gate.record_first_token(0.01)
+    # Back in one step to just below the level the burst showed (24 sent, one more refused: 23).
+    assert gate.limit == 22
 
 
 def test_rising_latency_cuts_by_the_gradient() -> None:
     gate = AdaptiveConcurrency(initial=64, maximum=256)
-    for _ in range(64):
+    for _ in range(32):  # slow start judges half rounds
         gate.record_first_token(0.01)
-    assert gate.limit == 128
-    for _ in range(128):
+    assert gate.limit == 96
+    for _ in range(48):
         gate.record_first_token(0.1)  # 10x the baseline: a long queue
-    assert gate.limit == 64  # the deepest single cut is a half
+    assert gate.limit == 48  # the deepest single cut is a half
+    for _ in range(48):
+        gate.record_first_token(0.1)
+    assert gate.limit == 48  # the round after a cut only shows the queue being drained
+    for _ in range(48):
+        gate.record_first_token(0.012)  # near the baseline again: half the way back up
+    assert gate.limit == 71
 
 
 def test_bad_bounds_are_configuration_errors() -> None:

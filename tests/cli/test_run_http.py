@@ -55,6 +55,7 @@ def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, fake_serve
             "finish_reason",
             "usage",
             "ttfb_ms",
+            "queued_ms",
             "latency_ms",
             "model",
             "retries",

@@ -6,21 +6,29 @@ proxies do answer 429/503. So the controller listens to both signals:
 
 - **Overload** (429, 503, or a refused connection while others are in
   flight): halve the limit, at most once per round, and remember the level
-  where it happened (``ceiling``).
-- **Latency**: each round (about ``limit`` first-token samples) is judged by
-  its median TTFT against the best recent level (``baseline``: the lowest
-  round median of the last ``_BASELINE_ROUNDS`` rounds, so it follows a
-  server whose base latency changes).
+  where it happened (``ceiling``), lowered by one for every further refusal
+  of the same burst: a server of capacity C refuses about L - C of L sent.
+- **Latency**: each round (``limit`` first-token samples; half that in slow
+  start, which must find the server's level fast) is judged by
+  its 95th percentile TTFT against the best recent level (``baseline``: the
+  lowest round figure of the last ``_BASELINE_ROUNDS`` rounds, so it follows
+  a server whose base latency changes). A high percentile, not the median:
+  a server queueing a few requests beyond its capacity delays only those
+  few, and the median would not move until half of them waited.
 
-  * median <= ``_TOLERANCE`` x baseline: the server keeps up. Slow start
+  * p95 <= ``_TOLERANCE`` x baseline: the server keeps up. Slow start
     (before the first congestion signal) multiplies the limit by
     ``_SLOW_START_GROWTH``; afterwards the limit climbs back quickly, half the
     way per round, towards the last overload ``ceiling``, and by one
     (additive increase) above it.
-  * median above: requests are queueing on the server. Gradient decrease:
-    ``limit x max(0.5, _TOLERANCE x baseline / median)``, as in Netflix's
-    concurrency-limits (Gradient2), so a long queue is drained in one step
-    and a short one trimmed. Slow start ends.
+    With no ceiling yet, the limit grows by one a round (additive increase).
+  * p95 above: requests are queueing on the server. Decrease by the gradient
+    ``_TOLERANCE x baseline / p95``, as in Netflix's concurrency-limits
+    (Gradient2), clamped to ``[0.5, 0.9]``: a long queue is drained in one
+    step, a short one trimmed by a tenth. Slow start ends.
+
+After any cut the next round is not judged: its requests were sent before
+the cut, so it would only report the queue the cut is already draining.
 
 The limit stays between ``minimum`` and ``maximum``. With ``adaptive=False``
 the gate is a plain cross-loop limit of ``initial``.
@@ -34,7 +42,6 @@ cancelled just as a slot reached it passes the slot on.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -43,16 +50,22 @@ from .._exceptions import ConfigurationError
 
 __all__ = ["AdaptiveConcurrency", "ConcurrencySnapshot"]
 
-#: A round's median TTFT within this factor of the baseline counts as "no queue".
+#: A round's TTFT figure within this factor of the baseline counts as "no queue".
 _TOLERANCE = 1.5
-#: Growth per round before the first congestion signal.
-_SLOW_START_GROWTH = 2.0
+#: Growth per round before the first congestion signal (below TCP's 2, so
+#: the first overshoot sends at most half the capacity in excess).
+_SLOW_START_GROWTH = 1.5
 #: How many recent rounds the baseline (lowest round median) is taken over.
 _BASELINE_ROUNDS = 10
 #: Fewest samples a round is judged on, however low the limit.
 _MIN_ROUND = 4
-#: Deepest single cut for latency (a gradient below this is clamped).
+#: Deepest and gentlest single cut for latency (the gradient is clamped to these).
 _MAX_LATENCY_CUT = 0.5
+_MIN_LATENCY_CUT = 0.9
+#: Which percentile of a round's TTFT samples judges it.
+_PERCENTILE = 0.95
+#: Good rounds spent just below the last overload level before probing above it.
+_PROBE_EVERY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,10 @@ class AdaptiveConcurrency:
         self._ceiling: float | None = None
         self._cut_this_round = False
         self._overloads = 0
+        self._good_rounds = 0
+        self._probe_every = _PROBE_EVERY
+        self._skip_round = False
+        self._jump_back = False  # the last cut was an overload: return to below it in one step
 
     # -- the gate ------------------------------------------------------------------
 
@@ -164,7 +181,10 @@ class AdaptiveConcurrency:
             return
         with self._lock:
             self._samples.append(seconds)
-            if len(self._samples) >= max(_MIN_ROUND, self.limit):
+            # Slow start judges every half round: it has not found the
+            # server's level yet, and every round spent low is throughput lost.
+            round_size = self.limit // 2 if self._slow_start else self.limit
+            if len(self._samples) >= max(_MIN_ROUND, round_size):
                 self._end_round()
                 self._admit()
 
@@ -175,36 +195,67 @@ class AdaptiveConcurrency:
         with self._lock:
             self._overloads += 1
             if self._cut_this_round:
+                # More of the same burst: each request refused beyond the
+                # first says the server holds one fewer than we sent.
+                if self._ceiling is not None and self._ceiling > self.minimum + 1:
+                    self._ceiling -= 1
                 return
+            if self._ceiling is not None and self._limit >= self._ceiling - 1:
+                self._probe_every *= 2  # a probe above the known level failed again
             self._ceiling = self._limit
+            self._jump_back = True
             self._limit = max(float(self.minimum), self._limit / 2)
             self._slow_start = False
             self._cut_this_round = True
+            self._skip_round = True
             self._samples.clear()
 
     def _end_round(self) -> None:
-        median = statistics.median(self._samples)
+        figure = _percentile(self._samples, _PERCENTILE)
         self._samples.clear()
         self._cut_this_round = False
-        self._medians.append(median)
+        if self._skip_round:
+            self._skip_round = False
+            return
+        self._medians.append(figure)
         baseline = min(self._medians)
-        if median <= _TOLERANCE * baseline:
+        if figure <= _TOLERANCE * baseline:
             self._limit = min(float(self.maximum), self._grown())
-        else:
-            gradient = max(_MAX_LATENCY_CUT, _TOLERANCE * baseline / median)
-            self._limit = max(float(self.minimum), self._limit * gradient)
-            self._slow_start = False
-            # The queue this round saw inflated its median: do not let it
-            # become the baseline's competitor for the rounds to come.
-            self._medians.pop()
-            self._medians.append(baseline)
+            return
+        gradient = min(_MIN_LATENCY_CUT, max(_MAX_LATENCY_CUT, _TOLERANCE * baseline / figure))
+        self._ceiling = self._limit  # where the queue showed: recover towards just below it
+        self._jump_back = False
+        self._limit = max(float(self.minimum), self._limit * gradient)
+        self._slow_start = False
+        self._skip_round = True
+        # The queue this round saw inflated its figure: keep it out of the
+        # baseline's window, which must hold what the server does unloaded.
+        self._medians.pop()
+        self._medians.append(baseline)
 
     def _grown(self) -> float:
         if self._slow_start:
             return self._limit * _SLOW_START_GROWTH
-        if self._ceiling is not None and self._limit < self._ceiling - 1:
-            return self._limit + (self._ceiling - self._limit) / 2
+        below = None if self._ceiling is None else self._ceiling - 1
+        if below is None:
+            return self._limit + 1
+        if self._limit < below - 0.5:
+            self._good_rounds = 0
+            if self._jump_back:
+                # A halving for 429s made room for the server to drain; the
+                # level just below where it pushed back is known to work.
+                return below
+            return max(self._limit + 1, self._limit + (below - self._limit) / 2)
+        self._good_rounds += 1
+        if self._good_rounds < self._probe_every:
+            return self._limit
+        self._good_rounds = 0
         return self._limit + 1
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

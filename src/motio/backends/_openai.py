@@ -64,7 +64,7 @@ DEFAULT_FIRST_TOKEN_TIMEOUT = 300.0
 DEFAULT_CONCURRENCY_BOUND = 256
 # Where "auto" starts: low enough not to swamp a small server on the first
 # round, and slow start doubles it each round until the server pushes back.
-_AUTO_INITIAL = 8
+_AUTO_INITIAL = 16
 
 _OPTIONS = COMMON_OPTIONS | {
     "frequency_penalty",

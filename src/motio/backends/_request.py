@@ -152,9 +152,18 @@ class Exchange:
         final = _copy_error(error, f"{error} (gave up after {self.attempts.count} attempts)")
         raise final from error
 
+    async def _take_slot(self) -> Any:
+        """The backend's slot and rate-limit place, the wait recorded in ``queued_ms``."""
+        loop = asyncio.get_running_loop()
+        waited = loop.time()
+        held = await self._backend.take_slot(self._tokens)
+        meta = self._fold.meta
+        meta.queued_ms = (meta.queued_ms or 0.0) + (loop.time() - waited) * 1000.0
+        return held
+
     async def _open_once(self) -> _SSEStream:
         backend, fold = self._backend, self._fold
-        held = await backend.take_slot(self._tokens)
+        held = await self._take_slot()
         entry = None
         response = None
         try:
@@ -187,7 +196,7 @@ class Exchange:
 
     async def _complete_once(self) -> str:
         backend, fold = self._backend, self._fold
-        held = await backend.take_slot(self._tokens)
+        held = await self._take_slot()
         entry = None
         response = None
         try:

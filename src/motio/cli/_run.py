@@ -348,12 +348,14 @@ def build_result(
     finish_reasons = getattr(generation, "finish_reasons", None) or [None]
     ttfb = getattr(generation, "ttfb_ms", None)
     attempts = getattr(generation, "attempts", None)
+    queued = getattr(generation, "queued_ms", None)
     result = {
         "id": record.id,
         "output": mot.value if error is None and mot is not None else None,
         "finish_reason": finish_reasons[0],
         "usage": dict(usage) if usage else None,
         "ttfb_ms": round(ttfb, 1) if ttfb is not None else None,
+        "queued_ms": round(queued, 1) if queued is not None else None,
         "latency_ms": round(latency_ms, 1),
         "model": getattr(generation, "model", None),
         "retries": attempts.retries if attempts is not None else 0,
