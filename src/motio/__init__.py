@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APIStatusError",
     "AuthenticationError",
+    "BackendChunkTimeoutError",
     "BackendConnectionError",
     "BackendError",
     "BackendTimeoutError",
@@ -32,7 +33,9 @@ __all__ = [
     "ChunkTimeoutError",
     "ClientCache",
     "ConfigurationError",
+    "ConnectTimeoutError",
     "DEFAULT_CHUNK_TIMEOUT",
+    "FirstTokenTimeoutError",
     "GenerationMeta",
     "LlamaCppBackend",
     "ModelOutputThunk",
@@ -42,6 +45,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "StreamError",
+    "TotalTimeoutError",
     "__version__",
     "create_backend",
     "get_current_event_loop",
@@ -73,17 +77,21 @@ if TYPE_CHECKING:
     from ._exceptions import (
         APIStatusError,
         AuthenticationError,
+        BackendChunkTimeoutError,
         BackendConnectionError,
         BackendError,
         BackendTimeoutError,
         BadRequestError,
         ChunkTimeoutError,
         ConfigurationError,
+        ConnectTimeoutError,
+        FirstTokenTimeoutError,
         MotioError,
         NotFoundError,
         RateLimitError,
         ServerError,
         StreamError,
+        TotalTimeoutError,
     )
     from ._feed import DEFAULT_CHUNK_TIMEOUT, send_to_queue
     from ._loops import get_current_event_loop

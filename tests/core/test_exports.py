@@ -13,6 +13,7 @@ EXPECTED = {
     "MotioError", "ChunkTimeoutError", "ConfigurationError", "BackendError",
     "BackendConnectionError", "BackendTimeoutError", "StreamError", "APIStatusError",
     "BadRequestError", "AuthenticationError", "NotFoundError", "RateLimitError", "ServerError",
+    "ConnectTimeoutError", "FirstTokenTimeoutError", "BackendChunkTimeoutError", "TotalTimeoutError",
 }  # fmt: skip
 
 
