@@ -40,8 +40,9 @@ class ClientCache:
         self._lock = threading.Lock()
 
     def current_size(self) -> int:
-        """Return the number of entries currently cached."""
-        return len(self.cache)
+        """Return the number of entries currently cached (never above ``capacity``)."""
+        with self._lock:
+            return len(self.cache)
 
     def get(self, key: Hashable) -> Any | None:
         """Return the value cached for ``key`` (now most recently used), or None."""
@@ -58,12 +59,15 @@ class ClientCache:
         When the cache is full, the least recently used entry is evicted
         first and handed to ``on_evict``.
         """
+        evicted = []
         with self._lock:
+            # Make room first, then insert: even a reader that bypasses the
+            # lock (``cache`` is public) never sees more than ``capacity``.
+            if key not in self.cache:
+                while len(self.cache) >= self.capacity:
+                    evicted.append(self.cache.popitem(last=False)[1])
             self.cache[key] = value
             self.cache.move_to_end(key)
-            evicted = []
-            while len(self.cache) > self.capacity:
-                evicted.append(self.cache.popitem(last=False)[1])
         for old in evicted:
             self._evict(old)
 

@@ -84,3 +84,45 @@ def test_safe_under_concurrent_use_and_evicts_each_value_once() -> None:
     remaining = set(cache.cache.values())
     assert len(evicted) == len(set(evicted)) == 8 * 2_000 - len(remaining)
     assert remaining.isdisjoint(evicted) and cache.current_size() == 8
+
+
+def test_size_is_never_seen_above_capacity_under_threads() -> None:
+    import sys
+
+    # Switch threads as often as the interpreter allows, so a window between
+    # inserting and evicting (the bug this guards against) is actually hit.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        seen = _sizes_seen_while_8_threads_put_and_get()
+    finally:
+        sys.setswitchinterval(interval)
+    assert seen and max(seen) <= 8
+
+
+def _sizes_seen_while_8_threads_put_and_get() -> list[int]:
+    cache = ClientCache(8)
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def writer(base: int) -> None:
+        for i in range(3_000):
+            cache.put((base, i % 50), i)
+            cache.get((base, (i * 7) % 50))
+
+    def watcher() -> None:
+        while not stop.is_set():
+            seen.append(cache.current_size())
+            seen.append(len(cache.cache))
+
+    watch = threading.Thread(target=watcher)
+    watch.start()
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    stop.set()
+    watch.join(60)
+    assert cache.current_size() == 8
+    return seen
