@@ -33,20 +33,17 @@ the cut, so it would only report the queue the cut is already draining.
 The limit stays between ``minimum`` and ``maximum``. With ``adaptive=False``
 the gate is a plain cross-loop limit of ``initial``.
 
-The gate itself is shared by every event loop and thread using a backend:
-state under a ``threading.Lock``, waiters are futures of their own loop
-(they hold no thread), woken FIFO with ``call_soon_threadsafe``; a waiter
-cancelled just as a slot reached it passes the slot on.
+The gate itself is ``_gate.Gate``: shared by every event loop and thread
+using a backend, FIFO, a waiter holds no thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections import deque
 from dataclasses import dataclass
 
 from .._exceptions import ConfigurationError
+from ._gate import Gate
 
 __all__ = ["AdaptiveConcurrency", "ConcurrencySnapshot"]
 
@@ -78,16 +75,7 @@ class ConcurrencySnapshot:
     overloads: int
 
 
-class _Waiter:
-    __slots__ = ("loop", "future", "granted")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
-        self.granted = False
-
-
-class AdaptiveConcurrency:
+class AdaptiveConcurrency(Gate):
     """Up to ``limit`` holders at once; the limit adapts (see the module docstring).
 
     Raises:
@@ -100,11 +88,8 @@ class AdaptiveConcurrency:
                 f"concurrency bounds must satisfy 1 <= minimum <= initial <= maximum, "
                 f"got {minimum}, {initial}, {maximum}"
             )
+        super().__init__(initial)
         self.minimum, self.maximum, self.adaptive = minimum, maximum, adaptive
-        self._lock = threading.Lock()
-        self._limit = float(initial)
-        self._in_flight = 0
-        self._waiters: deque[_Waiter] = deque()
         self._samples: list[float] = []
         self._medians: deque[float] = deque(maxlen=_BASELINE_ROUNDS)
         self._slow_start = True
@@ -116,62 +101,9 @@ class AdaptiveConcurrency:
         self._skip_round = False
         self._jump_back = False  # the last cut was an overload: return to below it in one step
 
-    # -- the gate ------------------------------------------------------------------
-
-    @property
-    def limit(self) -> int:
-        return int(self._limit)
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
     def snapshot(self) -> ConcurrencySnapshot:
         with self._lock:
             return ConcurrencySnapshot(self.limit, self._in_flight, len(self._waiters), self._overloads)
-
-    async def acquire(self) -> None:
-        """Wait for a slot, FIFO, without holding a thread."""
-        with self._lock:
-            if self._in_flight < self.limit and not self._waiters:
-                self._in_flight += 1
-                return
-            waiter = _Waiter(asyncio.get_running_loop())
-            self._waiters.append(waiter)
-        try:
-            await waiter.future
-        except BaseException:
-            self._withdraw(waiter)
-            raise
-
-    def release(self) -> None:
-        """Give a slot back; callable from any thread."""
-        with self._lock:
-            self._in_flight -= 1
-            self._admit()
-
-    def _withdraw(self, waiter: _Waiter) -> None:
-        with self._lock:
-            if waiter.granted:
-                # The slot reached us as we were cancelled: pass it on.
-                self._in_flight -= 1
-                self._admit()
-            else:
-                self._waiters.remove(waiter)
-
-    def _admit(self) -> None:
-        while self._waiters and self._in_flight < self.limit:
-            waiter = self._waiters.popleft()
-            waiter.granted = True
-            try:
-                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
-            except RuntimeError:
-                continue  # that waiter's loop is closed; nobody waits there
-            self._in_flight += 1
 
     # -- the signals -----------------------------------------------------------------
 
@@ -256,8 +188,3 @@ class AdaptiveConcurrency:
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -69,6 +69,18 @@ class Timeouts:
         self.total = total
 
 
+class _Held:
+    """What one attempt holds until its answer is read or abandoned."""
+
+    __slots__ = ("reservation", "entry", "response", "released")
+
+    def __init__(self, reservation: Any) -> None:
+        self.reservation = reservation
+        self.entry: Any = None
+        self.response: aiohttp.ClientResponse | None = None
+        self.released = False
+
+
 class _Retry(Exception):
     """One attempt failed in a way worth another try (never escapes this module)."""
 
@@ -162,52 +174,44 @@ class Exchange:
         return held
 
     async def _open_once(self) -> _SSEStream:
-        backend, fold = self._backend, self._fold
-        held = await self._take_slot()
-        entry = None
-        response = None
-        try:
-            entry = await backend.loop_client()
-            await backend.prepare(entry, self._body, fold)
-            backend.ask_usage(self._body)
-            entry.acquire()
-            started = asyncio.get_running_loop().time()
-            async with self._first_token_scope(started) as scope:
-                try:
-                    response = await backend.send(entry.client, self._body, fold.where)
-                    decoder = SSEDecoder()
-                    first = await _first_content(response, decoder, fold)
-                except TimeoutError:
-                    if scope.expired():
-                        raise
-                    self._classify_and_raise()
-                except MotioError as exc:
-                    self._classify_motio(exc)
-                except Exception:
-                    self._classify_and_raise()
-        except TimeoutError as exc:
-            self._release_attempt(held, entry, response)
-            raise self._expired(started) from exc
-        except BaseException:
-            self._release_attempt(held, entry, response)
-            raise
-        backend.concurrency_sample(asyncio.get_running_loop().time() - started)
-        return _SSEStream(response, decoder, fold, first, held, entry, self)
+        decoder = SSEDecoder()
+
+        async def first_content(response: aiohttp.ClientResponse) -> str | None:
+            return await _first_content(response, decoder, self._fold)
+
+        held, first = await self._attempt(first_content, stream=True)
+        return _SSEStream(held, decoder, self._fold, first, self)
 
     async def _complete_once(self) -> str:
+        fold = self._fold
+
+        async def whole_text(response: aiohttp.ClientResponse) -> str:
+            return fold.process_whole(await _read_body(response, self._timeouts.chunk, fold.where))
+
+        held, text = await self._attempt(whole_text, stream=False)
+        self._release(held, settle=True)
+        return text
+
+    async def _attempt(
+        self, read: Callable[[aiohttp.ClientResponse], Awaitable[R]], *, stream: bool
+    ) -> tuple[_Held, R]:
+        """One request: a slot, the POST, and ``read`` of its answer up to the
+        first content, under the first-token and total limits. Failures come
+        out classified: ``_Retry`` for what another attempt may cure."""
         backend, fold = self._backend, self._fold
-        held = await self._take_slot()
-        entry = None
-        response = None
+        held = _Held(await self._take_slot())
+        started = asyncio.get_running_loop().time()
         try:
-            entry = await backend.loop_client()
+            held.entry = entry = await backend.loop_client()
             await backend.prepare(entry, self._body, fold)
+            if stream:
+                backend.ask_usage(self._body)
             entry.acquire()
             started = asyncio.get_running_loop().time()
             async with self._first_token_scope(started) as scope:
                 try:
-                    response = await backend.send(entry.client, self._body, fold.where)
-                    text = fold.process_whole(await _read_body(response, self._timeouts.chunk, fold.where))
+                    held.response = await backend.send(entry.client, self._body, fold.where)
+                    result = await read(held.response)
                 except TimeoutError:
                     if scope.expired():
                         raise
@@ -217,25 +221,29 @@ class Exchange:
                 except Exception:
                     self._classify_and_raise()
         except TimeoutError as exc:
-            self._release_attempt(held, entry, response)
+            self._release(held)
             raise self._expired(started) from exc
         except BaseException:
-            self._release_attempt(held, entry, response)
+            self._release(held)
             raise
         backend.concurrency_sample(asyncio.get_running_loop().time() - started)
-        self._release_attempt(held, entry, response, settle=True)
-        return text
+        return held, result
 
-    def _release_attempt(
-        self, held: Any, entry: Any, response: aiohttp.ClientResponse | None, *, settle: bool = False
-    ) -> None:
-        if response is not None:
-            # Read to the end, the connection went back to the pool already;
-            # otherwise this drops it, and the server sees the client leave.
-            response.close()
-        if entry is not None:
-            entry.release()
-        self._backend.give_slot(held, self._fold.meta.usage if settle else None)
+    def _release(self, held: _Held, *, settle: bool = False, keep_connection: bool = False) -> None:
+        """Give back what an attempt held (idempotent)."""
+        if held.released:
+            return
+        held.released = True
+        if held.response is not None:
+            if keep_connection:
+                held.response.release()  # read to its end: the connection serves the next request
+            else:
+                # Read to the end, the connection went back to the pool already;
+                # otherwise this drops it, and the server sees the client leave.
+                held.response.close()
+        if held.entry is not None:
+            held.entry.release()
+        self._backend.give_slot(held.reservation, self._fold.meta.usage if settle else None)
 
     # -- classification ----------------------------------------------------------
 
@@ -317,27 +325,18 @@ class _SSEStream:
     client leave); reading it to the end returns the connection to the pool.
     """
 
-    __slots__ = ("_response", "_read", "_decoder", "_fold", "_first", "_held", "_entry", "_exchange", "_open")
+    __slots__ = ("_held", "_read", "_decoder", "_fold", "_first", "_exchange")
 
     def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        decoder: SSEDecoder,
-        fold: _ChatFold,
-        first: str | None,
-        held: Any,
-        entry: Any,
-        exchange: Exchange,
+        self, held: _Held, decoder: SSEDecoder, fold: _ChatFold, first: str | None, exchange: Exchange
     ) -> None:
-        self._response = response
-        self._read = response.content.readany
+        assert held.response is not None
+        self._held = held
+        self._read = held.response.content.readany
         self._decoder = decoder
         self._fold = fold
         self._first = first
-        self._held = held
-        self._entry = entry
         self._exchange = exchange
-        self._open = True
 
     def __aiter__(self) -> _SSEStream:
         return self
@@ -348,7 +347,7 @@ class _SSEStream:
             self._first = None
             return first
         fold = self._fold
-        while self._open:
+        while not self._held.released:
             try:
                 raw = await self._next_read()
             except Exception as exc:
@@ -357,7 +356,8 @@ class _SSEStream:
             if not raw:
                 block = self._decoder.flush()
                 text = fold.process_events(block) if block else None
-                self._finish()
+                # Read to its end: keep the connection for the next request.
+                self._exchange._release(self._held, settle=True, keep_connection=True)
                 if text:
                     return text
                 break
@@ -408,21 +408,9 @@ class _SSEStream:
             f"{where.describe()}: {error}", timeout=error.timeout or 0.0, chunks=error.chunks, **where.fields()
         )
 
-    def _finish(self) -> None:
-        """The answer was read to its end: keep the connection for the next request."""
-        self._open = False
-        self._response.release()
-        self._entry.release()
-        self._exchange._backend.give_slot(self._held, self._fold.meta.usage)
-
     async def aclose(self) -> None:
         """Stop early: drop the connection and give the slot back. Idempotent."""
-        if not self._open:
-            return
-        self._open = False
-        self._response.close()
-        self._entry.release()
-        self._exchange._backend.give_slot(self._held, None)
+        self._exchange._release(self._held)
 
 
 async def _first_content(response: aiohttp.ClientResponse, decoder: SSEDecoder, fold: _ChatFold) -> str | None:
