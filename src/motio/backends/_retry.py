@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import random as _random
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +50,8 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # only for the rare HTTP-date form; it costs an import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
