@@ -323,7 +323,9 @@ class _Pool:
         # rerun to pick up. Raising here (before the write) is what keeps it so.
         if isinstance(error, AuthenticationError):
             raise self._aborted(error)
-        if isinstance(error, (BackendConnectionError, StreamError, BackendTimeoutError)):
+        # Only a server can vanish; the embedded model's failures are its prompts'.
+        remote = getattr(self._backend, "base_url", None) is not None
+        if remote and isinstance(error, (BackendConnectionError, StreamError, BackendTimeoutError)):
             try:
                 await asyncio.wait_for(self._backend.check(), _CHECK_TIMEOUT)
             except (MotioError, TimeoutError) as exc:
