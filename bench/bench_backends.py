@@ -39,7 +39,6 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = [(1, 20_000), (500, 200), (2_000, 50), (5_000, 20)]  # (streams, chunks per stream)

@@ -23,7 +23,6 @@ rate limiter and the retry policy.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import threading
