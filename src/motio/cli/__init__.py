@@ -20,7 +20,11 @@ an import above it (a traceback and death by signal).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+# Not `from typing import TYPE_CHECKING` nor even collections.abc at run
+# time: an import above main's try is a window where Ctrl-C ends in a traceback.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 

@@ -9,8 +9,9 @@ Durability model:
   milliseconds, so it runs at most once per ``sync_interval`` and on close
   rather than once per line.
 - Whatever a crash does leave behind, a torn last line (a fragment that is
-  not JSON) is cut off when the file is opened again, so appending after it
-  keeps the file valid JSONL.
+  not JSON and begins the way every result line begins, or the NUL bytes a
+  power loss leaves) is cut off when the file is opened again, so appending
+  after it keeps the file valid JSONL.
 - Nothing is changed in a file motio cannot recognise as its own: every line
   must be a result (a JSON object with ``id``, ``output`` and ``error``),
   bar a torn last fragment. A prompts file given to ``-o`` by mistake, or
@@ -40,6 +41,10 @@ __all__ = ["NotAResultsFile", "ResultsFile", "ResultsFileLocked", "ResumeState",
 
 # What build_result writes on every line; a line without them is not ours.
 _RESULT_KEYS = ("id", "output", "error")
+# How every line encode_line writes begins ("id" is build_result's first key).
+# A last fragment that does not begin so was not cut short by motio: a user's
+# one-line note without its newline must be refused, not "repaired" to nothing.
+_RESULT_START = b'{"id"'
 
 
 class ResultsFileLocked(Exception):
@@ -98,6 +103,7 @@ class ResultsFile:
         self._sync_interval = sync_interval
         self._last_sync = time.monotonic()
         self._dirty = False
+        self._created = False
 
     @classmethod
     def open(cls, path: str | Path, *, sync_interval: float = 1.0) -> ResultsFile:
@@ -108,6 +114,7 @@ class ResultsFile:
             OSError: the file cannot be created, read or written.
         """
         path = Path(path)
+        created = not path.exists()
         fd = _open_locked(path)
         try:
             state = inspect_results(path)
@@ -115,7 +122,9 @@ class ResultsFile:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, state, sync_interval)
+        results = cls(path, fd, state, sync_interval)
+        results._created = created
+        return results
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one result line; it survives a crash of this process on return."""
@@ -160,14 +169,28 @@ class ResultsFile:
         return dropped
 
     def close(self) -> None:
-        """Sync and release the file (and its lock). Idempotent."""
+        """Sync and release the file (and its lock). Idempotent.
+
+        A file this object created and nothing was written to is removed: a run
+        stopped before its first answer (Ctrl-C, a server gone) leaves no trace.
+        """
         if self._fd < 0:
             return
         try:
             self.sync()
+            self._remove_if_unused()
         finally:
             os.close(self._fd)
             self._fd = -1
+
+
+    def _remove_if_unused(self) -> None:
+        # Still holding the lock, and only if the path is still this very file
+        # (not renamed over, not reached through a symlink), still empty.
+        if not self._created or self.path.is_symlink() or not _same_file(self._fd, self.path):
+            return
+        if os.fstat(self._fd).st_size == 0:
+            self.path.unlink(missing_ok=True)
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
@@ -214,7 +237,8 @@ def inspect_results(path: str | Path) -> ResumeState:
 
     Raises:
         NotAResultsFile: a line that is not a result (only a torn last
-            fragment, one that is not JSON at all, is allowed).
+            fragment is allowed: not JSON, no newline, and either the start
+            of a result line or NUL bytes).
         OSError: the file cannot be read.
     """
     path = Path(path)
@@ -236,7 +260,7 @@ def inspect_results(path: str | Path) -> ResumeState:
 def _classify(path: Path, number: int, raw: bytes, complete: bool, offset: int, state: ResumeState) -> None:
     obj = _parse_json(raw)
     if obj is _NOT_JSON:
-        if complete:
+        if complete or not _torn_fragment(raw):
             raise NotAResultsFile(path, number, "not JSON")
         state.tail, state.torn_bytes = (offset, False), len(raw)  # a write cut short by a crash
         return
@@ -248,6 +272,16 @@ def _classify(path: Path, number: int, raw: bytes, complete: bool, offset: int, 
 
 
 _NOT_JSON = object()
+
+
+def _torn_fragment(raw: bytes) -> bool:
+    """Whether a last line (no newline, not JSON) can be a result write cut short.
+
+    Either a prefix of a result line, longer or shorter than its first key, or
+    what a power loss leaves: the file grew but its last block stayed NUL bytes.
+    """
+    head = raw.rstrip(b"\0")
+    return head.startswith(_RESULT_START) or _RESULT_START.startswith(head)
 
 
 def _parse_json(raw: bytes) -> Any:

@@ -178,7 +178,9 @@ class _Run:
             progress = make_progress(self.stats, quiet=self.args.quiet)
             progress.start()
             try:
-                pool = _Pool(backend, self.args, self.results, self.stats, progress)
+                # Only a server can vanish; the embedded model's failures are its prompts'.
+                remote = self.spec.kind == "openai"
+                pool = _Pool(backend, self.args, self.results, self.stats, progress, remote=remote)
                 await pool.run(self.prompts, self.spec.workers)
             finally:
                 progress.stop()
@@ -268,8 +270,11 @@ class _Pool:
         results: ResultsFile,
         stats: RunStats,
         progress: Progress,
+        *,
+        remote: bool,
     ) -> None:
         self._backend = backend
+        self._remote = remote
         self._args = args
         self._results = results
         self._stats = stats
@@ -323,9 +328,7 @@ class _Pool:
         # rerun to pick up. Raising here (before the write) is what keeps it so.
         if isinstance(error, AuthenticationError):
             raise self._aborted(error)
-        # Only a server can vanish; the embedded model's failures are its prompts'.
-        remote = getattr(self._backend, "base_url", None) is not None
-        if remote and isinstance(error, (BackendConnectionError, StreamError, BackendTimeoutError)):
+        if self._remote and isinstance(error, (BackendConnectionError, StreamError, BackendTimeoutError)):
             try:
                 await asyncio.wait_for(self._backend.check(), _CHECK_TIMEOUT)
             except (MotioError, TimeoutError) as exc:
