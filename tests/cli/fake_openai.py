@@ -18,6 +18,8 @@ Behaviours for tests:
   more than ``batch`` in flight.
 - ``hang_from``: requests from this index on (0-based, in arrival order)
   stream one chunk, then stall until the client disconnects.
+- ``hold_from``: requests from this index on stream one chunk, then wait
+  until ``release()`` (a test can change the server between the two).
 - ``fail_marker``: a prompt containing it gets HTTP 500 while ``failing``.
 - ``api_key``: require ``Authorization: Bearer <api_key>``.
 """
@@ -45,11 +47,14 @@ class FakeOpenAIServer:
         *,
         batch: int | None = None,
         hang_from: int | None = None,
+        hold_from: int | None = None,
         fail_marker: str | None = None,
         api_key: str | None = None,
     ) -> None:
         self.batch = batch
         self.hang_from = hang_from
+        self.hold_from = hold_from
+        self._released = False
         self.fail_marker = fail_marker
         self.failing = True
         self.api_key = api_key
@@ -101,6 +106,12 @@ class FakeOpenAIServer:
                 except OSError:
                     pass
 
+    def release(self) -> None:
+        """Let the streams held by ``hold_from`` finish."""
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
     def wait_for(self, predicate: Any, timeout: float) -> bool:
         """Wait until ``predicate(self)`` holds; False if ``timeout`` passes first."""
         with self._cond:
@@ -126,6 +137,12 @@ class FakeOpenAIServer:
         with self._cond:
             # The deadline only matters for a last round smaller than batch.
             self._cond.wait_for(lambda: index < self._released_below, timeout=5.0)
+
+    def _wait_release(self, index: int) -> None:
+        if self.hold_from is None or index < self.hold_from:
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: self._released, timeout=_MAX_WAIT)
 
     def _leave(self, *, completed: bool) -> None:
         with self._cond:
@@ -187,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._event(_chunk({"role": "assistant", "content": pieces[0]}))
         self.fake._wait_turn(index)
+        self.fake._wait_release(index)
         if self.fake.hang_from is not None and index >= self.fake.hang_from:
             self._wait_for_disconnect()
             self.fake._leave(completed=False)

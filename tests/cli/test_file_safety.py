@@ -60,6 +60,39 @@ def test_swapped_arguments_leave_the_prompts_file_untouched(tmp_path: Path) -> N
     assert done.stderr.count("\n") == 1 and digest(precious) == before
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"remember the milk",  # a note saved without its newline: not a torn result
+        b'{"id": "q1", "prompt": "one prompt, as editors save it"}',
+        json.dumps({"id": "p0", "output": "x", "error": None}).encode() + b"\n" + b"a line typed by hand\n",
+    ],
+    ids=["one-line-note", "one-prompt-line", "results-then-a-note"],
+)
+def test_a_file_that_is_not_a_results_file_is_refused_byte_for_byte(tmp_path: Path, content: bytes) -> None:
+    prompts, foreign = write_prompts(tmp_path / "p.jsonl", 2), tmp_path / "notes.txt"
+    foreign.write_bytes(content)
+    before = digest(foreign)
+    with FakeOpenAIServer() as server:
+        done = run_motio("run", prompts, "-o", foreign, "--base-url", server.base_url)
+        assert server.snapshot()["requests"] == 0
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "not a motio results file" in done.stderr
+    assert str(foreign) in done.stderr and "line " in done.stderr
+    assert digest(foreign) == before
+
+
+def test_a_torn_last_result_is_repaired_and_the_rerun_completes(tmp_path: Path) -> None:
+    prompts, out = write_prompts(tmp_path / "p.jsonl", 3), tmp_path / "out.jsonl"
+    out.write_bytes(json.dumps({"id": "p0", "output": "x", "error": None}).encode() + b'\n{"id": "p1", "outp')
+    with FakeOpenAIServer() as server:
+        done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
+        assert server.snapshot()["requests"] == 2
+    assert done.returncode == 0, done.stderr
+    assert "cut off a torn last line" in done.stderr
+    assert sorted(ids_of(complete_lines(out))) == ["p0", "p1", "p2"] and out.read_bytes().endswith(b"\n")
+
+
 @pytest.mark.parametrize("how", ["hardlink", "symlink", "dot-path"])
 def test_output_that_is_the_input_by_any_name_is_refused(tmp_path: Path, how: str) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", 3)
@@ -132,6 +165,33 @@ def test_a_server_dying_mid_run_records_only_what_was_answered_and_the_rerun_fin
     lines = complete_lines(out)
     assert sorted(ids_of(lines)) == sorted(f"p{i}" for i in range(40))  # each exactly once
     assert all(line["error"] is None for line in lines)
+
+
+def test_a_server_dying_before_any_answer_leaves_no_results_file(tmp_path: Path) -> None:
+    prompts, out = write_prompts(tmp_path / "p.jsonl", 5), tmp_path / "out.jsonl"
+    with FakeOpenAIServer(hang_from=0) as server:
+        run = start_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
+        assert server.wait_for(lambda s: s.requests == 2, EVENT_TIMEOUT)
+        server.crash()
+        code, _, err = finish(run, timeout=EVENT_TIMEOUT)
+    assert code == 3, err
+    assert "run the same command again to resume" in err and not out.exists()
+    with FakeOpenAIServer() as server:
+        again = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
+    assert again.returncode == 0, again.stderr
+    assert sorted(ids_of(complete_lines(out))) == [f"p{i}" for i in range(5)]
+
+
+def test_ctrl_c_before_any_answer_leaves_no_results_file(tmp_path: Path) -> None:
+    prompts, out = write_prompts(tmp_path / "p.jsonl", 5), tmp_path / "out.jsonl"
+    with FakeOpenAIServer(hang_from=0) as server:
+        run = start_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
+        assert server.wait_for(lambda s: s.requests == 2, EVENT_TIMEOUT)
+        run.send_signal(signal.SIGINT)
+        code, _, err = finish(run, timeout=EVENT_TIMEOUT)
+    assert code == 130, err
+    assert_clean(err)
+    assert not out.exists()
 
 
 # -- 4: a server that accepts and never answers --------------------------------------
@@ -262,8 +322,18 @@ def _sigint_handled(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
 
 
+# `python -m motio`, and what the `motio` console script runs.
+_ENTRY_POINTS = {
+    "module": ["-m", "motio"],
+    "console-script": ["-c", "import sys; from motio.cli import main; sys.exit(main())"],
+}
+
+
+@pytest.mark.parametrize("entry", list(_ENTRY_POINTS))
+# Not earlier than 30 ms: before that the interrupt lands in CPython's own
+# start-up (site, the warnings filters), which reports it and carries on.
 @pytest.mark.parametrize("delay", [0.03, 0.06, 0.1, 0.2, 0.4])
-def test_ctrl_c_during_start_up_is_exit_130_without_traceback(tmp_path: Path, delay: float) -> None:
+def test_ctrl_c_during_start_up_is_exit_130_without_traceback(tmp_path: Path, delay: float, entry: str) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 3), tmp_path / "out.jsonl"
     env = motio_env()
     # An interrupt inside CPython's own import machinery can leave the .py
@@ -272,7 +342,7 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback(tmp_path: Path, de
     # here; every other warning still is.
     env["PYTHONWARNINGS"] += ",ignore::ResourceWarning"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "motio", "run", str(prompts), "-o", str(out), "--backend", "llamacpp"],
+        [sys.executable, *_ENTRY_POINTS[entry], "run", str(prompts), "-o", str(out), "--backend", "llamacpp"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -289,3 +359,4 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback(tmp_path: Path, de
     assert code == 130, err
     assert "Traceback" not in err and "0 of 0" not in err
     assert_clean(err)
+    assert not out.exists()

@@ -171,13 +171,38 @@ def test_server_dying_mid_run_stops_the_run_instead_of_failing_every_prompt(
         code, _, err = finish(proc, timeout=EVENT_TIMEOUT)
     assert code == 3, err
     assert_clean(err)
-    assert "new results saved in" in err and "run the same command again to resume" in err
+    assert "2 new results saved in" in err and "run the same command again to resume" in err
     lines = complete_lines(out)
-    # The two streams cut by the crash are that prompt's failures (retryable);
-    # nothing else was attempted against the dead server.
-    assert [line["error"] is None for line in lines].count(True) == 2
-    assert len(lines) <= 4
-    assert {line["error"]["type"] for line in lines if line["error"]} <= {"StreamError"}
+    # Only what was answered is recorded: the two streams the crash cut were
+    # abandoned, not failed, so they get no line and the rerun runs them.
+    assert sorted(ids_of(lines)) == ["p0", "p1"]
+    assert all(line["error"] is None for line in lines)
+    with FakeOpenAIServer() as server:
+        again = run_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
+        assert again.returncode == 0, again.stderr
+        assert server.snapshot()["requests"] == 28
+    assert sorted(ids_of(complete_lines(out))) == sorted(f"p{i}" for i in range(30))  # each once
+
+
+def test_a_key_revoked_mid_run_stops_the_run_and_records_only_answers(tmp_path: Path) -> None:
+    prompts, out = write_prompts(tmp_path / "p.jsonl", 10), tmp_path / "out.jsonl"
+    args = ("run", prompts, "-o", out, "-c", "2", "--api-key-env", "MY_KEY", "--max-retries", "0")
+    with FakeOpenAIServer(api_key="old-key", hold_from=2) as server:
+        proc = start_motio(*args, "--base-url", server.base_url, env=motio_env(MY_KEY="old-key"))
+        assert server.wait_for(lambda s: s.requests == 4, EVENT_TIMEOUT)  # p2, p3 held
+        server.api_key = "new-key"  # revoked: every later request gets 401
+        server.release()
+        code, _, err = finish(proc, timeout=EVENT_TIMEOUT)
+    assert code == 3, err
+    assert_clean(err)
+    assert "run the same command again to resume" in err
+    lines = complete_lines(out)
+    assert sorted(ids_of(lines)) == ["p0", "p1", "p2", "p3"]  # answered; the 401s are not results
+    assert all(line["error"] is None for line in lines)
+    with FakeOpenAIServer(api_key="new-key") as server:
+        again = run_motio(*args, "--base-url", server.base_url, env=motio_env(MY_KEY="new-key"))
+        assert again.returncode == 0, again.stderr
+    assert sorted(ids_of(complete_lines(out))) == sorted(f"p{i}" for i in range(10))  # each once
 
 
 def test_unreachable_server_fails_fast_with_one_line(tmp_path: Path) -> None:
