@@ -22,17 +22,27 @@ _RUN_EPILOG = """\
 input lines:
   {"id": "q1", "prompt": "Why is the sky blue?"}
   {"id": "q2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64}
-  "id" defaults to "line-N" (N the line number); give explicit ids if the
-  file may change between runs, since default ids follow the line numbers.
+  "id" defaults to "line-N" (N the line number), which never collides with
+  an integer id; an explicit "line-N" on another line is a duplicate (the
+  later line is reported and skipped). Edited between runs, a file keeps its
+  explicit ids, but default ids follow the line numbers (inserting a line
+  shifts them): give explicit ids if the file may change.
 
 output lines (one per prompt, written as each finishes):
-  id, output, finish_reason, usage, ttfb_ms, latency_ms, model, retries,
+  id, output, finish_reason, usage, ttfb_ms, queued_ms, latency_ms, model, retries,
   error (and partial_output when a stream broke after some text)
 
-Running the same command again resumes: ids with a result in OUT are
-skipped; prompts that were in flight when a run stopped (Ctrl-C, kill, a
-server gone) run again; failed ones only with --retry-errors. OUT must be
-motio's own results file: any other file is refused and left untouched.
+Running the same command again resumes: ids with a successful result in
+OUT are skipped; prompts never answered (not reached, or in flight when a
+run stopped: Ctrl-C, kill, a server gone, a key refused) run again; failed
+ones only with --retry-errors. A run stopped by a whole-run failure records
+only what was answered. OUT must be motio's own results file (every line a
+result): any other file, or the prompts file by any name, is refused and
+left untouched. OUT is created only once the backend answered.
+
+environment:
+  MOTIO_STARTUP_TIMEOUT  seconds a server may take to answer the start-up
+                         check (default: 10); then exit 3
 
 exit status: 0 all prompts succeeded; 1 some prompts failed or input lines
 were bad (the others ran); 2 bad command line or path; 3 backend unreachable,
