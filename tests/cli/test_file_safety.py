@@ -43,7 +43,9 @@ def digest(path: Path) -> str:
 
 
 def prompts_without_final_newline(path: Path) -> Path:
-    path.write_text('{"id": "q1", "prompt": "first"}\n{"id": "q2", "prompt": "the last line, as editors save it"}')
+    path.write_text(
+        '{"id": "q1", "prompt": "first"}\n{"id": "q2", "prompt": "the last line, as editors save it"}'
+    )
     return path
 
 
@@ -235,7 +237,9 @@ def silent() -> Iterator[SilentServer]:
     server.listener.close()
 
 
-def test_a_silent_server_fails_the_start_up_check_fast_with_exit_3(tmp_path: Path, silent: SilentServer) -> None:
+def test_a_silent_server_fails_the_start_up_check_fast_with_exit_3(
+    tmp_path: Path, silent: SilentServer
+) -> None:
     silent_server = silent.url
     prompts, out = write_prompts(tmp_path / "p.jsonl", 2), tmp_path / "out.jsonl"
     started = time.monotonic()
@@ -263,7 +267,9 @@ def test_ctrl_c_while_waiting_for_a_silent_server_is_exit_130(tmp_path: Path, si
 
 def test_default_ids_never_collide_with_explicit_ones(tmp_path: Path) -> None:
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(f'{{"id": {i}, "prompt": "n{i}"}}\n' for i in range(1, 5)) + '{"prompt": "x"}\n')
+    prompts.write_text(
+        "".join(f'{{"id": {i}, "prompt": "n{i}"}}\n' for i in range(1, 5)) + '{"prompt": "x"}\n'
+    )
     out = tmp_path / "out.jsonl"
     with FakeOpenAIServer() as server:
         done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
@@ -333,7 +339,9 @@ _ENTRY_POINTS = {
 # Not earlier than 30 ms: before that the interrupt lands in CPython's own
 # start-up (site, the warnings filters), which reports it and carries on.
 @pytest.mark.parametrize("delay", [0.03, 0.06, 0.1, 0.2, 0.4])
-def test_ctrl_c_during_start_up_is_exit_130_without_traceback(tmp_path: Path, delay: float, entry: str) -> None:
+def test_ctrl_c_during_start_up_is_exit_130_without_traceback(
+    tmp_path: Path, delay: float, entry: str
+) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 3), tmp_path / "out.jsonl"
     env = motio_env()
     # An interrupt inside CPython's own import machinery can leave the .py

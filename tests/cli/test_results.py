@@ -140,7 +140,9 @@ def test_complete_last_result_missing_its_newline_is_kept(tmp_path: Path) -> Non
         "torn-prompt",
     ],
 )
-def test_a_file_that_is_not_ours_is_refused_and_left_untouched(tmp_path: Path, content: bytes, line: int) -> None:
+def test_a_file_that_is_not_ours_is_refused_and_left_untouched(
+    tmp_path: Path, content: bytes, line: int
+) -> None:
     path = tmp_path / "out.jsonl"
     path.write_bytes(content)
     with pytest.raises(NotAResultsFile, match=f"line {line}") as caught:

@@ -142,7 +142,9 @@ def startup_timeout() -> float:
     try:
         value = float(text) if text else STARTUP_TIMEOUT
     except ValueError:
-        raise CliError(f"MOTIO_STARTUP_TIMEOUT must be a number of seconds, got {text!r}", EXIT_USAGE) from None
+        raise CliError(
+            f"MOTIO_STARTUP_TIMEOUT must be a number of seconds, got {text!r}", EXIT_USAGE
+        ) from None
     return value if value > 0 else STARTUP_TIMEOUT
 
 

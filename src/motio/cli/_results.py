@@ -183,7 +183,6 @@ class ResultsFile:
             os.close(self._fd)
             self._fd = -1
 
-
     def _remove_if_unused(self) -> None:
         # Still holding the lock, and only if the path is still this very file
         # (not renamed over, not reached through a symlink), still empty.
