@@ -277,6 +277,30 @@ def test_default_ids_never_collide_with_explicit_ones(tmp_path: Path) -> None:
     assert sorted(map(str, ids_of(complete_lines(out)))) == ["1", "2", "3", "4", "line-5"]
 
 
+def test_an_explicit_id_spelled_like_a_default_is_reported_on_the_later_line(tmp_path: Path) -> None:
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text('{"id": "line-2", "prompt": "a"}\n{"prompt": "b"}\n')
+    with FakeOpenAIServer() as server:
+        done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
+    assert done.returncode == 1, done.stderr
+    assert f'{prompts}:2: duplicate id "line-2" (first used on line 1)' in done.stderr
+    assert [(line["id"], line["output"]) for line in complete_lines(out)] == [("line-2", "echo: a")]
+
+
+def test_editing_the_prompts_file_between_runs_keeps_explicit_ids_stable(tmp_path: Path) -> None:
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "alpha"}\n{"prompt": "gamma"}\n')
+    with FakeOpenAIServer() as server:
+        assert run_motio("run", prompts, "-o", out, "--base-url", server.base_url).returncode == 0
+        # A line inserted on top: "a" is still done; the line without id moves
+        # from line 2 to line 3, so its default id changes and it runs again.
+        prompts.write_text('{"id": "new", "prompt": "beta"}\n' + prompts.read_text())
+        again = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
+        assert again.returncode == 0, again.stderr
+        assert sorted(server.prompts) == ["alpha", "beta", "gamma", "gamma"]
+    assert sorted(ids_of(complete_lines(out))) == ["a", "line-2", "line-3", "new"]
+
+
 # -- 6, 8: nothing to do, nothing written ---------------------------------------------
 
 

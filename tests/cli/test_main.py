@@ -117,3 +117,19 @@ def test_import_motio_loads_neither_the_cli_nor_rich() -> None:
     code = "import sys, motio; assert not [m for m in sys.modules if m.startswith(('motio.cli', 'rich'))]"
     done = subprocess.run([sys.executable, "-c", code], env=motio_env(), timeout=60, check=False)
     assert done.returncode == 0
+
+
+def test_the_start_up_check_limit_is_10_s_unless_the_environment_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from motio.cli._backend import STARTUP_TIMEOUT, startup_timeout
+    from motio.cli._errors import EXIT_USAGE, CliError
+
+    monkeypatch.delenv("MOTIO_STARTUP_TIMEOUT", raising=False)
+    assert STARTUP_TIMEOUT == startup_timeout() == 10
+    monkeypatch.setenv("MOTIO_STARTUP_TIMEOUT", "1.5")
+    assert startup_timeout() == 1.5
+    monkeypatch.setenv("MOTIO_STARTUP_TIMEOUT", "soon")
+    with pytest.raises(CliError, match="MOTIO_STARTUP_TIMEOUT") as caught:
+        startup_timeout()
+    assert caught.value.exit_code == EXIT_USAGE
