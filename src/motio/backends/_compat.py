@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-__all__ = ["close_connector_without_loop", "idle_connections"]
+__all__ = ["close_connector_without_loop"]
 
 
 def close_connector_without_loop(connector: Any) -> None:
@@ -32,13 +32,6 @@ def close_connector_without_loop(connector: Any) -> None:
             _close_transport_socket(protocol.transport)
     connector._conns.clear()
     connector._closed = True
-
-
-def idle_connections(connector: Any) -> int:
-    """How many idle connections ``connector`` keeps alive for reuse."""
-    if connector is None or connector.closed:
-        return 0
-    return sum(len(pooled) for pooled in connector._conns.values())
 
 
 def _close_transport_socket(transport: asyncio.BaseTransport | None) -> None:

@@ -127,9 +127,6 @@ class HTTPClient:
             url = self._urls[path] = yarl.URL(self.base_url + path)
         return url
 
-    def loads(self, data: bytes) -> Any:
-        return self._loads(data)
-
     async def close(self) -> None:
         """Close the session and its connections (on its own, running loop)."""
         await self._session.close()
@@ -142,12 +139,6 @@ class HTTPClient:
         from ._compat import close_connector_without_loop
 
         close_connector_without_loop(self._session.connector)
-
-    def open_connections(self) -> int:
-        """Connections kept alive and idle in the pool (for tests and diagnostics)."""
-        from ._compat import idle_connections
-
-        return idle_connections(self._session.connector)
 
 
 async def _status_error(response: aiohttp.ClientResponse, where: Where) -> Exception:
