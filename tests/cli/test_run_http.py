@@ -174,8 +174,10 @@ def test_server_dying_mid_run_stops_the_run_instead_of_failing_every_prompt(
     assert "2 new results saved in" in err and "run the same command again to resume" in err
     lines = complete_lines(out)
     # Only what was answered is recorded: the two streams the crash cut were
-    # abandoned, not failed, so they get no line and the rerun runs them.
-    assert sorted(ids_of(lines)) == ["p0", "p1"]
+    # abandoned, not failed, so they get no line and the rerun runs them. The
+    # server hangs by arrival order, which is not prompt order (p0's connection
+    # may reach it after p2's), so which two were answered is not fixed.
+    assert len(lines) == 2 and set(ids_of(lines)) <= {"p0", "p1", "p2", "p3"}
     assert all(line["error"] is None for line in lines)
     with FakeOpenAIServer() as server:
         again = run_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
