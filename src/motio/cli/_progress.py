@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Protocol
 
-from ._stats import RunStats
+from ..batch import RunStats
 
 __all__ = ["Progress", "make_progress"]
 

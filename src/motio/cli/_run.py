@@ -8,8 +8,8 @@ Flow, ordered so that nothing is written before it must be:
    file, or one with nothing left to run, stops here (no model is loaded);
 4. open and check the backend (a server's check is bounded in time);
 5. only now lock, create or repair the results file;
-6. stream the prompts a second time through a fixed pool of workers. Only
-   that many tasks ever exist, however long the file.
+6. stream the prompts a second time through the batch engine
+   (``motio.batch``), which keeps a fixed number of them in flight.
 
 A whole-run failure (the server gone, the key refused) stops the run and
 records nothing for the prompts it abandoned: they were not answered, so the
@@ -26,14 +26,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._exceptions import (
-    AuthenticationError,
-    BackendConnectionError,
-    BackendTimeoutError,
-    MotioError,
-    StreamError,
+from ..batch import (
+    BatchAborted,
+    Engine,
+    InputProblem,
+    NotAResultsFile,
+    PromptRecord,
+    ResultsFile,
+    ResultsFileLocked,
+    ResumeState,
+    RunStats,
+    format_summary,
+    inspect_results,
+    scan_prompts,
 )
 from ._backend import BackendSpec, generation_options, one_line, open_backend
 from ._errors import (
@@ -44,20 +51,12 @@ from ._errors import (
     EXIT_USAGE,
     CliError,
 )
-from ._inputs import InputProblem, PromptRecord, scan_prompts
 from ._progress import Progress, make_progress
-from ._results import NotAResultsFile, ResultsFile, ResultsFileLocked, ResumeState, inspect_results
-from ._stats import RunStats, format_summary
 
-if TYPE_CHECKING:
-    from ..backends import Backend
-
-__all__ = ["build_result", "run_command"]
+__all__ = ["run_command"]
 
 # Enough bad lines to see the pattern; a broken file must not flood the terminal.
 _MAX_PROBLEMS_SHOWN = 20
-# A mid-run check of a server that may have died: it either answers at once or is gone.
-_CHECK_TIMEOUT = 10.0
 
 
 def run_command(args: Any) -> int:
@@ -180,7 +179,8 @@ class _Run:
             try:
                 # Only a server can vanish; the embedded model's failures are its prompts'.
                 remote = self.spec.kind == "openai"
-                pool = _Pool(backend, self.args, self.results, self.stats, progress, remote=remote)
+                engine = Engine(backend, options=generation_options(self.args), remote=remote)
+                pool = _Pool(engine, self.results, self.stats, progress)
                 await pool.run(self.prompts, self.spec.workers)
             finally:
                 progress.stop()
@@ -261,86 +261,27 @@ def _pending(prompts: Path, state: ResumeState) -> Iterator[PromptRecord]:
 
 
 class _Pool:
-    """A fixed number of workers sharing one lazy iterator of prompts."""
+    """Feeds the pending prompts to the batch engine and writes what it answers."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        args: Any,
-        results: ResultsFile,
-        stats: RunStats,
-        progress: Progress,
-        *,
-        remote: bool,
-    ) -> None:
-        self._backend = backend
-        self._remote = remote
-        self._args = args
+    def __init__(self, engine: Engine, results: ResultsFile, stats: RunStats, progress: Progress) -> None:
+        self._engine = engine
         self._results = results
         self._stats = stats
         self._progress = progress
 
     async def run(self, prompts: Path, concurrency: int) -> None:
-        # One shared synchronous iterator is safe across tasks: next() never
-        # awaits, so no two workers are ever inside it at once.
         pending = _pending(prompts, self._results.state)
-        workers = min(concurrency, self._stats.to_run)
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(workers):
-                    group.create_task(self._work(pending))
-        except* CliError as aborted:
-            # A worker found the whole run unable to go on (the server went
-            # away, the key was revoked, the disk is full, the prompts file
-            # vanished); the task group has cancelled the others already.
-            raise aborted.exceptions[0] from None
-
-    async def _work(self, pending: Iterator[PromptRecord]) -> None:
-        for record in pending:
-            result, attempts = await self._generate(record)
-            self._write(result, attempts)
-
-    async def _generate(self, record: PromptRecord) -> tuple[dict[str, Any], Any]:
-        options = generation_options(self._args, record.options)
-        started = time.perf_counter()
-        mot = None
-        error: Exception | None = None
-        try:
-            mot = await self._backend.generate(record.request, stream=True, **options)
-            await mot.avalue()
-        except Exception as exc:  # noqa: BLE001 - any failure of one prompt is its result
-            error = exc
-        finally:
-            # On Ctrl-C this is what stops the generation at its source (the
-            # HTTP response or the llama.cpp thread) before the loop exits.
-            if mot is not None:
-                await mot.aclose()
-        latency_ms = (time.perf_counter() - started) * 1000
-        if error is not None:
-            await self._abort_if_fatal(error)
-        attempts = None if mot is None else mot.generation.attempts
-        return build_result(record, mot, latency_ms, error), attempts
-
-    async def _abort_if_fatal(self, error: Exception) -> None:
-        # A refused key or a vanished server is not one prompt's failure:
-        # recording it for every remaining prompt would only bury the cause,
-        # and the prompt was not answered, so it must stay unrecorded for the
-        # rerun to pick up. Raising here (before the write) is what keeps it so.
-        if isinstance(error, AuthenticationError):
-            raise self._aborted(error)
-        if self._remote and isinstance(error, (BackendConnectionError, StreamError, BackendTimeoutError)):
-            try:
-                await asyncio.wait_for(self._backend.check(), _CHECK_TIMEOUT)
-            except (MotioError, TimeoutError) as exc:
-                raise self._aborted(exc) from exc
-            # The server answers again: a failure of this prompt alone.
-
-    def _aborted(self, error: BaseException) -> CliError:
-        return CliError(
-            f"{one_line(error)}; {self._results.written} new results saved in "
-            f"{self._results.path}; run the same command again to resume",
-            EXIT_BACKEND,
-        )
+            await self._engine.run(pending, min(concurrency, self._stats.to_run), self._write)
+        except BatchAborted as aborted:
+            # The engine found the whole run unable to go on (the server went
+            # away, the key was revoked) and cancelled the other prompts
+            # unrecorded: the rerun the hint names runs them.
+            raise CliError(
+                f"{one_line(aborted.cause)}; {self._results.written} new results saved in "
+                f"{self._results.path}; run the same command again to resume",
+                EXIT_BACKEND,
+            ) from aborted
 
     def _write(self, result: dict[str, Any], attempts: Any) -> None:
         try:
@@ -348,7 +289,7 @@ class _Pool:
         except OSError as exc:
             raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
         self._stats.record(result, attempts)
-        adaptive = getattr(self._backend, "adaptive_concurrency", None)
+        adaptive = getattr(self._engine.backend, "adaptive_concurrency", None)
         if adaptive is not None:
             self._stats.concurrency = adaptive.limit
         self._progress.update()
@@ -362,35 +303,6 @@ class _Pool:
         self._progress.note(f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}")
         if self._stats.failed == _MAX_PROBLEMS_SHOWN:
             self._progress.note("motio: further failures are not shown; see the results file")
-
-
-def build_result(
-    record: PromptRecord, mot: Any, latency_ms: float, error: BaseException | None
-) -> dict[str, Any]:
-    """The output line for one prompt, from its thunk's metadata."""
-    generation = getattr(mot, "generation", None)
-    usage = getattr(generation, "usage", None)
-    finish_reasons = getattr(generation, "finish_reasons", None) or [None]
-    ttfb = getattr(generation, "ttfb_ms", None)
-    attempts = getattr(generation, "attempts", None)
-    queued = getattr(generation, "queued_ms", None)
-    result = {
-        "id": record.id,
-        "output": mot.value if error is None and mot is not None else None,
-        "finish_reason": finish_reasons[0],
-        "usage": dict(usage) if usage else None,
-        "ttfb_ms": round(ttfb, 1) if ttfb is not None else None,
-        "queued_ms": round(queued, 1) if queued is not None else None,
-        "latency_ms": round(latency_ms, 1),
-        "model": getattr(generation, "model", None),
-        "retries": attempts.retries if attempts is not None else 0,
-        "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
-    }
-    partial = mot.text if error is not None and mot is not None else ""
-    if partial:
-        # A stream that broke after some text: kept, never retried (it could change).
-        result["partial_output"] = partial
-    return result
 
 
 def _print_end(stats: RunStats, quiet: bool) -> None:

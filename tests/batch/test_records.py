@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from motio.cli._inputs import InputProblem, PromptRecord, id_key, parse_line, scan_prompts
+from motio.batch._records import InputProblem, PromptRecord, id_key, parse_line, scan_prompts
 
 
 def write_lines(path: Path, *lines: str | bytes) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from motio.cli._results import NotAResultsFile, ResultsFile, ResultsFileLocked, encode_line
+from motio.batch._results import NotAResultsFile, ResultsFile, ResultsFileLocked, encode_line
 
 
 def ok(id_: object, output: str = "text") -> dict[str, object]:
@@ -198,7 +198,7 @@ def test_lock_is_seen_by_another_process(tmp_path: Path) -> None:
     results = ResultsFile.open(path)
     code = (
         "import sys\n"
-        "from motio.cli._results import ResultsFile, ResultsFileLocked\n"
+        "from motio.batch._results import ResultsFile, ResultsFileLocked\n"
         "try:\n    ResultsFile.open(sys.argv[1])\n"
         "except ResultsFileLocked:\n    sys.exit(7)\n"
     )

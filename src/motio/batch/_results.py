@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._inputs import id_key
+from .._exceptions import MotioError
+from ._records import id_key
 
 try:
     import fcntl
@@ -47,11 +48,11 @@ _RESULT_KEYS = ("id", "output", "error")
 _RESULT_START = b'{"id"'
 
 
-class ResultsFileLocked(Exception):
+class ResultsFileLocked(MotioError):
     """Another process is writing the same results file."""
 
 
-class NotAResultsFile(Exception):
+class NotAResultsFile(MotioError):
     """The file holds lines that are not motio results: it is not ours to change.
 
     Attributes:
