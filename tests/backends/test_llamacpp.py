@@ -13,7 +13,7 @@ import pytest
 from motio import BackendError, ChunkTimeoutError, ConfigurationError, ModelOutputThunk
 from motio._exceptions import BackendChunkTimeoutError, FirstTokenTimeoutError, TotalTimeoutError
 from motio.backends import LlamaCppBackend, create_backend
-from tests.backends.util import arun
+from tests.asyncutil import run
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def test_streaming(backend: LlamaCppBackend) -> None:
         mot = await backend.generate("Name three colours.", **OPTS)
         return [d async for d in mot], mot
 
-    deltas, mot = arun(main())
+    deltas, mot = run(main())
     assert_well_formed(mot, streaming=True)
     assert "".join(deltas) == mot.value and len(deltas) >= 2
 
@@ -103,7 +103,7 @@ def test_concurrent_generations_are_serialised(backend: LlamaCppBackend, probe: 
         await asyncio.gather(*(m.avalue() for m in mots))
         return mots
 
-    mots = arun(main())
+    mots = run(main())
     for mot in mots:
         assert_well_formed(mot, streaming=True)
     assert probe.peak == 1 and probe.calls == 4
@@ -119,7 +119,7 @@ def test_closing_stops_the_worker_within_a_token(backend: LlamaCppBackend, probe
         after = await backend.generate("Say hi.", **OPTS)
         return mot, await after.avalue()
 
-    mot, after = arun(main())
+    mot, after = run(main())
     assert mot.cancelled and mot.error is None and after
     assert len(mot.value or "") < 400 * 8
 
@@ -131,7 +131,7 @@ def test_chunk_timeout_frees_the_model(backend: LlamaCppBackend, probe: Activity
             await mot.avalue()
         return await (await backend.generate("Say hi.", **OPTS)).avalue()
 
-    assert arun(main())
+    assert run(main())
     assert probe.active == 0
 
 
@@ -150,7 +150,7 @@ def test_cancelling_the_consumer_task(backend: LlamaCppBackend, probe: ActivityP
             await task
         return await (await backend.generate("Say hi.", **OPTS)).avalue()
 
-    assert arun(main())
+    assert run(main())
     assert probe.active == 0
 
 
@@ -159,7 +159,7 @@ def test_unknown_option_is_a_type_error(backend: LlamaCppBackend) -> None:
         with pytest.raises(TypeError, match="temprature"):
             await backend.generate("hi", temprature=0.5)
 
-    arun(main())
+    run(main())
 
 
 def test_missing_model_file_fails_the_check(tmp_path: Path) -> None:
@@ -217,7 +217,7 @@ def stall_at(backend: LlamaCppBackend) -> Iterator[Any]:
         staller.restore()
     # The abandoned worker finishes in the background and then hands the model
     # back: wait for that (on the gate, bounded) so the next test finds it.
-    arun(backend._gate.acquire(), timeout=60)
+    run(backend._gate.acquire(), timeout=60)
     backend._gate.release()
 
 
@@ -230,7 +230,7 @@ def timed_failure(backend: LlamaCppBackend, **options: Any) -> tuple[BaseExcepti
             await mot.avalue()
         return caught.value, loop.time() - started
 
-    return arun(main())
+    return run(main())
 
 
 def test_a_stuck_worker_times_out_at_chunk_timeout_not_later(

@@ -11,7 +11,7 @@ import pytest
 
 from motio import ConfigurationError, run_sync
 from motio.backends._ratelimit import RateLimiter, estimate_tokens
-from tests.backends.util import arun
+from tests.asyncutil import run
 
 
 def most_in_any_window(times: list[float], window: float) -> int:
@@ -66,7 +66,7 @@ def test_callers_are_served_in_the_order_they_asked() -> None:
     async def main() -> None:
         await asyncio.gather(*(one(i) for i in range(150)))  # 50 of them wait
 
-    arun(main(), timeout=10)
+    run(main(), timeout=10)
     assert served == list(range(150))
 
 
@@ -78,7 +78,7 @@ def test_no_limits_means_no_waiting() -> None:
             (await limiter.acquire(10_000)).settle(5)
         return time.monotonic() - t0
 
-    assert arun(main(), timeout=10) < 1.0
+    assert run(main(), timeout=10) < 1.0
 
 
 def test_tpm_counts_tokens_and_settle_refunds() -> None:
@@ -92,7 +92,7 @@ def test_tpm_counts_tokens_and_settle_refunds() -> None:
         await limiter.acquire(90)
         return time.monotonic() - t0
 
-    assert arun(main(), timeout=10) < 0.2
+    assert run(main(), timeout=10) < 0.2
 
 
 def test_a_refund_wakes_the_waiters_without_breaking_the_budget() -> None:
@@ -114,7 +114,7 @@ def test_a_refund_wakes_the_waiters_without_breaking_the_budget() -> None:
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
         return went
 
-    went = arun(main(), timeout=10)
+    went = run(main(), timeout=10)
     assert went["b"] < 0.2 and went["c"] < 0.2
     assert went["d"] >= 0.45  # 50 more tokens: half a second of rate, not at once
 
@@ -127,7 +127,7 @@ def test_settle_charges_what_the_estimate_missed() -> None:
         await limiter.acquire(100)
         return time.monotonic() - t0
 
-    assert arun(main(), timeout=10) >= 0.8
+    assert run(main(), timeout=10) >= 0.8
 
 
 def test_settle_counts_once_and_none_keeps_the_estimate() -> None:
@@ -141,7 +141,7 @@ def test_settle_counts_once_and_none_keeps_the_estimate() -> None:
         kept = time.monotonic() - t0
         return kept, reservation.tokens
 
-    kept, tokens = arun(main(), timeout=10)
+    kept, tokens = run(main(), timeout=10)
     assert kept >= 0.4 and tokens == 100
 
 
@@ -154,7 +154,7 @@ def test_a_request_above_the_burst_goes_alone_and_overdraws() -> None:
         await limiter.acquire(100)  # waits until 900 of the 1,500 drained: 0.6 s
         return big, time.monotonic() - t0
 
-    big, after = arun(main(), timeout=10)
+    big, after = run(main(), timeout=10)
     assert big < 0.1 and 0.55 <= after < 1.5
 
 
@@ -175,7 +175,7 @@ def test_a_cancelled_head_gives_its_place_to_the_next() -> None:
         assert limiter.waiting == 0
         return time.monotonic() - t0
 
-    assert arun(main(), timeout=10) < 1.5
+    assert run(main(), timeout=10) < 1.5
 
 
 def test_a_cancelled_wait_in_the_middle_keeps_the_others_in_order() -> None:
@@ -196,7 +196,7 @@ def test_a_cancelled_wait_in_the_middle_keeps_the_others_in_order() -> None:
         assert limiter.waiting == 0
         return served
 
-    assert arun(main(), timeout=10) == [0, 2, 3]
+    assert run(main(), timeout=10) == [0, 2, 3]
 
 
 def test_a_waiter_on_another_loop_is_woken_by_a_refund_from_this_one() -> None:
@@ -255,4 +255,4 @@ def test_bad_token_counts_are_configuration_errors() -> None:
         with pytest.raises(ConfigurationError):
             reservation.settle(-3)
 
-    arun(main(), timeout=10)
+    run(main(), timeout=10)

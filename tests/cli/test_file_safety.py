@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.scripted import running, stall_after
+
 from .conftest import (
     EVENT_TIMEOUT,
     REPO,
@@ -35,7 +37,6 @@ from .conftest import (
     wait_for_results,
     write_prompts,
 )
-from .fake_openai import FakeOpenAIServer
 
 
 def digest(path: Path) -> str:
@@ -75,9 +76,9 @@ def test_a_file_that_is_not_a_results_file_is_refused_byte_for_byte(tmp_path: Pa
     prompts, foreign = write_prompts(tmp_path / "p.jsonl", 2), tmp_path / "notes.txt"
     foreign.write_bytes(content)
     before = digest(foreign)
-    with FakeOpenAIServer() as server:
+    with running() as server:
         done = run_motio("run", prompts, "-o", foreign, "--base-url", server.base_url)
-        assert server.snapshot()["requests"] == 0
+        assert len(server.chat_requests) == 0
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "not a motio results file" in done.stderr
     assert str(foreign) in done.stderr and "line " in done.stderr
@@ -87,9 +88,9 @@ def test_a_file_that_is_not_a_results_file_is_refused_byte_for_byte(tmp_path: Pa
 def test_a_torn_last_result_is_repaired_and_the_rerun_completes(tmp_path: Path) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 3), tmp_path / "out.jsonl"
     out.write_bytes(json.dumps({"id": "p0", "output": "x", "error": None}).encode() + b'\n{"id": "p1", "outp')
-    with FakeOpenAIServer() as server:
+    with running() as server:
         done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
-        assert server.snapshot()["requests"] == 2
+        assert len(server.chat_requests) == 2
     assert done.returncode == 0, done.stderr
     assert "cut off a torn last line" in done.stderr
     assert sorted(ids_of(complete_lines(out))) == ["p0", "p1", "p2"] and out.read_bytes().endswith(b"\n")
@@ -171,14 +172,14 @@ def test_a_server_dying_mid_run_records_only_what_was_answered_and_the_rerun_fin
 
 def test_a_server_dying_before_any_answer_leaves_no_results_file(tmp_path: Path) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 5), tmp_path / "out.jsonl"
-    with FakeOpenAIServer(hang_from=0) as server:
+    with running(default=stall_after(1)) as server:
         run = start_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
-        assert server.wait_for(lambda s: s.requests == 2, EVENT_TIMEOUT)
+        server.wait_for(lambda s: len(s.chat_requests) == 2, EVENT_TIMEOUT)
         server.crash()
         code, _, err = finish(run, timeout=EVENT_TIMEOUT)
     assert code == 3, err
     assert "run the same command again to resume" in err and not out.exists()
-    with FakeOpenAIServer() as server:
+    with running() as server:
         again = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
     assert again.returncode == 0, again.stderr
     assert sorted(ids_of(complete_lines(out))) == [f"p{i}" for i in range(5)]
@@ -186,9 +187,9 @@ def test_a_server_dying_before_any_answer_leaves_no_results_file(tmp_path: Path)
 
 def test_ctrl_c_before_any_answer_leaves_no_results_file(tmp_path: Path) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 5), tmp_path / "out.jsonl"
-    with FakeOpenAIServer(hang_from=0) as server:
+    with running(default=stall_after(1)) as server:
         run = start_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
-        assert server.wait_for(lambda s: s.requests == 2, EVENT_TIMEOUT)
+        server.wait_for(lambda s: len(s.chat_requests) == 2, EVENT_TIMEOUT)
         run.send_signal(signal.SIGINT)
         code, _, err = finish(run, timeout=EVENT_TIMEOUT)
     assert code == 130, err
@@ -271,7 +272,7 @@ def test_default_ids_never_collide_with_explicit_ones(tmp_path: Path) -> None:
         "".join(f'{{"id": {i}, "prompt": "n{i}"}}\n' for i in range(1, 5)) + '{"prompt": "x"}\n'
     )
     out = tmp_path / "out.jsonl"
-    with FakeOpenAIServer() as server:
+    with running() as server:
         done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
     assert done.returncode == 0, done.stderr
     assert sorted(map(str, ids_of(complete_lines(out)))) == ["1", "2", "3", "4", "line-5"]
@@ -280,7 +281,7 @@ def test_default_ids_never_collide_with_explicit_ones(tmp_path: Path) -> None:
 def test_an_explicit_id_spelled_like_a_default_is_reported_on_the_later_line(tmp_path: Path) -> None:
     prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
     prompts.write_text('{"id": "line-2", "prompt": "a"}\n{"prompt": "b"}\n')
-    with FakeOpenAIServer() as server:
+    with running() as server:
         done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
     assert done.returncode == 1, done.stderr
     assert f'{prompts}:2: duplicate id "line-2" (first used on line 1)' in done.stderr
@@ -290,14 +291,14 @@ def test_an_explicit_id_spelled_like_a_default_is_reported_on_the_later_line(tmp
 def test_editing_the_prompts_file_between_runs_keeps_explicit_ids_stable(tmp_path: Path) -> None:
     prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
     prompts.write_text('{"id": "a", "prompt": "alpha"}\n{"prompt": "gamma"}\n')
-    with FakeOpenAIServer() as server:
+    with running() as server:
         assert run_motio("run", prompts, "-o", out, "--base-url", server.base_url).returncode == 0
         # A line inserted on top: "a" is still done; the line without id moves
         # from line 2 to line 3, so its default id changes and it runs again.
         prompts.write_text('{"id": "new", "prompt": "beta"}\n' + prompts.read_text())
         again = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
         assert again.returncode == 0, again.stderr
-        assert sorted(server.prompts) == ["alpha", "beta", "gamma", "gamma"]
+        assert sorted(r.prompt for r in server.chat_requests) == ["alpha", "beta", "gamma", "gamma"]
     assert sorted(ids_of(complete_lines(out))) == ["a", "line-2", "line-3", "new"]
 
 

@@ -103,6 +103,10 @@ behaviour                 on the wire (streamed; non-streamed in brackets)
                           then wait until ``n`` gathered streams wait
                           together (at most ``max_wait``), then the rest:
                           proves that ``n`` streams really were concurrent
+``hold_after(k)``         headers, the role chunk and ``k`` content chunks,
+                          then wait until ``server.release()`` (at most
+                          ``max_wait``), then the rest: a test can change
+                          the server while streams are open [wait, answer]
 ========================  ===============================================
 
 Capacity (server-wide; ``configure()`` changes it at run time)
@@ -174,6 +178,7 @@ __all__ = [
     "DropAfter",
     "ErrorEvent",
     "Gather",
+    "HoldAfter",
     "MalformedAfter",
     "NoDone",
     "Ok",
@@ -189,6 +194,7 @@ __all__ = [
     "drop_after",
     "error_event",
     "gather",
+    "hold_after",
     "malformed_after",
     "no_done",
     "ok",
@@ -289,6 +295,12 @@ class Gather(Behaviour):
     max_wait: float = 60.0
 
 
+@dataclass(frozen=True)
+class HoldAfter(Behaviour):
+    k: int
+    max_wait: float = MAX_WAIT
+
+
 def ok(
     chunks: Iterable[str] | None = None,
     delay: float | None = None,
@@ -369,6 +381,11 @@ def slow_first_token(seconds: float, *, before_headers: bool = False) -> SlowFir
 def gather(n: int, max_wait: float = 60.0) -> Gather:
     """After the first content chunk, wait until ``n`` gathered streams wait together."""
     return Gather(n, max_wait)
+
+
+def hold_after(k: int = 1, max_wait: float = MAX_WAIT) -> HoldAfter:
+    """After ``k`` content chunks, wait for ``server.release()``, then the rest."""
+    return HoldAfter(k, max_wait)
 
 
 # ---------------------------------------------------------------- records
@@ -911,12 +928,26 @@ async def _play_gather(x: _Exchange, b: Gather) -> bool:
     return await _answer(x, Ok(), rest, started=True)
 
 
+async def _play_hold_after(x: _Exchange, b: HoldAfter) -> bool:
+    answer = x.answer()
+    if x.record.stream:
+        x.sse_head()
+        x.role()
+        x.content(answer.tokens[: b.k])
+    if not await x.flush() or not await x.server._hold(x, b):
+        return False
+    if not x.record.stream:
+        return await _answer(x, Ok(), answer)
+    rest = _Answer(answer.tokens[b.k :], answer.finish, answer.prompt_tokens)
+    return await _answer(x, Ok(), rest, started=True)
+
+
 _PLAYERS: dict[type[Behaviour], Callable[[_Exchange, Any], Any]] = {
     Ok: _play_ok, Status: _play_status, ResetBeforeHeaders: _play_reset,
     StallBeforeHeaders: _play_stall_before_headers, StallAfter: _play_stall_after,
     Trickle: _play_trickle, DropAfter: _play_drop_after, MalformedAfter: _play_malformed_after,
     ErrorEvent: _play_error_event, NoDone: _play_no_done, SlowFirstToken: _play_slow_first_token,
-    Gather: _play_gather,
+    Gather: _play_gather, HoldAfter: _play_hold_after,
 }  # fmt: skip
 
 
@@ -1007,6 +1038,7 @@ class ScriptedServer:
         self._errors: list[str] = []
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._gathering: list[asyncio.Future[None]] = []
+        self._released: asyncio.Event | None = None  # made on the server's loop
         self._connections: set[_Connection] = set()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1390,6 +1422,32 @@ class ScriptedServer:
                 return _as_behaviour(chosen)
         with self._cond:
             return self._script.popleft() if self._script else self.default
+
+    def release(self) -> None:
+        """Let every ``hold_after`` stream go on, now and from now on."""
+        self._call(self._release_holds)
+
+    def _release_holds(self) -> None:
+        self._held().set()
+
+    def _held(self) -> asyncio.Event:
+        if self._released is None:
+            self._released = asyncio.Event()
+        return self._released
+
+    async def _hold(self, x: _Exchange, b: HoldAfter) -> bool:
+        """Wait for ``release()``; False if the client left first."""
+        released = asyncio.ensure_future(self._held().wait())
+        left = asyncio.ensure_future(x.conn.gone.wait())
+        try:
+            await asyncio.wait([released, left], timeout=b.max_wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            released.cancel()
+            left.cancel()
+        if x.conn.gone.is_set() and not self._held().is_set():
+            x.client_left = True
+            return False
+        return True
 
     async def _gather(self, x: _Exchange, b: Gather) -> bool:
         """Wait until ``b.n`` streams wait here together; False if the client left."""

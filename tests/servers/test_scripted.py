@@ -180,12 +180,6 @@ def content_of(event: bytes) -> str:
 
 
 @pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    with running() as server:
-        yield server
-
-
-@pytest.fixture
 def wire(server: ScriptedServer) -> Iterator[Wire]:
     with Wire(server) as wire:
         yield wire
@@ -300,6 +294,7 @@ def test_requests_through_aiohttp_concurrently(server: ScriptedServer) -> None:
 
     async def main() -> list[str]:
         async with aiohttp.ClientSession() as session:
+
             async def one(i: int) -> str:
                 url = f"{server.base_url}/chat/completions"
                 async with session.post(url, json=chat(f"n{i}", stream=False)) as r:
@@ -355,8 +350,14 @@ def test_a_non_behaviour_is_refused(server: ScriptedServer) -> None:
 
 @pytest.mark.parametrize(
     ("code", "headers"),
-    [(429, {"Retry-After": "1"}), (429, {}), (429, {"retry-after-ms": "250"}),
-     (503, {}), (500, {}), (408, {})],  # fmt: skip
+    [
+        (429, {"Retry-After": "1"}),
+        (429, {}),
+        (429, {"retry-after-ms": "250"}),
+        (503, {}),
+        (500, {}),
+        (408, {}),
+    ],  # fmt: skip
     ids=["429-retry-after", "429-bare", "429-retry-after-ms", "503", "500", "408"],
 )
 def test_status_with_openai_error_body(

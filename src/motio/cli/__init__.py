@@ -3,11 +3,9 @@
 Map of the package (everything below ``main`` is private):
 
 - ``_main``: argument parsing, dispatch, exit statuses on error
-- ``_run``: ``motio run``, a fixed pool of workers over a streamed prompts file
+- ``_run``: ``motio run``: paths, resume plan, locking, exit statuses, around
+  the batch engine of :mod:`motio.batch` (prompts, results file, stats)
 - ``_chat``: ``motio chat``, one answer streamed to stdout
-- ``_inputs``: lazy parser of the prompts file, problems named by line number
-- ``_results``: the append-only, locked, self-repairing results file
-- ``_stats``: counters, percentiles and the end-of-run summary
 - ``_progress``: the optional rich progress bar on stderr
 - ``_backend``: options to a checked backend, errors to one line
 - ``_errors``: ``CliError`` and the exit statuses
