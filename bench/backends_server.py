@@ -101,7 +101,7 @@ class _Http(asyncio.Protocol):
 
 async def serve(port: int = 0) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(_Http, "127.0.0.1", port, backlog=2048)
+    return await loop.create_server(_Http, "127.0.0.1", port, backlog=8192)
 
 
 async def _main(port: int) -> None:

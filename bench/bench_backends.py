@@ -1,24 +1,30 @@
-"""Backends benchmark: motio's OpenAIBackend against the SDK and raw httpx.
+"""Backends benchmark: motio's OpenAIBackend against the SDK and raw readers.
 
 One command, one run, side by side:
 
-  (a) motio   OpenAIBackend thunks consumed with ``async for``
-  (b) sdk     the official SDK's typed stream (``create(stream=True)``)
-  (c) raw     SSE lines through httpx's ``aiter_lines`` (the transport limit),
-              with both HTTP stacks present: ``httpx2`` (what the SDK rides
-              on here) and ``httpx``, both with the SDK's pool limits;
-              ratios use the faster one
+  (a) motio        OpenAIBackend thunks consumed with ``async for``: one
+                   connection per stream (no max_concurrency)
+  (a) motio c=1000 the same with max_concurrency=1000: the connection budget
+                   the raw readers below get, for more than 1,000 streams
+  (b) sdk          the official SDK's typed stream (``create(stream=True)``),
+                   only where it finishes in reasonable time (<= 500 streams)
+  (c) raw httpx2   SSE lines through httpx2's ``aiter_lines`` (the stack the
+                   SDK rides on), with the SDK's pool limits
+  (c) raw aiohttp  SSE lines through aiohttp's ``content`` line iterator, no
+                   JSON decoding, connection limit 1,000 like the SDK's pool
 
 against a loopback server (bench/backends_server.py, its own process) that
 streams OpenAI-style chunks as fast as it can, for 1 stream of 20,000 chunks
-and 500 concurrent streams of 200 chunks; then
+and 500, 2,000 and 5,000 concurrent streams; then
 
   (d) end-to-end tokens/s against llama-cpp-python's server on SmolLM2-135M
       at concurrency 8, motio against the SDK.
 
-Targets: (a) >= 5x (b) and >= 70% of (c); (d) within noise.
+Targets: (a) >= 70% of raw aiohttp at 500, 2,000 and 5,000 streams, >= 50%
+of the best raw reader on one stream; (a) >= 5x (b); (d) within noise.
+Client CPU seconds (this process; the server has its own) are printed too.
 
-    python bench/bench_backends.py [--quick] [--skip-llama]
+    python bench/bench_backends.py [--quick] [--skip-llama] [--only-scenario N]
 """
 
 from __future__ import annotations
@@ -33,10 +39,10 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = [(1, 20_000), (500, 200)]  # (streams, chunks per stream)
+SCENARIOS = [(1, 20_000), (500, 200), (2_000, 50), (5_000, 20)]  # (streams, chunks per stream)
+SDK_MAX_STREAMS = 500  # the typed SDK stream takes minutes beyond this
 MESSAGES = [{"role": "user", "content": "go"}]
 
 
@@ -65,25 +71,31 @@ def start_chunk_server() -> tuple[subprocess.Popen[str], str]:
 Timed = Callable[[int, int], Awaitable[int]]
 
 
+CPU: dict[str, float] = {}  # client CPU seconds per chunk of the best round, by client
+
+
 async def best_rate(stream_all: Timed, streams: int, chunks: int, repeats: int) -> float:
     """Best chunks/s over ``repeats`` rounds of ``streams`` concurrent streams."""
     await stream_all(min(streams, 8), 50)  # first connections, lazy imports
     best = 0.0
     for _ in range(repeats):
         gc.collect()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = await stream_all(streams, chunks)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert n == streams * chunks, (n, streams * chunks)
-        best = max(best, n / elapsed)
+        if n / elapsed > best:
+            best, CPU["last"] = n / elapsed, cpu / n
     return best
 
 
-async def run_motio(base_url: str, streams: int, chunks: int, repeats: int) -> float:
+async def run_motio(base_url: str, streams: int, chunks: int, repeats: int, cap: int | None = None) -> float:
     from motio.backends import OpenAIBackend
 
-    # A long connect timeout: 500 connections opening at once on a busy box.
-    async with OpenAIBackend("bench-model", base_url=base_url, connect_timeout=60.0) as backend:
+    # A long connect timeout: thousands of connections opening at once on a busy box.
+    async with OpenAIBackend(
+        "bench-model", base_url=base_url, connect_timeout=60.0, max_concurrency=cap
+    ) as backend:
 
         async def one(n: int) -> int:
             mot = await backend.generate(MESSAGES, max_tokens=n)
@@ -151,29 +163,70 @@ def raw_runner(module_name: str) -> Callable[[str, int, int, int], Awaitable[flo
     return run_raw
 
 
-def measure(run: Callable[[str, int, int, int], Awaitable[float]], base_url: str, streams: int, chunks: int, repeats: int) -> float:
-    return asyncio.run(run(base_url, streams, chunks, repeats))
+async def run_raw_aiohttp(base_url: str, streams: int, chunks: int, repeats: int) -> float:
+    import aiohttp
+
+    # The SDK's pool size (1,000), so the raw reader gets no head start from
+    # more connections than the SDK would open.
+    connector = aiohttp.TCPConnector(limit=1000)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(n: int) -> int:
+            body = {"model": "bench-model", "messages": MESSAGES, "max_tokens": n, "stream": True}
+            got = 0
+            async with session.post(f"{base_url}/chat/completions", json=body) as r:
+                async for line in r.content:
+                    if line.startswith(b"data:"):
+                        got += 1
+            return got - 3  # the final, usage and [DONE] events carry no content
+
+        async def stream_all(k: int, n: int) -> int:
+            return sum(await asyncio.gather(*(one(n) for _ in range(k))))
+
+        return await best_rate(stream_all, streams, chunks, repeats)
 
 
-def bench_chunks(base_url: str, repeats: int) -> None:
-    clients = {
-        "(a) motio": run_motio,
-        "(b) sdk": run_sdk,
-        "(c) raw httpx2": raw_runner("httpx2"),
-        "(c) raw httpx": raw_runner("httpx"),
-    }
-    print(f"\nStream throughput against a loopback chunk server (best of {repeats}), chunks/s")
-    print(f"{'scenario':<26}" + "".join(f"{name:>16}" for name in clients) + f"{'a/b':>8}{'a/c':>8}")
-    for streams, chunks in SCENARIOS:
-        rates = {
-            name: measure(run, base_url, streams, chunks, repeats if name != "(b) sdk" else max(1, repeats - 1))
-            for name, run in clients.items()
-        }
-        raw = max(rates["(c) raw httpx2"], rates["(c) raw httpx"])
-        label = f"{streams} x {chunks:,} chunks"
+def measure(run: Callable[[str, int, int, int], Awaitable[float]], base_url: str, streams: int, chunks: int, repeats: int) -> tuple[float, float]:
+    """(chunks/s, client CPU microseconds per chunk) of the best round."""
+    rate = asyncio.run(run(base_url, streams, chunks, repeats))
+    return rate, CPU.pop("last") * 1e6
+
+
+async def run_motio_1000(base_url: str, streams: int, chunks: int, repeats: int) -> float:
+    return await run_motio(base_url, streams, chunks, repeats, cap=1000)
+
+
+CLIENTS: dict[str, Callable[[str, int, int, int], Awaitable[float]]] = {
+    "(a) motio": run_motio,
+    "(a) motio c=1000": run_motio_1000,
+    "(b) sdk": run_sdk,
+    "(c) raw httpx2": raw_runner("httpx2"),
+    "(c) raw aiohttp": run_raw_aiohttp,
+}
+
+
+def bench_chunks(base_url: str, repeats: int, scenarios: list[tuple[int, int]]) -> None:
+    print(f"\nStream throughput against a loopback chunk server (best of {repeats}), chunks/s [client CPU us/chunk]")
+    print(f"{'scenario':<22}" + "".join(f"{name:>24}" for name in CLIENTS) + f"{'a/b':>8}{'a/aiohttp':>11}{'a/best raw':>12}{'a1000/aiohttp':>15}")
+    for streams, chunks in scenarios:
+        rates: dict[str, tuple[float, float]] = {}
+        for name, run in CLIENTS.items():
+            if (name == "(b) sdk" and streams > SDK_MAX_STREAMS) or (name.endswith("c=1000") and streams <= 1000):
+                continue
+            rates[name] = measure(run, base_url, streams, chunks, repeats if name != "(b) sdk" else max(1, repeats - 1))
+        motio = rates["(a) motio"][0]
+        raw = max(rates["(c) raw httpx2"][0], rates["(c) raw aiohttp"][0])
+        sdk = f"{motio / rates['(b) sdk'][0]:>7.1f}x" if "(b) sdk" in rates else f"{'-':>8}"
+        cells = "".join(
+            f"{f'{rates[n][0]:,.0f} [{rates[n][1]:.1f}]':>24}" if n in rates else f"{'-':>24}" for n in CLIENTS
+        )
+        label = f"{streams} x {chunks:,}"
+        capped = rates.get("(a) motio c=1000", (motio, 0.0))[0]
         print(
-            f"{label:<26}" + "".join(f"{rate:>16,.0f}" for rate in rates.values())
-            + f"{rates['(a) motio'] / rates['(b) sdk']:>7.1f}x{rates['(a) motio'] / raw:>7.0%}"
+            f"{label:<22}{cells}{sdk}{motio / rates['(c) raw aiohttp'][0]:>10.0%}{motio / raw:>11.0%}"
+            f"{capped / rates['(c) raw aiohttp'][0]:>13.0%}",
+            flush=True,
         )
 
 
@@ -260,11 +313,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repeat instead of three")
     parser.add_argument("--skip-llama", action="store_true", help="skip (d)")
+    parser.add_argument("--only-scenario", type=int, action="append", help="run only scenario N (0-based)")
     args = parser.parse_args()
+    scenarios = [SCENARIOS[i] for i in args.only_scenario] if args.only_scenario else SCENARIOS
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     proc, base_url = start_chunk_server()
     try:
-        bench_chunks(base_url, repeats=1 if args.quick else 3)
+        bench_chunks(base_url, repeats=1 if args.quick else 3, scenarios=scenarios)
     finally:
         proc.terminate()
         proc.wait(15)

@@ -20,6 +20,16 @@ from openai import AsyncOpenAI
 async def one(
     client: AsyncOpenAI, sem: asyncio.Semaphore, row: dict, model: str, max_tokens: int, out
 ) -> None:
+    try:
+        await generate(client, sem, row, model, max_tokens, out)
+    except Exception as exc:  # one prompt's failure is its result, as motio records it
+        out.write(json.dumps({"id": row["id"], "output": None, "error": {"type": type(exc).__name__,
+                                                                          "message": str(exc)}}) + "\n")
+
+
+async def generate(
+    client: AsyncOpenAI, sem: asyncio.Semaphore, row: dict, model: str, max_tokens: int, out
+) -> None:
     async with sem:
         started = time.perf_counter()
         messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]

@@ -1,8 +1,12 @@
-"""Running test coroutines with a bound, and catching asyncio's silent logs.
+"""The one bounded runner for async tests, and small async helpers.
 
-asyncio reports "Task exception was never retrieved" and "Task was destroyed
-but it is pending" through the loop's exception handler, not as warnings, so
-``filterwarnings = error`` alone would not fail a test on them.
+Every async test body runs through :func:`run`: a fresh event loop, an
+overall bound (a hang fails the test instead of stalling the suite), and a
+failure on anything the loop reports through its exception handler.
+asyncio reports "Task exception was never retrieved", "Task was destroyed
+but it is pending" and a transport's "Event loop is closed" that way, as log
+records rather than warnings, so ``filterwarnings = error`` alone would not
+fail a test on them.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ import gc
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+__all__ = ["BOUND", "agen", "drain", "run"]
+
 T = TypeVar("T")
 
-BOUND = 20.0  # seconds: no test waits longer than this for anything
+# Seconds: no test waits longer than this for anything. Generous for a
+# shared 2-core CI machine running a real model; finite so a hang fails.
+BOUND = 120.0
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = BOUND) -> T:
@@ -28,8 +36,8 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = BOUND) -> T:
 
     with asyncio.Runner() as runner:
         result = runner.run(main())
-    gc.collect()
-    assert not reports, f"asyncio reported: {[r.get('message') for r in reports]}"
+    gc.collect()  # what a dropped task or transport reports, it reports now, in this test
+    assert not reports, f"the event loop reported: {[r.get('message') for r in reports]}"
     return result
 
 

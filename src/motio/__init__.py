@@ -36,7 +36,8 @@ _EXPORTS_BY_MODULE = {
     "._sync": ("run_sync",),
     "._exceptions": (
         "MotioError", "ChunkTimeoutError", "ConfigurationError", "BackendClosedError",
-        "BackendError", "BackendConnectionError", "BackendTimeoutError", "StreamError",
+        "BackendError", "BackendConnectionError", "BackendTimeoutError", "ConnectTimeoutError",
+        "FirstTokenTimeoutError", "BackendChunkTimeoutError", "TotalTimeoutError", "StreamError",
         "APIStatusError", "BadRequestError", "AuthenticationError", "NotFoundError",
         "RateLimitError", "ServerError",
     ),
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from ._cache import ClientCache as ClientCache
     from ._exceptions import APIStatusError as APIStatusError
     from ._exceptions import AuthenticationError as AuthenticationError
+    from ._exceptions import BackendChunkTimeoutError as BackendChunkTimeoutError
     from ._exceptions import BackendClosedError as BackendClosedError
     from ._exceptions import BackendConnectionError as BackendConnectionError
     from ._exceptions import BackendError as BackendError
@@ -58,11 +60,14 @@ if TYPE_CHECKING:
     from ._exceptions import BadRequestError as BadRequestError
     from ._exceptions import ChunkTimeoutError as ChunkTimeoutError
     from ._exceptions import ConfigurationError as ConfigurationError
+    from ._exceptions import ConnectTimeoutError as ConnectTimeoutError
+    from ._exceptions import FirstTokenTimeoutError as FirstTokenTimeoutError
     from ._exceptions import MotioError as MotioError
     from ._exceptions import NotFoundError as NotFoundError
     from ._exceptions import RateLimitError as RateLimitError
     from ._exceptions import ServerError as ServerError
     from ._exceptions import StreamError as StreamError
+    from ._exceptions import TotalTimeoutError as TotalTimeoutError
     from ._feed import DEFAULT_CHUNK_TIMEOUT as DEFAULT_CHUNK_TIMEOUT
     from ._feed import send_to_queue as send_to_queue
     from ._loops import get_current_event_loop as get_current_event_loop

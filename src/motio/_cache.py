@@ -61,14 +61,13 @@ class ClientCache:
         """
         evicted = []
         with self._lock:
-            if key in self.cache:
-                self.cache.move_to_end(key)
-            else:
-                # Evict before inserting, so not even a reader of the
-                # unlocked ``cache`` attribute sees more than ``capacity``.
+            # Make room first, then insert: even a reader that bypasses the
+            # lock (``cache`` is public) never sees more than ``capacity``.
+            if key not in self.cache:
                 while len(self.cache) >= self.capacity:
                     evicted.append(self.cache.popitem(last=False)[1])
             self.cache[key] = value
+            self.cache.move_to_end(key)
         for old in evicted:
             self._evict(old)
 

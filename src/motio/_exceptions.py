@@ -7,6 +7,11 @@
     └── BackendError: a model backend failed; carries provider/model/base_url
         ├── BackendConnectionError: the server could not be reached
         ├── BackendTimeoutError (also a TimeoutError): a request took too long
+        │   ├── ConnectTimeoutError: no connection within connect_timeout
+        │   ├── FirstTokenTimeoutError: no content within first_token_timeout
+        │   ├── BackendChunkTimeoutError (also a ChunkTimeoutError): a
+        │   │   backend's stream went quiet for chunk_timeout
+        │   └── TotalTimeoutError: the generation outlived total_timeout
         ├── StreamError: the server sent a malformed or truncated stream
         └── APIStatusError: the server answered with an HTTP error status
             ├── BadRequestError (400, 422)
@@ -23,6 +28,8 @@ unchanged: motio does not wrap what it did not cause.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "MotioError",
     "ChunkTimeoutError",
@@ -31,6 +38,10 @@ __all__ = [
     "BackendError",
     "BackendConnectionError",
     "BackendTimeoutError",
+    "ConnectTimeoutError",
+    "FirstTokenTimeoutError",
+    "BackendChunkTimeoutError",
+    "TotalTimeoutError",
     "StreamError",
     "APIStatusError",
     "BadRequestError",
@@ -52,6 +63,8 @@ class ChunkTimeoutError(MotioError, TimeoutError):
         timeout: the limit that expired, in seconds.
         chunks: how many chunks had arrived before the stream went quiet.
     """
+
+    timeout: float | None  # always a number here; None only in BackendTimeoutError's subclasses
 
     def __init__(self, message: str, *, timeout: float, chunks: int) -> None:
         super().__init__(message)
@@ -90,7 +103,9 @@ class BackendError(MotioError):
         base_url: str | None = None,
         status_code: int | None = None,
     ) -> None:
-        super().__init__(message)
+        # Not super(): in BackendChunkTimeoutError the next class in line is
+        # ChunkTimeoutError, whose constructor takes other arguments.
+        MotioError.__init__(self, message)
         self.provider = provider
         self.model = model
         self.base_url = base_url
@@ -102,15 +117,65 @@ class BackendConnectionError(BackendError):
 
 
 class BackendTimeoutError(BackendError, TimeoutError):
-    """A request to the backend did not complete within its timeout."""
+    """A request to the backend did not complete within its timeout.
+
+    Attributes:
+        timeout: the limit that expired, in seconds, where one applies.
+    """
+
+    timeout: float | None
+
+    def __init__(self, message: str, *, timeout: float | None = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.timeout = timeout
+
+
+class ConnectTimeoutError(BackendTimeoutError):
+    """No TCP (and TLS) connection to the server within ``connect_timeout``."""
+
+
+class FirstTokenTimeoutError(BackendTimeoutError):
+    """No content within ``first_token_timeout`` of sending the request
+    (queueing and prompt processing on the server included)."""
+
+
+class BackendChunkTimeoutError(BackendTimeoutError, ChunkTimeoutError):
+    """A backend's stream sent no content for ``chunk_timeout`` seconds.
+
+    Both a :class:`ChunkTimeoutError` (what the core raises for any quiet
+    stream) and a :class:`BackendTimeoutError` (so it carries the backend's
+    provider, model and base URL).
+    """
+
+    def __init__(self, message: str, *, timeout: float, chunks: int, **context: Any) -> None:
+        BackendTimeoutError.__init__(self, message, timeout=timeout, **context)
+        self.chunks = chunks
+
+
+class TotalTimeoutError(BackendTimeoutError):
+    """The whole generation, retries and their waits included, outlived ``total_timeout``."""
 
 
 class StreamError(BackendError):
-    """The server sent a stream motio could not decode, or cut it short."""
+    """The server sent a stream motio could not decode, or cut it short.
+
+    Attributes:
+        partial_text: the text delivered before a stream broke mid-answer
+            (such a stream is never retried), else None.
+    """
+
+    partial_text: str | None = None
 
 
 class APIStatusError(BackendError):
-    """The server answered with an HTTP error status."""
+    """The server answered with an HTTP error status.
+
+    Attributes:
+        retry_after: seconds the server asked to wait (``Retry-After`` or
+            ``retry-after-ms``), else None.
+    """
+
+    retry_after: float | None = None
 
 
 class BadRequestError(APIStatusError):

@@ -21,7 +21,7 @@ from typing import Any
 
 from ._exceptions import ChunkTimeoutError
 from ._sink import Sink, as_sink
-from ._source import abandon_source, close_source
+from ._source import abandon_source, close_source, contextualise_timeout
 from ._threaded import ThreadedIterator
 from ._watchdog import Watchdog, watch
 
@@ -196,10 +196,12 @@ async def _expire(
     ticks: int,
     on_timeout: Callable[[], object] | None,
 ) -> None:
-    # The source may be stuck in a blocking call (a worker thread): stop it
-    # without waiting, or the timeout would take as long as the close wait.
+    # The source may be stuck in a blocking call (a worker thread, or a
+    # wrapper around one): stop it without waiting, or the timeout would take
+    # as long as the close wait. Then let it give the error its context (a
+    # backend adds provider, model and server), still a ChunkTimeoutError.
     await abandon_source(source)
-    await _put(sink, _timeout_error(chunk_timeout, ticks))
+    await _put(sink, contextualise_timeout(source, _timeout_error(chunk_timeout, ticks)))
     _call_on_timeout(on_timeout)
 
 

@@ -180,6 +180,10 @@ def run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
+        # Since 3.11 this is the builtin TimeoutError: the coroutine's own
+        # (a ChunkTimeoutError, say) must pass through as it is.
+        if future.done():
+            raise
         portal.cancel(holder)
         _wait_quietly(future)
         raise TimeoutError(f"run_sync() timed out after {timeout:g} s; the coroutine was cancelled") from None

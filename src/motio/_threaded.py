@@ -14,9 +14,12 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._loops import wake
+
+if TYPE_CHECKING:
+    from ._exceptions import ChunkTimeoutError
 
 __all__ = ["ThreadedIterator"]
 
@@ -154,4 +157,8 @@ class ThreadedIterator:
         blocking call and exits when that call returns.
         """
         await self.aclose(wait=False)
+
+    def timeout_error(self, error: ChunkTimeoutError) -> ChunkTimeoutError:
+        """The core's chunk timeout as it is: a bare iterator has no context to add."""
+        return error
 

@@ -103,6 +103,13 @@ class GenerationMeta:
     streaming: bool | None = None
     finish_reasons: list[str] = field(default_factory=list)
     response_id: str | None = None
+    attempts: Any = None
+    """Requests made for this generation (retries included), where a backend
+    retries: count, HTTP statuses and waits (``Attempts.as_dict()``)."""
+    queued_ms: float | None = None
+    """Time spent waiting for a concurrency slot and the rate limiter before
+    the request went out (all attempts), where a backend limits either;
+    ``ttfb_ms - queued_ms`` is the server's own time to first token."""
 
 
 class ModelOutputThunk(Generic[T]):
@@ -265,6 +272,14 @@ class ModelOutputThunk(Generic[T]):
         if self._extra is not None:
             self._extra.error = None
             self._extra.stream_pos = 0
+
+    @property
+    def text(self) -> str:
+        """The text received so far, in any state: the partial text of a
+        failed or running generation, the whole value of a computed one."""
+        if self._value is not None:
+            return self._value
+        return "".join(self._parts)
 
     @property
     def error(self) -> BaseException | None:

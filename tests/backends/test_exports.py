@@ -25,7 +25,7 @@ def test_sdks_load_only_when_a_backend_is_used() -> None:
         "import sys, motio, motio.backends; "
         "motio.backends.OpenAIBackend('m', base_url='http://127.0.0.1:1/v1'); "
         "motio.backends.LlamaCppBackend('/nowhere.gguf'); "
-        "print(sorted(m for m in ('openai', 'httpx', 'httpx2', 'llama_cpp', 'msgspec', 'llm') "
+        "print(sorted(m for m in ('openai', 'httpx', 'httpx2', 'aiohttp', 'llama_cpp', 'msgspec', 'llm') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -41,7 +41,10 @@ def test_create_backend_by_kind() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_concurrency": 0}, {"timeout": 0}, {"max_concurrency": True}], ids=str
+    "kwargs",
+        [{"max_concurrency": 0}, {"first_token_timeout": 0}, {"chunk_timeout": -1}, {"total_timeout": 0},
+         {"connect_timeout": 0}, {"max_concurrency": True}, {"max_concurrency": "fast"}, {"max_retries": -1}],
+        ids=str,
 )
 def test_bad_constructor_arguments_are_configuration_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

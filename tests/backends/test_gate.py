@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from motio.backends._gate import Gate
-from tests.backends.util import arun
+from tests.asyncutil import run
 
 
 async def _waiters_are_served_in_order_without_threads() -> None:
@@ -30,7 +30,7 @@ async def _waiters_are_served_in_order_without_threads() -> None:
 
 
 def test_waiters_are_served_in_order_without_threads() -> None:
-    arun(_waiters_are_served_in_order_without_threads(), timeout=10)
+    run(_waiters_are_served_in_order_without_threads(), timeout=10)
 
 
 async def _release_from_another_thread_wakes_the_waiter() -> None:
@@ -45,7 +45,7 @@ async def _release_from_another_thread_wakes_the_waiter() -> None:
 
 
 def test_release_from_another_thread_wakes_the_waiter() -> None:
-    arun(_release_from_another_thread_wakes_the_waiter(), timeout=10)
+    run(_release_from_another_thread_wakes_the_waiter(), timeout=10)
 
 
 async def _a_cancelled_waiter_passes_a_granted_slot_on() -> None:
@@ -62,7 +62,7 @@ async def _a_cancelled_waiter_passes_a_granted_slot_on() -> None:
 
 
 def test_a_cancelled_waiter_passes_a_granted_slot_on() -> None:
-    arun(_a_cancelled_waiter_passes_a_granted_slot_on(), timeout=10)
+    run(_a_cancelled_waiter_passes_a_granted_slot_on(), timeout=10)
 
 
 async def _cancelled_waiter_leaves_the_queue() -> None:
@@ -78,7 +78,7 @@ async def _cancelled_waiter_leaves_the_queue() -> None:
 
 
 def test_cancelled_waiter_leaves_the_queue() -> None:
-    arun(_cancelled_waiter_leaves_the_queue(), timeout=10)
+    run(_cancelled_waiter_leaves_the_queue(), timeout=10)
 
 
 def test_slots_must_be_positive() -> None:

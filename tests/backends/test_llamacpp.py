@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from motio import BackendClosedError, ChunkTimeoutError, ConfigurationError, ModelOutputThunk
+from motio import BackendClosedError, BackendError, ChunkTimeoutError, ConfigurationError, ModelOutputThunk
+from motio._exceptions import BackendChunkTimeoutError, FirstTokenTimeoutError, TotalTimeoutError
 from motio.backends import LlamaCppBackend, create_backend
-from tests.backends.util import WAIT, arun
+from tests.asyncutil import run
 
 pytestmark = pytest.mark.integration
 
@@ -44,46 +44,6 @@ class ActivityProbe:
         llm.create_chat_completion = recording
 
 
-class StuckSampler:
-    """Makes the model's worker thread block inside llama.cpp's sampling step.
-
-    A logits processor is added to each generation: on its ``block_at``-th
-    call (one call per sampled token) it blocks on ``release``, as a stuck
-    native call would, until the test sets it (bounded by ``WAIT``).
-    """
-
-    def __init__(self, llm: Any, block_at: int = 2) -> None:
-        self.release = threading.Event()
-        self.stuck = threading.Event()
-        self.stuck_at = 0.0
-        self._calls = 0
-        self._block_at = block_at
-        self._llm = llm
-        self._before = llm.__dict__.get("create_chat_completion")
-        real = llm.create_chat_completion
-
-        def with_blocking_sampler(*args: Any, **kwargs: Any) -> Any:
-            kwargs["logits_processor"].append(self._sample)
-            return real(*args, **kwargs)
-
-        llm.create_chat_completion = with_blocking_sampler
-
-    def _sample(self, input_ids: Any, scores: Any) -> Any:
-        self._calls += 1
-        if self._calls == self._block_at:
-            self.stuck_at = time.monotonic()
-            self.stuck.set()
-            self.release.wait(WAIT)
-        return scores
-
-    def undo(self) -> None:
-        self.release.set()
-        if self._before is None:
-            del self._llm.create_chat_completion
-        else:
-            self._llm.create_chat_completion = self._before
-
-
 @pytest.fixture(scope="module")
 def backend(smollm2_path: Path) -> Iterator[LlamaCppBackend]:
     llama = LlamaCppBackend(smollm2_path)
@@ -96,14 +56,6 @@ def backend(smollm2_path: Path) -> Iterator[LlamaCppBackend]:
 def probe(backend: LlamaCppBackend) -> ActivityProbe:
     [llm] = backend._free
     return ActivityProbe(llm)
-
-
-@pytest.fixture
-def stuck(backend: LlamaCppBackend) -> Iterator[StuckSampler]:
-    [llm] = backend._free
-    sampler = StuckSampler(llm)
-    yield sampler
-    sampler.undo()
 
 
 def assert_well_formed(mot: ModelOutputThunk[Any], *, streaming: bool) -> None:
@@ -130,7 +82,7 @@ def test_streaming(backend: LlamaCppBackend) -> None:
         mot = await backend.generate("Name three colours.", **OPTS)
         return [d async for d in mot], mot
 
-    deltas, mot = arun(main())
+    deltas, mot = run(main())
     assert_well_formed(mot, streaming=True)
     assert "".join(deltas) == mot.value and len(deltas) >= 2
 
@@ -151,7 +103,7 @@ def test_concurrent_generations_are_serialised(backend: LlamaCppBackend, probe: 
         await asyncio.gather(*(m.avalue() for m in mots))
         return mots
 
-    mots = arun(main())
+    mots = run(main())
     for mot in mots:
         assert_well_formed(mot, streaming=True)
     assert probe.peak == 1 and probe.calls == 4
@@ -167,7 +119,7 @@ def test_closing_stops_the_worker_within_a_token(backend: LlamaCppBackend, probe
         after = await backend.generate("Say hi.", **OPTS)
         return mot, await after.avalue()
 
-    mot, after = arun(main())
+    mot, after = run(main())
     assert mot.cancelled and mot.error is None and after
     assert len(mot.value or "") < 400 * 8
 
@@ -179,7 +131,7 @@ def test_chunk_timeout_frees_the_model(backend: LlamaCppBackend, probe: Activity
             await mot.avalue()
         return await (await backend.generate("Say hi.", **OPTS)).avalue()
 
-    assert arun(main())
+    assert run(main())
     assert probe.active == 0
 
 
@@ -198,7 +150,7 @@ def test_cancelling_the_consumer_task(backend: LlamaCppBackend, probe: ActivityP
             await task
         return await (await backend.generate("Say hi.", **OPTS)).avalue()
 
-    assert arun(main())
+    assert run(main())
     assert probe.active == 0
 
 
@@ -207,7 +159,7 @@ def test_unknown_option_is_a_type_error(backend: LlamaCppBackend) -> None:
         with pytest.raises(TypeError, match="temprature"):
             await backend.generate("hi", temprature=0.5)
 
-    arun(main())
+    run(main())
 
 
 def test_missing_model_file_fails_the_check(tmp_path: Path) -> None:
@@ -227,24 +179,106 @@ def test_a_file_that_is_not_a_model_fails_the_check(tmp_path: Path) -> None:
         llama.generate_sync("hi", max_tokens=2)
 
 
-def test_chunk_timeout_abandons_a_stuck_worker_at_once(backend: LlamaCppBackend, stuck: StuckSampler) -> None:
-    # The worker is stuck inside llama.cpp after one token. The timeout must
-    # come within 1 to 1.25 limits of the stall: the core abandons the worker
-    # through SlotStream instead of waiting out its 5 s close wait.
-    async def main() -> tuple[ModelOutputThunk[Any], float]:
-        mot = await backend.generate("Write a long story.", max_tokens=50, chunk_timeout=0.2)
-        with pytest.raises(ChunkTimeoutError) as caught:
-            await mot.avalue()
-        assert caught.value.chunks >= 1
-        return mot, time.monotonic()
+class Staller:
+    """Makes the model's worker thread block at a chosen chunk, until released."""
 
-    mot, failed_at = arun(main())
-    assert stuck.stuck.is_set() and isinstance(mot.error, ChunkTimeoutError)
-    delay = failed_at - stuck.stuck_at
-    assert 0.15 < delay < 1.0, f"ChunkTimeoutError {delay:.2f} s after the worker got stuck"
-    stuck.release.set()
-    # The worker hands the model back once its blocking call returns.
-    assert backend.generate_sync("Say hi.", **OPTS).value
+    def __init__(self, llm: Any, at_chunk: int) -> None:
+        self.release = threading.Event()
+        self.reached = threading.Event()
+        self._llm = llm
+        self._real = llm.create_chat_completion
+        real, release, reached = self._real, self.release, self.reached
+
+        def stalling(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            for index, chunk in enumerate(real(*args, **kwargs)):
+                if index == at_chunk:
+                    reached.set()
+                    release.wait(30)  # bounded: the test releases it at its end
+                yield chunk
+
+        llm.create_chat_completion = stalling
+
+    def restore(self) -> None:
+        self.release.set()
+        self._llm.create_chat_completion = self._real
+
+
+@pytest.fixture
+def stall_at(backend: LlamaCppBackend) -> Iterator[Any]:
+    stallers: list[Staller] = []
+
+    def make(at_chunk: int) -> Staller:
+        [llm] = backend._free
+        stallers.append(Staller(llm, at_chunk))
+        return stallers[-1]
+
+    yield make
+    for staller in stallers:
+        staller.restore()
+    # The abandoned worker finishes in the background and then hands the model
+    # back: wait for that (on the gate, bounded) so the next test finds it.
+    run(backend._gate.acquire(), timeout=60)
+    backend._gate.release()
+
+
+def timed_failure(backend: LlamaCppBackend, **options: Any) -> tuple[BaseException, float]:
+    async def main() -> tuple[BaseException, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        mot = await backend.generate("Write a long story.", max_tokens=50, **options)
+        with pytest.raises(Exception) as caught:
+            await mot.avalue()
+        return caught.value, loop.time() - started
+
+    return run(main())
+
+
+def test_a_stuck_worker_times_out_at_chunk_timeout_not_later(
+    backend: LlamaCppBackend, stall_at: Any
+) -> None:
+    # The worker blocks mid-stream; the timeout must not wait for it (it did
+    # for 5 s when the wrapper around the worker's iterator hid it from the core).
+    stall_at(3)
+    error, elapsed = timed_failure(backend, chunk_timeout=0.2)
+    assert isinstance(error, BackendChunkTimeoutError) and isinstance(error, ChunkTimeoutError)
+    assert error.provider == "llamacpp" and error.model == backend.model
+    assert elapsed < 0.2 * 1.25 + 0.5, elapsed
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_first_token_timeout_bounds_prompt_processing(
+    backend: LlamaCppBackend, stall_at: Any, stream: bool
+) -> None:
+    stall_at(0)  # nothing at all arrives
+    error, elapsed = timed_failure(backend, first_token_timeout=0.3, stream=stream)
+    assert isinstance(error, FirstTokenTimeoutError) and error.timeout == 0.3
+    assert error.model == backend.model and 0.3 <= elapsed < 1.5
+
+
+def test_chunk_timeout_bounds_a_non_streamed_generation(backend: LlamaCppBackend, stall_at: Any) -> None:
+    stall_at(3)
+    error, elapsed = timed_failure(backend, chunk_timeout=0.3, stream=False)
+    assert isinstance(error, BackendChunkTimeoutError) and error.model == backend.model
+    assert elapsed < 1.5
+
+
+def test_total_timeout_bounds_the_whole_generation(backend: LlamaCppBackend, stall_at: Any) -> None:
+    stall_at(5)
+    error, elapsed = timed_failure(backend, total_timeout=0.5, chunk_timeout=None)
+    assert isinstance(error, TotalTimeoutError) and error.model == backend.model
+    assert 0.5 <= elapsed < 1.5
+
+
+def test_a_prompt_longer_than_the_context_names_the_model(smollm2_path: Path) -> None:
+    small = LlamaCppBackend(smollm2_path, n_ctx=64)
+    try:
+        with pytest.raises(BackendError) as caught:
+            small.generate_sync("word " * 200, max_tokens=4)
+    finally:
+        small.close()
+    error = caught.value
+    assert error.provider == "llamacpp" and error.model == small.model
+    assert small.model in str(error) and "n_ctx" in str(error)
 
 
 def test_a_closed_backend_raises_backend_closed_error(smollm2_path: Path) -> None:
@@ -267,4 +301,4 @@ def test_a_closed_backend_raises_backend_closed_error(smollm2_path: Path) -> Non
         with pytest.raises(BackendClosedError):
             await other.generate("hi")
 
-    arun(after_aclose())
+    run(after_aclose())

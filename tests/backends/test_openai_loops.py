@@ -1,4 +1,4 @@
-"""One SDK client per event loop: never handed to the wrong loop, closed on its own.
+"""One HTTP client per event loop: never handed to the wrong loop, closed on its own.
 
 Run against the scripted loopback server (fast); the same paths against the
 real llama.cpp server are in test_openai_server.py.
@@ -19,17 +19,11 @@ import pytest
 
 from motio import run_sync
 from motio.backends import OpenAIBackend
+from motio.backends._errors import Where
+from motio.backends._http import HTTPClient
 from motio.backends._loopclients import LoopClient, LoopClients
-from motio.backends._openai import _new_client
-from tests.backends.fakeserver import FakeServer
-from tests.backends.util import arun
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeServer]:
-    fake = FakeServer().start()
-    yield fake
-    fake.stop()
+from tests.asyncutil import run
+from tests.servers.scripted import ScriptedServer
 
 
 @pytest.fixture
@@ -50,12 +44,12 @@ async def one_answer(backend: OpenAIBackend) -> str:
 
 
 def test_repeated_asyncio_run_closes_each_loops_client_on_that_loop(
-    server: FakeServer, no_log_noise: None
+    server: ScriptedServer, no_log_noise: None
 ) -> None:
-    backend = OpenAIBackend("ok", base_url=server.base_url)
+    backend = OpenAIBackend("m", base_url=server.base_url)
     clients = []
     for _ in range(6):
-        assert arun(one_answer(backend)) == " w0 w1 w2"
+        assert run(one_answer(backend)) == "echo: hi"
         clients += [e.client for e in entries(backend)]
     # Every loop got its own client, and asyncio.run's shutdown closed it
     # there (through the async-generator hook), before the loop closed.
@@ -66,10 +60,10 @@ def test_repeated_asyncio_run_closes_each_loops_client_on_that_loop(
 
 
 def test_a_new_loop_reusing_a_dead_loops_id_gets_a_new_client(
-    server: FakeServer, no_log_noise: None
+    server: ScriptedServer, no_log_noise: None
 ) -> None:
-    backend = OpenAIBackend("ok", base_url=server.base_url)
-    arun(one_answer(backend))
+    backend = OpenAIBackend("m", base_url=server.base_url)
+    run(one_answer(backend))
     [stale] = entries(backend)
 
     async def reuse_id() -> tuple[str, Any]:
@@ -79,37 +73,39 @@ def test_a_new_loop_reusing_a_dead_loops_id_gets_a_new_client(
         answer = await one_answer(backend)
         return answer, (await backend._clients.get()).client
 
-    answer, fresh = arun(reuse_id())
-    assert answer == " w0 w1 w2" and fresh is not stale.client
+    answer, fresh = run(reuse_id())
+    assert answer == "echo: hi" and fresh is not stale.client
     backend.close()
 
 
 def test_a_loop_closed_without_shutdown_is_dropped_quietly(
-    server: FakeServer, no_log_noise: None
+    server: ScriptedServer, no_log_noise: None
 ) -> None:
-    backend = OpenAIBackend("ok", base_url=server.base_url)
+    backend = OpenAIBackend("m", base_url=server.base_url)
     loop = asyncio.new_event_loop()
     try:
-        assert loop.run_until_complete(one_answer(backend)) == " w0 w1 w2"
+        assert loop.run_until_complete(one_answer(backend)) == "echo: hi"
     finally:
         loop.close()  # no shutdown_asyncgens: the client still holds an open socket
     del loop
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert arun(one_answer(backend)) == " w0 w1 w2"
+        assert run(one_answer(backend)) == "echo: hi"
         backend.close()
         gc.collect()
 
 
-def test_sync_api_and_asyncio_run_and_threads_at_once(server: FakeServer, no_log_noise: None) -> None:
-    backend = OpenAIBackend("ok", base_url=server.base_url)
+def test_sync_api_and_asyncio_run_and_threads_at_once(server: ScriptedServer, no_log_noise: None) -> None:
+    backend = OpenAIBackend("m", base_url=server.base_url)
     results: list[str] = []
     lock = threading.Lock()
 
     def in_thread() -> None:
         for _ in range(3):
-            answer = arun(one_answer(backend)) if threading.current_thread().name[-1] in "02" else (
-                backend.generate_sync("hi", max_tokens=3).value
+            answer = (
+                run(one_answer(backend))
+                if threading.current_thread().name[-1] in "02"
+                else (backend.generate_sync("hi", max_tokens=3).value)
             )
             with lock:
                 results.append(answer)
@@ -119,35 +115,37 @@ def test_sync_api_and_asyncio_run_and_threads_at_once(server: FakeServer, no_log
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [" w0 w1 w2"] * 12
+    assert results == ["echo: hi"] * 12
     backend.close()
 
 
-def test_sync_calls_from_inside_a_running_loop(server: FakeServer) -> None:
-    backend = OpenAIBackend("ok", base_url=server.base_url)
+def test_sync_calls_from_inside_a_running_loop(server: ScriptedServer) -> None:
+    backend = OpenAIBackend("m", base_url=server.base_url)
 
     async def notebook_cell() -> str:
         # Sync library code called from async code (a notebook, a web handler).
         mot = backend.generate_sync("hi", max_tokens=2)
         return mot.value + "|" + "".join(backend.stream_sync("hi", max_tokens=2))
 
-    assert arun(notebook_cell()) == " w0 w1| w0 w1"
+    assert run(notebook_cell()) == "echo: hi|echo: hi"
     backend.close()
 
 
 def test_evicting_a_live_loops_client_closes_it_on_its_own_loop(
-    server: FakeServer, no_log_noise: None
+    server: ScriptedServer, no_log_noise: None
 ) -> None:
-    factory = functools.partial(_new_client, "k", server.base_url, {}, 0, 30.0, 5.0)
+    factory = functools.partial(HTTPClient, server.base_url, {}, 5.0, 30.0)
     clients = LoopClients(factory, capacity=1)
 
     async def request() -> LoopClient:
         entry = await clients.get()
-        await entry.client.models.list()  # leaves a pooled connection open
+        await entry.client.get_json(
+            "/models", Where("openai", "m", server.base_url)
+        )  # leaves a pooled connection open
         return entry
 
     first = run_sync(request())  # lives on run_sync's long-lived loop
-    second = arun(request())  # another loop: evicts the first
+    second = run(request())  # another loop: evicts the first
     assert first.client is not second.client
 
     async def wait_closed() -> None:
@@ -157,8 +155,8 @@ def test_evicting_a_live_loops_client_closes_it_on_its_own_loop(
     run_sync(wait_closed(), timeout=10)  # closed there, by that loop
 
 
-def test_closing_the_backend_closes_every_client(server: FakeServer, no_log_noise: None) -> None:
-    backend = OpenAIBackend("ok", base_url=server.base_url)
+def test_closing_the_backend_closes_every_client(server: ScriptedServer, no_log_noise: None) -> None:
+    backend = OpenAIBackend("m", base_url=server.base_url)
     backend.generate_sync("hi", max_tokens=1)
     [entry] = entries(backend)
     backend.close()

@@ -11,16 +11,17 @@ from typing import Any
 import pytest
 
 from motio import ChunkTimeoutError, ModelOutputThunk
+from motio._exceptions import BackendChunkTimeoutError
 from motio._source import Source
 from motio._threaded import ThreadedIterator
 from motio.backends._base import SlotStream
-from tests.backends.util import WAIT, arun
+from tests.asyncutil import BOUND, run
 
 
 def _stuck_after_one(release: threading.Event, stuck: threading.Event) -> Iterator[str]:
     yield "first "
     stuck.set()
-    release.wait(WAIT)  # a blocking call that does not return on its own
+    release.wait(BOUND)  # a blocking call that does not return on its own
     yield "late"
 
 
@@ -40,7 +41,7 @@ def test_slotstream_is_a_source_and_a_stuck_worker_is_abandoned_at_once() -> Non
 
     try:
         started = time.monotonic()
-        mot, failed_at = arun(main())
+        mot, failed_at = run(main())
     finally:
         release.set()
     assert stuck.is_set() and mot.value is None
@@ -68,5 +69,40 @@ def test_slotstream_over_an_async_generator_is_closed_and_released_once() -> Non
         await stream.aclose()  # a second close gives nothing back twice
         return mot
 
-    arun(main())
+    run(main())
     assert closed == [True] and releases == [1]
+
+
+def test_slotstream_passes_the_timeout_context_through() -> None:
+    # A backend's stream names provider and model in the core's chunk timeout;
+    # wrapped in a SlotStream it still must.
+    class Named:
+        def __init__(self) -> None:
+            self.closed = False
+
+        def __aiter__(self) -> Named:
+            return self
+
+        async def __anext__(self) -> str:
+            await asyncio.Event().wait()  # stalls; only a close ends it
+            raise StopAsyncIteration
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+        def timeout_error(self, error: ChunkTimeoutError) -> BackendChunkTimeoutError:
+            return BackendChunkTimeoutError(
+                f"m: {error}", timeout=error.timeout or 0.0, chunks=error.chunks, provider="p", model="m"
+            )
+
+    source, releases = Named(), []
+
+    async def main() -> BaseException | None:
+        mot = ModelOutputThunk.from_response(SlotStream(source, lambda: releases.append(1)), chunk_timeout=0.1)
+        with pytest.raises(BackendChunkTimeoutError):
+            await mot.avalue()
+        return mot.error
+
+    error = run(main())
+    assert isinstance(error, BackendChunkTimeoutError) and error.model == "m"
+    assert source.closed and releases == [1]  # no abandon(): closed, and released once

@@ -8,13 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from .fake_openai import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,9 +142,3 @@ def assert_clean(stderr: str) -> None:
     """No traceback, warning or swallowed exception in the command's stderr."""
     for marker in ("Traceback", "Warning", "Exception ignored", "Task was destroyed", "never retrieved"):
         assert marker not in stderr, stderr
-
-
-@pytest.fixture
-def fake_server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as server:
-        yield server

@@ -5,16 +5,17 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from tests.servers.scripted import ScriptedServer, running, stall_after
+
 from .conftest import EVENT_TIMEOUT, assert_clean, interrupt, run_motio, start_motio
-from .fake_openai import FakeOpenAIServer
 
 
-def test_chat_prints_the_answer(fake_server: FakeOpenAIServer) -> None:
+def test_chat_prints_the_answer(server: ScriptedServer) -> None:
     done = run_motio(
         "chat",
         "hello there",
         "--base-url",
-        fake_server.base_url,
+        server.base_url,
         "--system",
         "Be brief",
         "--max-tokens",
@@ -23,14 +24,16 @@ def test_chat_prints_the_answer(fake_server: FakeOpenAIServer) -> None:
     assert done.returncode == 0, done.stderr
     assert_clean(done.stderr)
     assert done.stdout == "echo: hello there\n"
-    assert fake_server.prompts == ["hello there"]
+    assert [r.prompt for r in server.chat_requests] == ["hello there"]
 
 
-def test_chat_reads_the_prompt_from_stdin(fake_server: FakeOpenAIServer) -> None:
-    done = run_motio("chat", "-", "--base-url", fake_server.base_url, input="from stdin\n")
+def test_chat_reads_the_prompt_from_stdin(server: ScriptedServer) -> None:
+    done = run_motio("chat", "-", "--base-url", server.base_url, input="from stdin\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "echo: from stdin\n"
-    assert fake_server.prompts == ["from stdin"]  # echo's trailing newline is not the prompt's
+    assert [r.prompt for r in server.chat_requests] == [
+        "from stdin"
+    ]  # echo's trailing newline is not the prompt's
 
 
 def test_chat_refuses_an_empty_prompt() -> None:
@@ -39,7 +42,7 @@ def test_chat_refuses_an_empty_prompt() -> None:
 
 
 def test_chat_streams_before_the_answer_is_complete_and_ctrl_c_stops_it() -> None:
-    with FakeOpenAIServer(hang_from=0) as server:
+    with running(default=stall_after(1)) as server:
         proc = start_motio("chat", "wait for me", "--base-url", server.base_url)
         assert proc.stdout is not None
         # The server sent only its first chunk and stalls: if it is on
@@ -50,7 +53,7 @@ def test_chat_streams_before_the_answer_is_complete_and_ctrl_c_stops_it() -> Non
         assert code == 130, err
         assert_clean(err)
         assert out == "\n"  # the cut-short line is ended for the shell
-        assert server.wait_for(lambda s: s.disconnects == 1, EVENT_TIMEOUT)
+        server.wait_for(lambda s: s.disconnects == 1, EVENT_TIMEOUT)
 
 
 def test_chat_unreachable_server_is_one_line(tmp_path: Path) -> None:

@@ -43,8 +43,13 @@ def test_help_lists_commands_and_run_help_documents_every_option() -> None:
         "--retry-errors",
         "exit status",
         "resume",
+        '"line-N"',
+        "explicit ids",
+        "MOTIO_STARTUP_TIMEOUT",
+        "--retry-errors",
+        "only what was answered",
     ):
-        assert option in run, option
+        assert option in " ".join(run.split()), option
     chat = run_motio("chat", "--help").stdout
     assert "--system" in chat and "stdin" in chat
 
@@ -87,7 +92,10 @@ def test_api_key_on_the_command_line_is_refused_without_echoing_it(
 
 def test_base_url_implies_the_openai_backend_and_its_default_concurrency() -> None:
     args = build_parser().parse_args(["run", "p", "-o", "o", "--base-url", "http://h/v1"])
-    assert BackendSpec.from_args(args) == BackendSpec("openai", None, "http://h/v1", None, 16)
+    spec = BackendSpec.from_args(args)
+    assert spec == BackendSpec("openai", None, "http://h/v1", None, "auto") and spec.workers == 256
+    args = build_parser().parse_args(["run", "p", "-o", "o", "--base-url", "http://h/v1", "-c", "auto:64"])
+    assert BackendSpec.from_args(args).workers == 64
     args = build_parser().parse_args(["run", "p", "-o", "o"])
     assert BackendSpec.from_args(args).kind == "llamacpp"
     assert BackendSpec.from_args(args).concurrency == 1
@@ -109,3 +117,19 @@ def test_import_motio_loads_neither_the_cli_nor_rich() -> None:
     code = "import sys, motio; assert not [m for m in sys.modules if m.startswith(('motio.cli', 'rich'))]"
     done = subprocess.run([sys.executable, "-c", code], env=motio_env(), timeout=60, check=False)
     assert done.returncode == 0
+
+
+def test_the_start_up_check_limit_is_10_s_unless_the_environment_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from motio.cli._backend import STARTUP_TIMEOUT, startup_timeout
+    from motio.cli._errors import EXIT_USAGE, CliError
+
+    monkeypatch.delenv("MOTIO_STARTUP_TIMEOUT", raising=False)
+    assert STARTUP_TIMEOUT == startup_timeout() == 10
+    monkeypatch.setenv("MOTIO_STARTUP_TIMEOUT", "1.5")
+    assert startup_timeout() == 1.5
+    monkeypatch.setenv("MOTIO_STARTUP_TIMEOUT", "soon")
+    with pytest.raises(CliError, match="MOTIO_STARTUP_TIMEOUT") as caught:
+        startup_timeout()
+    assert caught.value.exit_code == EXIT_USAGE

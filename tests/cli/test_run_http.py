@@ -1,6 +1,6 @@
 """``motio run`` end to end against a loopback OpenAI-compatible server.
 
-The server (tests/cli/fake_openai.py) is real HTTP and reports what it saw, so
+The server (tests/servers/scripted.py) is real HTTP and reports what it saw, so
 these tests can prove concurrency caps, disconnects on Ctrl-C and resumes
 deterministically and in well under a second of generation each.
 """
@@ -13,6 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.servers.scripted import (
+    RequestRecord,
+    ScriptedServer,
+    Status,
+    gather,
+    hold_after,
+    ok,
+    running,
+    stall_after,
+    status,
+)
 
 from .conftest import (
     EVENT_TIMEOUT,
@@ -27,10 +39,9 @@ from .conftest import (
     wait_for_results,
     write_prompts,
 )
-from .fake_openai import FakeOpenAIServer
 
 
-def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, server: ScriptedServer) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         '{"id": "a", "prompt": "alpha"}\n'
@@ -39,15 +50,15 @@ def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, fake_serve
         '{"prompt": "gamma", "temperature": 0.5}\n'
     )
     out = tmp_path / "out.jsonl"
-    done = run_motio("run", prompts, "-o", out, "--base-url", fake_server.base_url)
+    done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
     assert done.returncode == 0, done.stderr
     assert_clean(done.stderr)
     lines = complete_lines(out)
-    assert sorted(map(str, ids_of(lines))) == ["3", "7", "a"]
+    assert sorted(map(str, ids_of(lines))) == ["7", "a", "line-3"]
     by_id = {line["id"]: line for line in lines}
     assert by_id["a"]["output"] == "echo: alpha"
     assert by_id[7]["output"] == "echo: beta"
-    assert by_id[3]["output"] == "echo: gamma"  # id defaults to the line number
+    assert by_id["line-3"]["output"] == "echo: gamma"  # id defaults to "line-N"
     for line in lines:
         assert list(line) == [
             "id",
@@ -55,13 +66,15 @@ def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, fake_serve
             "finish_reason",
             "usage",
             "ttfb_ms",
+            "queued_ms",
             "latency_ms",
             "model",
+            "retries",
             "error",
         ]
         assert line["error"] is None and line["finish_reason"] == "stop"
-        assert line["model"] == "fake-model"
-        assert line["usage"]["completion_tokens"] == 3
+        assert line["model"] == "scripted-model"
+        assert line["usage"]["completion_tokens"] == 2  # "echo:", " <word>"
         assert 0 <= line["ttfb_ms"] <= line["latency_ms"]
     # Summary on stderr (stderr is a pipe here, so no progress bar).
     assert "3 of 3 prompts" in done.stderr and "3 ok, 0 failed" in done.stderr
@@ -71,39 +84,37 @@ def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, fake_serve
     assert done.stdout == ""
 
 
-def test_second_run_skips_everything_done(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+def test_second_run_skips_everything_done(tmp_path: Path, server: ScriptedServer) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 4), tmp_path / "out.jsonl"
-    assert run_motio("run", prompts, "-o", out, "--base-url", fake_server.base_url, "-q").returncode == 0
-    again = run_motio("run", prompts, "-o", out, "--base-url", fake_server.base_url)
+    assert run_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-q").returncode == 0
+    again = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
     assert again.returncode == 0, again.stderr
     assert "4 already done" in again.stderr and "0 of 0 prompts" in again.stderr
-    assert fake_server.snapshot()["requests"] == 4
+    assert len(server.chat_requests) == 4
     assert sorted(ids_of(complete_lines(out))) == [f"p{i}" for i in range(4)]
 
 
-def test_quiet_prints_nothing_on_success(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+def test_quiet_prints_nothing_on_success(tmp_path: Path, server: ScriptedServer) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 2), tmp_path / "out.jsonl"
-    done = run_motio("run", prompts, "-o", out, "--base-url", fake_server.base_url, "--quiet")
+    done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url, "--quiet")
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 
 
 @pytest.mark.parametrize("cap", [1, 3])
 def test_concurrency_cap_is_reached_and_never_exceeded(tmp_path: Path, cap: int) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", cap * 4), tmp_path / "out.jsonl"
-    with FakeOpenAIServer(batch=cap) as server:
+    with running(default=gather(cap)) as server:
         done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", str(cap), "-q")
-        seen = server.snapshot()
+        requests, max_in_flight = len(server.chat_requests), server.max_in_flight
     assert done.returncode == 0, done.stderr
-    assert seen["requests"] == cap * 4
+    assert requests == cap * 4
     # The server holds each round until `cap` requests are in flight together,
     # so reaching the cap is guaranteed and exceeding it would show.
-    assert seen["max_in_flight"] == cap
+    assert max_in_flight == cap
     assert len(complete_lines(out)) == cap * 4
 
 
-def test_bad_input_lines_are_named_and_the_rest_still_runs(
-    tmp_path: Path, fake_server: FakeOpenAIServer
-) -> None:
+def test_bad_input_lines_are_named_and_the_rest_still_runs(tmp_path: Path, server: ScriptedServer) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(
         '{"id": "ok1", "prompt": "one"}\n'
@@ -115,7 +126,7 @@ def test_bad_input_lines_are_named_and_the_rest_still_runs(
         '{"id": "bad-mt", "prompt": "x", "max_tokens": -3}\n'
     )
     out = tmp_path / "out.jsonl"
-    done = run_motio("run", prompts, "-o", out, "--base-url", fake_server.base_url)
+    done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
     assert done.returncode == 1
     assert_clean(done.stderr)
     assert f"{prompts}:2: malformed JSON" in done.stderr
@@ -136,7 +147,12 @@ def test_failed_prompts_are_recorded_and_retried_only_when_asked(tmp_path: Path)
             for i in range(5)
         )
     )
-    with FakeOpenAIServer(fail_marker="please fail") as server:
+    failing = True
+
+    def fail_marked(request: RequestRecord) -> Status | None:
+        return status(500) if failing and "please fail" in request.prompt else None
+
+    with running(rule=fail_marked) as server:
         url = server.base_url
         first = run_motio("run", prompts, "-o", out, "--base-url", url)
         assert first.returncode == 1
@@ -146,7 +162,7 @@ def test_failed_prompts_are_recorded_and_retried_only_when_asked(tmp_path: Path)
         assert errors[0] is None and errors[1]["type"] == "ServerError"
         assert "500" in errors[1]["message"] or "asked to fail" in errors[1]["message"]
 
-        server.failing = False
+        failing = False
         skipped = run_motio("run", prompts, "-o", out, "--base-url", url)
         assert skipped.returncode == 1  # failures remain, and are not retried silently
         assert "2 failed before (re-run them with --retry-errors)" in skipped.stderr
@@ -161,21 +177,54 @@ def test_server_dying_mid_run_stops_the_run_instead_of_failing_every_prompt(
     tmp_path: Path,
 ) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 30), tmp_path / "out.jsonl"
-    with FakeOpenAIServer(hang_from=2) as server:
+    with running(default=stall_after(1)) as server:
+        server.script(*[ok()] * 2)
         proc = start_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
         wait_for_results(out, 2, proc)
-        assert server.wait_for(lambda s: s.requests == 4, EVENT_TIMEOUT)
+        server.wait_for(lambda s: len(s.chat_requests) == 4, EVENT_TIMEOUT)
         server.crash()
         code, _, err = finish(proc, timeout=EVENT_TIMEOUT)
     assert code == 3, err
     assert_clean(err)
-    assert "new results saved in" in err and "run the same command again to resume" in err
+    assert "2 new results saved in" in err and "run the same command again to resume" in err
     lines = complete_lines(out)
-    # The two streams cut by the crash are that prompt's failures (retryable);
-    # nothing else was attempted against the dead server.
-    assert [line["error"] is None for line in lines].count(True) == 2
-    assert len(lines) <= 4
-    assert {line["error"]["type"] for line in lines if line["error"]} <= {"StreamError"}
+    # Only what was answered is recorded: the two streams the crash cut were
+    # abandoned, not failed, so they get no line and the rerun runs them. The
+    # server hangs by arrival order, which is not prompt order (p0's connection
+    # may reach it after p2's), so which two were answered is not fixed.
+    assert len(lines) == 2 and set(ids_of(lines)) <= {"p0", "p1", "p2", "p3"}
+    assert all(line["error"] is None for line in lines)
+    with running() as server:
+        again = run_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
+        assert again.returncode == 0, again.stderr
+        assert len(server.chat_requests) == 28
+    assert sorted(ids_of(complete_lines(out))) == sorted(f"p{i}" for i in range(30))  # each once
+
+
+def test_a_key_revoked_mid_run_stops_the_run_and_records_only_answers(tmp_path: Path) -> None:
+    prompts, out = write_prompts(tmp_path / "p.jsonl", 10), tmp_path / "out.jsonl"
+    args = ("run", prompts, "-o", out, "-c", "2", "--api-key-env", "MY_KEY", "--max-retries", "0")
+    with running(api_key="old-key", default=hold_after(1)) as server:
+        server.script(ok(), ok())
+        proc = start_motio(*args, "--base-url", server.base_url, env=motio_env(MY_KEY="old-key"))
+        server.wait_for(lambda s: len(s.chat_requests) == 4, EVENT_TIMEOUT)  # p2, p3 held
+        server.api_key = "new-key"  # revoked: every later request gets 401
+        server.release()
+        code, _, err = finish(proc, timeout=EVENT_TIMEOUT)
+    assert code == 3, err
+    assert_clean(err)
+    assert "run the same command again to resume" in err
+    lines = complete_lines(out)
+    # Answered before the revocation: p0, p1, and p2/p3 unless the first 401
+    # came while one was still being read (then it was abandoned, not failed).
+    # The 401s themselves are not results.
+    assert {"p0", "p1"} <= set(ids_of(lines)) <= {"p0", "p1", "p2", "p3"}
+    assert len(lines) == len(set(ids_of(lines)))
+    assert all(line["error"] is None for line in lines)
+    with running(api_key="new-key") as server:
+        again = run_motio(*args, "--base-url", server.base_url, env=motio_env(MY_KEY="new-key"))
+        assert again.returncode == 0, again.stderr
+    assert sorted(ids_of(complete_lines(out))) == sorted(f"p{i}" for i in range(10))  # each once
 
 
 def test_unreachable_server_fails_fast_with_one_line(tmp_path: Path) -> None:
@@ -194,7 +243,7 @@ def test_unreachable_server_fails_fast_with_one_line(tmp_path: Path) -> None:
 
 def test_bad_api_key_fails_fast_and_key_comes_from_the_environment(tmp_path: Path) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 3), tmp_path / "out.jsonl"
-    with FakeOpenAIServer(api_key="right-key") as server:
+    with running(api_key="right-key") as server:
         args = ("run", prompts, "-o", out, "--base-url", server.base_url, "--api-key-env", "MY_KEY")
         wrong = run_motio(*args, env=motio_env(MY_KEY="wrong-key"))
         assert wrong.returncode == 3
@@ -240,11 +289,12 @@ def test_unusable_paths_and_options_fail_fast_with_one_line(
 
 def test_ctrl_c_cancels_in_flight_keeps_results_and_says_how_to_resume(tmp_path: Path) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 6), tmp_path / "out.jsonl"
-    with FakeOpenAIServer(hang_from=2) as server:
+    with running(default=stall_after(1)) as server:
+        server.script(*[ok()] * 2)
         proc = start_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
         wait_for_results(out, 2, proc)
         # Both workers are now stuck in streams that will never end.
-        assert server.wait_for(lambda s: s.requests == 4, EVENT_TIMEOUT)
+        server.wait_for(lambda s: len(s.chat_requests) == 4, EVENT_TIMEOUT)
 
         # Meanwhile a second run on the same results file is refused.
         second = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
@@ -256,19 +306,20 @@ def test_ctrl_c_cancels_in_flight_keeps_results_and_says_how_to_resume(tmp_path:
         assert "interrupted: 2 new results saved" in err
         assert "run the same command again to resume" in err
         # Cancellation reached the source: the server saw both streams dropped.
-        assert server.wait_for(lambda s: s.disconnects == 2, EVENT_TIMEOUT)
+        server.wait_for(lambda s: s.disconnects == 2, EVENT_TIMEOUT)
     assert len(complete_lines(out)) == 2
 
-    with FakeOpenAIServer() as server:
+    with running() as server:
         resumed = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
         assert resumed.returncode == 0, resumed.stderr
-        assert server.snapshot()["requests"] == 4
+        assert len(server.chat_requests) == 4
     assert sorted(ids_of(complete_lines(out))) == [f"p{i}" for i in range(6)]
 
 
 def test_kill_9_mid_run_then_resume_gives_every_id_once(tmp_path: Path) -> None:
     prompts, out = write_prompts(tmp_path / "p.jsonl", 8), tmp_path / "out.jsonl"
-    with FakeOpenAIServer(hang_from=3) as server:
+    with running(default=stall_after(1)) as server:
+        server.script(*[ok()] * 3)
         proc = start_motio("run", prompts, "-o", out, "--base-url", server.base_url, "-c", "2")
         wait_for_results(out, 3, proc)
         proc.kill()
@@ -277,11 +328,11 @@ def test_kill_9_mid_run_then_resume_gives_every_id_once(tmp_path: Path) -> None:
     with out.open("ab") as tail:
         tail.write(b'{"id": "p7", "output": "torn')
 
-    with FakeOpenAIServer() as server:
+    with running() as server:
         resumed = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
         assert resumed.returncode == 0, resumed.stderr
         assert "cut off a torn last line" in resumed.stderr
-        assert server.snapshot()["requests"] == 5
+        assert len(server.chat_requests) == 5
     data = out.read_bytes()
     assert data.endswith(b"\n")
     assert sorted(ids_of(complete_lines(out))) == [f"p{i}" for i in range(8)]

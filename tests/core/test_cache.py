@@ -86,32 +86,43 @@ def test_safe_under_concurrent_use_and_evicts_each_value_once() -> None:
     assert remaining.isdisjoint(evicted) and cache.current_size() == 8
 
 
-def test_size_is_never_seen_above_capacity_under_eight_threads() -> None:
-    # The bug: put() inserted before it evicted and current_size() read
-    # without the lock, so a reader saw 9 entries in a cache of 8.
+def test_size_is_never_seen_above_capacity_under_threads() -> None:
+    import sys
+
+    # Switch threads as often as the interpreter allows, so a window between
+    # inserting and evicting (the bug this guards against) is actually hit.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        seen = _sizes_seen_while_8_threads_put_and_get()
+    finally:
+        sys.setswitchinterval(interval)
+    assert seen and max(seen) <= 8
+
+
+def _sizes_seen_while_8_threads_put_and_get() -> list[int]:
     cache = ClientCache(8)
-    start = threading.Barrier(8)
-    peaks = [0] * 8
-    failures: list[BaseException] = []
+    stop = threading.Event()
+    seen: list[int] = []
 
-    def work(t: int) -> None:
-        try:
-            start.wait(timeout=10)
-            peak = 0
-            for i in range(20_000):
-                key = (t * 7 + i) % 24  # shared keys: replacements and evictions
-                cache.put(key, i)
-                cache.get((key + 5) % 24)
-                peak = max(peak, cache.current_size(), len(cache.cache))
-            peaks[t] = peak
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
+    def writer(base: int) -> None:
+        for i in range(3_000):
+            cache.put((base, i % 50), i)
+            cache.get((base, (i * 7) % 50))
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-        assert not thread.is_alive()
-    assert not failures
-    assert max(peaks) == 8 and cache.current_size() == 8
+    def watcher() -> None:
+        while not stop.is_set():
+            seen.append(cache.current_size())
+            seen.append(len(cache.cache))
+
+    watch = threading.Thread(target=watcher)
+    watch.start()
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    stop.set()
+    watch.join(60)
+    assert cache.current_size() == 8
+    return seen

@@ -15,6 +15,7 @@ EXPECTED = {
     "MotioError", "ChunkTimeoutError", "ConfigurationError", "BackendClosedError", "BackendError",
     "BackendConnectionError", "BackendTimeoutError", "StreamError", "APIStatusError",
     "BadRequestError", "AuthenticationError", "NotFoundError", "RateLimitError", "ServerError",
+    "ConnectTimeoutError", "FirstTokenTimeoutError", "BackendChunkTimeoutError", "TotalTimeoutError",
 }  # fmt: skip
 
 

@@ -186,3 +186,13 @@ def test_ctrl_c_cancels_the_coroutine() -> None:
     )
     assert "KeyboardInterrupt in caller" in out.stdout, out.stderr
     assert "coroutine cancelled" in out.stdout, out.stderr
+
+
+def test_a_coroutines_own_timeout_error_passes_through() -> None:
+    from motio import ChunkTimeoutError
+
+    async def times_out() -> None:
+        raise ChunkTimeoutError("quiet stream", timeout=0.5, chunks=2)
+
+    with pytest.raises(ChunkTimeoutError, match="quiet stream"):
+        run_sync(times_out())

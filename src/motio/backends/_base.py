@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from .._exceptions import BackendClosedError, ConfigurationError
-from .._source import abandon_source
+from .._exceptions import BackendClosedError, ChunkTimeoutError, ConfigurationError
+from .._source import abandon_source, close_source, contextualise_timeout
 from .._sync import run_sync
 from .._thunk import ModelOutputThunk
 
@@ -246,22 +246,22 @@ class SlotStream:
 
     async def aclose(self) -> None:
         """Close the wrapped stream, waiting for it, then give the slot back."""
-        release, self._release = self._release, None
-        if release is None:
-            return
-        try:
-            aclose = getattr(self._source, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            release()
+        await self._close(close_source)
 
     async def abandon(self) -> None:
-        """Stop the wrapped stream without waiting for it, then give the slot back."""
+        """Stop the wrapped stream without waiting for it (a stuck worker
+        thread), then give the slot back; the core calls this on a chunk timeout."""
+        await self._close(abandon_source)
+
+    def timeout_error(self, error: ChunkTimeoutError) -> ChunkTimeoutError:
+        """The wrapped stream's context for the core's chunk timeout, if it adds any."""
+        return contextualise_timeout(self._source, error)
+
+    async def _close(self, how: Callable[[object], Awaitable[None]]) -> None:
         release, self._release = self._release, None
         if release is None:
             return
         try:
-            await abandon_source(self._source)
+            await how(self._source)
         finally:
             release()

@@ -1,16 +1,15 @@
-"""Translate the SDK's and httpx's errors into motio's, saying what to check.
+"""Translate aiohttp's and the OS's errors into motio's, saying what to check.
 
-Most specific first: ``openai.APITimeoutError`` is an ``APIConnectionError``,
-and ``httpx.ConnectTimeout`` is both a timeout and a connect error. Callers
-chain the result: ``raise translate(exc, where) from exc``.
+Most specific first: aiohttp's ``ConnectionTimeoutError`` is both a timeout
+and a client error, and a broken connection means an unreachable server
+before the response started but a truncated stream after. Callers chain the
+result: ``raise translate(exc, where) from exc``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import sys
 from dataclasses import dataclass
+from typing import Any
 
 from .._exceptions import (
     APIStatusError,
@@ -19,6 +18,7 @@ from .._exceptions import (
     BackendError,
     BackendTimeoutError,
     BadRequestError,
+    ConnectTimeoutError,
     NotFoundError,
     RateLimitError,
     ServerError,
@@ -58,7 +58,9 @@ class Where:
         return f"{self.provider} backend{server} (model {self.model!r})"
 
 
-def status_error(status: int, detail: str, where: Where) -> APIStatusError:
+def status_error(
+    status: int, detail: str, where: Where, *, retry_after: float | None = None
+) -> APIStatusError:
     """The motio error for an HTTP error ``status`` with the server's ``detail``."""
     cls: type[APIStatusError]
     if status >= 500:
@@ -66,7 +68,9 @@ def status_error(status: int, detail: str, where: Where) -> APIStatusError:
     else:
         cls, hint = _HINTS.get(status, (APIStatusError, "check the request"))
     message = f"{where.describe()}: HTTP {status}: {_shorten(detail)}; {hint}"
-    return cls(message, status_code=status, **where.fields())
+    error = cls(message, status_code=status, **where.fields())
+    error.retry_after = retry_after
+    return error
 
 
 def stream_error(detail: str, where: Where) -> StreamError:
@@ -78,44 +82,44 @@ def stream_error(detail: str, where: Where) -> StreamError:
     )
 
 
-def translate(exc: BaseException, where: Where) -> BackendError | None:
-    """The motio error for a foreign ``exc``, or None if it is not ours to wrap."""
-    import openai
+def translate(exc: BaseException, where: Where, *, mid_stream: bool = False) -> BackendError | None:
+    """The motio error for a foreign ``exc``, or None if it is not ours to wrap.
 
-    timeouts, connects, transports = _http_errors()
-    if isinstance(exc, openai.APIStatusError):
-        return status_error(exc.status_code, exc.message, where)
-    if isinstance(exc, (openai.APITimeoutError, *timeouts)):
-        return BackendTimeoutError(
-            f"{where.describe()}: no answer in time ({type(exc).__name__}); a busy server "
-            "may need a larger timeout=, an unreachable one a different base_url",
+    Args:
+        mid_stream: the response had started (headers received): a broken
+            connection then means a truncated stream, not an unreachable server.
+    """
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectTimeoutError(
+            f"{where.describe()}: no connection within connect_timeout ({exc}); check that the "
+            "server is up and base_url is right, or raise connect_timeout=",
             **where.fields(),
         )
-    if isinstance(exc, (openai.APIConnectionError, *connects)):
+    if isinstance(exc, (aiohttp.ServerTimeoutError, TimeoutError)):
+        return BackendTimeoutError(
+            f"{where.describe()}: no answer in time ({type(exc).__name__}: {exc})", **where.fields()
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return BackendConnectionError(
+            f"{where.describe()}: invalid URL {str(exc)!r}; check base_url", **where.fields()
+        )
+    if mid_stream and isinstance(exc, (aiohttp.ClientError, OSError)):
+        return stream_error(f"the connection broke mid-stream ({_describe(exc)})", where)
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
         return _connection_error(exc, where)
-    if isinstance(exc, transports):
-        return stream_error(f"the connection broke mid-stream ({exc!r})", where)
     return None
 
 
-def _http_errors() -> tuple[tuple[type[BaseException], ...], ...]:
-    """Timeout, connect and transport error classes of the HTTP stacks loaded.
-
-    Recent openai SDKs ride on ``httpx2``, older ones on ``httpx``; the raw
-    stream read raises whichever the SDK uses, so both are recognised (only
-    if already imported: never import an HTTP stack just to classify).
-    """
-    modules = [m for m in (sys.modules.get("httpx2"), sys.modules.get("httpx")) if m is not None]
-    return (
-        tuple(m.TimeoutException for m in modules),
-        tuple(m.ConnectError for m in modules),
-        tuple(m.TransportError for m in modules),
-    )
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _connection_error(exc: BaseException, where: Where) -> BackendConnectionError:
-    cause = exc.__cause__ or exc.__context__
-    reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    cause = getattr(exc, "os_error", None) or exc.__cause__
+    reason = _describe(cause if cause is not None else exc)
     return BackendConnectionError(
         f"{where.describe()}: cannot connect ({_shorten(reason)}); check that the server "
         "is running and that base_url (or OPENAI_BASE_URL) is right",

@@ -16,32 +16,56 @@ whole token per ``next()``. So each generation:
 
 ``max_concurrency`` instances of the model (default 1) are loaded lazily,
 each on first need, in a thread.
+
+Timeouts mean what they mean for OpenAIBackend: ``first_token_timeout``
+from the start of generation (after the wait for a model instance) to the
+first content, prompt processing included; ``chunk_timeout`` between
+content chunks; ``total_timeout`` for the whole generation. They bound
+``stream=False`` too (the first token is then the whole answer). There is
+no connection, so no ``connect_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .._exceptions import BackendError, ConfigurationError
+from .._exceptions import (
+    BackendChunkTimeoutError,
+    BackendError,
+    ChunkTimeoutError,
+    ConfigurationError,
+    FirstTokenTimeoutError,
+    TotalTimeoutError,
+)
 from .._feed import DEFAULT_CHUNK_TIMEOUT
 from .._threaded import ThreadedIterator
 from .._thunk import ModelOutputThunk
 from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
 from ._chat import fold_chunk
+from ._errors import Where
 from ._gate import Gate
 
 __all__ = ["LlamaCppBackend", "default_model_path"]
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-_OPTIONS = COMMON_OPTIONS | {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
+_OPTIONS = COMMON_OPTIONS | {
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "first_token_timeout",
+    "total_timeout",
+}
+_UNSET: Any = object()
 
 
 def default_model_path() -> Path:
@@ -75,6 +99,8 @@ class LlamaCppBackend(Backend):
         max_concurrency: how many model instances (each with its own
             context and memory) may generate at once; more wait their turn.
         verbose: let llama.cpp log to stderr.
+        first_token_timeout, chunk_timeout, total_timeout: the defaults of
+            ``generate`` (seconds, None for no limit); see the module docstring.
 
     Raises:
         ConfigurationError: a bad ``max_concurrency`` or ``n_ctx``.
@@ -90,6 +116,9 @@ class LlamaCppBackend(Backend):
         n_threads: int | None = None,
         max_concurrency: int = 1,
         verbose: bool = False,
+        first_token_timeout: float | None = 300.0,
+        chunk_timeout: float | None = DEFAULT_CHUNK_TIMEOUT,
+        total_timeout: float | None = None,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
@@ -102,35 +131,57 @@ class LlamaCppBackend(Backend):
         self._gate = Gate(max_concurrency)
         self._pool_lock = threading.Lock()
         self._free: list[Any] = []
+        self._timeouts = (first_token_timeout, chunk_timeout, total_timeout)
+        self._where = Where(self.provider, self.model, None)
 
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
     ) -> ModelOutputThunk[Any]:
         self._ensure_open()
         check_options(options, _OPTIONS, type(self).__name__)
-        chunk_timeout = options.pop("chunk_timeout", DEFAULT_CHUNK_TIMEOUT)
+        first, chunk, total = (
+            options.pop(name, default) if name in options else default
+            for name, default in zip(("first_token_timeout", "chunk_timeout", "total_timeout"), self._timeouts)
+        )
+        limits = _Limits(first, chunk, total, self._where)
         kwargs = {key: value for key, value in options.items() if value is not None}
         kwargs["messages"] = to_messages(prompt_or_messages)
         fold = _LlamaFold(stream)
         kwargs["logits_processor"] = fold.prompt_counter()
         mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
-            self._run(kwargs, stream), process=fold.process, post_process=fold.finish,
-            chunk_timeout=chunk_timeout,
+            self._run(kwargs, stream, limits), process=fold.process, post_process=fold.finish,
+            chunk_timeout=chunk if stream else None,
         )  # fmt: skip
         meta = mot.generation
         meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
         return mot
 
-    async def _run(self, kwargs: dict[str, Any], stream: bool) -> Any:
+    async def _run(self, kwargs: dict[str, Any], stream: bool, limits: _Limits) -> Any:
         lease = await self._lease()
-        tokens = ThreadedIterator(_generate(lease, kwargs), asyncio.get_running_loop())
+        limits.start()
+        tokens = ThreadedIterator(_generate(lease, kwargs, self._where), asyncio.get_running_loop())
+        # Read from the worker's iterator directly, close through the slot
+        # wrapper: a read interrupted by a timeout must not wait for a stuck
+        # worker, and the model instance must come back exactly once.
         chunks = SlotStream(tokens, lease.abandon)
-        if stream:
-            return chunks
-        # Whole answer: still drained token by token, so closing the thunk
-        # stops llama.cpp within one token here too.
-        async with contextlib.aclosing(chunks):
-            return [chunk async for chunk in chunks]
+        try:
+            # Up to the first content (the role chunk comes before the prompt
+            # is even read), outside the core's chunk watchdog: prompt
+            # processing is the first-token timeout's to bound.
+            head = await limits.read_until_content(tokens)
+            if stream:
+                return _Stream(head, tokens, chunks, limits)
+            # Whole answer: still drained token by token, so closing the thunk
+            # stops llama.cpp within one token here too.
+            rest = await limits.read_rest(tokens)
+        except asyncio.CancelledError:
+            await chunks.aclose()  # the thunk was closed: stop within a token
+            raise
+        except BaseException:
+            await chunks.abandon()  # a timeout or a failure: do not wait on the worker
+            raise
+        await chunks.aclose()
+        return head + rest
 
     async def _lease(self) -> _Lease:
         # Checked again here: a generation may have waited for the model
@@ -246,7 +297,7 @@ class _Lease:
         self.give_back()
 
 
-def _generate(lease: _Lease, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _generate(lease: _Lease, kwargs: dict[str, Any], where: Where) -> Iterator[dict[str, Any]]:
     """Runs in the worker thread: stream one chat completion from the lease's model."""
     if not lease.enter():
         return
@@ -255,9 +306,145 @@ def _generate(lease: _Lease, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]
     except (ValueError, RuntimeError) as exc:
         # llama.cpp reports a prompt longer than n_ctx, a bad grammar or a
         # failed decode as ValueError/RuntimeError.
-        raise BackendError(f"llama.cpp failed: {exc}", provider="llamacpp") from exc
+        raise BackendError(
+            f"{where.describe()}: llama.cpp failed: {exc}; a prompt longer than the context "
+            "needs a larger n_ctx= or a shorter prompt",
+            **where.fields(),
+        ) from exc
     finally:
         lease.give_back()
+
+
+def _has_content(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or choice.get("message") or {}
+        if delta.get("content") or choice.get("finish_reason"):
+            return True
+    return False
+
+
+class _Limits:
+    """One generation's first-token, chunk and total limits, as deadlines."""
+
+    __slots__ = ("first", "chunk", "total", "where", "_total_at")
+
+    def __init__(self, first: float | None, chunk: float | None, total: float | None, where: Where) -> None:
+        self.first, self.chunk, self.total, self.where = first, chunk, total, where
+        self._total_at: float | None = None
+
+    def start(self) -> None:
+        if self.total is not None:
+            self._total_at = asyncio.get_running_loop().time() + self.total
+
+    async def read_until_content(self, chunks: ThreadedIterator) -> list[dict[str, Any]]:
+        """Chunks up to and including the first with content (or the end)."""
+        head: list[dict[str, Any]] = []
+        scope = self._scope(self.first)
+        try:
+            async with scope:
+                async for chunk in chunks:
+                    head.append(chunk)
+                    if _has_content(chunk):
+                        break
+        except TimeoutError:
+            raise self._expired(scope, "first") from None
+        return head
+
+    async def read_rest(self, chunks: ThreadedIterator) -> list[dict[str, Any]]:
+        rest: list[dict[str, Any]] = []
+        while True:
+            chunk = await self.next_chunk(chunks, len(rest))
+            if chunk is None:
+                return rest
+            rest.append(chunk)
+
+    async def next_chunk(
+        self, chunks: ThreadedIterator, seen: int, *, watched: bool = False
+    ) -> dict[str, Any] | None:
+        """The next chunk within the chunk limit (unless the core watches it) and the total."""
+        limit = None if watched else self.chunk
+        scope = self._scope(limit)
+        try:
+            async with scope:
+                return await anext(chunks, None)
+        except TimeoutError:
+            raise self._expired(scope, "chunk", seen) from None
+
+    def _scope(self, limit: float | None) -> asyncio.Timeout:
+        loop_time = asyncio.get_running_loop().time()
+        ends = [t for t in (None if limit is None else loop_time + limit, self._total_at) if t is not None]
+        return asyncio.timeout_at(min(ends) if ends else None)
+
+    def _expired(self, scope: asyncio.Timeout, which: str, seen: int = 0) -> BaseException:
+        if not scope.expired():  # not ours: pass it on as it was
+            return sys.exc_info()[1] or TimeoutError()
+        if self._total_at is not None and asyncio.get_running_loop().time() >= self._total_at - 1e-3:
+            return TotalTimeoutError(
+                f"{self.where.describe()}: the generation did not finish within total_timeout={self.total:g} s",
+                timeout=self.total,
+                **self.where.fields(),
+            )
+        if which == "first":
+            return FirstTokenTimeoutError(
+                f"{self.where.describe()}: no content within first_token_timeout={self.first:g} s "
+                "(prompt processing included); raise first_token_timeout=",
+                timeout=self.first,
+                **self.where.fields(),
+            )
+        return BackendChunkTimeoutError(
+            f"{self.where.describe()}: no chunk within chunk_timeout={self.chunk:g} s; raise chunk_timeout=",
+            timeout=self.chunk or 0.0,
+            chunks=seen,
+            **self.where.fields(),
+        )
+
+
+class _Stream:
+    """The first chunks already read, then the rest under the total limit.
+
+    Between chunks the core's watchdog applies ``chunk_timeout``; its error
+    gets this backend's context through ``timeout_error``.
+    """
+
+    __slots__ = ("_head", "_tokens", "_chunks", "_limits", "_seen")
+
+    def __init__(
+        self, head: list[dict[str, Any]], tokens: ThreadedIterator, chunks: SlotStream, limits: _Limits
+    ) -> None:
+        self._head = head
+        self._tokens = tokens
+        self._chunks = chunks
+        self._limits = limits
+        self._seen = 0
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        self._seen += 1
+        if self._head:
+            return self._head.pop(0)
+        try:
+            chunk = await self._limits.next_chunk(self._tokens, self._seen, watched=True)
+        except TimeoutError:
+            await self._chunks.abandon()  # the total limit: do not wait on the worker
+            raise
+        if chunk is None:
+            await self._chunks.aclose()  # the model instance goes back now
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
+    async def abandon(self) -> None:
+        await self._chunks.abandon()
+
+    def timeout_error(self, error: ChunkTimeoutError) -> BackendChunkTimeoutError:
+        where = self._limits.where
+        return BackendChunkTimeoutError(
+            f"{where.describe()}: {error}", timeout=error.timeout or 0.0, chunks=error.chunks, **where.fields()
+        )
 
 
 class _LlamaFold:

@@ -105,7 +105,7 @@ class LoopClient:
 
     async def _close_client(self) -> None:
         if self._loop_dead:
-            _close_sockets_without_loop(self.client)
+            self.client.close_without_loop()
             return
         try:
             await self.client.close()
@@ -118,35 +118,6 @@ async def _close_at_shutdown(entry: LoopClient) -> AsyncGenerator[None, None]:
         yield
     finally:
         await entry._close_client()
-
-
-def _close_sockets_without_loop(client: Any) -> None:
-    """Close an abandoned client's idle sockets without calling into its dead loop.
-
-    The loop that owned them is closed, so the transports cannot be closed
-    the normal way; closing the OS sockets and marking the asyncio transports
-    closed keeps them from warning when they are collected.
-    """
-    pool = getattr(getattr(getattr(client, "_client", None), "_transport", None), "_pool", None)
-    for connection in list(getattr(pool, "_connections", ())):
-        stream = getattr(getattr(connection, "_connection", None), "_network_stream", None)
-        transport = _asyncio_transport(stream)
-        sock = getattr(transport, "_sock", None)
-        if sock is None:
-            continue
-        with contextlib.suppress(OSError):
-            sock.close()
-        transport._sock = None  # what _call_connection_lost would have done
-
-
-def _asyncio_transport(stream: Any) -> Any:
-    # httpcore wraps anyio (or its own asyncio) streams; walk down to the
-    # asyncio transport whichever wrapper is in use.
-    for _ in range(4):
-        if stream is None or isinstance(stream, asyncio.BaseTransport):
-            return stream
-        stream = getattr(stream, "_stream", None) or getattr(stream, "_transport", None)
-    return stream if isinstance(stream, asyncio.BaseTransport) else None
 
 
 class LoopClients:

@@ -1,45 +1,69 @@
 """OpenAIBackend: any OpenAI-compatible chat server, streamed at raw-SSE speed.
 
-The official SDK's ``AsyncOpenAI`` does the transport: base URL, key,
-headers, connection pool, status errors. Its typed stream does not: building
-a pydantic object per chunk costs about seven times what reading the raw SSE
-bytes (``client.post(..., cast_to=<the HTTP Response class>, stream=True)``)
-and decoding the payloads with msgspec costs, and at hundreds of concurrent
-streams that is the CPU's whole budget.
+The transport is aiohttp (``_http.py``): one session per event loop, kept
+alive connections, no pool cap below ``max_concurrency``. The openai SDK is
+not used: its typed stream builds a pydantic object per chunk (about seven
+times the cost of reading raw SSE bytes and decoding them with msgspec), and
+its httpx pool slows down as open connections grow, which at thousands of
+concurrent streams was the whole budget.
 
 Data flow of one streamed generation::
 
-    generate() -> ModelOutputThunk.from_response(_open_stream(...))
-    _open_stream: wait for a concurrency slot (not counted by chunk_timeout)
-                  -> SlotStream(_read_sse(...))   # gives the slot back once
-    _read_sse:    POST, then one block of SSE events per network read
-    _ChatFold:    decodes and folds each payload into text and metadata
+    generate() -> ModelOutputThunk.from_response(Exchange.open_stream())
+    Exchange:     (_request.py) per attempt: a concurrency slot and the rate
+                  limiter, POST, read until the first content; retried
+                  before any content on 429/5xx/reset connections
+    _SSEStream:   one text item per network read that carried content
+    _ChatFold:    decodes and folds each read's payloads into text and metadata
+
+What the backend shares between generations (and event loops, and threads):
+the per-loop HTTP clients, the concurrency gate (fixed or adaptive), the
+rate limiter and the retry policy.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import os
-import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from .._exceptions import BackendError, ConfigurationError, NotFoundError
+from .._exceptions import BadRequestError, ConfigurationError, MotioError, NotFoundError
+from .._feed import DEFAULT_CHUNK_TIMEOUT
+from .._loops import get_current_event_loop
+from .._thunk import ModelOutputThunk
+from ._base import COMMON_OPTIONS, Backend, Messages, check_options, to_messages
 from ._chat import batch_decoder, fold_chunk, fold_structs
-from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
 from ._errors import Where, stream_error, translate
-from ._loopclients import LoopClient, LoopClients, loop_semaphore
-from ._sse import ErrorEvent, SSEDecoder, data_as_json_array, parse_events
+from ._http import HTTPClient, json_codec
+from ._gate import Gate
+from ._loopclients import LoopClient, LoopClients
+from ._request import Exchange, Timeouts
+from ._retry import RetryPolicy
+from ._sse import ErrorEvent, data_as_json_array, parse_events
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from .._thunk import GenerationMeta
+    from ._adaptive import AdaptiveConcurrency
+    from ._ratelimit import RateLimiter, Reservation
 
 __all__ = ["OpenAIBackend"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers (llama.cpp, vLLM, Ollama) ignore the key, but the SDK insists on one.
 _PLACEHOLDER_KEY = "sk-no-key-required"
+#: Default ``first_token_timeout``: generous, since it covers the server's
+#: queue and prompt processing, which on a busy server take minutes.
+DEFAULT_FIRST_TOKEN_TIMEOUT = 300.0
+#: Upper bound of ``max_concurrency="auto"``.
+DEFAULT_CONCURRENCY_BOUND = 256
+# Where "auto" starts: low enough not to swamp a small server on the first
+# round, and slow start doubles it each round until the server pushes back.
+_AUTO_INITIAL = 16
 
 _OPTIONS = COMMON_OPTIONS | {
     "frequency_penalty",
@@ -47,14 +71,13 @@ _OPTIONS = COMMON_OPTIONS | {
     "logit_bias",
     "response_format",
     "extra_body",
+    "first_token_timeout",
+    "total_timeout",
 }
-
+_USAGE_PLEASE = {"include_usage": True}
 
 _TAKE_GENERIC_PATH = object()
-
-
-def _no_release() -> None:
-    pass
+_UNSET: Any = object()
 
 
 class OpenAIBackend(Backend):
@@ -67,15 +90,33 @@ class OpenAIBackend(Backend):
         api_key: default ``$OPENAI_API_KEY``, else a placeholder that local
             servers accept.
         headers: extra HTTP headers for every request.
-        max_concurrency: at most this many requests in flight per event
-            loop; the rest wait without holding a connection. None: no cap.
-        timeout: seconds for a whole request (reads included).
-        connect_timeout: seconds to establish a connection.
-        max_retries: the SDK's retries (429, 5xx and connection errors, with
-            backoff). 0 by default, so a dead server fails at once.
+        max_concurrency: requests in flight at once, across every event loop
+            and thread using this backend; the rest wait without holding a
+            connection. An int, ``"auto"`` (adapt to what the server serves:
+            see ``_adaptive.py``; between 1 and ``concurrency_bound``), or
+            None for no cap.
+        concurrency_bound: the upper bound of ``"auto"``.
+        connect_timeout: seconds to establish a TCP (and TLS) connection.
+        first_token_timeout: seconds from sending a request to its first
+            content chunk (the server's queue and prompt processing); for a
+            non-streamed request, to the whole answer. None: no limit.
+        chunk_timeout: seconds between content chunks (the default of
+            ``generate``). Comments, keep-alives and chunks without text do
+            not count as content. None: no limit.
+        total_timeout: seconds for the whole generation, retries and their
+            waits included. None (default): no limit.
+        max_retries: retries of a request that failed before any content
+            reached the thunk (429, 408, 409, 5xx, reset connections, connect
+            timeouts), with exponential backoff and full jitter, or the
+            server's Retry-After. 0 disables. A refused connection is not
+            retried.
+        rpm, tpm: requests and tokens per minute for this backend, shared by
+            every loop and thread of the process. ``tpm`` counts the prompt
+            (estimated: 4 characters a token) plus ``max_tokens`` up front,
+            corrected from the answer's usage.
 
     Raises:
-        ConfigurationError: a bad ``max_concurrency`` or timeout.
+        ConfigurationError: a bad limit or timeout.
     """
 
     provider = "openai"
@@ -87,133 +128,150 @@ class OpenAIBackend(Backend):
         base_url: str | None = None,
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
-        max_concurrency: int | None = None,
-        timeout: float = 600.0,
+        max_concurrency: int | Literal["auto"] | None = None,
+        concurrency_bound: int = DEFAULT_CONCURRENCY_BOUND,
         connect_timeout: float = 5.0,
-        max_retries: int = 0,
+        first_token_timeout: float | None = DEFAULT_FIRST_TOKEN_TIMEOUT,
+        chunk_timeout: float | None = DEFAULT_CHUNK_TIMEOUT,
+        total_timeout: float | None = None,
+        max_retries: int = 2,
+        rpm: float | None = None,
+        tpm: float | None = None,
     ) -> None:
-        _check_positive_int("max_concurrency", max_concurrency, allow_none=True)
-        _check_positive_int("max_retries", max_retries + 1)
-        if timeout <= 0 or connect_timeout <= 0:
-            raise ConfigurationError("timeout and connect_timeout must be positive numbers of seconds")
+        _check_timeouts(connect_timeout, first_token_timeout, chunk_timeout, total_timeout)
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
-        self._headers = dict(headers or {})
+        self._headers = {"Authorization": f"Bearer {self._api_key}", "User-Agent": "motio", **(headers or {})}
         self.max_concurrency = max_concurrency
-        factory = functools.partial(
-            _new_client, self._api_key, self.base_url, self._headers, max_retries, timeout, connect_timeout
-        )
+        self._gate, self._adaptive = _make_gate(max_concurrency, concurrency_bound)
+        self._limiter = _make_limiter(rpm, tpm)
+        self.retry_policy = RetryPolicy(max_retries=_positive_int("max_retries", max_retries + 1) - 1)
+        self.first_token_timeout = first_token_timeout
+        self.chunk_timeout = chunk_timeout
+        self.total_timeout = total_timeout
+        factory = functools.partial(HTTPClient, self.base_url, self._headers, connect_timeout, None)
         self._clients = LoopClients(factory)
         # A backend dropped without close(): close its clients on their own
         # loops instead of leaving sockets for the garbage collector.
         weakref.finalize(self, self._clients.close_all_elsewhere)
-        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
-        self._semaphores = weakref.WeakKeyDictionary()
         self._model_lock = threading.Lock()
-        self._loads = _json_loads()
+        self._loads = json_codec()[1]
+        self._last_where: Where | None = None
         # Cleared the first time a server rejects stream_options (older servers).
         self._ask_usage = True
 
     def _where(self) -> Where:
-        return Where(self.provider, self.model, self.base_url)
+        # One shared Where while the model stays the same: no object per request.
+        where = self._last_where
+        if where is None or where.model != self.model:
+            where = self._last_where = Where(self.provider, self.model, self.base_url)
+        return where
+
+    @property
+    def adaptive_concurrency(self) -> AdaptiveConcurrency | None:
+        """With ``max_concurrency="auto"``, the controller (``limit``, ``snapshot()``)."""
+        return self._adaptive
 
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
-    ) -> Any:
-        from .. import DEFAULT_CHUNK_TIMEOUT, ModelOutputThunk
-
+    ) -> ModelOutputThunk[Any]:
         check_options(options, _OPTIONS, type(self).__name__)
-        chunk_timeout = options.pop("chunk_timeout", DEFAULT_CHUNK_TIMEOUT)
-        body = _request_body(to_messages(prompt_or_messages), stream, options)
-        fold = _ChatFold(self._loads, self._where(), stream)
-        opener = self._open_stream(body, fold) if stream else self._complete(body, fold)
-        process = fold.process_events if stream else fold.process_whole
-        mot = ModelOutputThunk.from_response(
-            opener, process=process, post_process=fold.finish, chunk_timeout=chunk_timeout
+        timeouts = Timeouts(
+            _option_timeout(options, "first_token_timeout", self.first_token_timeout),
+            _option_timeout(options, "chunk_timeout", self.chunk_timeout),
+            _option_timeout(options, "total_timeout", self.total_timeout),
         )
+        messages = to_messages(prompt_or_messages)
+        body = _request_body(messages, stream, options)
+        tokens = self._token_estimate(messages, options)
+        fold = _ChatFold(self._loads, self._where(), stream)
+        exchange = Exchange(self, body, fold, timeouts, tokens)
+        opener = exchange.open_stream() if stream else exchange.complete()
+        mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
+            opener, post_process=fold.finish, chunk_timeout=timeouts.chunk if stream else None
+        )
+        fold.bind(mot)
         meta = mot.generation
         meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
         return mot
 
-    async def _open_stream(self, body: dict[str, Any], fold: _ChatFold) -> SlotStream:
-        release = await self._take_slot()
+    def _token_estimate(self, messages: Messages, options: dict[str, Any]) -> int:
+        if self._limiter is None or self._limiter.tpm is None:
+            return 0
+        from ._ratelimit import estimate_tokens
+
+        return estimate_tokens(messages, options.get("max_tokens"))
+
+    # -- what an Exchange asks of its backend ------------------------------------
+
+    async def take_slot(self, tokens: int) -> Reservation | None:
+        """Wait for a concurrency slot, then for the rate limiter."""
+        if self._gate is not None:
+            await self._gate.acquire()
+        if self._limiter is None:
+            return None
         try:
-            entry = await self._clients.get()
-            await self._prepare(entry, body, fold)
+            return await self._limiter.acquire(tokens)
         except BaseException:
-            release()
+            if self._gate is not None:
+                self._gate.release()
             raise
-        if self._ask_usage:
-            body["stream_options"] = {"include_usage": True}
-        return SlotStream(self._read_sse(entry, body, fold.where), release)
 
-    async def _complete(self, body: dict[str, Any], fold: _ChatFold) -> bytes:
-        release = await self._take_slot()
-        try:
-            entry = await self._clients.get()
-            await self._prepare(entry, body, fold)
-            with self._translated(fold.where), _using(entry):
-                async with contextlib.AsyncExitStack() as stack:
-                    response = await self._send(stack, entry.client, body)
-                    return bytes(await response.aread())
-        finally:
-            release()
+    def give_slot(self, reservation: Reservation | None, usage: dict[str, Any] | None) -> None:
+        """Give the slot back; correct the token budget from the answer's usage."""
+        if self._gate is not None:
+            self._gate.release()
+        if reservation is not None:
+            reservation.settle((usage or {}).get("total_tokens"))
 
-    async def _prepare(self, entry: LoopClient, body: dict[str, Any], fold: _ChatFold) -> None:
+    def concurrency_sample(self, seconds: float) -> None:
+        if self._adaptive is not None:
+            self._adaptive.record_first_token(seconds)
+
+    def concurrency_overloaded(self) -> None:
+        if self._adaptive is not None:
+            self._adaptive.record_overload()
+
+    def busy(self) -> bool:
+        return self._adaptive is None or self._adaptive.in_flight > 1
+
+    async def loop_client(self) -> LoopClient:
+        return await self._clients.get()
+
+    async def prepare(self, entry: LoopClient, body: dict[str, Any], fold: _ChatFold) -> None:
         if self.model is None:
-            with self._translated(self._where()):
-                await self._ask_model(entry.client)
+            await self._ask_model(entry.client)
+        if fold.where.model != self.model:  # asked the server since generate()
+            fold.where = self._where()
         body["model"] = self.model
-        fold.where = self._where()
 
-    async def _read_sse(
-        self, entry: LoopClient, body: dict[str, Any], where: Where
-    ) -> AsyncIterator[bytes]:
-        """Yield each network read's complete SSE events as one block."""
-        with self._translated(where), _using(entry):
-            async with contextlib.AsyncExitStack() as stack:
-                response = await self._send(stack, entry.client, body)
-                decoder = SSEDecoder()
-                async for raw in response.aiter_bytes():
-                    if block := decoder.feed(raw):
-                        yield block
-                if block := decoder.flush():
-                    yield block
-        # Leaving the AsyncExitStack closes the HTTP response: when the thunk
-        # is closed early the connection is dropped and the server sees it.
+    def ask_usage(self, body: dict[str, Any]) -> None:
+        if self._ask_usage:
+            body["stream_options"] = _USAGE_PLEASE
 
-    async def _send(self, stack: contextlib.AsyncExitStack, client: Any, body: dict[str, Any]) -> Any:
-        """POST the body; return the unread HTTP response, closed by ``stack``.
+    async def send(self, client: HTTPClient, body: dict[str, Any], where: Where) -> aiohttp.ClientResponse:
+        """POST the body; return the response with its body unread.
 
         Raises:
-            openai.APIStatusError (and the SDK's other errors): as ``create`` would.
+            APIStatusError: the server's error status, with its message.
+            aiohttp.ClientError, OSError, TimeoutError: for the caller to classify.
         """
-        import openai
-
         try:
-            response = await _post_chat(client, body)
-        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            if "stream_options" not in body or "stream_options" not in str(exc.message):
+            return await client.post("/chat/completions", body, where)
+        except BadRequestError as exc:
+            if "stream_options" not in body or "stream_options" not in str(exc):
                 raise
-            # An older server that rejects stream_options: ask once more
-            # without it and count the chunks for usage instead.
-            self._ask_usage = False
-            del body["stream_options"]
-            response = await _post_chat(client, body)
-        stack.push_async_callback(response.aclose)
-        return response
+        # An older server that rejects stream_options: ask once more
+        # without it and count the chunks for usage instead.
+        self._ask_usage = False
+        del body["stream_options"]
+        return await client.post("/chat/completions", body, where)
 
-    async def _take_slot(self) -> Callable[[], None]:
-        if self.max_concurrency is None:
-            return _no_release
-        sem = loop_semaphore(self._semaphores, self.max_concurrency)
-        await sem.acquire()
-        return sem.release
+    # -- models and lifecycle ----------------------------------------------------
 
-    async def _ask_model(self, client: Any) -> str:
-        page = await client.models.list()
-        ids = [m.id for m in page.data]
+    async def _ask_model(self, client: HTTPClient) -> str:
+        ids = await self._list_models(client)
         with self._model_lock:
             if self.model is None:
                 if not ids:
@@ -224,17 +282,14 @@ class OpenAIBackend(Backend):
                 self.model = ids[0]
         return self.model
 
-    @contextlib.contextmanager
-    def _translated(self, where: Where) -> Any:
+    async def _list_models(self, client: HTTPClient) -> list[str]:
+        where = self._where()
         try:
-            yield
-        except BackendError:
+            return _model_ids(await client.get_json("/models", where))
+        except MotioError:
             raise
         except Exception as exc:
-            error = translate(exc, where)
-            if error is None:
-                raise
-            raise error from exc
+            _reraise(exc, where)
 
     async def check(self) -> None:
         """Ask the server for its models: fails fast if it is unreachable,
@@ -245,13 +300,14 @@ class OpenAIBackend(Backend):
             BackendTimeoutError: with a message saying what to check.
         """
         entry = await self._clients.get()
-        with self._translated(self._where()), _using(entry):
-            page = await entry.client.models.list()
-        ids = [m.id for m in page.data]
-        if self.model is None:
-            with self._translated(self._where()):
+        entry.acquire()
+        try:
+            ids = await self._list_models(entry.client)
+            if self.model is None:
                 await self._ask_model(entry.client)
-        elif ids and self.model not in ids:
+        finally:
+            entry.release()
+        if self.model not in ids and ids:
             shown = ", ".join(map(repr, ids[:10]))
             raise NotFoundError(
                 f"{self._where().describe()}: the server does not list model {self.model!r} "
@@ -264,66 +320,25 @@ class OpenAIBackend(Backend):
         await self._clients.aclose()
 
     def close(self) -> None:
-        if _running_loop() is None:
+        if get_current_event_loop() is None:
             from .. import run_sync
 
             run_sync(self.aclose())
         self._clients.close_all_elsewhere()
 
 
-def _new_client(
-    api_key: str, base_url: str, headers: dict[str, str], max_retries: int, total: float, connect: float
-) -> Any:
-    import openai
-
-    # The SDK's own pool limits (1000 connections, 100 kept alive) are kept on
-    # purpose: at 500 concurrent streams keeping 1000 alive halved throughput
-    # on httpx2, whose every pool pass probes each idle socket.
-    return openai.AsyncOpenAI(
-        api_key=api_key,
-        base_url=base_url,
-        default_headers=headers,
-        max_retries=max_retries,
-        timeout=openai.Timeout(total, connect=connect),
-    )
+def _reraise(exc: Exception, where: Where, *, mid_stream: bool = False) -> NoReturn:
+    """Raise the motio error for a foreign ``exc`` (chained), or ``exc`` itself."""
+    error = translate(exc, where, mid_stream=mid_stream)
+    if error is None:
+        raise exc
+    raise error from exc
 
 
-async def _post_chat(client: Any, body: dict[str, Any]) -> Any:
-    # The SDK's generic post() (its documented way to reach any endpoint)
-    # rather than chat.completions.create(): create() first walks the whole
-    # body against its TypedDicts, which was a fifth of a short request's
-    # CPU, and motio sends plain JSON anyway. Retries, auth, headers, the
-    # pool and the status errors are the same.
-    return await client.post("/chat/completions", body=body, cast_to=_http_response_type(), stream=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _http_response_type() -> type:
-    """The Response class of the SDK's HTTP stack (httpx2 from openai 3, httpx before):
-    as ``cast_to`` it makes the SDK return the raw response, its body unread."""
-    import openai
-
-    for base in openai.DefaultAsyncHttpxClient.__mro__:
-        stack = sys.modules.get(base.__module__.partition(".")[0])
-        if stack is not None and stack is not openai and isinstance(getattr(stack, "Response", None), type):
-            return stack.Response  # type: ignore[no-any-return]
-    raise ImportError("cannot tell which HTTP library the openai SDK uses")
-
-
-@contextlib.contextmanager
-def _using(entry: LoopClient) -> Any:
-    entry.acquire()
-    try:
-        yield
-    finally:
-        entry.release()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+def _model_ids(listing: Any) -> list[str]:
+    """The model names in a ``GET /models`` answer (``{"data": [{"id": ...}]}``)."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    return [m["id"] for m in data or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 def _request_body(messages: Messages, stream: bool, options: dict[str, Any]) -> dict[str, Any]:
@@ -334,22 +349,49 @@ def _request_body(messages: Messages, stream: bool, options: dict[str, Any]) -> 
     return body
 
 
-def _check_positive_int(name: str, value: int | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
+def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
-def _json_loads() -> Callable[[bytes], Any]:
-    """orjson's decoder if installed (see bench/backends_json.py), else json's."""
-    try:
-        import orjson
-    except ImportError:
-        import json
+def _make_gate(
+    max_concurrency: int | str | None, bound: int
+) -> tuple[Gate | AdaptiveConcurrency | None, AdaptiveConcurrency | None]:
+    """(the gate requests pass, the adaptive controller if that gate is one)."""
+    if max_concurrency is None:
+        return None, None
+    if max_concurrency == "auto":
+        from ._adaptive import AdaptiveConcurrency
 
-        return json.loads
-    return orjson.loads
+        bound = _positive_int("concurrency_bound", bound)
+        adaptive = AdaptiveConcurrency(initial=min(_AUTO_INITIAL, bound), maximum=bound)
+        return adaptive, adaptive
+    return Gate(_positive_int("max_concurrency (a positive int, 'auto' or None)", max_concurrency)), None
+
+
+def _make_limiter(rpm: float | None, tpm: float | None) -> RateLimiter | None:
+    if rpm is None and tpm is None:
+        return None
+    from ._ratelimit import RateLimiter
+
+    return RateLimiter(rpm, tpm)
+
+
+def _check_timeouts(connect: float, *others: float | None) -> None:
+    for value in (connect, *others):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ConfigurationError(
+                f"timeouts must be positive numbers of seconds (or None where allowed), got {value!r}"
+            )
+
+
+def _option_timeout(options: dict[str, Any], name: str, default: float | None) -> float | None:
+    value = options.pop(name, _UNSET)
+    if value is _UNSET:
+        return default
+    _check_timeouts(1.0, value)
+    return value  # type: ignore[no-any-return]
 
 
 class _ChatFold:
@@ -359,7 +401,7 @@ class _ChatFold:
     :class:`StreamError` first.
     """
 
-    __slots__ = ("_loads", "_batch", "where", "_stream", "_done", "_pieces")
+    __slots__ = ("_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot")
 
     def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool) -> None:
         self._loads = loads
@@ -368,18 +410,28 @@ class _ChatFold:
         self._stream = stream
         self._done = False
         self._pieces = 0
+        self.meta: GenerationMeta = None  # type: ignore[assignment]  # bind() sets it
+        self._mot: ModelOutputThunk[Any] | None = None
 
-    def process_events(self, mot: Any, block: bytes) -> str | None:
-        """Fold a block of SSE events (one network read's worth)."""
+    def bind(self, mot: ModelOutputThunk[Any]) -> None:
+        """Fold into ``mot``: called before its producer first runs."""
+        self._mot = mot
+        self.meta = mot.generation
+
+    def text_so_far(self) -> str:
+        return "" if self._mot is None else self._mot.text
+
+    def process_events(self, block: bytes) -> str | None:
+        """Fold a block of SSE events (one network read's worth); its text, if any."""
         if self._batch is not None and (plain := data_as_json_array(block)) is not None:
-            text = self._process_batch(mot.generation, *plain)
+            text = self._process_batch(self.meta, *plain)
             if text is not _TAKE_GENERIC_PATH:
                 return text  # type: ignore[return-value]
-        return self._process_each(mot.generation, parse_events(block))
+        return self._process_each(self.meta, parse_events(block))
 
-    def process_whole(self, mot: Any, body: bytes) -> str | None:
-        """Fold a non-streamed completion."""
-        return self._process_each(mot.generation, [body])
+    def process_whole(self, body: bytes) -> str:
+        """Fold a non-streamed completion; its text."""
+        return self._process_each(self.meta, [body]) or ""
 
     def _process_batch(self, meta: Any, array: bytes, done: bool) -> object:
         """The fast path: all of a read's chunks decoded by one msgspec call."""

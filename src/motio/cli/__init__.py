@@ -3,19 +3,40 @@
 Map of the package (everything below ``main`` is private):
 
 - ``_main``: argument parsing, dispatch, exit statuses on error
-- ``_run``: ``motio run``, a fixed pool of workers over a streamed prompts file
+- ``_run``: ``motio run``: paths, resume plan, locking, exit statuses, around
+  the batch engine of :mod:`motio.batch` (prompts, results file, stats)
 - ``_chat``: ``motio chat``, one answer streamed to stdout
-- ``_inputs``: lazy parser of the prompts file, problems named by line number
-- ``_results``: the append-only, locked, self-repairing results file
-- ``_stats``: counters, percentiles and the end-of-run summary
 - ``_progress``: the optional rich progress bar on stderr
 - ``_backend``: options to a checked backend, errors to one line
 - ``_errors``: ``CliError`` and the exit statuses
 
 Nothing in the core imports this package; rich and the backends are imported
-only when a command needs them.
+only when a command needs them. This module itself imports nothing, so that
+Ctrl-C at any instant of start-up lands inside ``main`` (exit 130), not in
+an import above it (a traceback and death by signal).
 """
 
-from ._main import main
+from __future__ import annotations
+
+# Not `from typing import TYPE_CHECKING` nor even collections.abc at run
+# time: an import above main's try is a window where Ctrl-C ends in a traceback.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
+
+_EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``motio`` command; returns the exit status."""
+    try:
+        from ._main import main as run_main
+
+        return run_main(argv)
+    except KeyboardInterrupt:
+        import sys
+
+        print("motio: interrupted", file=sys.stderr, flush=True)
+        return _EXIT_INTERRUPTED

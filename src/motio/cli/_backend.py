@@ -6,6 +6,7 @@ inside functions, so ``motio --help`` stays instant.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,11 +17,16 @@ from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from ..backends import Backend
 
-__all__ = ["BackendSpec", "generation_options", "one_line", "open_backend"]
+__all__ = ["BackendSpec", "generation_options", "one_line", "open_backend", "startup_timeout"]
 
 # The embedded model serves one generation at a time, the others just queue,
-# so more than one worker would only inflate every latency figure.
-_DEFAULT_CONCURRENCY = {"llamacpp": 1, "openai": 16}
+# so more than one worker would only inflate every latency figure. A server's
+# capacity is unknown: "auto" finds it (see motio/backends/_adaptive.py).
+_DEFAULT_CONCURRENCY: dict[str, int | str] = {"llamacpp": 1, "openai": "auto"}
+#: Upper bound of --concurrency auto, unless given as auto:N.
+_AUTO_BOUND = 256
+#: Seconds the start-up check of a server may take ($MOTIO_STARTUP_TIMEOUT).
+STARTUP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +37,12 @@ class BackendSpec:
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
-    concurrency: int = 1
+    concurrency: int | str = 1
+    max_retries: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    first_token_timeout: float | None = None
+    total_timeout: float | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> BackendSpec:
@@ -44,7 +55,25 @@ class BackendSpec:
                 EXIT_USAGE,
             )
         concurrency = getattr(args, "concurrency", None) or _DEFAULT_CONCURRENCY[kind]
-        return cls(kind, args.model, args.base_url, args.api_key_env, concurrency)
+        if kind == "llamacpp" and isinstance(concurrency, str):
+            concurrency = 1  # one model instance; "auto" is for servers
+        options = {name: getattr(args, name, None) for name in _SERVER_OPTIONS}
+        return cls(kind, args.model, args.base_url, args.api_key_env, concurrency, **options)
+
+    @property
+    def workers(self) -> int:
+        """How many prompts the run keeps in flight (the gate may admit fewer)."""
+        if isinstance(self.concurrency, int):
+            return self.concurrency
+        return _auto_bound(self.concurrency)
+
+
+_SERVER_OPTIONS = ("max_retries", "rpm", "tpm", "first_token_timeout", "total_timeout")
+
+
+def _auto_bound(concurrency: str) -> int:
+    _, _, bound = concurrency.partition(":")
+    return int(bound) if bound else _AUTO_BOUND
 
 
 def read_api_key(variable: str | None) -> str | None:
@@ -65,14 +94,24 @@ def _build(spec: BackendSpec) -> Backend:
     from ..backends import LlamaCppBackend, OpenAIBackend
 
     if spec.kind == "openai":
+        auto = not isinstance(spec.concurrency, int)
+        options: dict[str, Any] = {
+            name: getattr(spec, name) for name in _SERVER_OPTIONS if getattr(spec, name) is not None
+        }
+        # 0 on the command line means "no limit" for the optional timeouts.
+        for name in ("first_token_timeout", "total_timeout"):
+            if options.get(name) == 0:
+                options[name] = None
         return OpenAIBackend(
             spec.model,
             base_url=spec.base_url,
             api_key=read_api_key(spec.api_key_env),
-            max_concurrency=spec.concurrency,
+            max_concurrency="auto" if auto else spec.workers,
+            concurrency_bound=spec.workers,
+            **options,
         )
     # Each extra slot is one more model instance generating in parallel.
-    return LlamaCppBackend(spec.model, max_concurrency=spec.concurrency)
+    return LlamaCppBackend(spec.model, max_concurrency=spec.workers)
 
 
 async def open_backend(spec: BackendSpec) -> Backend:
@@ -87,7 +126,7 @@ async def open_backend(spec: BackendSpec) -> Backend:
     except (MotioError, ModuleNotFoundError) as exc:
         raise _preflight_error(exc, spec) from exc
     try:
-        await backend.check()
+        await _bounded_check(backend, spec)
     except (MotioError, ModuleNotFoundError) as exc:
         await backend.aclose()
         raise _preflight_error(exc, spec) from exc
@@ -95,6 +134,39 @@ async def open_backend(spec: BackendSpec) -> Backend:
         await backend.aclose()
         raise
     return backend
+
+
+def startup_timeout() -> float:
+    """Seconds a server's start-up check may take: $MOTIO_STARTUP_TIMEOUT or 10."""
+    text = os.environ.get("MOTIO_STARTUP_TIMEOUT")
+    try:
+        value = float(text) if text else STARTUP_TIMEOUT
+    except ValueError:
+        raise CliError(
+            f"MOTIO_STARTUP_TIMEOUT must be a number of seconds, got {text!r}", EXIT_USAGE
+        ) from None
+    return value if value > 0 else STARTUP_TIMEOUT
+
+
+async def _bounded_check(backend: Backend, spec: BackendSpec) -> None:
+    # A server that accepts connections and never answers would otherwise
+    # hold the start-up forever. Loading the embedded model is not bounded:
+    # it is local work that finishes, however slow the disk.
+    if spec.kind != "openai":
+        await backend.check()
+        return
+    limit = startup_timeout()
+    try:
+        async with asyncio.timeout(limit):
+            await backend.check()
+    except TimeoutError as exc:
+        if isinstance(exc, MotioError):
+            raise
+        raise CliError(
+            f"the server at {spec.base_url} did not answer within {limit:g} s (start-up check: "
+            "GET /models); check that it is up and not overloaded, or set MOTIO_STARTUP_TIMEOUT",
+            EXIT_BACKEND,
+        ) from None
 
 
 def _preflight_error(exc: BaseException, spec: BackendSpec) -> CliError:

@@ -22,12 +22,27 @@ _RUN_EPILOG = """\
 input lines:
   {"id": "q1", "prompt": "Why is the sky blue?"}
   {"id": "q2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64}
-  "id" defaults to the line number; give explicit ids if the file may change.
+  "id" defaults to "line-N" (N the line number), which never collides with
+  an integer id; an explicit "line-N" on another line is a duplicate (the
+  later line is reported and skipped). Edited between runs, a file keeps its
+  explicit ids, but default ids follow the line numbers (inserting a line
+  shifts them): give explicit ids if the file may change.
 
 output lines (one per prompt, written as each finishes):
-  id, output, finish_reason, usage, ttfb_ms, latency_ms, model, error
+  id, output, finish_reason, usage, ttfb_ms, queued_ms, latency_ms, model, retries,
+  error (and partial_output when a stream broke after some text)
 
-Running the same command again resumes: ids already in OUT are skipped.
+Running the same command again resumes: ids with a successful result in
+OUT are skipped; prompts never answered (not reached, or in flight when a
+run stopped: Ctrl-C, kill, a server gone, a key refused) run again; failed
+ones only with --retry-errors. A run stopped by a whole-run failure records
+only what was answered. OUT must be motio's own results file (every line a
+result): any other file, or the prompts file by any name, is refused and
+left untouched. OUT is created only once the backend answered.
+
+environment:
+  MOTIO_STARTUP_TIMEOUT  seconds a server may take to answer the start-up
+                         check (default: 10); then exit 3
 
 exit status: 0 all prompts succeeded; 1 some prompts failed or input lines
 were bad (the others ran); 2 bad command line or path; 3 backend unreachable,
@@ -104,9 +119,10 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     run.add_argument(
         "--concurrency",
         "-c",
-        type=_positive_int,
-        metavar="N",
-        help="generations in flight at once (default: 16 for a server, 1 embedded)",
+        type=_concurrency,
+        metavar="N|auto",
+        help="generations in flight at once: a number, or auto (adapt to what the server "
+        "serves, up to 256; auto:N for another bound). Default: auto for a server, 1 embedded",
     )
     run.add_argument(
         "--retry-errors",
@@ -157,6 +173,27 @@ def _backend_options() -> argparse.ArgumentParser:
         help="read the API key from environment variable VAR (never from the command line)",
     )
     options.add_argument("--api-key", nargs="?", action=_RefuseKeyOnArgv, help=argparse.SUPPRESS)
+    options.add_argument(
+        "--max-retries",
+        type=_non_negative_int,
+        metavar="N",
+        help="retries of a request that failed before its first token (429, 5xx, reset "
+        "connections), with backoff or the server's Retry-After (default: 2; 0: none)",
+    )
+    options.add_argument("--rpm", type=_positive_float, metavar="N", help="requests per minute at most")
+    options.add_argument("--tpm", type=_positive_float, metavar="N", help="tokens per minute at most")
+    options.add_argument(
+        "--first-token-timeout",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        help="fail a request with no content this long after it was sent (default: 300; 0: no limit)",
+    )
+    options.add_argument(
+        "--total-timeout",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        help="fail a generation that takes longer than this, retries included (default: no limit)",
+    )
     return group
 
 
@@ -195,6 +232,15 @@ class _RefuseKeyOnArgv(argparse.Action):
         )
 
 
+def _concurrency(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if text.startswith("auto:"):
+        _positive_int(text[5:])
+        return text
+    return _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -202,6 +248,23 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Protocol
 
-from ._stats import RunStats
+from ..batch import RunStats
 
 __all__ = ["Progress", "make_progress"]
 
@@ -64,6 +64,8 @@ class _RichProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[errors]} errors"),
+            TextColumn("{task.fields[retries]} retries"),
+            TextColumn("{task.fields[concurrency]}"),
             TextColumn("{task.fields[tps]:.1f} tok/s"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -71,7 +73,9 @@ class _RichProgress:
             console=Console(stderr=True),
             transient=False,
         )
-        self._task = self._bar.add_task("run", total=stats.to_run, errors=0, tps=0.0)
+        self._task = self._bar.add_task(
+            "run", total=stats.to_run, errors=0, retries=0, concurrency=_concurrency(stats), tps=0.0
+        )
 
     def start(self) -> None:
         self._bar.start()
@@ -82,6 +86,8 @@ class _RichProgress:
             self._task,
             completed=stats.ok + stats.failed,
             errors=stats.failed,
+            retries=stats.retries,
+            concurrency=_concurrency(stats),
             tps=stats.tokens_per_second(),
         )
 
@@ -93,6 +99,10 @@ class _RichProgress:
     def stop(self) -> None:
         self.update()
         self._bar.stop()
+
+
+def _concurrency(stats: RunStats) -> str:
+    return "" if stats.concurrency is None else f"concurrency {stats.concurrency}"
 
 
 def make_progress(stats: RunStats, *, quiet: bool, stream: Any = None) -> Progress:

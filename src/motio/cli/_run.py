@@ -1,22 +1,47 @@
 """``motio run``: a prompts file in, a results file out, resumable at any point.
 
-Flow: check paths, lock and repair the results file, open and check the
-backend (fail fast), scan the prompts once to report bad lines and count the
-work, then stream the prompts a second time through a fixed pool of
-``--concurrency`` workers. Only that many tasks ever exist, however long the
-file: each worker pulls the next prompt when its previous one is written.
+Flow, ordered so that nothing is written before it must be:
+
+1. check the paths (``-o`` must not be the prompts file by any name);
+2. read the results file without changing it: is it ours, what is done;
+3. scan the prompts once to report bad lines and count the work; an empty
+   file, or one with nothing left to run, stops here (no model is loaded);
+4. open and check the backend (a server's check is bounded in time);
+5. only now lock, create or repair the results file;
+6. stream the prompts a second time through the batch engine
+   (``motio.batch``), which keeps a fixed number of them in flight.
+
+A whole-run failure (the server gone, the key refused) stops the run and
+records nothing for the prompts it abandoned: they were not answered, so the
+rerun the hint names runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._exceptions import AuthenticationError, BackendConnectionError, MotioError
+from ..batch import (
+    BatchAborted,
+    Engine,
+    InputProblem,
+    NotAResultsFile,
+    PromptRecord,
+    ResultsFile,
+    ResultsFileLocked,
+    ResumeState,
+    RunStats,
+    format_summary,
+    inspect_results,
+    scan_prompts,
+)
 from ._backend import BackendSpec, generation_options, one_line, open_backend
 from ._errors import (
     EXIT_BACKEND,
@@ -26,15 +51,9 @@ from ._errors import (
     EXIT_USAGE,
     CliError,
 )
-from ._inputs import InputProblem, PromptRecord, scan_prompts
 from ._progress import Progress, make_progress
-from ._results import ResultsFile, ResultsFileLocked, ResumeState
-from ._stats import RunStats, format_summary
 
-if TYPE_CHECKING:
-    from ..backends import Backend
-
-__all__ = ["build_result", "run_command"]
+__all__ = ["run_command"]
 
 # Enough bad lines to see the pattern; a broken file must not flood the terminal.
 _MAX_PROBLEMS_SHOWN = 20
@@ -44,23 +63,59 @@ def run_command(args: Any) -> int:
     """Run ``motio run`` and return its exit status.
 
     Raises:
-        CliError: an unusable path, a busy results file or a failing backend.
+        CliError: an unusable path, a busy or foreign results file, a failing backend.
     """
     prompts, out = _check_paths(Path(args.prompts), Path(args.output))
     spec = BackendSpec.from_args(args)
-    results = _open_results(out)
     stats = RunStats()
+    retry = _plan(prompts, _inspect(out), stats, retry_errors=args.retry_errors)
+    if stats.total == 0 and stats.bad_lines == 0:
+        _say(f"{prompts}: the prompts file is empty; nothing to do")
+        return EXIT_OK
+    if stats.to_run == 0 and not retry:
+        _print_end(stats, args.quiet)  # everything done, failed before, or bad
+        return _exit_status(stats)
+    run = _Run(args, spec, prompts, out, stats)
+    _tune_gc()
     try:
-        asyncio.run(_run(args, spec, prompts, results, stats))
+        # Ctrl-C is held back while asyncio.run sets its loop up and tears it
+        # down (an interrupt there leaves a task never run and a loop never
+        # closed); main() lets it through once asyncio's own handler is in
+        # place, and it lands here as KeyboardInterrupt all the same.
+        _hold_sigint(True)
+        asyncio.run(run.main(retry))
+        _hold_sigint(False)
     except KeyboardInterrupt:
-        _print_end(stats, args.quiet)
-        _say(
-            f"interrupted: {results.written} new results saved in {out}; run the same command again to resume"
-        )
-        return EXIT_INTERRUPTED
+        return run.interrupted()
     finally:
-        results.close()
+        _hold_sigint(False)
+        run.close()
     _print_end(stats, args.quiet)
+    return _exit_status(stats)
+
+
+def _tune_gc() -> None:
+    """Collect garbage less often while thousands of requests are in flight.
+
+    Every request keeps a few hundred objects alive (sockets, parsers, a
+    thunk, a task) until it ends, so at 2,000 in flight each full collection
+    walks hundreds of thousands of live objects, and the default thresholds
+    ran one every few hundred requests: measured, half the command's CPU at
+    --concurrency 2000. motio's own objects form no reference cycles, so
+    rarer collections free the same memory, later. This is the command's
+    process-wide choice (an application's to make), never the library's.
+    """
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 50_000), max(gen1, 20), max(gen2, 100))
+
+
+def _hold_sigint(hold: bool) -> None:
+    """Block (or let through) SIGINT in this thread; a blocked one waits, it is not lost."""
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK if hold else signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _exit_status(stats: RunStats) -> int:
     return EXIT_FAILURES if stats.failed or stats.bad_lines or stats.already_failed else EXIT_OK
 
 
@@ -68,11 +123,84 @@ def _check_paths(prompts: Path, out: Path) -> tuple[Path, Path]:
     if not prompts.is_file():
         what = "is not a file" if prompts.exists() else "not found"
         raise CliError(f"prompts file {str(prompts)!r} {what}", EXIT_USAGE)
-    if out.exists() and out.resolve() == prompts.resolve():
-        raise CliError("the results file (-o) must not be the prompts file", EXIT_USAGE)
+    if out.exists() and _same_file(out, prompts):
+        # By inode, not by name: a hard link, a symlink or ./path is the same file.
+        raise CliError(
+            f"the results file (-o {out}) must not be the prompts file ({prompts}), by any name; give another -o",
+            EXIT_USAGE,
+        )
     if not out.parent.is_dir():
         raise CliError(f"directory of results file {str(out)!r} does not exist", EXIT_USAGE)
     return prompts, out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    sa, sb = a.stat(), b.stat()
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _inspect(out: Path) -> ResumeState:
+    """What ``out`` already holds, read without changing a byte of it."""
+    try:
+        return inspect_results(out)
+    except NotAResultsFile as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    except OSError as exc:
+        raise CliError(f"cannot read results file {str(out)!r}: {exc.strerror}", EXIT_USAGE) from exc
+
+
+class _Run:
+    """The part of a run that needs the backend and the (locked) results file."""
+
+    def __init__(self, args: Any, spec: BackendSpec, prompts: Path, out: Path, stats: RunStats) -> None:
+        self.args, self.spec, self.prompts, self.out, self.stats = args, spec, prompts, out, stats
+        self.results: ResultsFile | None = None
+        self.running = False
+
+    async def main(self, retry: set[str]) -> None:
+        _hold_sigint(False)
+        try:
+            await self._main(retry)
+        finally:
+            _hold_sigint(True)
+
+    async def _main(self, retry: set[str]) -> None:
+        backend = await open_backend(self.spec)
+        # Everything loaded so far (modules, the backend, a model) lives as
+        # long as the run: out of the collector's way for good.
+        gc.freeze()
+        try:
+            self.results = _open_results(self.out)
+            self.results.drop_failed(retry)
+            self.stats.started = time.perf_counter()
+            self.running = True
+            progress = make_progress(self.stats, quiet=self.args.quiet)
+            progress.start()
+            try:
+                # Only a server can vanish; the embedded model's failures are its prompts'.
+                remote = self.spec.kind == "openai"
+                engine = Engine(backend, options=generation_options(self.args), remote=remote)
+                pool = _Pool(engine, self.results, self.stats, progress)
+                await pool.run(self.prompts, self.spec.workers)
+            finally:
+                progress.stop()
+        finally:
+            await backend.aclose()
+
+    def interrupted(self) -> int:
+        if not self.running or self.results is None:
+            _say("interrupted before any prompt ran; nothing was written")
+            return EXIT_INTERRUPTED
+        _print_end(self.stats, self.args.quiet)
+        _say(
+            f"interrupted: {self.results.written} new results saved in {self.out}; "
+            "run the same command again to resume"
+        )
+        return EXIT_INTERRUPTED
+
+    def close(self) -> None:
+        if self.results is not None:
+            self.results.close()
 
 
 def _open_results(out: Path) -> ResultsFile:
@@ -80,37 +208,16 @@ def _open_results(out: Path) -> ResultsFile:
         results = ResultsFile.open(out)
     except ResultsFileLocked as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
+    except NotAResultsFile as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
     except OSError as exc:
         raise CliError(f"cannot use results file {str(out)!r}: {exc.strerror}", EXIT_USAGE) from exc
-    _report_repairs(results)
-    return results
-
-
-def _report_repairs(results: ResultsFile) -> None:
-    state = results.state
-    if state.torn_bytes:
+    if results.state.torn_bytes:
         _say(
-            f"{results.path}: cut off a torn last line ({state.torn_bytes} bytes) "
+            f"{results.path}: cut off a torn last line ({results.state.torn_bytes} bytes) "
             "left by an interrupted run; that prompt runs again"
         )
-    for number in state.bad_lines[:_MAX_PROBLEMS_SHOWN]:
-        _say(f"{results.path}:{number}: not a result line; ignored")
-
-
-async def _run(args: Any, spec: BackendSpec, prompts: Path, results: ResultsFile, stats: RunStats) -> None:
-    backend = await open_backend(spec)
-    try:
-        retry = _plan(prompts, results.state, stats, retry_errors=args.retry_errors)
-        results.drop_failed(retry)
-        stats.started = time.perf_counter()
-        progress = make_progress(stats, quiet=args.quiet)
-        progress.start()
-        try:
-            await _Pool(backend, args, results, stats, progress).run(prompts, spec.concurrency)
-        finally:
-            progress.stop()
-    finally:
-        await backend.aclose()
+    return results
 
 
 def _plan(prompts: Path, state: ResumeState, stats: RunStats, *, retry_errors: bool) -> set[str]:
@@ -154,87 +261,37 @@ def _pending(prompts: Path, state: ResumeState) -> Iterator[PromptRecord]:
 
 
 class _Pool:
-    """A fixed number of workers sharing one lazy iterator of prompts."""
+    """Feeds the pending prompts to the batch engine and writes what it answers."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        args: Any,
-        results: ResultsFile,
-        stats: RunStats,
-        progress: Progress,
-    ) -> None:
-        self._backend = backend
-        self._args = args
+    def __init__(self, engine: Engine, results: ResultsFile, stats: RunStats, progress: Progress) -> None:
+        self._engine = engine
         self._results = results
         self._stats = stats
         self._progress = progress
 
     async def run(self, prompts: Path, concurrency: int) -> None:
-        # One shared synchronous iterator is safe across tasks: next() never
-        # awaits, so no two workers are ever inside it at once.
         pending = _pending(prompts, self._results.state)
-        workers = min(concurrency, self._stats.to_run)
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(workers):
-                    group.create_task(self._work(pending))
-        except* CliError as aborted:
-            # A worker found the whole run unable to go on (the server went
-            # away, the key was revoked, the disk is full, the prompts file
-            # vanished); the task group has cancelled the others already.
-            raise aborted.exceptions[0] from None
+            await self._engine.run(pending, min(concurrency, self._stats.to_run), self._write)
+        except BatchAborted as aborted:
+            # The engine found the whole run unable to go on (the server went
+            # away, the key was revoked) and cancelled the other prompts
+            # unrecorded: the rerun the hint names runs them.
+            raise CliError(
+                f"{one_line(aborted.cause)}; {self._results.written} new results saved in "
+                f"{self._results.path}; run the same command again to resume",
+                EXIT_BACKEND,
+            ) from aborted
 
-    async def _work(self, pending: Iterator[PromptRecord]) -> None:
-        for record in pending:
-            result = await self._generate(record)
-            self._write(result)
-
-    async def _generate(self, record: PromptRecord) -> dict[str, Any]:
-        options = generation_options(self._args, record.options)
-        started = time.perf_counter()
-        mot = None
-        error: Exception | None = None
-        try:
-            mot = await self._backend.generate(record.request, stream=True, **options)
-            await mot.avalue()
-        except Exception as exc:  # noqa: BLE001 - any failure of one prompt is its result
-            error = exc
-        finally:
-            # On Ctrl-C this is what stops the generation at its source (the
-            # HTTP response or the llama.cpp thread) before the loop exits.
-            if mot is not None:
-                await mot.aclose()
-        latency_ms = (time.perf_counter() - started) * 1000
-        if error is not None:
-            await self._abort_if_fatal(error)
-        return build_result(record, mot, latency_ms, error)
-
-    async def _abort_if_fatal(self, error: Exception) -> None:
-        # A refused key or a vanished server is not one prompt's failure:
-        # recording it for every remaining prompt would only bury the cause.
-        if isinstance(error, AuthenticationError):
-            raise self._aborted(error)
-        if isinstance(error, BackendConnectionError):
-            try:
-                await self._backend.check()
-            except MotioError as exc:
-                raise self._aborted(exc) from exc
-            # The server answers again: a transient failure of this prompt.
-
-    def _aborted(self, error: BaseException) -> CliError:
-        return CliError(
-            f"{one_line(error)}; {self._results.written} new results saved in "
-            f"{self._results.path}; run the same command again to resume",
-            EXIT_BACKEND,
-        )
-
-    def _write(self, result: dict[str, Any]) -> None:
+    def _write(self, result: dict[str, Any], attempts: Any) -> None:
         try:
             self._results.append(result)
         except OSError as exc:
             raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
-        self._stats.record(result)
+        self._stats.record(result, attempts)
+        adaptive = getattr(self._engine.backend, "adaptive_concurrency", None)
+        if adaptive is not None:
+            self._stats.concurrency = adaptive.limit
         self._progress.update()
         if result["error"] is not None:
             self._note_failure(result)
@@ -246,26 +303,6 @@ class _Pool:
         self._progress.note(f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}")
         if self._stats.failed == _MAX_PROBLEMS_SHOWN:
             self._progress.note("motio: further failures are not shown; see the results file")
-
-
-def build_result(
-    record: PromptRecord, mot: Any, latency_ms: float, error: BaseException | None
-) -> dict[str, Any]:
-    """The output line for one prompt, from its thunk's metadata."""
-    generation = getattr(mot, "generation", None)
-    usage = getattr(generation, "usage", None)
-    finish_reasons = getattr(generation, "finish_reasons", None) or [None]
-    ttfb = getattr(generation, "ttfb_ms", None)
-    return {
-        "id": record.id,
-        "output": mot.value if error is None and mot is not None else None,
-        "finish_reason": finish_reasons[0],
-        "usage": dict(usage) if usage else None,
-        "ttfb_ms": round(ttfb, 1) if ttfb is not None else None,
-        "latency_ms": round(latency_ms, 1),
-        "model": getattr(generation, "model", None),
-        "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
-    }
 
 
 def _print_end(stats: RunStats, quiet: bool) -> None:

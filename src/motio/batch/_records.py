@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InputProblem", "PromptRecord", "id_key", "parse_line", "scan_prompts"]
+__all__ = ["InputProblem", "PromptRecord", "default_id", "id_key", "parse_line", "scan_prompts"]
 
 # Per-line keys that override the command-line generation options.
 _OVERRIDES = ("max_tokens", "temperature")
@@ -26,7 +26,10 @@ class PromptRecord:
     """One valid input line.
 
     Attributes:
-        id: the line's ``id``, or its 1-based line number when it has none.
+        id: the line's ``id``, or ``"line-N"`` (N its 1-based line number)
+            when it has none: a string, so it cannot collide with an explicit
+            integer id (an explicit ``"line-N"`` on another line would: the
+            later one is reported as a duplicate).
         line: the 1-based line number in the prompts file.
         request: the ``prompt`` string or the ``messages`` list.
         options: per-line ``max_tokens``/``temperature`` overrides.
@@ -39,6 +42,7 @@ class PromptRecord:
 
     @property
     def key(self) -> str:
+        """The id as resume and duplicate checks see it (JSON text)."""
         return id_key(self.id)
 
 
@@ -114,7 +118,12 @@ def parse_line(text: str, number: int) -> PromptRecord | InputProblem:
         return InputProblem(number, problem)
     request = obj["prompt"] if "prompt" in obj else obj["messages"]
     options = {name: obj[name] for name in _OVERRIDES if obj.get(name) is not None}
-    return PromptRecord(obj.get("id", number), number, request, options)
+    return PromptRecord(obj["id"] if "id" in obj else default_id(number), number, request, options)
+
+
+def default_id(line: int) -> str:
+    """The id of a prompt line that has none."""
+    return f"line-{line}"
 
 
 def _check_id(obj: dict[str, Any]) -> str | None:

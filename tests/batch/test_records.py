@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from motio.cli._inputs import InputProblem, PromptRecord, id_key, parse_line, scan_prompts
+from motio.batch._records import InputProblem, PromptRecord, id_key, parse_line, scan_prompts
 
 
 def write_lines(path: Path, *lines: str | bytes) -> Path:
@@ -25,12 +25,12 @@ def test_prompt_and_messages_lines_parse(tmp_path: Path) -> None:
     )
     first, second = list(scan_prompts(path))
     assert first == PromptRecord("a", 1, "hello", {"max_tokens": 8, "temperature": 0})
-    assert second == PromptRecord(2, 2, messages, {})
+    assert second == PromptRecord("line-2", 2, messages, {})
 
 
-def test_id_defaults_to_line_number_and_blank_lines_keep_numbering(tmp_path: Path) -> None:
+def test_id_defaults_to_line_n_and_blank_lines_keep_numbering(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "p.jsonl", "\n", '{"prompt": "x"}\n', "   \n", '{"prompt": "y"}')
-    assert [(r.id, r.line) for r in scan_prompts(path)] == [(2, 2), (4, 4)]
+    assert [(r.id, r.line) for r in scan_prompts(path)] == [("line-2", 2), ("line-4", 4)]
 
 
 def test_utf8_bom_on_first_line_is_ignored(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_invalid_utf8_is_reported_and_later_lines_still_parse(tmp_path: Path) ->
     path = write_lines(tmp_path / "p.jsonl", b'{"prompt": "\xff"}\n', b'{"prompt": "ok"}\n')
     problem, record = list(scan_prompts(path))
     assert isinstance(problem, InputProblem) and "UTF-8" in problem.message
-    assert isinstance(record, PromptRecord) and record.id == 2
+    assert isinstance(record, PromptRecord) and record.id == "line-2"
 
 
 def test_duplicate_id_reported_on_later_line_first_one_kept(tmp_path: Path) -> None:
@@ -87,8 +87,16 @@ def test_duplicate_id_reported_on_later_line_first_one_kept(tmp_path: Path) -> N
     assert str(items[2]) == 'line 3: duplicate id "x" (first used on line 1); skipped'
 
 
-def test_explicit_id_colliding_with_a_default_line_number_is_a_duplicate(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "p.jsonl", '{"id": 2, "prompt": "a"}\n', '{"prompt": "b"}\n')
+def test_default_ids_never_collide_with_explicit_integer_ids(tmp_path: Path) -> None:
+    lines = [f'{{"id": {i}, "prompt": "p"}}\n' for i in range(1, 5)] + ['{"prompt": "no id"}\n']
+    path = write_lines(tmp_path / "p.jsonl", *lines)
+    records = list(scan_prompts(path))
+    assert all(isinstance(r, PromptRecord) for r in records)
+    assert [r.id for r in records] == [1, 2, 3, 4, "line-5"]  # type: ignore[union-attr]
+
+
+def test_an_explicit_id_spelled_like_a_default_is_a_duplicate(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "p.jsonl", '{"id": "line-2", "prompt": "a"}\n', '{"prompt": "b"}\n')
     record, problem = list(scan_prompts(path))
     assert isinstance(record, PromptRecord) and isinstance(problem, InputProblem)
     assert problem.line == 2

@@ -36,6 +36,11 @@ class RunStats:
         already_failed: lines skipped because a previous run recorded an error.
         bad_lines: input lines that could not run.
         ok, failed: results written by this run.
+        retries: requests retried (429s, 5xx, resets before the first token).
+        rate_limited: 429 answers among them.
+        timeouts: failed prompts by kind of timeout (error class name).
+        concurrency: the requests in flight allowed now (for the progress
+            line; set by the run from the backend's adaptive gate).
     """
 
     total: int = 0
@@ -47,18 +52,28 @@ class RunStats:
     completion_tokens: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     ttfb_ms: list[float] = field(default_factory=list)
+    retries: int = 0
+    rate_limited: int = 0
+    timeouts: dict[str, int] = field(default_factory=dict)
+    concurrency: int | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def to_run(self) -> int:
         return self.total - self.already_done - self.already_failed
 
-    def record(self, result: dict[str, Any]) -> None:
-        """Count one written result line."""
-        if result.get("error") is None:
+    def record(self, result: dict[str, Any], attempts: Any = None) -> None:
+        """Count one written result line and, if given, its ``Attempts``."""
+        error = result.get("error")
+        if error is None:
             self.ok += 1
         else:
             self.failed += 1
+            if error.get("type", "").endswith("TimeoutError"):
+                self.timeouts[error["type"]] = self.timeouts.get(error["type"], 0) + 1
+        if attempts is not None:
+            self.retries += attempts.retries
+            self.rate_limited += attempts.statuses.count(429)
         if result.get("latency_ms") is not None:
             self.latencies_ms.append(result["latency_ms"])
         if result.get("ttfb_ms") is not None:
@@ -89,7 +104,20 @@ def format_summary(stats: RunStats) -> list[str]:
     if stats.ttfb_ms:
         lines.append("first token " + _p50_p95(stats.ttfb_ms))
     lines.append(f"{stats.completion_tokens} completion tokens, {stats.tokens_per_second():.1f} tokens/s")
+    reliability = _reliability_note(stats)
+    if reliability:
+        lines.append(reliability)
     return lines
+
+
+def _reliability_note(stats: RunStats) -> str:
+    parts = [f"{stats.retries} retries ({stats.rate_limited} after HTTP 429)"] if stats.retries else []
+    if stats.timeouts:
+        kinds = ", ".join(f"{count} {name}" for name, count in sorted(stats.timeouts.items()))
+        parts.append(f"timeouts: {kinds}")
+    if stats.concurrency is not None:
+        parts.append(f"concurrency settled at {stats.concurrency}")
+    return "; ".join(parts)
 
 
 def _skipped_note(stats: RunStats) -> str:

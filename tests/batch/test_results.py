@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from motio.cli._results import ResultsFile, ResultsFileLocked, encode_line
+from motio.batch._results import NotAResultsFile, ResultsFile, ResultsFileLocked, encode_line
 
 
 def ok(id_: object, output: str = "text") -> dict[str, object]:
@@ -26,13 +26,32 @@ def lines_of(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in data.splitlines()]
 
 
-def test_new_file_is_created_empty(tmp_path: Path) -> None:
-    results = ResultsFile.open(tmp_path / "out.jsonl")
+def test_new_file_is_created_empty_and_removed_if_nothing_was_written(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    results = ResultsFile.open(path)
     try:
         assert (results.state.done, results.state.failed) == (set(), set())
+        assert path.read_bytes() == b""
     finally:
         results.close()
-    assert (tmp_path / "out.jsonl").read_bytes() == b""
+    assert not path.exists()  # a run that answered nothing leaves no file behind
+
+
+def test_an_empty_file_that_existed_before_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b"")
+    ResultsFile.open(path).close()
+    assert path.exists() and path.read_bytes() == b""
+
+
+def test_a_created_file_with_a_result_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    results = ResultsFile.open(path)
+    try:
+        results.append(ok(1))
+    finally:
+        results.close()
+    assert [r["id"] for r in lines_of(path)] == [1]
 
 
 def test_append_then_reopen_knows_done_and_failed(tmp_path: Path) -> None:
@@ -66,6 +85,14 @@ def test_torn_last_line_is_cut_off_so_appending_stays_valid(tmp_path: Path) -> N
     assert [r["id"] for r in lines_of(path)] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("torn", [b"{", b'{"i', b'{"id":4,"output":"x'], ids=["brace", "short", "long"])
+def test_any_prefix_of_a_result_line_is_a_torn_write(tmp_path: Path, torn: bytes) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(encode_line(ok(1)) + torn)
+    ResultsFile.open(path).close()
+    assert [r["id"] for r in lines_of(path)] == [1]
+
+
 def test_torn_line_of_zero_bytes_is_cut_off(tmp_path: Path) -> None:
     # What a power loss can leave: the file grew but the data never landed.
     path = tmp_path / "out.jsonl"
@@ -86,13 +113,42 @@ def test_complete_last_result_missing_its_newline_is_kept(tmp_path: Path) -> Non
     assert [r["id"] for r in lines_of(path)] == [1, 2, 3]
 
 
-def test_bad_middle_lines_are_ignored_and_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (encode_line(ok(1)) + b"garbage\n" + encode_line(ok(2)), 2),
+        (encode_line(ok(1)) + b'{"id": 7, "prompt": "a prompt, not a result"}\n', 2),
+        (b'{"id": 1, "prompt": "x"}\n{"id": 2, "prompt": "the last line, no newline"}', 1),
+        (b'{"prompt": "x"}', 1),
+        (encode_line(ok(1)) + b'{"id": 2, "output": "no error key"}\n', 2),
+        # A last line without newline that is not JSON is only a torn write if
+        # it begins like a result line: a user's one-line note is not one.
+        (b"remember the milk", 1),
+        (encode_line(ok(1)) + b"a note appended by hand", 2),
+        (b"\xef\xbb\xbf", 1),
+        (b'{"prompt": "unterminated', 1),
+    ],
+    ids=[
+        "garbage",
+        "prompt-line",
+        "prompts-file",
+        "one-prompt-no-newline",
+        "missing-key",
+        "one-line-note",
+        "note-after-results",
+        "bom-only",
+        "torn-prompt",
+    ],
+)
+def test_a_file_that_is_not_ours_is_refused_and_left_untouched(
+    tmp_path: Path, content: bytes, line: int
+) -> None:
     path = tmp_path / "out.jsonl"
-    path.write_bytes(encode_line(ok(1)) + b"garbage\n" + b'{"no": "id"}\n' + encode_line(ok(2)))
-    results = ResultsFile.open(path)
-    results.close()
-    assert results.state.done == {"1", "2"}
-    assert results.state.bad_lines == [2, 3]
+    path.write_bytes(content)
+    with pytest.raises(NotAResultsFile, match=f"line {line}") as caught:
+        ResultsFile.open(path)
+    assert caught.value.line == line
+    assert path.read_bytes() == content
 
 
 def test_success_after_failure_counts_as_done(tmp_path: Path) -> None:
@@ -142,7 +198,7 @@ def test_lock_is_seen_by_another_process(tmp_path: Path) -> None:
     results = ResultsFile.open(path)
     code = (
         "import sys\n"
-        "from motio.cli._results import ResultsFile, ResultsFileLocked\n"
+        "from motio.batch._results import ResultsFile, ResultsFileLocked\n"
         "try:\n    ResultsFile.open(sys.argv[1])\n"
         "except ResultsFileLocked:\n    sys.exit(7)\n"
     )

@@ -8,9 +8,15 @@ Durability model:
 - ``fsync`` is only needed against power loss or a kernel crash; it costs
   milliseconds, so it runs at most once per ``sync_interval`` and on close
   rather than once per line.
-- Whatever a crash does leave behind, a torn last line (no newline, or a
-  fragment that is not JSON) is cut off when the file is opened again, so
-  appending after it keeps the file valid JSONL.
+- Whatever a crash does leave behind, a torn last line (a fragment that is
+  not JSON and begins the way every result line begins, or the NUL bytes a
+  power loss leaves) is cut off when the file is opened again, so appending
+  after it keeps the file valid JSONL.
+- Nothing is changed in a file motio cannot recognise as its own: every line
+  must be a result (a JSON object with ``id``, ``output`` and ``error``),
+  bar a torn last fragment. A prompts file given to ``-o`` by mistake, or
+  any other JSONL, is refused with the first line that is not a result, and
+  left byte for byte as it was.
 - An exclusive ``flock`` keeps a second ``motio run`` from appending to the
   same file, which would otherwise write ids twice.
 """
@@ -24,18 +30,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._inputs import id_key
+from .._exceptions import MotioError
+from ._records import id_key
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no flock; locking is skipped
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ResultsFile", "ResultsFileLocked", "ResumeState"]
+__all__ = ["NotAResultsFile", "ResultsFile", "ResultsFileLocked", "ResumeState", "inspect_results"]
+
+# What build_result writes on every line; a line without them is not ours.
+_RESULT_KEYS = ("id", "output", "error")
+# How every line encode_line writes begins ("id" is build_result's first key).
+# A last fragment that does not begin so was not cut short by motio: a user's
+# one-line note without its newline must be refused, not "repaired" to nothing.
+_RESULT_START = b'{"id"'
 
 
-class ResultsFileLocked(Exception):
+class ResultsFileLocked(MotioError):
     """Another process is writing the same results file."""
+
+
+class NotAResultsFile(MotioError):
+    """The file holds lines that are not motio results: it is not ours to change.
+
+    Attributes:
+        line: the 1-based number of the first such line.
+    """
+
+    def __init__(self, path: Path, line: int, why: str) -> None:
+        super().__init__(
+            f"{path} is not a motio results file (line {line}: {why}); refusing to change it. "
+            "Is -o pointing at the wrong file? Give a new file, or one a previous motio run wrote"
+        )
+        self.line = line
 
 
 @dataclass
@@ -45,14 +74,16 @@ class ResumeState:
     Attributes:
         done: id keys with a successful result.
         failed: id keys whose result is an error (and none succeeded).
-        torn_bytes: size of a torn last line that was cut off (0 if none).
-        bad_lines: 1-based numbers of complete lines that are not results.
+        torn_bytes: size of a torn last line (cut off on open; 0 if none).
+        tail: ``(offset, valid)`` of a last line without its newline:
+            where it starts, and whether it is a whole result (then only the
+            newline is missing) or a fragment; None if the file ends cleanly.
     """
 
     done: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     torn_bytes: int = 0
-    bad_lines: list[int] = field(default_factory=list)
+    tail: tuple[int, bool] | None = None
 
     def add(self, key: str, ok: bool) -> None:
         if ok:
@@ -73,6 +104,7 @@ class ResultsFile:
         self._sync_interval = sync_interval
         self._last_sync = time.monotonic()
         self._dirty = False
+        self._created = False
 
     @classmethod
     def open(cls, path: str | Path, *, sync_interval: float = 1.0) -> ResultsFile:
@@ -83,13 +115,17 @@ class ResultsFile:
             OSError: the file cannot be created, read or written.
         """
         path = Path(path)
+        created = not path.exists()
         fd = _open_locked(path)
         try:
-            state = _read_and_repair(path, fd)
+            state = inspect_results(path)
+            _repair_tail(fd, state)
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, state, sync_interval)
+        results = cls(path, fd, state, sync_interval)
+        results._created = created
+        return results
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one result line; it survives a crash of this process on return."""
@@ -134,14 +170,27 @@ class ResultsFile:
         return dropped
 
     def close(self) -> None:
-        """Sync and release the file (and its lock). Idempotent."""
+        """Sync and release the file (and its lock). Idempotent.
+
+        A file this object created and nothing was written to is removed: a run
+        stopped before its first answer (Ctrl-C, a server gone) leaves no trace.
+        """
         if self._fd < 0:
             return
         try:
             self.sync()
+            self._remove_if_unused()
         finally:
             os.close(self._fd)
             self._fd = -1
+
+    def _remove_if_unused(self) -> None:
+        # Still holding the lock, and only if the path is still this very file
+        # (not renamed over, not reached through a symlink), still empty.
+        if not self._created or self.path.is_symlink() or not _same_file(self._fd, self.path):
+            return
+        if os.fstat(self._fd).st_size == 0:
+            self.path.unlink(missing_ok=True)
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
@@ -181,42 +230,84 @@ def _same_file(fd: int, path: Path) -> bool:
     return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
-def _read_and_repair(path: Path, fd: int) -> ResumeState:
+def inspect_results(path: str | Path) -> ResumeState:
+    """Read a results file without changing it: what it holds, and whether it is ours.
+
+    A missing file is an empty one.
+
+    Raises:
+        NotAResultsFile: a line that is not a result (only a torn last
+            fragment is allowed: not JSON, no newline, and either the start
+            of a result line or NUL bytes).
+        OSError: the file cannot be read.
+    """
+    path = Path(path)
     state = ResumeState()
+    try:
+        lines = open(path, "rb")
+    except FileNotFoundError:
+        return state
     offset = 0
-    last: tuple[int, bytes, bool] | None = None
-    with open(path, "rb") as lines:
+    with lines:
         for number, raw in enumerate(lines, start=1):
-            parsed = _parse_result(raw)
-            if parsed is not None:
-                state.add(*parsed)
-            elif raw.endswith(b"\n") and raw.strip():
-                state.bad_lines.append(number)
-            last = (offset, raw, parsed is not None)
+            complete = raw.endswith(b"\n")
+            if raw.strip():
+                _classify(path, number, raw, complete, offset, state)
             offset += len(raw)
-    if last is not None and not last[1].endswith(b"\n"):
-        _repair_tail(fd, state, *last)
     return state
 
 
-def _repair_tail(fd: int, state: ResumeState, offset: int, raw: bytes, valid: bool) -> None:
+def _classify(path: Path, number: int, raw: bytes, complete: bool, offset: int, state: ResumeState) -> None:
+    obj = _parse_json(raw)
+    if obj is _NOT_JSON:
+        if complete or not _torn_fragment(raw):
+            raise NotAResultsFile(path, number, "not JSON")
+        state.tail, state.torn_bytes = (offset, False), len(raw)  # a write cut short by a crash
+        return
+    if not (isinstance(obj, dict) and all(key in obj for key in _RESULT_KEYS)):
+        raise NotAResultsFile(path, number, "a JSON line without the result keys id, output and error")
+    state.add(id_key(obj["id"]), obj["error"] is None)
+    if not complete:
+        state.tail = (offset, True)  # a whole result whose newline never made it
+
+
+_NOT_JSON = object()
+
+
+def _torn_fragment(raw: bytes) -> bool:
+    """Whether a last line (no newline, not JSON) can be a result write cut short.
+
+    Either a prefix of a result line, longer or shorter than its first key, or
+    what a power loss leaves: the file grew but its last block stayed NUL bytes.
+    """
+    head = raw.rstrip(b"\0")
+    return head.startswith(_RESULT_START) or _RESULT_START.startswith(head)
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return _NOT_JSON
+
+
+def _repair_tail(fd: int, state: ResumeState) -> None:
+    if state.tail is None:
+        return
+    offset, valid = state.tail
     if valid:
         # A complete result whose newline never made it: finish the line.
         _write_all(fd, b"\n")
     else:
         os.ftruncate(fd, offset)
-        state.torn_bytes = len(raw)
     os.fsync(fd)
 
 
 def _parse_result(raw: bytes) -> tuple[str, bool] | None:
-    try:
-        obj = json.loads(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+    obj = _parse_json(raw)
+    if not (isinstance(obj, dict) and all(key in obj for key in _RESULT_KEYS)):
         return None
-    if not isinstance(obj, dict) or "id" not in obj:
-        return None
-    return id_key(obj["id"]), obj.get("error") is None
+    return id_key(obj["id"]), obj["error"] is None
 
 
 def _copy_without(path: Path, fd: int, keys: set[str]) -> int:

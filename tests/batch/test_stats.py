@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from motio.cli._stats import RunStats, format_summary, percentile
+from motio.batch._stats import RunStats, format_summary, percentile
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,178 @@
+"""The HTTP client under OpenAIBackend: one aiohttp session per event loop.
+
+Why aiohttp and not the openai SDK's httpx stack: at thousands of concurrent
+streams httpcore's pool costs grow with the number of open connections (each
+pool pass walks them all), so requests per second fell as concurrency rose.
+aiohttp's connector hands out and takes back a connection in constant time
+and parses HTTP in C (llhttp); measured side by side in
+``bench/bench_backends.py``. motio reads the raw SSE bytes itself, so all it
+needs from the stack is: connect, send a body, give back the body as it
+arrives, and keep connections alive between requests.
+
+What this module owns:
+
+- building the session (auth and extra headers, no pool cap of its own:
+  ``max_concurrency`` is enforced above it, so the pool must never add a
+  hidden queue of its own; idle connections kept alive for reuse);
+- sending a request and turning a non-2xx answer into a motio error with
+  the server's own message;
+- closing a session whose loop died without ever running its cleanup.
+
+Foreign errors (aiohttp's and the OS's) are translated in ``_errors.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._errors import Where, status_error
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["HTTPClient", "json_codec"]
+
+# Idle keep-alive connections live this long: long enough to carry a batch's
+# next request, short enough not to pile up sockets the server has forgotten.
+_KEEPALIVE_SECONDS = 30.0
+# An error body is read for its message only; a server that answers an error
+# with megabytes is not given the chance to make us hold them.
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def json_codec() -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    """``(dumps, loads)``: orjson's if installed (several times faster), else json's."""
+    try:
+        import orjson
+    except ImportError:
+        import json
+
+        return (lambda obj: json.dumps(obj).encode()), json.loads
+    return orjson.dumps, orjson.loads
+
+
+class HTTPClient:
+    """An aiohttp session bound to the loop that created it.
+
+    Args:
+        base_url: the API root, such as ``http://127.0.0.1:8000/v1``.
+        headers: sent with every request (auth included).
+        connect_timeout: seconds to establish a TCP (and TLS) connection.
+        read_timeout: seconds to wait for any single read; None for no limit.
+    """
+
+    __slots__ = ("base_url", "_session", "_dumps", "_loads", "_urls")
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: Mapping[str, str],
+        connect_timeout: float,
+        read_timeout: float | None,
+    ) -> None:
+        import aiohttp
+
+        self.base_url = base_url
+        self._dumps, self._loads = json_codec()
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=_KEEPALIVE_SECONDS)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        # Content-Type with the session's own headers: per-request headers
+        # would be merged into a new multidict on every request.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"Content-Type": "application/json", **headers},
+            timeout=timeout,
+            auto_decompress=True,
+        )
+        self._urls: dict[str, Any] = {}
+
+    async def post(self, path: str, body: dict[str, Any], where: Where) -> aiohttp.ClientResponse:
+        """POST ``body`` as JSON; the response is returned with its body unread.
+
+        The caller must ``release()`` (read to the end) or ``close()`` (drop
+        the connection, so the server sees the client leave) the response.
+
+        Raises:
+            APIStatusError: the server answered a non-2xx status (the
+                response is closed).
+            aiohttp.ClientError, OSError, TimeoutError: for ``_errors.translate``.
+        """
+        response = await self._session.post(self._url(path), data=self._dumps(body))
+        if response.status >= 300:
+            raise await _status_error(response, where)
+        return response
+
+    async def get_json(self, path: str, where: Where) -> Any:
+        """GET ``path`` and decode its JSON body.
+
+        Raises:
+            APIStatusError, aiohttp.ClientError, OSError, TimeoutError, ValueError.
+        """
+        async with self._session.get(self._url(path)) as response:
+            if response.status >= 300:
+                raise await _status_error(response, where)
+            return self._loads(await response.read())
+
+    def _url(self, path: str) -> Any:
+        # A parsed URL per path, made once: parsing a URL string is a large
+        # share of a short request's own CPU in aiohttp.
+        url = self._urls.get(path)
+        if url is None:
+            import yarl
+
+            url = self._urls[path] = yarl.URL(self.base_url + path)
+        return url
+
+    async def close(self) -> None:
+        """Close the session and its connections (on its own, running loop)."""
+        await self._session.close()
+
+    def is_closed(self) -> bool:
+        return bool(self._session.closed)
+
+    def close_without_loop(self) -> None:
+        """Close the sockets of a session whose loop is closed, without touching it."""
+        from ._compat import close_connector_without_loop
+
+        close_connector_without_loop(self._session.connector)
+
+
+async def _status_error(response: aiohttp.ClientResponse, where: Where) -> Exception:
+    """The motio error for a non-2xx ``response``; the response is closed."""
+    from ._retry import retry_after_seconds
+
+    wait = retry_after_seconds(response.headers)
+    try:
+        with contextlib.suppress(Exception):
+            raw = await response.content.read(_MAX_ERROR_BODY)
+            return status_error(response.status, _error_detail(raw, response.reason), where, retry_after=wait)
+        return status_error(response.status, response.reason or "", where, retry_after=wait)
+    finally:
+        response.close()
+
+
+def _error_detail(raw: bytes, reason: str | None) -> str:
+    """The server's own words: OpenAI's ``{"error": {"message": ...}}``, vLLM's
+    and FastAPI's ``{"detail": ...}``/``{"message": ...}``, or the text."""
+    import json
+
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text or (reason or "")
+    if isinstance(obj, dict):
+        error = obj.get("error", obj)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or error.get("msg")
+            if message:
+                return str(message)
+        elif error:
+            return str(error)
+        if "detail" in obj:
+            return str(obj["detail"])
+    return text or (reason or "")

@@ -1,0 +1,482 @@
+"""One generation's HTTP exchange: retries before the first token, four timeouts.
+
+What a batch meets on real servers, and what this module does about it:
+
+- 429/5xx answers, reset connections, connect timeouts before any content:
+  retried (``RetryPolicy``: exponential backoff with full jitter, or the
+  server's ``Retry-After``/``retry-after-ms``), each retry logged at INFO on
+  the ``motio`` logger and recorded in ``mot.generation.attempts``. Never
+  after content reached the thunk: a retry could repeat or change text the
+  consumer already has, so the thunk fails with the partial text kept.
+- Four timeouts, one meaning each: ``connect`` (TCP+TLS, aiohttp's own),
+  ``first_token`` (request sent to the first *content* chunk: queueing and
+  prefill), ``chunk`` (between content chunks, enforced by the core's
+  watchdog on the text items this stream yields), ``total`` (the whole
+  generation, retries and their waits included). Bytes that are not content
+  (SSE comments, role-only or empty deltas, keep-alives) yield nothing, so
+  they neither reset the chunk timeout nor satisfy the first-token one.
+- The time between attempts is spent outside the stream, so it never counts
+  against the chunk timeout; it does count against the total timeout.
+
+A streamed generation runs in two phases, matching the core's contract that
+an opener coroutine is not watched by ``chunk_timeout`` but its stream is:
+
+    open_stream():   attempt loop -> slot, rate limit, POST, read until the
+                     first content (under first_token/total) -> _SSEStream
+    _SSEStream:      one text item per network read that carried content
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from .._exceptions import (
+    APIStatusError,
+    BackendChunkTimeoutError,
+    BackendError,
+    ChunkTimeoutError,
+    FirstTokenTimeoutError,
+    MotioError,
+    StreamError,
+    TotalTimeoutError,
+)
+from ._errors import Where, translate
+from ._retry import RETRYABLE_STATUSES, Attempts
+from ._sse import SSEDecoder
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ._openai import OpenAIBackend, _ChatFold
+
+__all__ = ["Exchange", "Timeouts"]
+
+_log = logging.getLogger("motio")
+R = TypeVar("R")
+
+
+class Timeouts:
+    """The limits of one generation, in seconds (None: no limit)."""
+
+    __slots__ = ("first_token", "chunk", "total")
+
+    def __init__(self, first_token: float | None, chunk: float | None, total: float | None) -> None:
+        self.first_token = first_token
+        self.chunk = chunk
+        self.total = total
+
+
+class _Held:
+    """What one attempt holds until its answer is read or abandoned."""
+
+    __slots__ = ("reservation", "entry", "response", "released")
+
+    def __init__(self, reservation: Any) -> None:
+        self.reservation = reservation
+        self.entry: Any = None
+        self.response: aiohttp.ClientResponse | None = None
+        self.released = False
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth another try (never escapes this module)."""
+
+    def __init__(self, error: BackendError, retry_after: float | None, overload: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+        self.overload = overload
+
+
+class Exchange:
+    """The request of one generation, from the first attempt to the last byte.
+
+    Args:
+        backend: whose clients, gate, rate limiter and retry policy to use.
+        body: the JSON body (``model`` is filled in by the backend).
+        fold: folds the answer into the thunk's text and metadata.
+        timeouts: this generation's limits.
+        tokens: the rate limiter's up-front estimate of tokens used.
+    """
+
+    __slots__ = ("_backend", "_body", "_fold", "_timeouts", "_tokens", "_deadline", "attempts")
+
+    def __init__(
+        self,
+        backend: OpenAIBackend,
+        body: dict[str, Any],
+        fold: _ChatFold,
+        timeouts: Timeouts,
+        tokens: int,
+    ) -> None:
+        self._backend = backend
+        self._body = body
+        self._fold = fold
+        self._timeouts = timeouts
+        self._tokens = tokens
+        self._deadline: float | None = None
+        self.attempts = Attempts()
+
+    # -- the two entry points: the thunk's opener coroutine --------------------
+
+    async def open_stream(self) -> _SSEStream:
+        """Attempt until the first content arrives; return the stream of the rest."""
+        return await self._with_retries(self._open_once)
+
+    async def complete(self) -> str:
+        """Attempt until a whole (non-streamed) answer arrives; return its text."""
+        return await self._with_retries(self._complete_once)
+
+    # -- attempts ----------------------------------------------------------------
+
+    async def _with_retries(self, once: Callable[[], Awaitable[R]]) -> R:
+        self._start_total()
+        self._fold.meta.attempts = self.attempts
+        policy = self._backend.retry_policy
+        while True:
+            try:
+                return await once()
+            except _Retry as failure:
+                self.attempts.record_failure(failure.error)
+                if failure.overload:
+                    self._backend.concurrency_overloaded()
+                if self.attempts.retries >= policy.max_retries:
+                    self._give_up(failure.error)
+                wait = policy.delay(self.attempts.retries + 1, failure.retry_after)
+                self._check_total_allows(wait, failure.error)
+                _log.info(
+                    "%s: retrying in %.2f s (attempt %d of %d) after %s",
+                    self._fold.where.base_url,
+                    wait,
+                    self.attempts.count + 1,
+                    policy.max_retries + 1,
+                    _short(failure.error),
+                )
+                self.attempts.record_wait(wait)
+                await asyncio.sleep(wait)
+
+    def _give_up(self, error: BackendError) -> NoReturn:
+        if self.attempts.retries == 0:
+            raise error
+        final = _copy_error(error, f"{error} (gave up after {self.attempts.count} attempts)")
+        raise final from error
+
+    async def _take_slot(self) -> Any:
+        """The backend's slot and rate-limit place, the wait recorded in ``queued_ms``."""
+        loop = asyncio.get_running_loop()
+        waited = loop.time()
+        held = await self._backend.take_slot(self._tokens)
+        meta = self._fold.meta
+        meta.queued_ms = (meta.queued_ms or 0.0) + (loop.time() - waited) * 1000.0
+        return held
+
+    async def _open_once(self) -> _SSEStream:
+        decoder = SSEDecoder()
+
+        async def first_content(response: aiohttp.ClientResponse) -> str | None:
+            return await _first_content(response, decoder, self._fold)
+
+        held, first = await self._attempt(first_content, stream=True)
+        return _SSEStream(held, decoder, self._fold, first, self)
+
+    async def _complete_once(self) -> str:
+        fold = self._fold
+
+        async def whole_text(response: aiohttp.ClientResponse) -> str:
+            return fold.process_whole(await _read_body(response, self._timeouts.chunk, fold.where))
+
+        held, text = await self._attempt(whole_text, stream=False)
+        self._release(held, settle=True)
+        return text
+
+    async def _attempt(
+        self, read: Callable[[aiohttp.ClientResponse], Awaitable[R]], *, stream: bool
+    ) -> tuple[_Held, R]:
+        """One request: a slot, the POST, and ``read`` of its answer up to the
+        first content, under the first-token and total limits. Failures come
+        out classified: ``_Retry`` for what another attempt may cure."""
+        backend, fold = self._backend, self._fold
+        held = _Held(await self._take_slot())
+        started = asyncio.get_running_loop().time()
+        try:
+            held.entry = entry = await backend.loop_client()
+            await backend.prepare(entry, self._body, fold)
+            if stream:
+                backend.ask_usage(self._body)
+            entry.acquire()
+            started = asyncio.get_running_loop().time()
+            async with self._first_token_scope(started) as scope:
+                try:
+                    held.response = await backend.send(entry.client, self._body, fold.where)
+                    result = await read(held.response)
+                except TimeoutError:
+                    if scope.expired():
+                        raise
+                    self._classify_and_raise()
+                except MotioError as exc:
+                    self._classify_motio(exc)
+                except Exception:
+                    self._classify_and_raise()
+        except TimeoutError as exc:
+            self._release(held)
+            raise self._expired(started) from exc
+        except BaseException:
+            self._release(held)
+            raise
+        backend.concurrency_sample(asyncio.get_running_loop().time() - started)
+        return held, result
+
+    def _release(self, held: _Held, *, settle: bool = False, keep_connection: bool = False) -> None:
+        """Give back what an attempt held (idempotent)."""
+        if held.released:
+            return
+        held.released = True
+        if held.response is not None:
+            if keep_connection:
+                held.response.release()  # read to its end: the connection serves the next request
+            else:
+                # Read to the end, the connection went back to the pool already;
+                # otherwise this drops it, and the server sees the client leave.
+                held.response.close()
+        if held.entry is not None:
+            held.entry.release()
+        self._backend.give_slot(held.reservation, self._fold.meta.usage if settle else None)
+
+    # -- classification ----------------------------------------------------------
+
+    def _classify_motio(self, exc: MotioError) -> NoReturn:
+        if isinstance(exc, APIStatusError) and exc.status_code in RETRYABLE_STATUSES:
+            overload = exc.status_code in (429, 503)
+            raise _Retry(exc, exc.retry_after, overload) from None
+        raise exc
+
+    def _classify_and_raise(self) -> NoReturn:
+        """Translate the exception being handled; retry it if it is transient."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        assert isinstance(exc, Exception)
+        error = translate(exc, self._fold.where)
+        if error is None:
+            raise exc
+        error.__cause__ = exc
+        if _transient(exc):
+            raise _Retry(error, None, overload=False) from exc
+        if _refused(exc) and self._backend.busy():
+            # A server that refuses connections while others are in flight
+            # is at its limit (a full accept queue): a congestion signal.
+            self._backend.concurrency_overloaded()
+        raise error from exc
+
+    # -- deadlines ---------------------------------------------------------------
+
+    def _start_total(self) -> None:
+        if self._deadline is None and self._timeouts.total is not None:
+            self._deadline = asyncio.get_running_loop().time() + self._timeouts.total
+
+    def _first_token_scope(self, started: float) -> asyncio.Timeout:
+        limit = self._timeouts.first_token
+        first = None if limit is None else started + limit
+        deadlines = [d for d in (first, self._deadline) if d is not None]
+        return asyncio.timeout_at(min(deadlines) if deadlines else None)
+
+    def _expired(self, started: float) -> BackendError:
+        limit = self._timeouts.first_token
+        first = None if limit is None else started + limit
+        if self._deadline is not None and (first is None or self._deadline <= first):
+            return self.total_expired()
+        where = self._fold.where
+        return FirstTokenTimeoutError(
+            f"{where.describe()}: no content within first_token_timeout={limit:g} s of sending "
+            "the request (the server may be queueing or still reading the prompt); raise "
+            "first_token_timeout= or lower the concurrency",
+            timeout=limit,
+            **where.fields(),
+        )
+
+    def total_expired(self) -> TotalTimeoutError:
+        where = self._fold.where
+        limit = self._timeouts.total
+        return TotalTimeoutError(
+            f"{where.describe()}: the generation did not finish within total_timeout={limit:g} s "
+            f"(retries and their waits included; {self.attempts.count} attempt(s)); raise total_timeout=",
+            timeout=limit,
+            **where.fields(),
+        )
+
+    def _check_total_allows(self, wait: float, error: BackendError) -> None:
+        if self._deadline is not None and asyncio.get_running_loop().time() + wait >= self._deadline:
+            raise self.total_expired() from error
+
+    @property
+    def deadline(self) -> float | None:
+        return self._deadline
+
+
+class _SSEStream:
+    """The rest of a streamed answer: one text item per read that carried content.
+
+    Reads that carry no content (keep-alive comments, role-only or empty
+    deltas, usage) yield nothing, so the core's chunk watchdog sees only
+    content. Closing it early drops the connection (the server sees the
+    client leave); reading it to the end returns the connection to the pool.
+    """
+
+    __slots__ = ("_held", "_read", "_decoder", "_fold", "_first", "_exchange")
+
+    def __init__(
+        self, held: _Held, decoder: SSEDecoder, fold: _ChatFold, first: str | None, exchange: Exchange
+    ) -> None:
+        assert held.response is not None
+        self._held = held
+        self._read = held.response.content.readany
+        self._decoder = decoder
+        self._fold = fold
+        self._first = first
+        self._exchange = exchange
+
+    def __aiter__(self) -> _SSEStream:
+        return self
+
+    async def __anext__(self) -> str:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        fold = self._fold
+        while not self._held.released:
+            try:
+                raw = await self._next_read()
+            except Exception as exc:
+                await self.aclose()
+                raise self._broken(exc) from exc
+            if not raw:
+                block = self._decoder.flush()
+                text = fold.process_events(block) if block else None
+                # Read to its end: keep the connection for the next request.
+                self._exchange._release(self._held, settle=True, keep_connection=True)
+                if text:
+                    return text
+                break
+            if block := self._decoder.feed(raw):
+                try:
+                    text = fold.process_events(block)
+                except BaseException:
+                    await self.aclose()
+                    raise
+                if text:
+                    return text
+        raise StopAsyncIteration
+
+    async def _next_read(self) -> bytes:
+        deadline = self._exchange.deadline
+        if deadline is None:
+            return await self._read()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._read()
+        except TimeoutError as exc:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise self._exchange.total_expired() from exc
+            raise
+
+    def _broken(self, exc: Exception) -> BaseException:
+        if isinstance(exc, MotioError):
+            return exc
+        where = self._fold.where
+        error = translate(exc, where, mid_stream=True)
+        if error is None:
+            return exc
+        if isinstance(error, StreamError):
+            partial = self._fold.text_so_far()
+            error = StreamError(
+                f"{error} after {len(partial)} characters of content had been delivered; not retried, "
+                "since a retry could repeat or change text already delivered (the partial text is "
+                "kept: mot.text, error.partial_text)",
+                **where.fields(),
+            )
+            error.partial_text = partial
+        return error
+
+    def timeout_error(self, error: ChunkTimeoutError) -> BackendChunkTimeoutError:
+        """The core's chunk timeout, with this backend's context (see ``_feed``)."""
+        where = self._fold.where
+        return BackendChunkTimeoutError(
+            f"{where.describe()}: {error}", timeout=error.timeout or 0.0, chunks=error.chunks, **where.fields()
+        )
+
+    async def aclose(self) -> None:
+        """Stop early: drop the connection and give the slot back. Idempotent."""
+        self._exchange._release(self._held)
+
+
+async def _first_content(response: aiohttp.ClientResponse, decoder: SSEDecoder, fold: _ChatFold) -> str | None:
+    """Read until a read carries content; that text, or None if the answer ended first.
+
+    Raises:
+        StreamError: a malformed stream; foreign errors for the caller to classify.
+    """
+    read = response.content.readany
+    while True:
+        raw = await read()
+        if not raw:
+            block = decoder.flush()
+            return (fold.process_events(block) if block else None) or None
+        if block := decoder.feed(raw):
+            text = fold.process_events(block)
+            if text:
+                return text
+
+
+async def _read_body(response: aiohttp.ClientResponse, chunk_timeout: float | None, where: Where) -> bytes:
+    """A whole body, each gap between reads bounded by ``chunk_timeout``."""
+    parts: list[bytes] = []
+    read = response.content.readany
+    while True:
+        try:
+            async with asyncio.timeout(chunk_timeout):
+                raw = await read()
+        except TimeoutError as exc:
+            raise BackendChunkTimeoutError(
+                f"{where.describe()}: the answer's body stalled for chunk_timeout={chunk_timeout:g} s; "
+                "raise chunk_timeout=",
+                timeout=chunk_timeout or 0.0,
+                chunks=len(parts),
+                **where.fields(),
+            ) from exc
+        if not raw:
+            return b"".join(parts)
+        parts.append(raw)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure before any content that another attempt may not meet."""
+    import aiohttp
+
+    if _refused(exc) or isinstance(exc, (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL)):
+        return False
+    return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError))
+
+
+def _refused(exc: BaseException) -> bool:
+    import aiohttp
+
+    return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError)
+
+
+def _copy_error(error: BackendError, message: str) -> BackendError:
+    copy = type(error).__new__(type(error))
+    BackendError.__init__(copy, message, provider=error.provider, model=error.model, base_url=error.base_url,
+                          status_code=error.status_code)  # fmt: skip
+    for name, value in vars(error).items():
+        setattr(copy, name, value)
+    copy.args = (message,)
+    return copy
+
+
+def _short(error: BaseException) -> str:
+    status = getattr(error, "status_code", None)
+    return f"HTTP {status}" if status else type(error).__name__
