@@ -112,9 +112,7 @@ async def _resolve(co: Any, sink: Sink) -> Any:
     return None
 
 
-async def _ended_early(
-    source: Any, sink: Sink, dog: Watchdog, limits: tuple[float | None, Any]
-) -> bool:
+async def _ended_early(source: Any, sink: Sink, dog: Watchdog, limits: tuple[float | None, Any]) -> bool:
     """Handle the error in flight; return False if it must propagate.
 
     Our own watchdog's cancel becomes a timeout; another error is put in
@@ -142,9 +140,7 @@ def _take_final_in_flight(sink: Sink) -> None:
 
 def _check_timeout(chunk_timeout: float | None) -> None:
     if chunk_timeout is not None and not chunk_timeout > 0:
-        raise ValueError(
-            f"chunk_timeout must be a positive number of seconds or None, got {chunk_timeout!r}"
-        )
+        raise ValueError(f"chunk_timeout must be a positive number of seconds or None, got {chunk_timeout!r}")
 
 
 def _as_async_iterator(co: Any) -> Any:
@@ -162,8 +158,7 @@ def _as_async_iterator(co: Any) -> Any:
     if hasattr(co, "__next__"):
         return ThreadedIterator(co, asyncio.get_running_loop())
     raise TypeError(
-        "send_to_queue() needs a coroutine, awaitable, async iterator or iterator, "
-        f"got {type(co).__name__}"
+        f"send_to_queue() needs a coroutine, awaitable, async iterator or iterator, got {type(co).__name__}"
     )
 
 

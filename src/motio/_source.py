@@ -83,9 +83,7 @@ async def close_source(source: object) -> None:
 
 def contextualise_timeout(source: object, error: ChunkTimeoutError) -> ChunkTimeoutError:
     """``source.timeout_error(error)`` if the source has the hook, else ``error``."""
-    hook: Callable[[ChunkTimeoutError], ChunkTimeoutError] | None = getattr(
-        source, "timeout_error", None
-    )
+    hook: Callable[[ChunkTimeoutError], ChunkTimeoutError] | None = getattr(source, "timeout_error", None)
     return error if hook is None else hook(error)
 
 

@@ -161,4 +161,3 @@ class ThreadedIterator:
     def timeout_error(self, error: ChunkTimeoutError) -> ChunkTimeoutError:
         """The core's chunk timeout as it is: a bare iterator has no context to add."""
         return error
-

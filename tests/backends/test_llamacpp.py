@@ -233,9 +233,7 @@ def timed_failure(backend: LlamaCppBackend, **options: Any) -> tuple[BaseExcepti
     return run(main())
 
 
-def test_a_stuck_worker_times_out_at_chunk_timeout_not_later(
-    backend: LlamaCppBackend, stall_at: Any
-) -> None:
+def test_a_stuck_worker_times_out_at_chunk_timeout_not_later(backend: LlamaCppBackend, stall_at: Any) -> None:
     # The worker blocks mid-stream; the timeout must not wait for it (it did
     # for 5 s when the wrapper around the worker's iterator hid it from the core).
     stall_at(3)

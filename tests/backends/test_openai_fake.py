@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from motio import (
+    BackendClosedError,
     BadRequestError,
     ChunkTimeoutError,
     ModelOutputThunk,
@@ -313,3 +314,46 @@ def test_no_connection_cap_below_max_concurrency() -> None:
         assert fake.max_in_flight == 1500 and fake.connections_accepted == 1500
     finally:
         fake.stop()
+
+
+def test_a_closed_backend_raises_backend_closed_error(fake: ScriptedServer) -> None:
+    backend = backend_for(fake, "ok")
+    assert backend.generate_sync("hi", max_tokens=2).value == " tok0 tok1"
+    assert not backend.is_closed
+    backend.close()
+    backend.close()  # idempotent
+    assert backend.is_closed
+    with pytest.raises(BackendClosedError, match="OpenAIBackend has been closed"):
+        backend.generate_sync("hi", max_tokens=2)
+    with pytest.raises(BackendClosedError):
+        backend.check_sync()
+    with pytest.raises(BackendClosedError):
+        list(backend.stream_sync("hi", max_tokens=2))
+
+    async def after_aclose() -> None:
+        async with backend_for(fake, "ok") as other:
+            pass
+        with pytest.raises(BackendClosedError):
+            await other.generate("hi")
+
+    run(after_aclose())
+    # Closed means closed: no request, and no new client, after close().
+    assert len(fake.chat_requests) == 1
+    assert backend._clients._cache.current_size() == 0
+
+
+def test_a_generation_waiting_for_its_slot_when_closed_opens_no_client(fake: ScriptedServer) -> None:
+    async def main() -> BaseException | None:
+        backend = backend_for(fake, "slow", max_concurrency=1)
+        first = await backend.generate("hi", max_tokens=500)
+        assert await first.astream()  # holds the only slot
+        second = await backend.generate("hi", max_tokens=2)  # waits for it
+        await backend.aclose()
+        await first.aclose()  # gives the slot to the waiting one
+        with pytest.raises(BackendClosedError):
+            await second.avalue()
+        assert backend._clients._cache.current_size() == 0
+        return second.error
+
+    assert isinstance(run(main()), BackendClosedError)
+    assert len(fake.chat_requests) == 1

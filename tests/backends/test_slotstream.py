@@ -98,7 +98,9 @@ def test_slotstream_passes_the_timeout_context_through() -> None:
     source, releases = Named(), []
 
     async def main() -> BaseException | None:
-        mot = ModelOutputThunk.from_response(SlotStream(source, lambda: releases.append(1)), chunk_timeout=0.1)
+        mot = ModelOutputThunk.from_response(
+            SlotStream(source, lambda: releases.append(1)), chunk_timeout=0.1
+        )
         with pytest.raises(BackendChunkTimeoutError):
             await mot.avalue()
         return mot.error

@@ -32,13 +32,12 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .._exceptions import BadRequestError, ConfigurationError, MotioError, NotFoundError
 from .._feed import DEFAULT_CHUNK_TIMEOUT
-from .._loops import get_current_event_loop
 from .._thunk import ModelOutputThunk
 from ._base import COMMON_OPTIONS, Backend, Messages, check_options, to_messages
 from ._chat import batch_decoder, fold_chunk, fold_structs
 from ._errors import Where, stream_error, translate
-from ._http import HTTPClient, json_codec
 from ._gate import Gate
+from ._http import HTTPClient, json_codec
 from ._loopclients import LoopClient, LoopClients
 from ._request import Exchange, Timeouts
 from ._retry import RetryPolicy
@@ -176,6 +175,7 @@ class OpenAIBackend(Backend):
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
     ) -> ModelOutputThunk[Any]:
+        self._ensure_open()
         check_options(options, _OPTIONS, type(self).__name__)
         timeouts = Timeouts(
             _option_timeout(options, "first_token_timeout", self.first_token_timeout),
@@ -237,6 +237,9 @@ class OpenAIBackend(Backend):
         return self._adaptive is None or self._adaptive.in_flight > 1
 
     async def loop_client(self) -> LoopClient:
+        # Checked again here: a generation may have waited for its slot while
+        # the backend was closed, and must not open a new client then.
+        self._ensure_open()
         return await self._clients.get()
 
     async def prepare(self, entry: LoopClient, body: dict[str, Any], fold: _ChatFold) -> None:
@@ -298,8 +301,9 @@ class OpenAIBackend(Backend):
         Raises:
             BackendConnectionError, AuthenticationError, NotFoundError,
             BackendTimeoutError: with a message saying what to check.
+            BackendClosedError: the backend has been closed.
         """
-        entry = await self._clients.get()
+        entry = await self.loop_client()
         entry.acquire()
         try:
             ids = await self._list_models(entry.client)
@@ -316,15 +320,10 @@ class OpenAIBackend(Backend):
             )
 
     async def aclose(self) -> None:
-        """Close this loop's client now and every other loop's on its own loop."""
+        """Close this loop's client now and every other loop's on its own loop;
+        later generations raise ``BackendClosedError``. Idempotent."""
+        self._mark_closed()
         await self._clients.aclose()
-
-    def close(self) -> None:
-        if get_current_event_loop() is None:
-            from .. import run_sync
-
-            run_sync(self.aclose())
-        self._clients.close_all_elsewhere()
 
 
 def _reraise(exc: Exception, where: Where, *, mid_stream: bool = False) -> NoReturn:
@@ -380,7 +379,9 @@ def _make_limiter(rpm: float | None, tpm: float | None) -> RateLimiter | None:
 
 def _check_timeouts(connect: float, *others: float | None) -> None:
     for value in (connect, *others):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+        ):
             raise ConfigurationError(
                 f"timeouts must be positive numbers of seconds (or None where allowed), got {value!r}"
             )
