@@ -1,15 +1,18 @@
 """The other libraries' internals motio relies on are still there and still work.
 
 If one of these fails after a Python upgrade, update ``motio/_compat.py``:
-the failure it prevents is a consumer hanging on a queue that never
-receives its end marker.
+the failures it prevents are a consumer hanging on a queue that never
+receives its end marker, and a dead loop's HTTP client left unclosed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from motio._compat import force_put
+import pytest
+
+from motio._compat import finish_aclose_without_loop, force_put
 from tests.asyncutil import run
 
 
@@ -41,3 +44,24 @@ def test_force_put_exceeds_maxsize_wakes_a_getter_and_counts_for_join() -> None:
         return got
 
     assert run(main()) == [1, 2, 3, 4]
+
+
+def test_finish_aclose_without_loop_runs_the_finally_with_no_loop_at_all() -> None:
+    cleaned: list[str] = []
+
+    async def closer() -> Any:
+        try:
+            yield
+        finally:
+            cleaned.append("finally")  # does not await: the loop is gone
+
+    agen = closer()
+    first = agen.__anext__()
+    assert hasattr(first, "send"), "async generator awaitables lost send(): update motio/_compat.py"
+    with pytest.raises(StopIteration):
+        first.send(None)  # suspended at its yield, as arm() leaves it
+    finish_aclose_without_loop(agen)
+    assert cleaned == ["finally"]
+    assert agen.ag_frame is None  # finished: no finaliser will hand it to a loop later
+    finish_aclose_without_loop(agen)  # a second time is harmless
+    assert cleaned == ["finally"]

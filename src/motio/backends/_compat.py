@@ -12,11 +12,13 @@ holds open sockets. Closing it the public way calls into the dead loop
 unclosed transports and an unclosed connector. So its sockets are closed
 directly and the connector is marked closed, which is what its own close
 would have done, minus the loop calls.
+
+CPython's own internals (asyncio.Queue, driving an async generator's
+``aclose()`` by hand) live in the core's ``motio/_compat.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -34,7 +36,7 @@ def close_connector_without_loop(connector: Any) -> None:
     connector._closed = True
 
 
-def _close_transport_socket(transport: asyncio.BaseTransport | None) -> None:
+def _close_transport_socket(transport: Any) -> None:
     sock = getattr(transport, "_sock", None)
     if sock is None:
         return
@@ -42,4 +44,4 @@ def _close_transport_socket(transport: asyncio.BaseTransport | None) -> None:
         sock.close()
     # What the transport's own _call_connection_lost would have done; without
     # it the transport warns "unclosed transport" when collected.
-    transport._sock = None  # type: ignore[union-attr]
+    transport._sock = None

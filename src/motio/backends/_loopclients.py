@@ -5,9 +5,9 @@ module prevents:
 
 * handing a client to the wrong loop: ``asyncio.run`` creates a new loop per
   call and CPython often gives it the ``id()`` of the one just closed, so a
-  cache keyed by ``id(loop)`` alone returns a dead loop's client ("bound to a
-  different event loop"). Each entry keeps a weak reference to its loop and
-  is used only when that reference *is* the running loop.
+  cache keyed by ``id(loop)`` returns a dead loop's client ("bound to a
+  different event loop"). The cache is keyed by a weak reference to the loop
+  object instead, which never equals one to another loop.
 * "Event loop is closed" noise: closing a client from another loop, or after
   its loop is gone, makes its sockets call into a dead loop. Here a client is
   closed on its own loop while that loop still runs, by a suspended async
@@ -19,7 +19,6 @@ module prevents:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import weakref
@@ -27,6 +26,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from .._cache import ClientCache
+from .._compat import finish_aclose_without_loop
 
 __all__ = ["LoopClients", "LoopClient", "loop_semaphore"]
 
@@ -96,12 +96,10 @@ class LoopClient:
 
     def _drop_dead(self) -> None:
         # Run the closer's `finally` synchronously: with the loop dead it does
-        # not await, so a single send() finishes it, and the generator is never
-        # handed to the dead loop's finaliser later.
+        # not await (see _close_client), so it finishes here.
         self._loop_dead = True
         self._retired = True
-        with contextlib.suppress(StopIteration, RuntimeError):
-            self._closer.aclose().send(None)
+        finish_aclose_without_loop(self._closer)
 
     async def _close_client(self) -> None:
         if self._loop_dead:
@@ -135,7 +133,10 @@ class LoopClients:
     async def get(self) -> LoopClient:
         """The running loop's client, created (and armed) on first use."""
         loop = asyncio.get_running_loop()
-        key = id(loop)
+        # Keyed weakly on the loop object, as all per-loop state in motio: a
+        # weak reference equals another to the same live loop, and never one
+        # to a new loop that reuses a dead loop's id().
+        key = weakref.ref(loop)
         entry: LoopClient | None = self._cache.get(key)
         if entry is not None and entry.serves(loop):
             return entry
@@ -143,8 +144,8 @@ class LoopClients:
         await fresh.arm()
         self._cache.put(key, fresh)
         if entry is not None:
-            # Same id(), different (dead) loop: replacing is not an eviction,
-            # so the cache does not discard it for us.
+            # A retired client replaced: that is not an eviction, so the
+            # cache does not discard it for us.
             entry.discard()
         self._drop_dead_loops()
         return fresh
