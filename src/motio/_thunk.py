@@ -98,7 +98,7 @@ class GenerationMeta:
 
     model: str | None = None
     provider: str | None = None
-    usage: dict[str, int] | None = None
+    usage: dict[str, int | None] | None = None
     ttfb_ms: float | None = None
     streaming: bool | None = None
     finish_reasons: list[str] = field(default_factory=list)
@@ -338,8 +338,7 @@ class ModelOutputThunk(Generic[T]):
                 if extra.error is not None:
                     raise extra.error
                 raise RuntimeError(
-                    "astream() called on a computed thunk whose text was all "
-                    "delivered; read .value instead"
+                    "astream() called on a computed thunk whose text was all delivered; read .value instead"
                 )
             await self._wait_change()
         parts = self._parts

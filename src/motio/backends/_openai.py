@@ -23,12 +23,13 @@ rate limiter and the retry policy.
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 from .._exceptions import BadRequestError, ConfigurationError, MotioError, NotFoundError
 from .._feed import DEFAULT_CHUNK_TIMEOUT
@@ -75,8 +76,21 @@ _OPTIONS = COMMON_OPTIONS | {
 }
 _USAGE_PLEASE = {"include_usage": True}
 
-_TAKE_GENERIC_PATH = object()
-_UNSET: Any = object()
+
+class _TakeGenericPath(enum.Enum):
+    """The fast path cannot fold this read: take the generic one."""
+
+    TOKEN = 0
+
+
+class _Unset(enum.Enum):
+    """No value given (None means "no limit" here)."""
+
+    TOKEN = 0
+
+
+_TAKE_GENERIC_PATH: Final = _TakeGenericPath.TOKEN
+_UNSET: Final = _Unset.TOKEN
 
 
 class OpenAIBackend(Backend):
@@ -388,11 +402,11 @@ def _check_timeouts(connect: float, *others: float | None) -> None:
 
 
 def _option_timeout(options: dict[str, Any], name: str, default: float | None) -> float | None:
-    value = options.pop(name, _UNSET)
+    value: float | None | _Unset = options.pop(name, _UNSET)
     if value is _UNSET:
         return default
     _check_timeouts(1.0, value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 class _ChatFold:
@@ -424,20 +438,22 @@ class _ChatFold:
 
     def process_events(self, block: bytes) -> str | None:
         """Fold a block of SSE events (one network read's worth); its text, if any."""
-        if self._batch is not None and (plain := data_as_json_array(block)) is not None:
-            text = self._process_batch(self.meta, *plain)
+        if (batch := self._batch) is not None and (plain := data_as_json_array(block)) is not None:
+            text = self._process_batch(batch, self.meta, *plain)
             if text is not _TAKE_GENERIC_PATH:
-                return text  # type: ignore[return-value]
+                return text
         return self._process_each(self.meta, parse_events(block))
 
     def process_whole(self, body: bytes) -> str:
         """Fold a non-streamed completion; its text."""
         return self._process_each(self.meta, [body]) or ""
 
-    def _process_batch(self, meta: Any, array: bytes, done: bool) -> object:
+    def _process_batch(
+        self, batch: Callable[[bytes], list[Any]], meta: GenerationMeta, array: bytes, done: bool
+    ) -> str | None | _TakeGenericPath:
         """The fast path: all of a read's chunks decoded by one msgspec call."""
         try:
-            chunks = self._batch(array)  # type: ignore[misc]
+            chunks = batch(array)
         except ValueError:
             # Malformed JSON or an unexpected type (content as a list of
             # parts, say): the generic path pinpoints or copes with it.
@@ -450,7 +466,7 @@ class _ChatFold:
         self._pieces += len(texts)
         return "".join(texts) if texts else None
 
-    def _process_each(self, meta: Any, payloads: list[bytes | ErrorEvent]) -> str | None:
+    def _process_each(self, meta: GenerationMeta, payloads: list[bytes | ErrorEvent]) -> str | None:
         """The generic path: one payload at a time, into dicts."""
         texts = []
         for payload in payloads:
@@ -480,7 +496,7 @@ class _ChatFold:
             raise stream_error(f"the server reported an error mid-stream: {chunk['error']}", self.where)
         return chunk
 
-    def finish(self, mot: Any) -> None:
+    def finish(self, mot: ModelOutputThunk[Any]) -> None:
         meta = mot.generation
         if self._stream and not self._done and not meta.finish_reasons:
             raise stream_error("the stream ended before [DONE] or a finish_reason", self.where)
