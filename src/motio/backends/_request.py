@@ -323,6 +323,7 @@ class _SSEStream:
     deltas, usage) yield nothing, so the core's chunk watchdog sees only
     content. Closing it early drops the connection (the server sees the
     client leave); reading it to the end returns the connection to the pool.
+    It implements the core's ``Source`` protocol.
     """
 
     __slots__ = ("_held", "_read", "_decoder", "_fold", "_first", "_exchange")
@@ -405,15 +406,24 @@ class _SSEStream:
         """The core's chunk timeout, with this backend's context (see ``_feed``)."""
         where = self._fold.where
         return BackendChunkTimeoutError(
-            f"{where.describe()}: {error}", timeout=error.timeout or 0.0, chunks=error.chunks, **where.fields()
+            f"{where.describe()}: {error}",
+            timeout=error.timeout or 0.0,
+            chunks=error.chunks,
+            **where.fields(),
         )
 
     async def aclose(self) -> None:
         """Stop early: drop the connection and give the slot back. Idempotent."""
         self._exchange._release(self._held)
 
+    # Dropping the connection never waits on the server: abandoning (the
+    # core's chunk timeout) is closing.
+    abandon = aclose
 
-async def _first_content(response: aiohttp.ClientResponse, decoder: SSEDecoder, fold: _ChatFold) -> str | None:
+
+async def _first_content(
+    response: aiohttp.ClientResponse, decoder: SSEDecoder, fold: _ChatFold
+) -> str | None:
     """Read until a read carries content; that text, or None if the answer ended first.
 
     Raises:
