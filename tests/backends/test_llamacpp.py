@@ -300,3 +300,27 @@ def test_a_closed_backend_raises_backend_closed_error(smollm2_path: Path) -> Non
             await other.generate("hi")
 
     run(after_aclose())
+
+
+def test_a_generation_waiting_for_the_model_when_closed_loads_none(smollm2_path: Path) -> None:
+    llama = LlamaCppBackend(smollm2_path)
+    loads: list[int] = []
+    real_load = llama._load
+
+    def counting_load() -> Any:
+        loads.append(1)
+        return real_load()
+
+    llama._load = counting_load  # type: ignore[method-assign]
+
+    async def main() -> None:
+        first = await llama.generate("Count to ten.", max_tokens=8)
+        second = await llama.generate("hi", max_tokens=2)  # waits for the one model
+        assert await first.astream()  # first holds it
+        await llama.aclose()
+        await first.avalue()  # a generation under way finishes
+        with pytest.raises(BackendClosedError):
+            await second.avalue()
+
+    run(main())
+    assert loads == [1]

@@ -141,7 +141,9 @@ class LlamaCppBackend(Backend):
         check_options(options, _OPTIONS, type(self).__name__)
         first, chunk, total = (
             options.pop(name, default) if name in options else default
-            for name, default in zip(("first_token_timeout", "chunk_timeout", "total_timeout"), self._timeouts)
+            for name, default in zip(
+                ("first_token_timeout", "chunk_timeout", "total_timeout"), self._timeouts
+            )
         )
         limits = _Limits(first, chunk, total, self._where)
         kwargs = {key: value for key, value in options.items() if value is not None}
@@ -184,11 +186,11 @@ class LlamaCppBackend(Backend):
         return head + rest
 
     async def _lease(self) -> _Lease:
-        # Checked again here: a generation may have waited for the model
-        # while the backend was closed.
-        self._ensure_open()
         await self._gate.acquire()
         try:
+            # Checked after the wait: the backend may have been closed while
+            # this generation waited for the model, and must not load one again.
+            self._ensure_open()
             with self._pool_lock:
                 llm = self._free.pop() if self._free else None
             if llm is None:
@@ -443,7 +445,10 @@ class _Stream:
     def timeout_error(self, error: ChunkTimeoutError) -> BackendChunkTimeoutError:
         where = self._limits.where
         return BackendChunkTimeoutError(
-            f"{where.describe()}: {error}", timeout=error.timeout or 0.0, chunks=error.chunks, **where.fields()
+            f"{where.describe()}: {error}",
+            timeout=error.timeout or 0.0,
+            chunks=error.chunks,
+            **where.fields(),
         )
 
 
