@@ -19,6 +19,7 @@ module prevents:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 import weakref
@@ -33,6 +34,14 @@ __all__ = ["LoopClients", "LoopClient", "loop_semaphore"]
 _log = logging.getLogger("motio")
 
 
+class _State(enum.Enum):
+    """A LoopClient's lifecycle: SERVING -> RETIRED, and either -> LOOP_DEAD."""
+
+    SERVING = "handed out to requests on its loop"
+    RETIRED = "no longer handed out; closed on its loop once idle"
+    LOOP_DEAD = "its loop is closed: sockets closed without it"
+
+
 class LoopClient:
     """A client plus what it takes to close it on its own loop.
 
@@ -44,8 +53,7 @@ class LoopClient:
         self.client = client
         self._loop_ref = weakref.ref(loop)
         self._in_flight = 0
-        self._retired = False
-        self._loop_dead = False
+        self._state = _State.SERVING
         self._closer = _close_at_shutdown(self)
         self._close_task: asyncio.Task[None] | None = None
 
@@ -58,19 +66,19 @@ class LoopClient:
         return loop is None or loop.is_closed()
 
     def serves(self, loop: asyncio.AbstractEventLoop) -> bool:
-        return not self._retired and self._loop_ref() is loop
+        return self._state is _State.SERVING and self._loop_ref() is loop
 
     def acquire(self) -> None:
         self._in_flight += 1
 
     def release(self) -> None:
         self._in_flight -= 1
-        if self._retired and self._in_flight == 0:
+        if self._state is not _State.SERVING and self._in_flight == 0:
             self._schedule_close()
 
     def retire(self) -> None:
         """Stop handing this client out; close it when idle (on its loop)."""
-        self._retired = True
+        self._stop_serving()
         if self._in_flight == 0:
             self._schedule_close()
 
@@ -87,8 +95,12 @@ class LoopClient:
 
     async def aclose_now(self) -> None:
         """Close the client at once, on its own (running) loop."""
-        self._retired = True
+        self._stop_serving()
         await self._closer.aclose()
+
+    def _stop_serving(self) -> None:
+        if self._state is _State.SERVING:  # a dead loop's client stays dead
+            self._state = _State.RETIRED
 
     def _schedule_close(self) -> None:
         if self._close_task is None:
@@ -97,12 +109,11 @@ class LoopClient:
     def _drop_dead(self) -> None:
         # Run the closer's `finally` synchronously: with the loop dead it does
         # not await (see _close_client), so it finishes here.
-        self._loop_dead = True
-        self._retired = True
+        self._state = _State.LOOP_DEAD
         finish_aclose_without_loop(self._closer)
 
     async def _close_client(self) -> None:
-        if self._loop_dead:
+        if self._state is _State.LOOP_DEAD:
             self.client.close_without_loop()
             return
         try:
