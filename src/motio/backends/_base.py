@@ -8,6 +8,8 @@ checking live here.
 
 The closed state, for subclasses: call ``self._ensure_open()`` first thing
 in ``generate()`` and ``check()`` (it raises ``BackendClosedError``), and
+again after a generation's wait for its slot, before opening a client or
+loading a model (close() may have come during the wait); call
 ``self._mark_closed()`` first thing in ``aclose()``, then release what the
 backend holds. ``close()`` is ``aclose()`` run through ``run_sync``; do not
 override it.
