@@ -42,7 +42,7 @@ class _AllDone:
     an exception, so nothing can be logged as "never retrieved".
     """
 
-    __slots__ = ("_future", "_left", "_first", "_waiting")
+    __slots__ = ("_first", "_future", "_left", "_waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._future: asyncio.Future[None] = loop.create_future()
