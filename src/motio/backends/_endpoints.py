@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,34 @@ _LAST_PROBE = 15.0
 
 Probe = Callable[["Endpoint"], Coroutine[Any, Any, None]]
 Check = Probe
+
+
+class _Waiter:
+    """An attempt waiting for room on any server, on its own loop."""
+
+    __slots__ = ("loop", "future", "woken")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.woken = False
+
+
+def _wake_first(waiters: deque[_Waiter]) -> None:
+    """Wake the first waiter whose loop still runs."""
+    while waiters:
+        waiter = waiters.popleft()
+        waiter.woken = True
+        try:
+            waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+            return
+        except RuntimeError:
+            continue  # that waiter's loop is closed; nobody is waiting there
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,47 +178,77 @@ class Endpoints:
         self._turn = 0
         self._out = 0  # servers out of rotation: the common case (none) skips the probe check
         self._probes: set[asyncio.Task[None]] = set()
+        # Attempts waiting for room on any server: with several servers an
+        # attempt does not queue at one server's gate, where it would stay
+        # committed to a slow server while a fast one frees slots.
+        self._waiters: deque[_Waiter] = deque()
 
     # -- routing ---------------------------------------------------------------------
 
-    def pick(self, avoid: Sequence[Endpoint] = ()) -> Endpoint:
-        """The server for the next attempt, counted in flight until ``release``.
+    async def acquire(self, avoid: Sequence[Endpoint] = ()) -> Endpoint:
+        """A slot on the server for the next attempt, held until ``release``.
 
         Args:
             avoid: servers this generation already failed on; used only when
-                another server is in rotation.
+                another server in rotation has room.
         """
-        with self._lock:
-            if not self.several:
-                chosen = self.all[0]
-            else:
+        if not self.several:
+            endpoint = self.all[0]
+            if endpoint.gate is not None:
+                await endpoint.gate.acquire()
+            with self._lock:
+                endpoint.in_flight += 1
+            return endpoint
+        waiter = None
+        while True:
+            with self._lock:
                 if self._out:
                     self._start_due_probes()
-                chosen = self._least_loaded(avoid)
-            chosen.in_flight += 1
-        return chosen
+                # Waiters go first: a newcomer takes a free slot only when
+                # nobody queues (a woken waiter that lost a race re-queues first).
+                chosen = None if self._waiters and waiter is None else self._take_least_loaded(avoid)
+                if chosen is not None:
+                    chosen.in_flight += 1
+                    self._pass_on_room()
+                    return chosen
+                if waiter is None:
+                    waiter = _Waiter(asyncio.get_running_loop())
+                    self._waiters.append(waiter)
+                else:  # woken, but a newcomer took the room: first in line again
+                    waiter = _Waiter(waiter.loop)
+                    self._waiters.appendleft(waiter)
+            await self._wait(waiter)
 
-    def _least_loaded(self, avoid: Sequence[Endpoint]) -> Endpoint:
-        candidates = [e for e in self.all if not e.out and e not in avoid]
-        if not candidates:
-            candidates = [e for e in self.all if not e.out]
-        if not candidates:
-            # Nobody in rotation: try the one due back soonest; its failure
-            # is what tells the batch runner to ask whether any is left.
-            return min(self.all, key=lambda e: e.due)
-        # Start the scan one further each time, so ties go round-robin.
+    async def _wait(self, waiter: _Waiter) -> None:
+        try:
+            await waiter.future
+        except BaseException:
+            with self._lock:
+                if waiter.woken:
+                    self._pass_on_room()  # the wake-up reached us as we left: hand it on
+                else:
+                    self._waiters.remove(waiter)
+            raise
+
+    def _take_least_loaded(self, avoid: Sequence[Endpoint]) -> Endpoint | None:
+        """Take a slot on the least loaded server with room (the lock is held)."""
+        candidates = [e for e in self.all if not e.out] or list(self.all)
+        # Start the scan one further each time, so that ties go round-robin.
         self._turn = start = (self._turn + 1) % len(candidates)
-        best = candidates[start]
-        best_load = best.load()
-        for offset in range(1, len(candidates)):
-            candidate = candidates[(start + offset) % len(candidates)]
-            load = candidate.load()
-            if load < best_load:
-                best, best_load = candidate, load
-        return best
+        ordered = sorted(candidates[start:] + candidates[:start], key=lambda e: (e in avoid, e.load()))
+        for endpoint in ordered:
+            if endpoint.gate is None or endpoint.gate.try_acquire():
+                return endpoint
+        return None
+
+    def _pass_on_room(self) -> None:
+        """Wake the first waiter if some server may have room (the lock is held)."""
+        if self._waiters and any(e.gate is None or e.gate.in_flight < e.gate.limit for e in self.all):
+            _wake_first(self._waiters)
 
     def release(self, endpoint: Endpoint, finished: bool, usage: dict[str, Any] | None) -> None:
-        """An attempt on ``endpoint`` ended; ``finished`` if it was answered to the end."""
+        """An attempt on ``endpoint`` ended (its gate slot already given back);
+        ``finished`` if it was answered to the end."""
         with self._lock:
             endpoint.in_flight -= 1
             if finished:
@@ -197,6 +256,8 @@ class Endpoints:
                 tokens = (usage or {}).get("completion_tokens")
                 if isinstance(tokens, int):
                     endpoint.tokens += tokens
+            if self._waiters:
+                _wake_first(self._waiters)
 
     def can_fail_over(self, tried: Sequence[Endpoint]) -> bool:
         """Whether a server in rotation remains that this generation has not failed on."""

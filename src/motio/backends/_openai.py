@@ -242,24 +242,15 @@ class OpenAIBackend(Backend):
     # -- what an Exchange asks of its backend ------------------------------------
 
     async def take_slot(self, tokens: int, avoid: Sequence[Endpoint]) -> tuple[Endpoint, Reservation | None]:
-        """Pick a server (not one in ``avoid`` if another is in rotation), wait
-        for one of its concurrency slots, then for the rate limiter."""
-        endpoint = self._endpoints.pick(avoid)
-        gate = endpoint.gate
-        try:
-            if gate is not None:
-                await gate.acquire()
-        except BaseException:
-            self._endpoints.release(endpoint, False, None)
-            raise
+        """A concurrency slot on a server (not one in ``avoid`` while another
+        has room), then the rate limiter's go."""
+        endpoint = await self._endpoints.acquire(avoid)
         if self._limiter is None:
             return endpoint, None
         try:
             return endpoint, await self._limiter.acquire(tokens)
         except BaseException:
-            if gate is not None:
-                gate.release()
-            self._endpoints.release(endpoint, False, None)
+            self.give_slot(endpoint, None, None, False)
             raise
 
     def give_slot(
