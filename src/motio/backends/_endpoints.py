@@ -45,7 +45,15 @@ if TYPE_CHECKING:
     from ._gate import Gate
     from ._loopclients import LoopClients
 
-__all__ = ["Endpoint", "EndpointSnapshot", "Endpoints", "each_checked", "first_passing"]
+__all__ = [
+    "Endpoint",
+    "EndpointSnapshot",
+    "Endpoints",
+    "each_checked",
+    "first_passing",
+    "none_passed",
+    "short_reason",
+]
 
 #: Connection failures in a row (resets, timeouts) that take a server out of
 #: rotation; one refused connection is enough (nothing listens there).
@@ -408,8 +416,11 @@ def none_passed(failures: Sequence[tuple[str, BaseException]]) -> Exception:
     """One error for servers that all failed their check, naming each."""
     from .._exceptions import BackendConnectionError, BackendError, MotioError
 
-    parts = "; ".join(f"{url}: {_reason(url, error)}" for url, error in failures)
+    parts = "; ".join(f"{url}: {short_reason(url, error)}" for url, error in failures)
     message = f"none of the {len(failures)} servers answers ({parts})"
+    _, sep, hint = str(failures[0][1]).strip().partition("; check ")
+    if sep:  # the first server's hint, said once
+        message += "; check " + hint.splitlines()[0]
     kinds = {type(error) for _, error in failures}
     first = failures[0][1]
     if len(kinds) == 1 and isinstance(first, BackendError):
@@ -421,9 +432,12 @@ def none_passed(failures: Sequence[tuple[str, BaseException]]) -> Exception:
     return BackendConnectionError(message)
 
 
-def _reason(url: str, error: BaseException) -> str:
+def short_reason(url: str, error: BaseException) -> str:
     """An error's first line, without the "openai backend at URL (model ...): " the list already says."""
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
     head, sep, rest = line.partition(": ")
-    return rest if sep and url in head else line
+    reason = rest if sep and url in head else line
+    # The hint ("; check that the server is running...") is the same for
+    # every server of a list: said once by whoever prints the list, if at all.
+    return reason.split("; check ", 1)[0]
