@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from motio import BackendConnectionError, StreamError
 from motio.backends import EndpointSnapshot, OpenAIBackend
 from tests.backends.util import arun
-from tests.servers.scripted import ScriptedServer, running, stall_after, stall_before_headers
+from tests.servers.scripted import ScriptedServer, running, stall_after, stall_before_headers, status
 
 MODEL = "scripted-model"
 WAIT = 30.0
@@ -296,3 +297,51 @@ def test_a_server_that_comes_back_rejoins_rotation(two: tuple[ScriptedServer, Sc
         revived.stop()
     assert snapshot[0].in_rotation and snapshot[0].failures == 0
     assert not revived.errors
+
+
+def test_a_retryable_status_is_retried_on_another_server() -> None:
+    lock, answered = threading.Lock(), []
+
+    def first_is_503(record: Any) -> Any:
+        # Whichever server the first request reaches answers it 503.
+        with lock:
+            answered.append(record)
+            return status(503) if len(answered) == 1 else None
+
+    with running(rule=first_is_503) as a, running(rule=first_is_503) as b:
+        backend = OpenAIBackend(MODEL, base_url=[a.base_url, b.base_url], max_retries=1)
+        [mot] = arun(answer_all(backend, ["once"]))
+        seen = sorted([[r.status for r in a.chat_requests], [r.status for r in b.chat_requests]])
+        second = a if a.chat_requests[0].status == 200 else b
+    assert mot.value == "echo: once" and mot.generation.attempts.statuses == [503]
+    assert seen == [[200], [503]]  # one attempt on each server
+    assert mot.generation.base_url == second.base_url
+
+
+def test_a_waiter_cancelled_in_the_queue_leaves_no_trace(two: tuple[ScriptedServer, ScriptedServer]) -> None:
+    a, b = two
+    for server in two:
+        server.script(stall_after(1))
+    backend = OpenAIBackend(MODEL, base_url=[a.base_url, b.base_url], max_concurrency=1, chunk_timeout=None)
+
+    async def main() -> tuple[list[EndpointSnapshot], str]:
+        held = [await backend.generate(f"held{i}") for i in range(2)]
+        await wait_on(a, lambda s: s.in_flight == 1, "one held on a")
+        await wait_on(b, lambda s: s.in_flight == 1, "one held on b")
+        queued = await backend.generate("queued")
+        for _ in range(10_000):  # the loop's turns it takes to reach the queue, bounded
+            if backend._endpoints._waiters:
+                break
+            await asyncio.sleep(0)
+        assert len(backend._endpoints._waiters) == 1
+        await queued.aclose()  # cancels it wherever it waits
+        for mot in held:
+            await mot.aclose()
+        after = backend.endpoint_snapshot()
+        value = (await answer(backend, "after")).value
+        await backend.aclose()
+        return after, value
+
+    after, value = arun(main())
+    assert [s.in_flight for s in after] == [0, 0] and value == "echo: after"
+    assert "queued" not in prompts_seen(a) + prompts_seen(b)

@@ -8,8 +8,12 @@ share anyway, and every prompt sent to a dead one fails).
 
 - **Routing**: each attempt goes to the server in rotation with the fewest
   requests in flight relative to its concurrency limit (its own gate, fixed
-  or adaptive); ties go round-robin, so equal servers share evenly. A slower
-  server holds its requests longer, so it is picked less often.
+  or adaptive) among those with room; ties go round-robin, so equal servers
+  share evenly. When no server has room the attempt waits in one FIFO for
+  the whole backend, not in one server's queue: committed to a server on
+  arrival, a burst would split evenly and wait behind the slow server while
+  the fast one idles. A slower server holds its requests longer, so it is
+  picked less often.
 - **Failover**: an attempt that failed before any content reached the thunk
   (refused, reset, connect timeout; or a retryable status) goes to another
   server (``_request.py`` decides when; this module only avoids the servers
@@ -101,7 +105,7 @@ class EndpointSnapshot:
 
     Attributes:
         base_url: the server's API root.
-        in_flight: requests holding or waiting for one of its slots.
+        in_flight: requests sent to it (holding one of its slots) and not ended.
         limit: its concurrency limit now (None: no cap).
         in_rotation: whether new requests are sent to it.
         served: generations it answered to the end.
