@@ -345,3 +345,23 @@ def test_a_waiter_cancelled_in_the_queue_leaves_no_trace(two: tuple[ScriptedServ
     after, value = arun(main())
     assert [s.in_flight for s in after] == [0, 0] and value == "echo: after"
     assert "queued" not in prompts_seen(a) + prompts_seen(b)
+
+
+def test_check_passes_at_the_first_answer_and_keeps_a_slow_server_in_rotation() -> None:
+    with socket.socket() as silent, running() as live:
+        # Listening, so connections are made, but never read: GET /models hangs.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        slow_url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        backend = OpenAIBackend(MODEL, base_url=[slow_url, live.base_url])
+
+        async def main() -> list[EndpointSnapshot]:
+            await backend.check()
+            snapshot = backend.endpoint_snapshot()
+            await backend.aclose()
+            return snapshot
+
+        started = time.monotonic()
+        snapshot = arun(main())
+    assert time.monotonic() - started < 5
+    assert [s.in_rotation for s in snapshot] == [True, True]

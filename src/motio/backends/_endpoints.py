@@ -244,10 +244,13 @@ class Endpoints:
 
     def _take_least_loaded(self, avoid: Sequence[Endpoint]) -> Endpoint | None:
         """Take a slot on the least loaded server with room (the lock is held)."""
-        candidates = [e for e in self.all if not e.out] or list(self.all)
-        # Start the scan one further each time, so that ties go round-robin.
-        self._turn = start = (self._turn + 1) % len(candidates)
-        ordered = sorted(candidates[start:] + candidates[:start], key=lambda e: (e in avoid, e.load()))
+        candidates = [e for e in self.all if not e.out]
+        if candidates:
+            # Start the scan one further each time, so that ties go round-robin.
+            self._turn = start = (self._turn + 1) % len(candidates)
+            ordered = sorted(candidates[start:] + candidates[:start], key=lambda e: (e in avoid, e.load()))
+        else:
+            ordered = sorted(self.all, key=lambda e: e.due)  # none in rotation: the one due back first
         for endpoint in ordered:
             if endpoint.gate is None or endpoint.gate.try_acquire():
                 return endpoint

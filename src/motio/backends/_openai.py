@@ -380,7 +380,9 @@ class OpenAIBackend(Backend):
     async def _check_endpoint_in_rotation(self, endpoint: Endpoint) -> None:
         try:
             await self._check_endpoint(endpoint)
-        except BaseException:
+        except Exception:
+            # Not on cancellation: check() cancels the servers still being
+            # asked once one passed, and a slow answer is no failure.
             self._endpoints.mark_out(endpoint)
             raise
         self._endpoints.answered(endpoint)
