@@ -19,6 +19,7 @@ import pytest
 
 from motio import BackendConnectionError, StreamError
 from motio.backends import EndpointSnapshot, OpenAIBackend
+from motio.backends._endpoints import Endpoint, Endpoints
 from tests.backends.util import arun
 from tests.servers.scripted import ScriptedServer, running, stall_after, stall_before_headers, status
 
@@ -365,3 +366,50 @@ def test_check_passes_at_the_first_answer_and_keeps_a_slow_server_in_rotation() 
         snapshot = arun(main())
     assert time.monotonic() - started < 5
     assert [s.in_rotation for s in snapshot] == [True, True]
+
+
+# -- the router on its own ------------------------------------------------------------
+
+
+def router(*limits: int) -> Endpoints:
+    from motio.backends._gate import Gate
+    from motio.backends._loopclients import LoopClients
+
+    async def never_probed(endpoint: Endpoint) -> None:
+        raise AssertionError("no server is out of rotation here")
+
+    endpoints = [
+        Endpoint(f"http://s{i}/v1", Gate(n), None, LoopClients(object)) for i, n in enumerate(limits)
+    ]
+    return Endpoints(endpoints, never_probed)
+
+
+def test_the_router_fills_by_load_and_hands_a_freed_slot_to_the_first_waiter() -> None:
+    routes = router(2, 2, 4)
+
+    async def main() -> tuple[list[str], str, list[int]]:
+        taken = [await routes.acquire() for _ in range(8)]
+        waiter = asyncio.create_task(routes.acquire())
+        for _ in range(100):  # bounded: a few turns of the loop put it in the queue
+            await asyncio.sleep(0)
+        assert not waiter.done() and len(routes._waiters) == 1
+        routes.all[1].gate.release()  # type: ignore[union-attr]
+        routes.release(routes.all[1], True, {"completion_tokens": 3})
+        woken = await asyncio.wait_for(waiter, 5)
+        return [e.base_url for e in taken], woken.base_url, [s.in_flight for s in routes.snapshot()]
+
+    taken, woken, in_flight = arun(main())
+    assert sorted(taken) == ["http://s0/v1"] * 2 + ["http://s1/v1"] * 2 + ["http://s2/v1"] * 4
+    assert woken == "http://s1/v1" and in_flight == [2, 2, 4]
+    assert routes.snapshot()[1].served == 1 and routes.snapshot()[1].tokens == 3
+
+
+def test_the_router_avoids_a_failed_server_while_another_has_room() -> None:
+    routes = router(4, 4)
+
+    async def main() -> list[str]:
+        first = routes.all[0]
+        return [(await routes.acquire([first])).base_url for _ in range(6)]
+
+    # Four on the other server; then only the avoided one has room.
+    assert arun(main()) == ["http://s1/v1"] * 4 + ["http://s0/v1"] * 2
