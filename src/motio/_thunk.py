@@ -106,6 +106,8 @@ class GenerationMeta:
     attempts: Any = None
     """Requests made for this generation (retries included), where a backend
     retries: count, HTTP statuses and waits (``Attempts.as_dict()``)."""
+    base_url: str | None = None
+    """The server that answered (its API root), where a backend talks to servers."""
     queued_ms: float | None = None
     """Time spent waiting for a concurrency slot and the rate limiter before
     the request went out (all attempts), where a backend limits either;

@@ -14,7 +14,14 @@ from motio.backends import create_backend
 
 def test_public_names_are_exactly_these() -> None:
     assert sorted(motio.backends.__all__) == sorted(
-        ["Backend", "COMMON_OPTIONS", "OpenAIBackend", "LlamaCppBackend", "create_backend"]
+        [
+            "Backend",
+            "COMMON_OPTIONS",
+            "EndpointSnapshot",
+            "OpenAIBackend",
+            "LlamaCppBackend",
+            "create_backend",
+        ]
     )
     for name in motio.backends.__all__:
         assert getattr(motio.backends, name) is not None
@@ -42,9 +49,17 @@ def test_create_backend_by_kind() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-        [{"max_concurrency": 0}, {"first_token_timeout": 0}, {"chunk_timeout": -1}, {"total_timeout": 0},
-         {"connect_timeout": 0}, {"max_concurrency": True}, {"max_concurrency": "fast"}, {"max_retries": -1}],
-        ids=str,
+    [
+        {"max_concurrency": 0},
+        {"first_token_timeout": 0},
+        {"chunk_timeout": -1},
+        {"total_timeout": 0},
+        {"connect_timeout": 0},
+        {"max_concurrency": True},
+        {"max_concurrency": "fast"},
+        {"max_retries": -1},
+    ],
+    ids=str,
 )
 def test_bad_constructor_arguments_are_configuration_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

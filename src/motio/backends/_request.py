@@ -17,6 +17,12 @@ What a batch meets on real servers, and what this module does about it:
   they neither reset the chunk timeout nor satisfy the first-token one.
 - The time between attempts is spent outside the stream, so it never counts
   against the chunk timeout; it does count against the total timeout.
+- Several servers (``_endpoints.py``): each attempt takes its slot on the
+  server the router picks. A connection failure before any content (refused
+  included: that server is gone, the others may not be) is sent at once to a
+  server in rotation that this generation has not failed on, outside the
+  retry budget but recorded in ``attempts``; other retries prefer a server
+  not yet failed on. Whatever server gave content keeps the generation.
 
 A streamed generation runs in two phases, matching the core's contract that
 an opener coroutine is not watched by ``chunk_timeout`` but its stream is:
@@ -50,12 +56,15 @@ from ._sse import SSEDecoder
 if TYPE_CHECKING:
     import aiohttp
 
+    from ._endpoints import Endpoint
     from ._openai import OpenAIBackend, _ChatFold
 
 __all__ = ["Exchange", "Timeouts"]
 
 _log = logging.getLogger("motio")
 R = TypeVar("R")
+# Shared by every generation that has not failed on any server: no list each.
+_NONE_TRIED: list[Any] = []
 
 
 class Timeouts:
@@ -72,9 +81,10 @@ class Timeouts:
 class _Held:
     """What one attempt holds until its answer is read or abandoned."""
 
-    __slots__ = ("reservation", "entry", "response", "released")
+    __slots__ = ("endpoint", "reservation", "entry", "response", "released")
 
-    def __init__(self, reservation: Any) -> None:
+    def __init__(self, endpoint: Endpoint, reservation: Any) -> None:
+        self.endpoint = endpoint
         self.reservation = reservation
         self.entry: Any = None
         self.response: aiohttp.ClientResponse | None = None
@@ -84,11 +94,23 @@ class _Held:
 class _Retry(Exception):
     """One attempt failed in a way worth another try (never escapes this module)."""
 
-    def __init__(self, error: BackendError, retry_after: float | None, overload: bool) -> None:
+    def __init__(
+        self,
+        error: BackendError,
+        retry_after: float | None,
+        overload: bool,
+        *,
+        failover: bool = False,
+        same_server: bool = True,
+    ) -> None:
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
         self.overload = overload
+        # A connection failure with several servers: another server may serve at once.
+        self.failover = failover
+        # False for a refused connection: only another server may help.
+        self.same_server = same_server
 
 
 class Exchange:
@@ -102,7 +124,10 @@ class Exchange:
         tokens: the rate limiter's up-front estimate of tokens used.
     """
 
-    __slots__ = ("_backend", "_body", "_fold", "_timeouts", "_tokens", "_deadline", "attempts")
+    __slots__ = (
+        "_backend", "_body", "_fold", "_timeouts", "_tokens", "_deadline", "attempts",
+        "_endpoint", "_tried", "_failovers",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -119,6 +144,9 @@ class Exchange:
         self._tokens = tokens
         self._deadline: float | None = None
         self.attempts = Attempts()
+        self._endpoint: Endpoint | None = None  # the server of the current attempt
+        self._tried: list[Endpoint] = _NONE_TRIED  # servers this generation failed on
+        self._failovers = 0  # attempts sent to another server outside the retry budget
 
     # -- the two entry points: the thunk's opener coroutine --------------------
 
@@ -142,10 +170,12 @@ class Exchange:
             except _Retry as failure:
                 self.attempts.record_failure(failure.error)
                 if failure.overload:
-                    self._backend.concurrency_overloaded()
-                if self.attempts.retries >= policy.max_retries:
+                    self._backend.concurrency_overloaded(self._failed_endpoint())
+                if self._backend.several_servers and self._fail_over(failure):
+                    continue
+                if self.attempts.retries - self._failovers >= policy.max_retries:
                     self._give_up(failure.error)
-                wait = policy.delay(self.attempts.retries + 1, failure.retry_after)
+                wait = policy.delay(self.attempts.retries - self._failovers + 1, failure.retry_after)
                 self._check_total_allows(wait, failure.error)
                 _log.info(
                     "%s: retrying in %.2f s (attempt %d of %d) after %s",
@@ -158,20 +188,50 @@ class Exchange:
                 self.attempts.record_wait(wait)
                 await asyncio.sleep(wait)
 
+    def _failed_endpoint(self) -> Endpoint:
+        assert self._endpoint is not None
+        return self._endpoint
+
+    def _fail_over(self, failure: _Retry) -> bool:
+        """Note the server just failed on; True to try another at once.
+
+        Raises:
+            BackendError: a refused connection with no other server to try.
+        """
+        if self._tried is _NONE_TRIED:
+            self._tried = []
+        self._tried.append(self._failed_endpoint())
+        if not failure.failover:
+            return False  # a status: retried as usual, on another server if there is one
+        if self._backend.can_fail_over(self._tried):
+            _log.info(
+                "%s: trying another server (attempt %d) after %s",
+                self._fold.where.base_url,
+                self.attempts.count + 1,
+                _short(failure.error),
+            )
+            self.attempts.record_wait(0.0)
+            self._failovers += 1
+            return True
+        if not failure.same_server:
+            raise failure.error
+        return False
+
     def _give_up(self, error: BackendError) -> NoReturn:
         if self.attempts.retries == 0:
             raise error
         final = _copy_error(error, f"{error} (gave up after {self.attempts.count} attempts)")
         raise final from error
 
-    async def _take_slot(self) -> Any:
-        """The backend's slot and rate-limit place, the wait recorded in ``queued_ms``."""
+    async def _take_slot(self) -> _Held:
+        """A server's slot and the rate-limit place, the wait recorded in ``queued_ms``."""
         loop = asyncio.get_running_loop()
         waited = loop.time()
-        held = await self._backend.take_slot(self._tokens)
+        endpoint, reservation = await self._backend.take_slot(self._tokens, self._tried)
+        self._endpoint = endpoint
         meta = self._fold.meta
         meta.queued_ms = (meta.queued_ms or 0.0) + (loop.time() - waited) * 1000.0
-        return held
+        return _Held(endpoint, reservation)
 
     async def _open_once(self) -> _SSEStream:
         decoder = SSEDecoder()
@@ -199,11 +259,12 @@ class Exchange:
         first content, under the first-token and total limits. Failures come
         out classified: ``_Retry`` for what another attempt may cure."""
         backend, fold = self._backend, self._fold
-        held = _Held(await self._take_slot())
+        held = await self._take_slot()
+        endpoint = held.endpoint
         started = asyncio.get_running_loop().time()
         try:
-            held.entry = entry = await backend.loop_client()
-            await backend.prepare(entry, self._body, fold)
+            held.entry = entry = await backend.loop_client(endpoint)
+            await backend.prepare(entry, self._body, fold, endpoint)
             if stream:
                 backend.ask_usage(self._body)
             entry.acquire()
@@ -211,6 +272,7 @@ class Exchange:
             async with self._first_token_scope(started) as scope:
                 try:
                     held.response = await backend.send(entry.client, self._body, fold.where)
+                    backend.answered(endpoint)
                     result = await read(held.response)
                 except TimeoutError:
                     if scope.expired():
@@ -226,7 +288,7 @@ class Exchange:
         except BaseException:
             self._release(held)
             raise
-        backend.concurrency_sample(asyncio.get_running_loop().time() - started)
+        backend.concurrency_sample(endpoint, asyncio.get_running_loop().time() - started)
         return held, result
 
     def _release(self, held: _Held, *, settle: bool = False, keep_connection: bool = False) -> None:
@@ -243,11 +305,15 @@ class Exchange:
                 held.response.close()
         if held.entry is not None:
             held.entry.release()
-        self._backend.give_slot(held.reservation, self._fold.meta.usage if settle else None)
+        self._backend.give_slot(
+            held.endpoint, held.reservation, self._fold.meta.usage if settle else None, settle
+        )
 
     # -- classification ----------------------------------------------------------
 
     def _classify_motio(self, exc: MotioError) -> NoReturn:
+        if isinstance(exc, APIStatusError):
+            self._backend.answered(self._failed_endpoint())  # an answer: that server is up
         if isinstance(exc, APIStatusError) and exc.status_code in RETRYABLE_STATUSES:
             overload = exc.status_code in (429, 503)
             raise _Retry(exc, exc.retry_after, overload) from None
@@ -263,12 +329,17 @@ class Exchange:
         if error is None:
             raise exc
         error.__cause__ = exc
-        if _transient(exc):
-            raise _Retry(error, None, overload=False) from exc
-        if _refused(exc) and self._backend.busy():
+        transient, refused = _transient(exc), _refused(exc)
+        endpoint = self._failed_endpoint()
+        if refused and self._backend.busy(endpoint):
             # A server that refuses connections while others are in flight
             # is at its limit (a full accept queue): a congestion signal.
-            self._backend.concurrency_overloaded()
+            self._backend.concurrency_overloaded(endpoint)
+        if (transient or refused) and self._backend.several_servers:
+            self._backend.connection_failed(endpoint, refused=refused)
+            raise _Retry(error, None, overload=False, failover=True, same_server=transient) from exc
+        if transient:
+            raise _Retry(error, None, overload=False) from exc
         raise error from exc
 
     # -- deadlines ---------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from ..backends import Backend
 
-__all__ = ["BackendSpec", "generation_options", "one_line", "open_backend", "startup_timeout"]
+__all__ = ["BackendSpec", "generation_options", "one_line", "open_backend", "server_urls", "startup_timeout"]
 
 # The embedded model serves one generation at a time, the others just queue,
 # so more than one worker would only inflate every latency figure. A server's
@@ -31,7 +32,11 @@ STARTUP_TIMEOUT = 10.0
 
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
-    """Which backend to build, from ``--backend/--model/--base-url/--api-key-env``."""
+    """Which backend to build, from ``--backend/--model/--base-url/--endpoints/--api-key-env``.
+
+    ``base_url`` is the (first) server; ``base_urls`` lists them all when
+    there are several, and is empty otherwise.
+    """
 
     kind: str
     model: str | None = None
@@ -43,14 +48,16 @@ class BackendSpec:
     tpm: float | None = None
     first_token_timeout: float | None = None
     total_timeout: float | None = None
+    base_urls: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: Any) -> BackendSpec:
+        urls = server_urls(args)
         # --base-url only makes sense for a server, so it implies --backend openai.
-        kind = args.backend or ("openai" if args.base_url else "llamacpp")
-        if kind == "llamacpp" and (args.base_url or args.api_key_env):
+        kind = args.backend or ("openai" if urls else "llamacpp")
+        if kind == "llamacpp" and (urls or args.api_key_env):
             raise CliError(
-                "--base-url and --api-key-env need --backend openai "
+                "--base-url, --endpoints and --api-key-env need --backend openai "
                 "(the llamacpp backend runs the model in this process)",
                 EXIT_USAGE,
             )
@@ -58,14 +65,67 @@ class BackendSpec:
         if kind == "llamacpp" and isinstance(concurrency, str):
             concurrency = 1  # one model instance; "auto" is for servers
         options = {name: getattr(args, name, None) for name in _SERVER_OPTIONS}
-        return cls(kind, args.model, args.base_url, args.api_key_env, concurrency, **options)
+        first = urls[0] if urls else None
+        several = urls if len(urls) > 1 else ()
+        return cls(kind, args.model, first, args.api_key_env, concurrency, **options, base_urls=several)
 
     @property
-    def workers(self) -> int:
-        """How many prompts the run keeps in flight (the gate may admit fewer)."""
+    def servers(self) -> int:
+        """How many servers the backend spreads over (1 for the embedded model)."""
+        return max(1, len(self.base_urls))
+
+    @property
+    def per_server(self) -> int:
+        """Generations in flight at most on one server (or the embedded model)."""
         if isinstance(self.concurrency, int):
             return self.concurrency
         return _auto_bound(self.concurrency)
+
+    @property
+    def workers(self) -> int:
+        """How many prompts the run keeps in flight (the gates may admit fewer):
+        enough to fill every server's limit."""
+        return self.per_server * self.servers
+
+
+def server_urls(args: Any) -> tuple[str, ...]:
+    """The servers from ``--base-url`` (repeatable) and ``--endpoints FILE``, in
+    order, each once.
+
+    Raises:
+        CliError: an unreadable endpoints file, one without any URL, or a line
+            that is not an http(s) URL (usage errors).
+    """
+    given = getattr(args, "base_url", None) or []
+    if isinstance(given, str):
+        given = [given]
+    urls = [url.strip().rstrip("/") for url in given]
+    path = getattr(args, "endpoints", None)
+    if path is not None:
+        urls += _read_endpoints(path)
+    return tuple(dict.fromkeys(urls))
+
+
+def _read_endpoints(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CliError(f"--endpoints {path}: cannot read it: {reason}", EXIT_USAGE) from None
+    urls = []
+    for number, line in enumerate(lines, 1):
+        url = line.split("#", 1)[0].strip()
+        if not url:
+            continue
+        if not url.startswith(("http://", "https://")) or " " in url:
+            raise CliError(
+                f"--endpoints {path}:{number}: expected one http(s) URL a line, got {url!r}", EXIT_USAGE
+            )
+        urls.append(url.rstrip("/"))
+    if not urls:
+        raise CliError(f"--endpoints {path}: no server URL in it (one URL a line)", EXIT_USAGE)
+    return urls
 
 
 _SERVER_OPTIONS = ("max_retries", "rpm", "tpm", "first_token_timeout", "total_timeout")
@@ -104,10 +164,10 @@ def _build(spec: BackendSpec) -> Backend:
                 options[name] = None
         return OpenAIBackend(
             spec.model,
-            base_url=spec.base_url,
+            base_url=list(spec.base_urls) if spec.base_urls else spec.base_url,
             api_key=read_api_key(spec.api_key_env),
-            max_concurrency="auto" if auto else spec.workers,
-            concurrency_bound=spec.workers,
+            max_concurrency="auto" if auto else spec.per_server,
+            concurrency_bound=spec.per_server,
             **options,
         )
     # Each extra slot is one more model instance generating in parallel.
@@ -156,6 +216,9 @@ async def _bounded_check(backend: Backend, spec: BackendSpec) -> None:
         await backend.check()
         return
     limit = startup_timeout()
+    if spec.base_urls:
+        await _check_several(backend, limit)
+        return
     try:
         async with asyncio.timeout(limit):
             await backend.check()
@@ -167,6 +230,29 @@ async def _bounded_check(backend: Backend, spec: BackendSpec) -> None:
             "GET /models); check that it is up and not overloaded, or set MOTIO_STARTUP_TIMEOUT",
             EXIT_BACKEND,
         ) from None
+
+
+async def _check_several(backend: Backend, limit: float) -> None:
+    """Start if one server answers; warn for each that does not.
+
+    Raises:
+        MotioError: none answered (one line naming each, and why).
+    """
+    from ..backends import OpenAIBackend
+    from ..backends._endpoints import none_passed, short_reason
+
+    assert isinstance(backend, OpenAIBackend)
+    report = await backend.check_each(timeout=limit)
+    failed = [(url, error) for url, error in report if error is not None]
+    if len(failed) == len(report):
+        raise none_passed(failed)
+    for url, error in failed:
+        print(
+            f"motio: warning: {url} does not answer ({short_reason(url, error)}); running on the other "
+            "servers, and trying it again from time to time",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _preflight_error(exc: BaseException, spec: BackendSpec) -> CliError:

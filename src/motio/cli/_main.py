@@ -40,6 +40,13 @@ only what was answered. OUT must be motio's own results file (every line a
 result): any other file, or the prompts file by any name, is refused and
 left untouched. OUT is created only once the backend answered.
 
+several servers (--base-url more than once, or --endpoints FILE):
+  each request goes to the server with the fewest in flight for its limit
+  (--concurrency is per server); a request that failed before any content
+  goes to another server; a server that stops answering leaves rotation and
+  is probed until it is back. The run starts if at least one server answers
+  (a warning for each that does not) and stops only when none is left.
+
 environment:
   MOTIO_STARTUP_TIMEOUT  seconds a server may take to answer the start-up
                          check (default: 10); then exit 3
@@ -122,7 +129,8 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         type=_concurrency,
         metavar="N|auto",
         help="generations in flight at once: a number, or auto (adapt to what the server "
-        "serves, up to 256; auto:N for another bound). Default: auto for a server, 1 embedded",
+        "serves, up to 256; auto:N for another bound); per server, given several. "
+        "Default: auto for a server, 1 embedded",
     )
     run.add_argument(
         "--retry-errors",
@@ -166,7 +174,19 @@ def _backend_options() -> argparse.ArgumentParser:
         metavar="NAME",
         help="model name on the server, or a GGUF file path for llamacpp",
     )
-    options.add_argument("--base-url", metavar="URL", help="server URL, such as http://127.0.0.1:8000/v1")
+    options.add_argument(
+        "--base-url",
+        metavar="URL",
+        action="append",
+        help="server URL, such as http://127.0.0.1:8000/v1; give it more than once for several "
+        "servers of the same model (each request goes to the least loaded)",
+    )
+    options.add_argument(
+        "--endpoints",
+        metavar="FILE",
+        help="several servers: one URL a line (blank lines and # comments ignored); "
+        "with --base-url, both lists are used",
+    )
     options.add_argument(
         "--api-key-env",
         metavar="VAR",

@@ -7,11 +7,15 @@ rich is imported here only, and only when stderr is a terminal, so piping
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..batch import RunStats
 
-__all__ = ["Progress", "make_progress"]
+__all__ = ["Progress", "make_progress", "server_loads", "servers_summary"]
+
+#: What the progress line shows per server (None: one server, nothing to show).
+ServerLoads = Callable[[], str] | None
 
 
 class Progress(Protocol):
@@ -45,7 +49,7 @@ class _PlainProgress:
 class _RichProgress:
     """done/total, errors, tokens/s and ETA on one live line."""
 
-    def __init__(self, stats: RunStats) -> None:
+    def __init__(self, stats: RunStats, servers: ServerLoads = None) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -59,6 +63,7 @@ class _RichProgress:
         )
 
         self._stats = stats
+        self._servers = servers
         self._bar = RichBar(
             TextColumn("[bold]motio run"),
             BarColumn(),
@@ -67,6 +72,7 @@ class _RichProgress:
             TextColumn("{task.fields[retries]} retries"),
             TextColumn("{task.fields[concurrency]}"),
             TextColumn("{task.fields[tps]:.1f} tok/s"),
+            TextColumn("{task.fields[servers]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -74,7 +80,13 @@ class _RichProgress:
             transient=False,
         )
         self._task = self._bar.add_task(
-            "run", total=stats.to_run, errors=0, retries=0, concurrency=_concurrency(stats), tps=0.0
+            "run",
+            total=stats.to_run,
+            errors=0,
+            retries=0,
+            concurrency=_concurrency(stats),
+            tps=0.0,
+            servers=self._server_text(),
         )
 
     def start(self) -> None:
@@ -89,7 +101,11 @@ class _RichProgress:
             retries=stats.retries,
             concurrency=_concurrency(stats),
             tps=stats.tokens_per_second(),
+            servers=self._server_text(),
         )
+
+    def _server_text(self) -> str:
+        return "" if self._servers is None else self._servers()
 
     def note(self, message: str) -> None:
         # Through the live console, so the bar is redrawn below the note
@@ -105,13 +121,16 @@ def _concurrency(stats: RunStats) -> str:
     return "" if stats.concurrency is None else f"concurrency {stats.concurrency}"
 
 
-def make_progress(stats: RunStats, *, quiet: bool, stream: Any = None) -> Progress:
-    """A rich progress bar if ``stream`` (stderr) is a terminal and not quiet."""
+def make_progress(
+    stats: RunStats, *, quiet: bool, stream: Any = None, servers: ServerLoads = None
+) -> Progress:
+    """A rich progress bar if ``stream`` (stderr) is a terminal and not quiet;
+    ``servers`` (see ``server_loads``) adds the per-server in-flight counts."""
     stream = sys.stderr if stream is None else stream
     if quiet or not _is_terminal(stream):
         return _PlainProgress()
     try:
-        return _RichProgress(stats)
+        return _RichProgress(stats, servers)
     except ImportError:
         print("motio: install 'motio[cli]' for a progress bar", file=sys.stderr)
         return _PlainProgress()
@@ -122,3 +141,44 @@ def _is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # closed or replaced streams
         return False
+
+
+def server_loads(backend: Any) -> ServerLoads:
+    """For a backend over several servers: a function that tells each one's
+    requests in flight (and limit), such as ``a:8001 12/16  b:8001 9/16  c:8001 out``;
+    None for one server."""
+    snapshot = getattr(backend, "endpoint_snapshot", None)
+    if snapshot is None or len(snapshot()) < 2:
+        return None
+
+    def loads() -> str:
+        return "  ".join(f"{_label(s.base_url)} {_load(s)}" for s in snapshot())
+
+    return loads
+
+
+def servers_summary(backend: Any) -> str | None:
+    """One line on what each server answered, for a run over several; else None."""
+    snapshot = getattr(backend, "endpoint_snapshot", None)
+    servers = snapshot() if snapshot is not None else []
+    if len(servers) < 2:
+        return None
+    parts = [
+        f"{_label(s.base_url)} {s.served:,} answered" + ("" if s.in_rotation else " (out of rotation)")
+        for s in servers
+    ]
+    return "servers: " + ", ".join(parts)
+
+
+def _load(server: Any) -> str:
+    if not server.in_rotation:
+        return "out"
+    return str(server.in_flight) if server.limit is None else f"{server.in_flight}/{server.limit}"
+
+
+def _label(base_url: str) -> str:
+    """host:port of a server's URL: what tells servers apart on a narrow line."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    return parts.netloc or base_url

@@ -51,7 +51,7 @@ from ._errors import (
     EXIT_USAGE,
     CliError,
 )
-from ._progress import Progress, make_progress
+from ._progress import Progress, make_progress, server_loads, servers_summary
 
 __all__ = ["run_command"]
 
@@ -174,7 +174,7 @@ class _Run:
             self.results.drop_failed(retry)
             self.stats.started = time.perf_counter()
             self.running = True
-            progress = make_progress(self.stats, quiet=self.args.quiet)
+            progress = make_progress(self.stats, quiet=self.args.quiet, servers=server_loads(backend))
             progress.start()
             try:
                 # Only a server can vanish; the embedded model's failures are its prompts'.
@@ -184,6 +184,9 @@ class _Run:
                 await pool.run(self.prompts, self.spec.workers)
             finally:
                 progress.stop()
+                summary = servers_summary(backend)
+                if summary is not None and not self.args.quiet:
+                    _say(summary)
         finally:
             await backend.aclose()
 

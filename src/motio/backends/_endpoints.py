@@ -1,0 +1,450 @@
+"""Several servers behind one backend: routed by load, dead ones rotated out.
+
+A fleet of identical servers (vLLM replicas, llama.cpp servers on several
+machines) is only worth having if a batch uses all of them and survives one
+going away. Without this, a client either sticks to one server (the others
+idle) or sprays requests round-robin (a slow or dead server gets its full
+share anyway, and every prompt sent to a dead one fails).
+
+- **Routing**: each attempt goes to the server in rotation with the fewest
+  requests in flight relative to its concurrency limit (its own gate, fixed
+  or adaptive) among those with room; ties go round-robin, so equal servers
+  share evenly. When no server has room the attempt waits in one FIFO for
+  the whole backend, not in one server's queue: committed to a server on
+  arrival, a burst would split evenly and wait behind the slow server while
+  the fast one idles. A slower server holds its requests longer, so it is
+  picked less often.
+- **Failover**: an attempt that failed before any content reached the thunk
+  (refused, reset, connect timeout; or a retryable status) goes to another
+  server (``_request.py`` decides when; this module only avoids the servers
+  the attempt already failed on).
+- **Rotation**: a refused connection, or ``_FAILURES_TO_LEAVE`` connection
+  failures in a row, takes a server out of rotation. It is probed later
+  (``GET /models``, with backoff from ``_FIRST_PROBE`` doubling to
+  ``_LAST_PROBE``) and comes back when it answers. A probe is started by
+  whichever request first sees it due, as a task on that request's loop: no
+  thread or timer of its own, nothing to shut down.
+- When no server is in rotation, attempts still go somewhere (the one due
+  back soonest): the request fails with a connection error, and whoever
+  runs the batch asks ``check()`` whether any server is left.
+
+Counters are kept under one lock, since a backend is shared by every loop
+and thread of the process; the single-server case takes no part in
+rotation, so it pays for a lock and a counter only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._adaptive import AdaptiveConcurrency
+    from ._errors import Where
+    from ._gate import Gate
+    from ._loopclients import LoopClients
+
+__all__ = [
+    "Endpoint",
+    "EndpointSnapshot",
+    "Endpoints",
+    "each_checked",
+    "first_passing",
+    "none_passed",
+    "short_reason",
+]
+
+#: Connection failures in a row (resets, timeouts) that take a server out of
+#: rotation; one refused connection is enough (nothing listens there).
+_FAILURES_TO_LEAVE = 3
+#: Seconds before the first probe of a server that left rotation, and the cap
+#: of the doubling that follows each failed probe.
+_FIRST_PROBE = 0.5
+_LAST_PROBE = 15.0
+
+Probe = Callable[["Endpoint"], Coroutine[Any, Any, None]]
+Check = Probe
+
+
+class _Waiter:
+    """An attempt waiting for room on any server, on its own loop."""
+
+    __slots__ = ("loop", "future", "woken")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.woken = False
+
+
+def _wake_first(waiters: deque[_Waiter]) -> None:
+    """Wake the first waiter whose loop still runs."""
+    while waiters:
+        waiter = waiters.popleft()
+        waiter.woken = True
+        try:
+            waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+            return
+        except RuntimeError:
+            continue  # that waiter's loop is closed; nobody is waiting there
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSnapshot:
+    """One server at one instant, for a progress display.
+
+    Attributes:
+        base_url: the server's API root.
+        in_flight: requests sent to it (holding one of its slots) and not ended.
+        limit: its concurrency limit now (None: no cap).
+        in_rotation: whether new requests are sent to it.
+        served: generations it answered to the end.
+        tokens: completion tokens of those answers (as their usage reported).
+        failures: connection failures in a row (0 once it answers).
+    """
+
+    base_url: str
+    in_flight: int
+    limit: int | None
+    in_rotation: bool
+    served: int
+    tokens: int
+    failures: int
+
+
+class Endpoint:
+    """One server: its URL, concurrency gate, per-loop HTTP clients and health."""
+
+    __slots__ = (
+        "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
+        "failures", "out", "due", "backoff", "probing", "_where",
+    )  # fmt: skip
+
+    def __init__(
+        self, base_url: str, gate: Gate | None, adaptive: AdaptiveConcurrency | None, clients: LoopClients
+    ) -> None:
+        self.base_url = base_url
+        self.gate = gate
+        self.adaptive = adaptive
+        self.clients = clients
+        self.in_flight = 0
+        self.served = 0
+        self.tokens = 0
+        self.failures = 0
+        self.out = False
+        self.due = 0.0  # when out: time.monotonic() of the next probe
+        self.backoff = _FIRST_PROBE
+        self.probing = False
+        self._where: Where | None = None
+
+    def where(self, provider: str, model: str | None) -> Where:
+        """The error context for this server; one shared object while the model stays."""
+        where = self._where
+        if where is None or where.model != model:
+            from ._errors import Where
+
+            where = self._where = Where(provider, model, self.base_url)
+        return where
+
+    def load(self) -> float:
+        """Requests in flight per slot: what routing compares."""
+        gate = self.gate
+        return self.in_flight / gate.limit if gate is not None else float(self.in_flight)
+
+    def snapshot(self) -> EndpointSnapshot:
+        limit = None if self.gate is None else self.gate.limit
+        return EndpointSnapshot(
+            self.base_url, self.in_flight, limit, not self.out, self.served, self.tokens, self.failures
+        )
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.base_url} in_flight={self.in_flight} out={self.out}>"
+
+
+class Endpoints:
+    """The router over one backend's servers (see the module docstring).
+
+    Args:
+        endpoints: the servers, at least one.
+        probe: ``await probe(endpoint)`` returns if the server answers and
+            raises otherwise; used to bring servers back into rotation.
+    """
+
+    def __init__(self, endpoints: Sequence[Endpoint], probe: Probe) -> None:
+        if not endpoints:
+            raise ValueError("a backend needs at least one endpoint")
+        self.all: tuple[Endpoint, ...] = tuple(endpoints)
+        self.several = len(self.all) > 1
+        self._probe = probe
+        self._lock = threading.Lock()
+        self._turn = 0
+        self._out = 0  # servers out of rotation: the common case (none) skips the probe check
+        self._probes: set[asyncio.Task[None]] = set()
+        # Attempts waiting for room on any server: with several servers an
+        # attempt does not queue at one server's gate, where it would stay
+        # committed to a slow server while a fast one frees slots.
+        self._waiters: deque[_Waiter] = deque()
+
+    # -- routing ---------------------------------------------------------------------
+
+    async def acquire(self, avoid: Sequence[Endpoint] = ()) -> Endpoint:
+        """A slot on the server for the next attempt, held until ``release``.
+
+        Args:
+            avoid: servers this generation already failed on; used only when
+                another server in rotation has room.
+        """
+        if not self.several:
+            endpoint = self.all[0]
+            if endpoint.gate is not None:
+                await endpoint.gate.acquire()
+            with self._lock:
+                endpoint.in_flight += 1
+            return endpoint
+        waiter = None
+        while True:
+            with self._lock:
+                if self._out:
+                    self._start_due_probes()
+                # Waiters go first: a newcomer takes a free slot only when
+                # nobody queues (a woken waiter that lost a race re-queues first).
+                chosen = None if self._waiters and waiter is None else self._take_least_loaded(avoid)
+                if chosen is not None:
+                    chosen.in_flight += 1
+                    self._pass_on_room()
+                    return chosen
+                if waiter is None:
+                    waiter = _Waiter(asyncio.get_running_loop())
+                    self._waiters.append(waiter)
+                else:  # woken, but a newcomer took the room: first in line again
+                    waiter = _Waiter(waiter.loop)
+                    self._waiters.appendleft(waiter)
+            await self._wait(waiter)
+
+    async def _wait(self, waiter: _Waiter) -> None:
+        try:
+            await waiter.future
+        except BaseException:
+            with self._lock:
+                if waiter.woken:
+                    self._pass_on_room()  # the wake-up reached us as we left: hand it on
+                else:
+                    self._waiters.remove(waiter)
+            raise
+
+    def _take_least_loaded(self, avoid: Sequence[Endpoint]) -> Endpoint | None:
+        """Take a slot on the least loaded server with room (the lock is held)."""
+        candidates = [e for e in self.all if not e.out]
+        if candidates:
+            # Start the scan one further each time, so that ties go round-robin.
+            self._turn = start = (self._turn + 1) % len(candidates)
+            ordered = sorted(candidates[start:] + candidates[:start], key=lambda e: (e in avoid, e.load()))
+        else:
+            ordered = sorted(self.all, key=lambda e: e.due)  # none in rotation: the one due back first
+        for endpoint in ordered:
+            if endpoint.gate is None or endpoint.gate.try_acquire():
+                return endpoint
+        return None
+
+    def _pass_on_room(self) -> None:
+        """Wake the first waiter if some server may have room (the lock is held)."""
+        if self._waiters and any(e.gate is None or e.gate.in_flight < e.gate.limit for e in self.all):
+            _wake_first(self._waiters)
+
+    def release(self, endpoint: Endpoint, finished: bool, usage: dict[str, Any] | None) -> None:
+        """An attempt on ``endpoint`` ended (its gate slot already given back);
+        ``finished`` if it was answered to the end."""
+        with self._lock:
+            endpoint.in_flight -= 1
+            if finished:
+                endpoint.served += 1
+                tokens = (usage or {}).get("completion_tokens")
+                if isinstance(tokens, int):
+                    endpoint.tokens += tokens
+            if self._waiters:
+                _wake_first(self._waiters)
+
+    def can_fail_over(self, tried: Sequence[Endpoint]) -> bool:
+        """Whether a server in rotation remains that this generation has not failed on."""
+        return any(not e.out and e not in tried for e in self.all)
+
+    # -- health ----------------------------------------------------------------------
+
+    def answered(self, endpoint: Endpoint) -> None:
+        """The server answered (any HTTP status): it is up."""
+        if endpoint.failures or endpoint.out:
+            with self._lock:
+                endpoint.failures = 0
+                self._rejoin(endpoint)
+
+    def failed(self, endpoint: Endpoint, *, refused: bool) -> None:
+        """A connection to the server failed before it answered."""
+        if not self.several:
+            return
+        with self._lock:
+            endpoint.failures += 1
+            if not endpoint.out and (refused or endpoint.failures >= _FAILURES_TO_LEAVE):
+                endpoint.out = True
+                endpoint.due = time.monotonic() + endpoint.backoff
+                self._out += 1
+
+    def _rejoin(self, endpoint: Endpoint) -> None:
+        if endpoint.out:
+            endpoint.out = False
+            self._out -= 1
+        endpoint.backoff = _FIRST_PROBE
+
+    def _start_due_probes(self) -> None:
+        """Probe every server whose time has come, once at a time (the lock is held)."""
+        now = time.monotonic()
+        for endpoint in self.all:
+            if endpoint.out and not endpoint.probing and now >= endpoint.due:
+                endpoint.probing = True
+                task = asyncio.get_running_loop().create_task(self._run_probe(endpoint))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
+
+    async def _run_probe(self, endpoint: Endpoint) -> None:
+        try:
+            await self._probe(endpoint)
+        except asyncio.CancelledError:
+            self._end_probe(endpoint, answered=False)
+            raise
+        except Exception:  # noqa: BLE001 - any failure means "not back yet"
+            self._end_probe(endpoint, answered=False)
+        else:
+            self._end_probe(endpoint, answered=True)
+
+    def _end_probe(self, endpoint: Endpoint, *, answered: bool) -> None:
+        with self._lock:
+            endpoint.probing = False
+            if answered:
+                endpoint.failures = 0
+                self._rejoin(endpoint)
+            elif endpoint.out:
+                endpoint.backoff = min(_LAST_PROBE, endpoint.backoff * 2)
+                endpoint.due = time.monotonic() + endpoint.backoff
+
+    def mark_out(self, endpoint: Endpoint) -> None:
+        """Take a server out of rotation now (a failed check); it is probed later."""
+        if not self.several:
+            return
+        with self._lock:
+            if not endpoint.out:
+                endpoint.out = True
+                endpoint.due = time.monotonic() + endpoint.backoff
+                self._out += 1
+
+    async def cancel_probes(self) -> None:
+        """Stop the probes running on this loop (at close)."""
+        loop = asyncio.get_running_loop()
+        mine = [t for t in list(self._probes) if t.get_loop() is loop]
+        for task in mine:
+            task.cancel()
+        await asyncio.gather(*mine, return_exceptions=True)
+
+    def snapshot(self) -> list[EndpointSnapshot]:
+        """Every server's counters now, in the order they were given."""
+        with self._lock:
+            return [endpoint.snapshot() for endpoint in self.all]
+
+
+# -- checking several servers -----------------------------------------------------------
+
+
+async def first_passing(endpoints: Sequence[Endpoint], check: Check) -> None:
+    """Check every server at once; return as soon as one passes.
+
+    A mid-run "is the server gone?" must not wait for a dead server's
+    timeout when another one answers at once, so the rest are cancelled.
+
+    Raises:
+        BackendError: none passed; one line naming each server and its failure
+            (of the failures' common type, else ``BackendConnectionError``).
+    """
+    pending = {asyncio.get_running_loop().create_task(check(e)): e for e in endpoints}
+    errors: dict[Endpoint, BaseException] = {}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                endpoint = pending.pop(task)
+                error = task.exception()
+                if error is None:
+                    return
+                errors[endpoint] = error
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    raise none_passed([(e.base_url, errors[e]) for e in endpoints])
+
+
+async def each_checked(
+    endpoints: Sequence[Endpoint], check: Check, timeout: float | None
+) -> list[tuple[str, Any]]:
+    """Check every server at once, each within ``timeout``; per server, its
+    base URL and None or the error it failed with."""
+
+    async def one(endpoint: Endpoint) -> Any:
+        try:
+            async with asyncio.timeout(timeout):
+                await check(endpoint)
+        except TimeoutError as exc:
+            if type(exc) is not TimeoutError:
+                return exc  # the check's own timeout error, with its context
+            from .._exceptions import BackendTimeoutError
+
+            return BackendTimeoutError(
+                f"{endpoint.base_url}: no answer to GET /models within {timeout:g} s",
+                base_url=endpoint.base_url,
+                timeout=timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - each server's failure is reported, not raised
+            return exc
+        return None
+
+    errors = await asyncio.gather(*(one(e) for e in endpoints))
+    return [(e.base_url, error) for e, error in zip(endpoints, errors, strict=True)]
+
+
+def none_passed(failures: Sequence[tuple[str, BaseException]]) -> Exception:
+    """One error for servers that all failed their check, naming each."""
+    from .._exceptions import BackendConnectionError, BackendError, MotioError
+
+    parts = "; ".join(f"{url}: {short_reason(url, error)}" for url, error in failures)
+    message = f"none of the {len(failures)} servers answers ({parts})"
+    _, sep, hint = str(failures[0][1]).strip().partition("; check ")
+    if sep:  # the first server's hint, said once
+        message += "; check " + hint.splitlines()[0]
+    kinds = {type(error) for _, error in failures}
+    first = failures[0][1]
+    if len(kinds) == 1 and isinstance(first, BackendError):
+        from ._request import _copy_error
+
+        return _copy_error(first, message)
+    if len(kinds) == 1 and isinstance(first, MotioError):
+        return type(first)(message)
+    return BackendConnectionError(message)
+
+
+def short_reason(url: str, error: BaseException) -> str:
+    """An error's first line, without the "openai backend at URL (model ...): " the list already says."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    head, sep, rest = line.partition(": ")
+    reason = rest if sep and url in head else line
+    # The hint ("; check that the server is running...") is the same for
+    # every server of a list: said once by whoever prints the list, if at all.
+    return reason.split("; check ", 1)[0]
