@@ -173,6 +173,7 @@ class OpenAIBackend(Backend):
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
         self._headers = {"Authorization": f"Bearer {self._api_key}", "User-Agent": "motio", **(headers or {})}
         self.max_concurrency = max_concurrency
+        self.concurrency_bound = concurrency_bound
         self._limiter = _make_limiter(rpm, tpm)
         self.retry_policy = RetryPolicy(max_retries=_positive_int("max_retries", max_retries + 1) - 1)
         self.first_token_timeout = first_token_timeout
@@ -220,6 +221,39 @@ class OpenAIBackend(Backend):
         """Per server, in the order given: requests in flight, limit, whether
         in rotation, generations served and their tokens (a read-only copy)."""
         return self._endpoints.snapshot()
+
+    @property
+    def rpm(self) -> float | None:
+        """Requests per minute this backend holds to (None: no limit)."""
+        return None if self._limiter is None else self._limiter.rpm
+
+    @property
+    def tpm(self) -> float | None:
+        """Tokens per minute this backend holds to (None: no limit)."""
+        return None if self._limiter is None else self._limiter.tpm
+
+    def share_limits(
+        self, *, limiter: RateLimiter | None = None, gates: Mapping[str, Gate] | None = None
+    ) -> None:
+        """Take limits shared with other processes, before the first request.
+
+        Several processes (motio's Ray workers) sending to the same servers
+        must share one budget, or N of them send N times the rate: each then
+        gets a ``limiter`` (anything with ``rpm``, ``tpm`` and ``acquire``,
+        such as a proxy to one coordinator's ``RateLimiter``) and, per server
+        base URL, the ``Gate`` whose limit is this process's share.
+
+        Raises:
+            ConfigurationError: a gate for a server this backend does not have.
+        """
+        if limiter is not None:
+            self._limiter = limiter
+        for url, gate in (gates or {}).items():
+            endpoint = next((e for e in self._endpoints.all if e.base_url == url.rstrip("/")), None)
+            if endpoint is None:
+                raise ConfigurationError(f"share_limits: no server {url!r} in {self.base_urls}")
+            endpoint.gate = gate
+            endpoint.adaptive = gate if hasattr(gate, "record_first_token") else None  # type: ignore[assignment]
 
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any

@@ -18,7 +18,15 @@ from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from ..backends import Backend
 
-__all__ = ["BackendSpec", "generation_options", "one_line", "open_backend", "server_urls", "startup_timeout"]
+__all__ = [
+    "BackendSpec",
+    "build_backend",
+    "generation_options",
+    "one_line",
+    "open_backend",
+    "server_urls",
+    "startup_timeout",
+]
 
 # The embedded model serves one generation at a time, the others just queue,
 # so more than one worker would only inflate every latency figure. A server's
@@ -150,7 +158,8 @@ def read_api_key(variable: str | None) -> str | None:
     return key
 
 
-def _build(spec: BackendSpec) -> Backend:
+def build_backend(spec: BackendSpec) -> Backend:
+    """The backend ``spec`` describes, not yet checked (Ray workers build theirs so)."""
     from ..backends import LlamaCppBackend, OpenAIBackend
 
     if spec.kind == "openai":
@@ -182,7 +191,7 @@ async def open_backend(spec: BackendSpec) -> Backend:
             an unknown model, a bad option or a missing optional dependency.
     """
     try:
-        backend = _build(spec)
+        backend = build_backend(spec)
     except (MotioError, ModuleNotFoundError) as exc:
         raise _preflight_error(exc, spec) from exc
     try:

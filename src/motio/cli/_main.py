@@ -143,6 +143,7 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="no progress bar and no summary; problems are still reported",
     )
+    _add_ray_options(run)
 
 
 def _add_chat(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -307,3 +308,23 @@ def _version() -> str:
         import motio
 
         return str(getattr(motio, "__version__", "unknown"))
+
+
+def _add_ray_options(run: argparse.ArgumentParser) -> None:
+    cluster = run.add_argument_group("Ray cluster (pip install 'motio[ray]')")
+    cluster.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the batch on Ray workers: without ADDRESS a local Ray instance, 'auto' or "
+        "HOST:PORT an existing cluster. Give it after PROMPTS.jsonl (or as --ray=ADDRESS). "
+        "Results, resume and limits are the same as without it",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="Ray workers (async actors, hundreds of prompts in flight each); default: one per "
+        "CPU of the cluster. --concurrency, --rpm and --tpm hold for all of them together",
+    )

@@ -77,7 +77,12 @@ def run_command(args: Any) -> int:
         return _exit_status(stats)
     run = _Run(args, spec, prompts, out, stats)
     _tune_gc()
+    joined = False
     try:
+        if getattr(args, "ray", None) is not None:
+            from ._run_ray import join_cluster
+
+            joined = join_cluster(args.ray)
         # Ctrl-C is held back while asyncio.run sets its loop up and tears it
         # down (an interrupt there leaves a task never run and a loop never
         # closed); main() lets it through once asyncio's own handler is in
@@ -90,6 +95,10 @@ def run_command(args: Any) -> int:
     finally:
         _hold_sigint(False)
         run.close()
+        if joined:
+            from ._run_ray import leave_cluster
+
+            leave_cluster()
     _print_end(stats, args.quiet)
     return _exit_status(stats)
 
@@ -156,6 +165,7 @@ class _Run:
         self.args, self.spec, self.prompts, self.out, self.stats = args, spec, prompts, out, stats
         self.results: ResultsFile | None = None
         self.running = False
+        self.cluster: Any = None  # the Ray workers, with --ray
 
     async def main(self, retry: set[str]) -> None:
         _hold_sigint(False)
@@ -174,21 +184,45 @@ class _Run:
             self.results.drop_failed(retry)
             self.stats.started = time.perf_counter()
             self.running = True
-            progress = make_progress(self.stats, quiet=self.args.quiet, servers=server_loads(backend))
+            runner = self._runner(backend)
+            loads = runner if self.cluster is not None else backend
+            progress = make_progress(self.stats, quiet=self.args.quiet, servers=server_loads(loads))
             progress.start()
             try:
-                # Only a server can vanish; the embedded model's failures are its prompts'.
-                remote = self.spec.kind == "openai"
-                engine = Engine(backend, options=generation_options(self.args), remote=remote)
-                pool = _Pool(engine, self.results, self.stats, progress)
+                pool = _Pool(runner, self.results, self.stats, progress)
                 await pool.run(self.prompts, self.spec.workers)
             finally:
                 progress.stop()
-                summary = servers_summary(backend)
-                if summary is not None and not self.args.quiet:
-                    _say(summary)
+                self._say_servers(loads)
+                if self.cluster is not None:
+                    self.cluster.close()
         finally:
             await backend.aclose()
+
+    def _runner(self, backend: Any) -> Any:
+        """The batch engine on ``backend``, or Ray workers (``--ray``) sharing its limits."""
+        if getattr(self.args, "ray", None) is not None:
+            from ._run_ray import start_pool
+
+            self.cluster = start_pool(self.args, self.spec, backend)
+            return self.cluster
+        # Only a server can vanish; the embedded model's failures are its prompts'.
+        remote = self.spec.kind == "openai"
+        return Engine(backend, options=generation_options(self.args), remote=remote)
+
+    def _say_servers(self, loads: Any) -> None:
+        if self.args.quiet:
+            return
+        summary = servers_summary(loads)
+        if summary is not None:
+            _say(summary)
+        if self.cluster is not None:
+            rerun = (
+                f"; {self.cluster.rerun:,} prompts ran again after a worker died"
+                if self.cluster.rerun
+                else ""
+            )
+            _say(f"ray: {self.cluster.plan.workers} workers{rerun}")
 
     def interrupted(self) -> int:
         if not self.running or self.results is None:
@@ -266,8 +300,8 @@ def _pending(prompts: Path, state: ResumeState) -> Iterator[PromptRecord]:
 class _Pool:
     """Feeds the pending prompts to the batch engine and writes what it answers."""
 
-    def __init__(self, engine: Engine, results: ResultsFile, stats: RunStats, progress: Progress) -> None:
-        self._engine = engine
+    def __init__(self, runner: Any, results: ResultsFile, stats: RunStats, progress: Progress) -> None:
+        self._runner = runner
         self._results = results
         self._stats = stats
         self._progress = progress
@@ -275,7 +309,10 @@ class _Pool:
     async def run(self, prompts: Path, concurrency: int) -> None:
         pending = _pending(prompts, self._results.state)
         try:
-            await self._engine.run(pending, min(concurrency, self._stats.to_run), self._write)
+            if isinstance(self._runner, Engine):
+                await self._runner.run(pending, min(concurrency, self._stats.to_run), self._write)
+            else:  # Ray workers: their concurrency is theirs
+                await self._runner.run(pending, self._write)
         except BatchAborted as aborted:
             # The engine found the whole run unable to go on (the server went
             # away, the key was revoked) and cancelled the other prompts
@@ -292,7 +329,7 @@ class _Pool:
         except OSError as exc:
             raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
         self._stats.record(result, attempts)
-        adaptive = getattr(self._engine.backend, "adaptive_concurrency", None)
+        adaptive = getattr(getattr(self._runner, "backend", None), "adaptive_concurrency", None)
         if adaptive is not None:
             self._stats.concurrency = adaptive.limit
         self._progress.update()

@@ -1,0 +1,514 @@
+"""A batch on a Ray cluster: async worker actors, one writer, every result once.
+
+Imported only when a batch is asked to run on Ray (``--ray``, or
+``motio.batch.run(..., ray=...)``): ``import motio`` never imports Ray.
+
+The shape, and why:
+
+- **Workers are async actors**, each running the same :class:`Engine` the
+  command runs, hundreds of prompts in flight on its own event loop. One
+  Ray task per prompt would cost a task's overhead (about a millisecond of
+  scheduling, serialisation and a process hop) per prompt, more than a
+  loopback generation itself.
+- **The driver reads the prompts as a stream** and sends them in shards of
+  about one worker's concurrency, a few shards in flight per worker so that
+  none idles while the next is on its way. Nothing holds the whole file.
+- **Results stream back** from each shard (Ray's streaming generators) in
+  small batches as they finish, and the driver, the only writer, appends
+  each to the results file the moment it arrives. A killed driver therefore
+  loses only what was still on its way, and those prompts are unanswered in
+  the file, so the rerun runs them.
+- **Exactly once:** the driver writes an id only if it has not written it;
+  a shard whose worker died is sent again without the prompts whose results
+  already arrived. A prompt in flight on a dying worker is run again (at
+  most ``MAX_LOSSES`` times, then recorded as failed, so a prompt that
+  kills its worker cannot loop forever); its result is written once.
+- **Limits are the cluster's:** one coordinator actor holds the rate
+  limiter and, per server, the adaptive controller; workers hold shares
+  (see ``_share.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from itertools import islice
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+from .._exceptions import MotioError
+from ..backends._adaptive import AdaptiveConcurrency
+from ..backends._endpoints import EndpointSnapshot
+from ..backends._ratelimit import RateLimiter, Reservation
+from ._engine import BatchAborted, Engine, OnResult, build_result
+from ._records import PromptRecord
+from ._share import SharedGate, SharePlan
+
+__all__ = [
+    "MAX_LOSSES",
+    "ClusterUnreachable",
+    "RayPool",
+    "WorkerLost",
+    "connect",
+    "disconnect",
+    "worker_count",
+]
+
+#: How often a prompt may be in flight on a worker that died before it is recorded as failed.
+MAX_LOSSES = 3
+#: Shards in flight per worker: one running, the next ones already there.
+_SHARDS_AHEAD = 3
+#: A worker sends what finished at least this often, and at once past ``_FLUSH_COUNT``.
+_FLUSH_SECONDS = 0.05
+_FLUSH_COUNT = 256
+#: How often a worker reports its servers' signals and takes its shares.
+_SYNC_SECONDS = 0.1
+#: How long an address may take to accept a TCP connection before it counts as unreachable.
+_REACH_TIMEOUT = 3.0
+
+BackendFactory = Callable[[], Any]
+
+
+class ClusterUnreachable(MotioError):
+    """The Ray cluster named could not be joined."""
+
+
+class WorkerLost(MotioError):
+    """A prompt was in flight on a worker that died, ``MAX_LOSSES`` times."""
+
+
+class _RemoteFailure(MotioError):
+    """A whole-run failure a worker saw (its message, carried to the driver)."""
+
+
+# -- joining a cluster -----------------------------------------------------------------
+
+
+def connect(address: str | None) -> bool:
+    """Start a local Ray instance (``address`` None) or join a cluster.
+
+    Returns:
+        True if this call connected (and :func:`disconnect` should undo it);
+        False if Ray was already initialised in this process (a notebook's).
+
+    Raises:
+        ClusterUnreachable: nothing answers at the address (checked with a
+            bounded TCP connect first: Ray itself retries for minutes).
+    """
+    if ray.is_initialized():
+        return False
+    if address not in (None, "auto", "local"):
+        _check_reachable(address)
+    try:
+        ray.init(
+            address=None if address == "local" else address,
+            include_dashboard=False if address in (None, "local") else None,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {_first_line(exc)}") from exc
+    return True
+
+
+def disconnect() -> None:
+    """Leave the cluster (a local instance this process started stops)."""
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+
+
+def worker_count() -> int:
+    """One worker per CPU of the cluster (at least one)."""
+    resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return max(1, int(resources.get("CPU", 1)))
+
+
+def _check_reachable(address: str) -> None:
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachable(
+            f"--ray {address}: expected HOST:PORT, 'auto', or nothing (a local instance)"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=_REACH_TIMEOUT):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {reason}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- the coordinator: the cluster's limits -----------------------------------------------
+
+
+class Coordinator:
+    """One per batch: the rate limiter and, per server, the adaptive controller."""
+
+    def __init__(self, plan: SharePlan) -> None:
+        self._limiter = RateLimiter(plan.rpm, plan.tpm) if plan.rate_limited else None
+        self._controllers = (
+            {url: AdaptiveConcurrency(initial=plan.initial, maximum=plan.bound) for url in plan.servers}
+            if plan.adaptive
+            else {}
+        )
+        self._held: dict[int, Reservation] = {}
+        self._next = 0
+
+    async def acquire(self, tokens: int) -> int:
+        """Wait for the budget of one request; a ticket to settle it with."""
+        assert self._limiter is not None
+        reservation = await self._limiter.acquire(tokens)
+        self._next += 1
+        self._held[self._next] = reservation
+        return self._next
+
+    def settle(self, ticket: int, actual_tokens: int | None) -> None:
+        reservation = self._held.pop(ticket, None)
+        if reservation is not None:
+            reservation.settle(actual_tokens)
+
+    def report(self, signals: dict[str, tuple[list[float], int]]) -> dict[str, int]:
+        """Feed workers' signals to the controllers; every server's limit now."""
+        for url, (first_tokens, overloads) in signals.items():
+            controller = self._controllers[url]
+            for _ in range(overloads):
+                controller.record_overload()
+            for seconds in first_tokens:
+                controller.record_first_token(seconds)
+        return {url: controller.limit for url, controller in self._controllers.items()}
+
+
+class _RemoteReservation:
+    __slots__ = ("_coordinator", "_settled", "_ticket", "tokens")
+
+    def __init__(self, coordinator: Any, ticket: int, tokens: int) -> None:
+        self._coordinator, self._ticket, self.tokens = coordinator, ticket, tokens
+        self._settled = False
+
+    def settle(self, actual_tokens: int | None) -> None:
+        if not self._settled:
+            self._settled = True
+            self._coordinator.settle.remote(self._ticket, actual_tokens)
+
+
+class _RemoteLimiter:
+    """The backend's rate limiter, as a proxy to the coordinator's."""
+
+    def __init__(self, coordinator: Any, plan: SharePlan) -> None:
+        self._coordinator = coordinator
+        self.rpm, self.tpm = plan.rpm, plan.tpm
+
+    async def acquire(self, tokens: int = 0) -> _RemoteReservation:
+        ref = self._coordinator.acquire.remote(tokens)
+        try:
+            ticket = await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)  # a wait given up is never charged
+            raise
+        return _RemoteReservation(self._coordinator, ticket, tokens)
+
+
+# -- the workers ----------------------------------------------------------------------
+
+
+class BatchWorker:
+    """Runs shards of prompts through its own backend, streaming results back."""
+
+    def __init__(
+        self,
+        factory: BackendFactory,
+        options: dict[str, Any],
+        remote: bool,
+        plan: SharePlan,
+        coordinator: str,
+    ) -> None:
+        self._factory, self._options, self._remote = factory, options, remote
+        self._plan, self._coordinator_name = plan, coordinator
+        self._coordinator: Any = None
+        self._engine: Engine | None = None
+        self._gates: dict[str, SharedGate] = {}
+        self._sync: asyncio.Task[None] | None = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def run_shard(self, records: list[PromptRecord]) -> Any:
+        """Streams ``(results, server loads)``; ``results`` are ``(key, result,
+        attempts)``. A whole-run failure is streamed as ``("abort", message)``."""
+        engine = await self._ready()
+        finished: list[tuple[str, dict[str, Any], Any]] = []
+        wake = asyncio.Event()
+
+        async def one(record: PromptRecord) -> None:
+            result, attempts = await engine.generate(record)
+            finished.append((record.key, result, attempts))
+            if len(finished) >= _FLUSH_COUNT:
+                wake.set()
+
+        async def all_of_them() -> None:
+            async with asyncio.TaskGroup() as group:
+                for record in records:
+                    group.create_task(one(record))
+
+        work = asyncio.ensure_future(all_of_them())
+        try:
+            while not work.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(wake.wait()), _FLUSH_SECONDS)
+                wake.clear()
+                if finished:
+                    batch, finished[:] = list(finished), []
+                    yield batch, self._loads()
+            if finished:
+                yield list(finished), self._loads()
+            failure = _whole_run_failure(work)
+            if failure is not None:
+                yield "abort", failure
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+
+    async def _ready(self) -> Engine:
+        if self._engine is None:
+            if self._plan.rate_limited or self._plan.adaptive:
+                self._coordinator = ray.get_actor(self._coordinator_name)
+            backend = self._factory()
+            self._share(backend)
+            self._engine = Engine(backend, options=self._options, remote=self._remote)
+            if self._plan.adaptive and self._gates:
+                self._sync = asyncio.ensure_future(self._sync_limits())
+        return self._engine
+
+    def _share(self, backend: Any) -> None:
+        plan = self._plan
+        if not plan.servers or not hasattr(backend, "share_limits"):
+            return
+        limiter = _RemoteLimiter(self._coordinator, plan) if plan.rate_limited else None
+        gates: dict[str, Any] = {}
+        if plan.adaptive:
+            self._gates = {url: SharedGate(plan.share(plan.initial), plan.bound) for url in plan.servers}
+            gates = dict(self._gates)
+        elif isinstance(plan.concurrency, int):
+            from ..backends._gate import Gate
+
+            gates = {url: Gate(plan.share(plan.concurrency)) for url in plan.servers}
+        backend.share_limits(limiter=limiter, gates=gates)
+
+    async def _sync_limits(self) -> None:
+        while True:
+            signals = {url: gate.drain() for url, gate in self._gates.items()}
+            with contextlib.suppress(RayActorError, ActorUnavailableError):
+                limits = await self._coordinator.report.remote(signals)
+                for url, limit in limits.items():
+                    self._gates[url].set_limit(self._plan.share(limit))
+            await asyncio.sleep(_SYNC_SECONDS)
+
+    def _loads(self) -> list[EndpointSnapshot]:
+        assert self._engine is not None
+        snapshot = getattr(self._engine.backend, "endpoint_snapshot", None)
+        return snapshot() if snapshot is not None else []
+
+
+# Ray restarts a dead worker (and its backend) as often as it dies; what a
+# death costs the prompts it held is counted by the driver (MAX_LOSSES).
+_WorkerActor: Any = ray.remote(max_restarts=-1, max_task_retries=0)(BatchWorker)
+_CoordinatorActor: Any = ray.remote(num_cpus=0)(Coordinator)
+
+
+def _whole_run_failure(work: asyncio.Future[None]) -> str | None:
+    error = work.exception()
+    if error is None:
+        return None
+    if isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    if isinstance(error, BatchAborted):
+        return _first_line(error)
+    raise error
+
+
+# -- the driver --------------------------------------------------------------------------
+
+
+class _Worker:
+    __slots__ = ("handle", "loads")
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.loads: list[EndpointSnapshot] = []
+
+
+class RayPool:
+    """The driver's side: workers started, shards fed, results delivered once.
+
+    Args:
+        factory: builds the backend in each worker (picklable, no arguments).
+        plan: the limits the workers share (``SharePlan.of`` the driver's backend).
+        options: ``generate`` options for every prompt.
+        remote: the backend is a server (see :class:`Engine`).
+        env: environment variables the workers need (an API key).
+    """
+
+    def __init__(
+        self,
+        factory: BackendFactory,
+        plan: SharePlan,
+        *,
+        options: dict[str, Any] | None = None,
+        remote: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.shard_size = plan.in_flight_per_worker()
+        self.lost = 0
+        self.rerun = 0
+        # Found by name, not handed over: an actor handle among a restartable
+        # actor's arguments would pin them in the object store (ray#53727).
+        self._coordinator_name = f"motio-coordinator-{uuid.uuid4().hex}"
+        self._coordinator = _CoordinatorActor.options(name=self._coordinator_name).remote(plan)
+        worker = _WorkerActor.options(
+            num_cpus=min(1.0, worker_count() / plan.workers),
+            scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": env} if env else None,
+        )
+        self._workers = [
+            _Worker(worker.remote(factory, dict(options or {}), remote, plan, self._coordinator_name))
+            for _ in range(plan.workers)
+        ]
+        self._source: Iterator[PromptRecord] = iter(())
+        self._again: deque[list[PromptRecord]] = deque()
+        self._losses: dict[str, int] = {}
+        self._delivered: set[str] = set()
+        self._running = 0
+        self._changed = asyncio.Event()
+
+    async def pids(self) -> list[int]:
+        """The workers' process ids (for the tests that kill one)."""
+        return list(await asyncio.gather(*(w.handle.pid.remote() for w in self._workers)))
+
+    def endpoint_snapshot(self) -> list[EndpointSnapshot]:
+        """Per server, the sum over workers of their last report (the same
+        shape as ``OpenAIBackend.endpoint_snapshot``, for the progress line)."""
+        merged: dict[str, EndpointSnapshot] = {}
+        for worker in self._workers:
+            for s in worker.loads:
+                m = merged.get(s.base_url)
+                merged[s.base_url] = s if m is None else _added(m, s)
+        return [merged[url] for url in self.plan.servers if url in merged] or list(merged.values())
+
+    async def run(self, records: Iterator[PromptRecord], on_result: OnResult) -> None:
+        """Run every record on the workers; ``on_result`` once per id, on this loop.
+
+        Raises:
+            BatchAborted: a worker found the whole run unable to go on.
+            Exception: whatever ``on_result`` raised.
+        """
+        self._source = records
+        try:
+            async with asyncio.TaskGroup() as group:
+                for worker in self._workers:
+                    for _ in range(_SHARDS_AHEAD):
+                        group.create_task(self._feed(worker, on_result))
+        except* Exception as failed:
+            raise failed.exceptions[0] from None
+
+    def close(self) -> None:
+        """Stop the workers and the coordinator (their in-flight requests end)."""
+        for handle in [w.handle for w in self._workers] + [self._coordinator]:
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+
+    # -- feeding ------------------------------------------------------------------------
+
+    async def _feed(self, worker: _Worker, on_result: OnResult) -> None:
+        while True:
+            shard = self._take()
+            if shard is None:
+                if self._running == 0:
+                    self._changed.set()
+                    return
+                # Input is done, but a shard elsewhere may yet come back from
+                # a dead worker: wait until one ends.
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            self._running += 1
+            try:
+                await self._run_shard(worker, shard, on_result)
+            finally:
+                self._running -= 1
+                self._changed.set()
+
+    def _take(self) -> list[PromptRecord] | None:
+        if self._again:
+            return self._again.popleft()
+        shard = list(islice(self._source, self.shard_size))
+        return shard or None
+
+    async def _run_shard(self, worker: _Worker, shard: list[PromptRecord], on_result: OnResult) -> None:
+        waiting = {record.key: record for record in shard}
+        stream = worker.handle.run_shard.options(num_returns="streaming").remote(shard)
+        ended = False
+        try:
+            async for ref in stream:
+                item = await ref
+                if item[0] == "abort":
+                    raise BatchAborted(_RemoteFailure(item[1]))
+                batch, worker.loads = item
+                for key, result, attempts in batch:
+                    if waiting.pop(key, None) is not None and key not in self._delivered:
+                        self._delivered.add(key)
+                        on_result(result, attempts)
+            ended = True
+        except (RayActorError, ActorUnavailableError):
+            self._worker_died(list(waiting.values()), on_result)
+        except RayTaskError as exc:
+            raise MotioError(f"a worker failed: {_first_line(exc)}") from exc
+        finally:
+            if not ended:  # cancelled, or failed: stop what the worker still runs of it
+                with contextlib.suppress(Exception):
+                    ray.cancel(stream)
+
+    def _worker_died(self, unanswered: list[PromptRecord], on_result: OnResult) -> None:
+        # Ray restarts the worker; these prompts were in flight (or queued)
+        # on it and have no result: send them again, unless one keeps dying.
+        again = []
+        for record in unanswered:
+            losses = self._losses[record.key] = self._losses.get(record.key, 0) + 1
+            if losses < MAX_LOSSES:
+                again.append(record)
+            elif record.key not in self._delivered:
+                self.lost += 1
+                self._delivered.add(record.key)
+                error = WorkerLost(f"in flight on a worker that died {losses} times; not run again")
+                on_result(build_result(record, None, 0.0, error), None)
+        if again:
+            self.rerun += len(again)
+            self._again.append(again)
+
+
+def _added(a: EndpointSnapshot, b: EndpointSnapshot) -> EndpointSnapshot:
+    limit = None if a.limit is None or b.limit is None else a.limit + b.limit
+    return EndpointSnapshot(
+        a.base_url,
+        a.in_flight + b.in_flight,
+        limit,
+        a.in_rotation or b.in_rotation,
+        a.served + b.served,
+        a.tokens + b.tokens,
+        max(a.failures, b.failures),
+    )

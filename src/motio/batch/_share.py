@@ -1,0 +1,124 @@
+"""Limits that hold for a whole cluster of workers, not for each of them.
+
+N worker processes each sending at ``--rpm`` would send N times the allowed
+rate, and N adaptive controllers each probing a server would each find
+"its" capacity and together overload it. So the limits live once, in one
+coordinator (a Ray actor, see ``_ray.py``), and a worker holds only:
+
+- for requests and tokens per minute: a proxy to the coordinator's
+  ``RateLimiter``, asked once per request (requests are paced by the limit
+  itself, so these calls are never more frequent than the limit allows);
+- per server, a :class:`SharedGate`: a local gate whose limit is this
+  worker's share of the server's cluster-wide limit. With ``"auto"`` it
+  forwards its signals (time to first token, overloads) to the coordinator's
+  one controller per server, which sets the cluster-wide limit; a fixed
+  limit is simply split.
+
+This module needs no Ray: the plan is computed and the gates are used in
+plain Python, so they are tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends._adaptive import AdaptiveConcurrency
+
+__all__ = ["SharePlan", "SharedGate"]
+
+
+@dataclass(frozen=True, slots=True)
+class SharePlan:
+    """What a batch's workers share, read once from the driver's backend.
+
+    Attributes:
+        workers: how many workers share the limits.
+        servers: the servers' base URLs (empty: not a server backend, nothing to share).
+        rpm, tpm: the cluster-wide rate limits (None: none).
+        concurrency: per server, the cluster-wide limit (an int), ``"auto"``, or None (no cap).
+        bound: the upper bound of ``"auto"``, cluster-wide.
+        initial: the cluster-wide limit ``"auto"`` starts from.
+    """
+
+    workers: int
+    servers: tuple[str, ...] = ()
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | str | None = None
+    bound: int = 256
+    initial: int = 16
+
+    @classmethod
+    def of(cls, backend: Any, workers: int) -> SharePlan:
+        """The plan for ``workers`` copies of ``backend`` (any backend; only
+        a server backend has limits to share)."""
+        if not hasattr(backend, "share_limits"):
+            return cls(workers)
+        from ..backends._openai import _AUTO_INITIAL
+
+        bound = int(getattr(backend, "concurrency_bound", 256))
+        return cls(
+            workers,
+            tuple(backend.base_urls),
+            backend.rpm,
+            backend.tpm,
+            backend.max_concurrency,
+            bound,
+            min(_AUTO_INITIAL, bound),
+        )
+
+    @property
+    def adaptive(self) -> bool:
+        return self.concurrency == "auto"
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+    def share(self, cluster_limit: float) -> int:
+        """One worker's part of a cluster-wide limit: never 0, and the parts
+        add up to at most the limit (or one each, if it is below ``workers``)."""
+        return max(1, math.floor(cluster_limit / self.workers))
+
+    def in_flight_per_worker(self) -> int:
+        """Prompts a worker keeps running so that its gates can be full."""
+        per_server = self.bound if self.concurrency in (None, "auto") else int(self.concurrency)
+        return max(1, math.ceil(per_server * max(1, len(self.servers)) / self.workers))
+
+
+class SharedGate(AdaptiveConcurrency):
+    """A worker's gate for one server: its limit is set from outside.
+
+    Signals are kept, not acted on: :meth:`drain` hands them to whoever owns
+    the cluster-wide controller, and :meth:`set_limit` applies the share it
+    answers with.
+    """
+
+    def __init__(self, share: int, maximum: int) -> None:
+        super().__init__(initial=share, maximum=max(share, maximum), adaptive=False)
+        self._first_tokens: list[float] = []
+        self._pushed_back = 0
+
+    def record_first_token(self, seconds: float) -> None:
+        with self._lock:
+            self._first_tokens.append(seconds)
+
+    def record_overload(self) -> None:
+        with self._lock:
+            self._pushed_back += 1
+            self._overloads += 1
+
+    def drain(self) -> tuple[list[float], int]:
+        """The signals since the last call: first-token seconds, overloads."""
+        with self._lock:
+            signals = (self._first_tokens, self._pushed_back)
+            self._first_tokens, self._pushed_back = [], 0
+            return signals
+
+    def set_limit(self, limit: int) -> None:
+        """Apply a new share; waiters are let in at once if it grew."""
+        with self._lock:
+            self._limit = float(max(1, min(limit, self.maximum)))
+            self._admit()

@@ -1,0 +1,62 @@
+"""``motio run --ray``: the command's side of running a batch on Ray.
+
+Ray is imported here, inside functions, and only when ``--ray`` is given;
+the batch machinery itself is ``motio.batch._ray``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING, Any
+
+from ._backend import BackendSpec, build_backend, generation_options
+from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
+
+if TYPE_CHECKING:
+    from ..batch._ray import RayPool
+
+__all__ = ["join_cluster", "leave_cluster", "start_pool"]
+
+
+def join_cluster(address: str) -> bool:
+    """Start or join the cluster ``--ray`` names; True if this process connected.
+
+    Raises:
+        CliError: Ray is not installed (exit 2), or the cluster cannot be
+            reached (one line, exit 3, within seconds).
+    """
+    try:
+        from ..batch._ray import ClusterUnreachable, connect
+    except ModuleNotFoundError as exc:
+        raise CliError(
+            f"--ray needs the '{exc.name}' package: pip install 'motio[ray]'", EXIT_USAGE
+        ) from None
+    try:
+        return connect(address)
+    except ClusterUnreachable as exc:
+        raise CliError(str(exc), EXIT_BACKEND) from None
+
+
+def leave_cluster() -> None:
+    from ..batch._ray import disconnect
+
+    disconnect()
+
+
+def start_pool(args: Any, spec: BackendSpec, backend: Any) -> RayPool:
+    """Workers for this run, sharing the limits of the (checked) ``backend``."""
+    from ..batch._ray import RayPool, worker_count
+    from ..batch._share import SharePlan
+
+    workers = args.workers or worker_count()
+    env = {}
+    if spec.api_key_env and os.environ.get(spec.api_key_env):
+        env[spec.api_key_env] = os.environ[spec.api_key_env]
+    return RayPool(
+        functools.partial(build_backend, spec),
+        SharePlan.of(backend, workers),
+        options=generation_options(args),
+        remote=spec.kind == "openai",
+        env=env,
+    )
