@@ -298,6 +298,8 @@ class BatchWorker:
         plan = self._plan
         if not plan.servers or not hasattr(backend, "share_limits"):
             return
+        if backend.model is None:
+            backend.model = plan.model
         limiter = _RemoteLimiter(self._coordinator, plan) if plan.rate_limited else None
         gates: dict[str, Any] = {}
         if plan.adaptive:

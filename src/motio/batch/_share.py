@@ -40,6 +40,9 @@ class SharePlan:
         concurrency: per server, the cluster-wide limit (an int), ``"auto"``, or None (no cap).
         bound: the upper bound of ``"auto"``, cluster-wide.
         initial: the cluster-wide limit ``"auto"`` starts from.
+        model: the model the driver's check found, so that no worker asks
+            a server for it on its first request (a server that is down
+            then would fail that request instead of sending it elsewhere).
     """
 
     workers: int
@@ -49,6 +52,7 @@ class SharePlan:
     concurrency: int | str | None = None
     bound: int = 256
     initial: int = 16
+    model: str | None = None
 
     @classmethod
     def of(cls, backend: Any, workers: int) -> SharePlan:
@@ -67,6 +71,7 @@ class SharePlan:
             backend.max_concurrency,
             bound,
             min(_AUTO_INITIAL, bound),
+            backend.model,
         )
 
     @property

@@ -1,0 +1,254 @@
+"""``motio.batch.run``: the command's batch, from Python (a script or a notebook).
+
+The same engine, the same result lines, the same resume as ``motio run``,
+on this process or on Ray workers, with results handed back as they finish::
+
+    from motio.backends import OpenAIBackend
+    from motio import batch
+
+    def backend():                      # built again in each Ray worker
+        return OpenAIBackend(base_url=["http://gpu1:8000/v1", "http://gpu2:8000/v1"],
+                             max_concurrency="auto", rpm=6000)
+
+    for result in batch.run(["Why is the sky blue?", ...], backend, ray=True,
+                            output="results.jsonl"):
+        print(result["id"], result["output"])
+
+``run`` works where an event loop is already running (Jupyter): the batch
+runs on a thread of its own, and results cross over through a queue.
+``arun`` is the same for code that is already async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import ConfigurationError
+from ._engine import Engine
+from ._records import InputProblem, PromptRecord, default_id, parse_line, scan_prompts
+from ._results import ResultsFile
+from ._share import SharePlan
+
+__all__ = ["arun", "run"]
+
+Prompts = str | Path | Iterable[str | dict[str, Any] | PromptRecord]
+#: How long the consumer waits for the next result before it checks the batch is still alive.
+_POLL_SECONDS = 0.5
+
+
+def run(
+    prompts: Prompts,
+    backend: Any,
+    *,
+    ray: bool | str | None = None,
+    workers: int | None = None,
+    concurrency: int | None = None,
+    options: dict[str, Any] | None = None,
+    output: str | Path | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Generate for every prompt; yield each result line as it finishes.
+
+    Args:
+        prompts: a prompts file (``motio run``'s format), or an iterable of
+            prompt strings (ids ``line-N``, N from 1), line objects
+            (``{"id", "prompt" | "messages", ...}``) or ``PromptRecord``.
+            Read lazily: a generator of millions is fine.
+        backend: a backend, or a function that builds one (needed with
+            ``ray``: each worker builds its own; it must pickle).
+        ray: None or False: this process. True: Ray workers, on the cluster
+            this process already joined (``ray.init``), else a local one.
+            A string: the cluster's address (``"auto"``, ``"HOST:PORT"``).
+        workers: Ray workers (default: one per CPU of the cluster).
+        concurrency: prompts in flight in this process (default: enough to
+            fill the backend's limit on every server); with ``ray`` the
+            backend's own limits, shared by the workers, decide.
+        options: ``generate`` options for every prompt (a line's own win).
+        output: a results file: each result is appended as it finishes,
+            and prompts already answered there are skipped (resume).
+
+    Raises:
+        ConfigurationError: a prompt that is not one (raised when reached).
+        BatchAborted: the run could not go on (server gone, key refused);
+            the results already yielded (and written) stand.
+    """
+    results: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    if ray not in (None, False):
+        _join(ray)  # on the caller's thread: Ray wants its main thread for signals
+
+    async def produce() -> None:
+        try:
+            async for result in arun(
+                prompts,
+                backend,
+                ray=ray,
+                workers=workers,
+                concurrency=concurrency,
+                options=options,
+                output=output,
+            ):
+                results.put(("result", result))
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who raises it
+            results.put(("error", exc))
+        else:
+            results.put(("end", None))
+
+    thread = threading.Thread(target=asyncio.run, args=(produce(),), name="motio-batch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = results.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if not thread.is_alive():
+                    return
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=_POLL_SECONDS * 4)
+
+
+async def arun(
+    prompts: Prompts,
+    backend: Any,
+    *,
+    ray: bool | str | None = None,
+    workers: int | None = None,
+    concurrency: int | None = None,
+    options: dict[str, Any] | None = None,
+    output: str | Path | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """:func:`run` for async code: an async iterator of result lines as they finish.
+
+    With ``ray``, joining the cluster blocks this loop for the seconds it
+    takes, once.
+    """
+    finished: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    results = ResultsFile.open(output) if output is not None else None
+    records = _pending(_records(prompts), results)
+
+    def on_result(result: dict[str, Any], attempts: Any) -> None:
+        if results is not None:
+            results.append(result)
+        finished.put_nowait(result)
+
+    try:
+        async with _runner(backend, ray, workers, options) as (runner, remote_concurrency):
+            if isinstance(runner, Engine):
+                work = runner.run(records, concurrency or remote_concurrency, on_result)
+            else:
+                work = runner.run(records, on_result)
+            task = asyncio.ensure_future(work)
+            try:
+                while not (task.done() and finished.empty()):
+                    getter = asyncio.ensure_future(finished.get())
+                    await asyncio.wait((getter, task), return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        yield getter.result()
+                    else:
+                        getter.cancel()
+                task.result()  # a whole-run failure, raised after every result it let through
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+    finally:
+        if results is not None:
+            results.close()
+
+
+@contextlib.asynccontextmanager
+async def _runner(
+    backend: Any, ray: bool | str | None, workers: int | None, options: dict[str, Any] | None
+) -> Any:
+    build: Callable[[], Any] = backend if callable(backend) and not hasattr(backend, "generate") else None  # type: ignore[assignment]
+    local = build() if build is not None else backend
+    try:
+        remote = hasattr(local, "endpoint_snapshot")
+        if ray in (None, False):
+            yield Engine(local, options=options, remote=remote), _fill(local)
+            return
+        if build is None:
+            raise ConfigurationError(
+                "with ray=..., pass a function that builds the backend (each worker builds its own), "
+                "not a backend: for example backend=lambda: OpenAIBackend(base_url=...)"
+            )
+        from ._ray import RayPool, worker_count
+
+        _join(ray)
+        if remote:
+            await local.check()  # fails fast, and names the model once for every worker
+        pool = RayPool(build, SharePlan.of(local, workers or worker_count()), options=options, remote=remote)
+        try:
+            yield pool, 0
+        finally:
+            pool.close()
+    finally:
+        if build is not None:
+            await local.aclose()
+
+
+def _join(ray: bool | str) -> None:
+    from ._ray import connect
+
+    connect(ray if isinstance(ray, str) else None)
+
+
+def _fill(backend: Any) -> int:
+    """Prompts in flight that fill the backend's limit on every server."""
+    if hasattr(backend, "share_limits"):
+        return SharePlan.of(backend, 1).in_flight_per_worker()
+    limit = getattr(backend, "max_concurrency", None)
+    return limit if isinstance(limit, int) and limit > 0 else 1
+
+
+def _records(prompts: Prompts) -> Iterator[PromptRecord]:
+    if isinstance(prompts, (str, Path)):
+        for line in scan_prompts(prompts):
+            if isinstance(line, InputProblem):
+                raise ConfigurationError(f"{prompts}: {line}")
+            yield line
+        return
+    for number, item in enumerate(prompts, start=1):
+        yield _record(item, number)
+
+
+def _record(item: Any, number: int) -> PromptRecord:
+    if isinstance(item, PromptRecord):
+        return item
+    if isinstance(item, str):
+        return PromptRecord(default_id(number), number, item, {})
+    if isinstance(item, dict):
+        parsed = parse_line(json.dumps(item), number)
+        if isinstance(parsed, PromptRecord):
+            return parsed
+        raise ConfigurationError(f"prompt {number}: {parsed.message}")
+    raise ConfigurationError(
+        f"prompt {number}: expected a string, a dict or a PromptRecord, got {type(item).__name__}"
+    )
+
+
+def _pending(records: Iterator[PromptRecord], results: ResultsFile | None) -> Iterator[PromptRecord]:
+    seen: set[str] = set()
+    for record in records:
+        if record.key in seen:
+            raise ConfigurationError(f"prompt {record.line}: duplicate id {record.key}")
+        seen.add(record.key)
+        # As the command: answered or failed before, it is not run again.
+        if results is None or not (record.key in results.state.done or record.key in results.state.failed):
+            yield record

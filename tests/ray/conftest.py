@@ -1,0 +1,48 @@
+"""A real local Ray instance for the suite: ``ray.init(num_cpus=2)``, once.
+
+The command under test runs in a subprocess and joins this instance with
+``--ray=ADDRESS``, as a driver joins a cluster; the Python entry point runs
+in this process on the same instance. Workers are real Ray actor processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray  # installed by the dev extra (motio[ray]): missing, the suite fails loudly
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """The address of a local two-CPU Ray instance started for the session."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def batch_workers() -> set[int]:
+    """Pids of the live Ray worker processes that are motio batch workers."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"ray::BatchWorker"):
+            pids.add(int(entry.name))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
