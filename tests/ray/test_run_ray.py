@@ -20,6 +20,7 @@ from tests.cli.conftest import (
     assert_clean,
     complete_lines,
     finish,
+    interrupt,
     run_motio,
     start_motio,
     wait_for_results,
@@ -248,3 +249,30 @@ def test_adaptive_concurrency_is_one_limit_for_all_workers(tmp_path: Path, ray_a
     assert done.returncode == 0, done.stderr
     each_id_once(out, count)
     assert most <= 8, most
+
+
+def test_ctrl_c_keeps_what_was_written_and_the_rerun_completes(tmp_path: Path, ray_address: str) -> None:
+    count = 600
+    prompts, out = write_prompts(tmp_path / "p.jsonl", count), tmp_path / "out.jsonl"
+    with running(token_time=0.04) as a:
+        argv = ("run", prompts, "-o", out, "--base-url", a.base_url, f"--ray={ray_address}", "--workers", "2")
+        proc = start_motio(*argv, "-c", "8")
+        wait_for_results(out, 50, proc)
+        code, _, err = interrupt(proc)
+        kept = len(complete_lines(out))
+        done = run_motio(*argv)
+    assert code == 130, err
+    assert_clean(err)
+    assert f"interrupted: {kept} new results saved" in err
+    assert done.returncode == 0, done.stderr
+    each_id_once(out, count)
+
+
+def test_ray_without_an_address_starts_a_local_instance(tmp_path: Path) -> None:
+    prompts, out = write_prompts(tmp_path / "p.jsonl", 200), tmp_path / "out.jsonl"
+    with running() as a:
+        done = run_motio("run", prompts, "-o", out, "--base-url", a.base_url, "--ray", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert_clean(done.stderr)
+    each_id_once(out, 200)
+    assert "ray: 2 workers" in done.stderr

@@ -84,19 +84,23 @@ def run(
         _join(ray)  # on the caller's thread: Ray wants its main thread for signals
 
     async def produce() -> None:
+        batch = arun(
+            prompts,
+            backend,
+            ray=ray,
+            workers=workers,
+            concurrency=concurrency,
+            options=options,
+            output=output,
+        )
         try:
-            async for result in arun(
-                prompts,
-                backend,
-                ray=ray,
-                workers=workers,
-                concurrency=concurrency,
-                options=options,
-                output=output,
-            ):
-                results.put(("result", result))
-                if stop.is_set():
-                    return
+            # Closed here, not left to asyncio.run's shutdown: a consumer that
+            # stopped early must see the batch stopped and its file closed.
+            async with contextlib.aclosing(batch):
+                async for result in batch:
+                    results.put(("result", result))
+                    if stop.is_set():
+                        return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who raises it
             results.put(("error", exc))
         else:

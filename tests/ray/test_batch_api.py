@@ -1,0 +1,88 @@
+"""``motio.batch.run``: the batch from Python, in this process and on Ray workers."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from motio import ConfigurationError, batch
+from motio.backends import OpenAIBackend
+from motio.batch import PromptRecord
+from motio.batch._ray import Coordinator
+from motio.batch._share import SharedGate, SharePlan
+from tests.servers.scripted import running
+
+
+def prompts(count: int) -> list[dict[str, object]]:
+    return [{"id": f"p{i}", "prompt": f"Say the number {i}."} for i in range(count)]
+
+
+def test_run_on_ray_yields_every_result_once_and_resumes(tmp_path: Path, ray_address: str) -> None:
+    out = tmp_path / "out.jsonl"
+    with running() as a, running() as b:
+        build = functools.partial(OpenAIBackend, base_url=[a.base_url, b.base_url], max_concurrency=8)
+        first = []
+        for result in batch.run(prompts(300), build, ray=ray_address, workers=2, output=out):
+            first.append(result)
+            if len(first) == 100:
+                break  # a notebook user stops early...
+        again = list(batch.run(prompts(300), build, ray=ray_address, workers=2, output=out))
+        served = len(a.chat_requests) + len(b.chat_requests)
+    assert len(first) == 100 and all(r["error"] is None for r in first + again)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    counts = Counter(line["id"] for line in lines)
+    # ...and the rerun runs only what the file does not hold: every id once.
+    assert counts == Counter(f"p{i}" for i in range(300))
+    written_first = len(lines) - len(again)
+    assert written_first >= 100  # what the first run wrote (at least what it yielded) was not run again
+    # Prompts in flight when the consumer stopped were not answered: sent again.
+    assert served >= 300
+
+
+def test_run_in_this_process_takes_strings_and_records(ray_address: str) -> None:
+    items: list[object] = ["Say the number 0.", PromptRecord("r1", 2, "Say the number 1.", {"max_tokens": 2})]
+    with running() as a:
+        results = {r["id"]: r for r in batch.run(items, OpenAIBackend(base_url=a.base_url))}
+    assert results["line-1"]["output"] == "echo: Say the number 0."
+    assert results["r1"]["output"] == "echo: Say" and results["r1"]["finish_reason"] == "length"
+
+
+def test_ray_needs_a_backend_factory_not_a_backend(ray_address: str) -> None:
+    with running() as a:
+        backend = OpenAIBackend(base_url=a.base_url)
+        with pytest.raises(ConfigurationError, match="function that builds"):
+            list(batch.run(["hi"], backend, ray=ray_address))
+
+
+def test_a_bad_prompt_is_a_clear_error() -> None:
+    with (
+        running() as a,
+        pytest.raises(ConfigurationError, match="prompt 2: 'prompt' must be a non-empty string"),
+    ):
+        list(batch.run([{"prompt": "ok"}, {"prompt": ""}], OpenAIBackend(base_url=a.base_url)))
+
+
+def test_the_coordinator_sets_one_limit_from_every_workers_signals() -> None:
+    plan = SharePlan(workers=2, servers=("http://s/v1",), concurrency="auto", bound=64, initial=8)
+    coordinator = Coordinator(plan)
+    gates = [SharedGate(plan.share(plan.initial), plan.bound) for _ in range(2)]
+    assert [g.limit for g in gates] == [4, 4]
+    # Both workers see a fast server: the one controller grows the cluster's limit...
+    for gate in gates:
+        for _ in range(8):
+            gate.record_first_token(0.01)
+    limits = coordinator.report({"http://s/v1": gates[0].drain()})
+    limits = coordinator.report({"http://s/v1": gates[1].drain()})
+    assert limits["http://s/v1"] > 8
+    for gate in gates:
+        gate.set_limit(plan.share(limits["http://s/v1"]))
+    assert gates[0].limit == gates[1].limit == limits["http://s/v1"] // 2
+    # ...and one worker's 429 halves it for both.
+    gates[0].record_overload()
+    halved = coordinator.report({"http://s/v1": gates[0].drain()})["http://s/v1"]
+    assert halved == limits["http://s/v1"] // 2
+    assert gates[1].drain() == ([], 0)
