@@ -44,9 +44,7 @@ class _Portal:
         self.nested: _Portal | None = None
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
-        self.thread = threading.Thread(
-            target=self._run, name=f"motio-run-sync-{depth}", daemon=True
-        )
+        self.thread = threading.Thread(target=self._run, name=f"motio-run-sync-{depth}", daemon=True)
         self.thread.start()
         self._ready.wait()
 
@@ -117,9 +115,7 @@ def _copy_outcome(task: asyncio.Task[T], result: concurrent.futures.Future[T]) -
 
 # Every portal, keyed weakly on its own loop. (Each portal holds its loop, so
 # these entries live as long as the process: portals are never replaced.)
-_portals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Portal] = (
-    weakref.WeakKeyDictionary()
-)
+_portals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Portal] = weakref.WeakKeyDictionary()
 # The portal for calls made anywhere but on a portal's own loop.
 _root: _Portal | None = None
 _portals_lock = threading.Lock()

@@ -139,9 +139,7 @@ class _Hub:
 
 # Per-loop state, keyed weakly on the loop object itself (never its id(),
 # which a new loop may reuse): a closed loop's hubs go away with it.
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Hub]] = (
-    weakref.WeakKeyDictionary()
-)
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Hub]] = weakref.WeakKeyDictionary()
 
 
 def watch(timeout: float) -> Watchdog:

@@ -82,7 +82,9 @@ class AdaptiveConcurrency(Gate):
         ConfigurationError: bounds that are not 1 <= minimum <= initial <= maximum.
     """
 
-    def __init__(self, *, initial: int = 8, minimum: int = 1, maximum: int = 256, adaptive: bool = True) -> None:
+    def __init__(
+        self, *, initial: int = 8, minimum: int = 1, maximum: int = 256, adaptive: bool = True
+    ) -> None:
         if not 1 <= minimum <= initial <= maximum:
             raise ConfigurationError(
                 f"concurrency bounds must satisfy 1 <= minimum <= initial <= maximum, "

@@ -104,4 +104,3 @@ class Gate:
             except RuntimeError:
                 continue  # that waiter's loop is closed; nobody is waiting there
             self._in_flight += 1
-

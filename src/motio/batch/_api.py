@@ -26,7 +26,7 @@ import contextlib
 import json
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ async def arun(
     concurrency: int | None = None,
     options: dict[str, Any] | None = None,
     output: str | Path | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """:func:`run` for async code: an async iterator of result lines as they finish.
 
     With ``ray``, joining the cluster blocks this loop for the seconds it
@@ -195,10 +195,11 @@ async def _runner(
         from ._ray import RayPool, worker_count
 
         _join(ray)
-        if remote:
-            await local.check()  # fails fast, and names the model once for every worker
-        pool = RayPool(build, SharePlan.of(local, workers or worker_count()), options=options, remote=remote)
+        pool = RayPool(build, workers or worker_count(), options=options, remote=remote)
         try:
+            if remote:
+                await local.check()  # fails fast, and names the model once for every worker
+            pool.share(SharePlan.of(local, pool.plan.workers))
             yield pool, 0
         finally:
             pool.close()

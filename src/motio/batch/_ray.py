@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -66,9 +67,8 @@ __all__ = [
 MAX_LOSSES = 3
 #: Shards in flight per worker: one running, the next ones already there.
 _SHARDS_AHEAD = 3
-#: A worker sends what finished at least this often, and at once past ``_FLUSH_COUNT``.
+#: How often a worker sends back what finished.
 _FLUSH_SECONDS = 0.05
-_FLUSH_COUNT = 256
 #: How often a worker reports its servers' signals and takes its shares.
 _SYNC_SECONDS = 0.1
 #: How long an address may take to accept a TCP connection before it counts as unreachable.
@@ -164,8 +164,13 @@ class Coordinator:
             if plan.adaptive
             else {}
         )
+        self._plan = plan
         self._held: dict[int, Reservation] = {}
         self._next = 0
+
+    def plan(self) -> SharePlan:
+        """What the workers share (a restarted worker asks again)."""
+        return self._plan
 
     async def acquire(self, tokens: int) -> int:
         """Wait for the budget of one request; a ticket to settle it with."""
@@ -228,19 +233,19 @@ class BatchWorker:
     """Runs shards of prompts through its own backend, streaming results back."""
 
     def __init__(
-        self,
-        factory: BackendFactory,
-        options: dict[str, Any],
-        remote: bool,
-        plan: SharePlan,
-        coordinator: str,
+        self, factory: BackendFactory, options: dict[str, Any], remote: bool, coordinator: str
     ) -> None:
-        self._factory, self._options, self._remote = factory, options, remote
-        self._plan, self._coordinator_name = plan, coordinator
+        # Built now, while the driver still checks the servers: the imports
+        # and set-up overlap with it instead of delaying the first shard.
+        self._backend = factory()
+        self._options, self._remote, self._coordinator_name = options, remote, coordinator
         self._coordinator: Any = None
+        self._plan = SharePlan(1)
         self._engine: Engine | None = None
         self._gates: dict[str, SharedGate] = {}
         self._sync: asyncio.Task[None] | None = None
+        self._setting_up = asyncio.Lock()
+        _tune_gc()
 
     def pid(self) -> int:
         return os.getpid()
@@ -250,13 +255,10 @@ class BatchWorker:
         attempts)``. A whole-run failure is streamed as ``("abort", message)``."""
         engine = await self._ready()
         finished: list[tuple[str, dict[str, Any], Any]] = []
-        wake = asyncio.Event()
 
         async def one(record: PromptRecord) -> None:
             result, attempts = await engine.generate(record)
             finished.append((record.key, result, attempts))
-            if len(finished) >= _FLUSH_COUNT:
-                wake.set()
 
         async def all_of_them() -> None:
             async with asyncio.TaskGroup() as group:
@@ -265,15 +267,16 @@ class BatchWorker:
 
         work = asyncio.ensure_future(all_of_them())
         try:
-            while not work.done():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(wake.wait()), _FLUSH_SECONDS)
-                wake.clear()
+            while True:
+                # What finished goes back every _FLUSH_SECONDS, batched: one
+                # streamed object per result would cost Ray's per-object
+                # overhead thousands of times a second.
+                done, _ = await asyncio.wait((work,), timeout=_FLUSH_SECONDS)
                 if finished:
                     batch, finished[:] = list(finished), []
                     yield batch, self._loads()
-            if finished:
-                yield list(finished), self._loads()
+                if done:
+                    break
             failure = _whole_run_failure(work)
             if failure is not None:
                 yield "abort", failure
@@ -284,15 +287,19 @@ class BatchWorker:
                     await work
 
     async def _ready(self) -> Engine:
-        if self._engine is None:
-            if self._plan.rate_limited or self._plan.adaptive:
-                self._coordinator = ray.get_actor(self._coordinator_name)
-            backend = self._factory()
-            self._share(backend)
-            self._engine = Engine(backend, options=self._options, remote=self._remote)
-            if self._plan.adaptive and self._gates:
-                self._sync = asyncio.ensure_future(self._sync_limits())
+        async with self._setting_up:  # the first shards arrive together
+            if self._engine is None:
+                await self._set_up()
+        assert self._engine is not None
         return self._engine
+
+    async def _set_up(self) -> None:
+        self._coordinator = ray.get_actor(self._coordinator_name)
+        self._plan = await self._coordinator.plan.remote()
+        self._share(self._backend)
+        self._engine = Engine(self._backend, options=self._options, remote=self._remote)
+        if self._plan.adaptive and self._gates:
+            self._sync = asyncio.ensure_future(self._sync_limits())
 
     def _share(self, backend: Any) -> None:
         plan = self._plan
@@ -326,6 +333,19 @@ class BatchWorker:
         return snapshot() if snapshot is not None else []
 
 
+def _tune_gc() -> None:
+    """Collect garbage rarely in a worker, as ``motio run`` does in its process.
+
+    Hundreds of requests in flight keep hundreds of thousands of objects
+    alive, and the default thresholds walk them all every few hundred
+    requests (measured: half the command's CPU at 2,000 in flight). motio's
+    objects form no cycles; a worker process is motio's own to tune.
+    """
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 50_000), max(gen1, 20), max(gen2, 100))
+    gc.freeze()  # what is loaded now (Ray, aiohttp, motio) lives as long as the worker
+
+
 # Ray restarts a dead worker (and its backend) as often as it dies; what a
 # death costs the prompts it held is counted by the driver (MAX_LOSSES).
 _WorkerActor: Any = ray.remote(max_restarts=-1, max_task_retries=0)(BatchWorker)
@@ -357,9 +377,14 @@ class _Worker:
 class RayPool:
     """The driver's side: workers started, shards fed, results delivered once.
 
+    Two steps, so that the workers' start-up (a process each, Ray and the
+    backend imported) overlaps the driver's check of the servers: the
+    constructor starts the workers; :meth:`share` gives them the limits
+    that check found, before :meth:`run`.
+
     Args:
         factory: builds the backend in each worker (picklable, no arguments).
-        plan: the limits the workers share (``SharePlan.of`` the driver's backend).
+        workers: how many workers.
         options: ``generate`` options for every prompt.
         remote: the backend is a server (see :class:`Engine`).
         env: environment variables the workers need (an API key).
@@ -368,28 +393,28 @@ class RayPool:
     def __init__(
         self,
         factory: BackendFactory,
-        plan: SharePlan,
+        workers: int,
         *,
         options: dict[str, Any] | None = None,
         remote: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.plan = plan
-        self.shard_size = plan.in_flight_per_worker()
+        self.plan = SharePlan(workers)
+        self.shard_size = 1
         self.lost = 0
         self.rerun = 0
         # Found by name, not handed over: an actor handle among a restartable
         # actor's arguments would pin them in the object store (ray#53727).
         self._coordinator_name = f"motio-coordinator-{uuid.uuid4().hex}"
-        self._coordinator = _CoordinatorActor.options(name=self._coordinator_name).remote(plan)
+        self._coordinator: Any = None
         worker = _WorkerActor.options(
-            num_cpus=min(1.0, worker_count() / plan.workers),
+            num_cpus=min(1.0, worker_count() / workers),
             scheduling_strategy="SPREAD",
             runtime_env={"env_vars": env} if env else None,
         )
         self._workers = [
-            _Worker(worker.remote(factory, dict(options or {}), remote, plan, self._coordinator_name))
-            for _ in range(plan.workers)
+            _Worker(worker.remote(factory, dict(options or {}), remote, self._coordinator_name))
+            for _ in range(workers)
         ]
         self._source: Iterator[PromptRecord] = iter(())
         self._again: deque[list[PromptRecord]] = deque()
@@ -397,6 +422,12 @@ class RayPool:
         self._delivered: set[str] = set()
         self._running = 0
         self._changed = asyncio.Event()
+
+    def share(self, plan: SharePlan) -> None:
+        """Start the coordinator of the limits ``plan`` says the workers share."""
+        self.plan = plan
+        self.shard_size = plan.in_flight_per_worker()
+        self._coordinator = _CoordinatorActor.options(name=self._coordinator_name).remote(plan)
 
     async def pids(self) -> list[int]:
         """The workers' process ids (for the tests that kill one)."""
@@ -419,6 +450,8 @@ class RayPool:
             BatchAborted: a worker found the whole run unable to go on.
             Exception: whatever ``on_result`` raised.
         """
+        if self._coordinator is None:
+            raise RuntimeError("RayPool.share(plan) must come before run()")
         self._source = records
         try:
             async with asyncio.TaskGroup() as group:
@@ -430,7 +463,10 @@ class RayPool:
 
     def close(self) -> None:
         """Stop the workers and the coordinator (their in-flight requests end)."""
-        for handle in [w.handle for w in self._workers] + [self._coordinator]:
+        handles = [w.handle for w in self._workers]
+        if self._coordinator is not None:
+            handles.append(self._coordinator)
+        for handle in handles:
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
 

@@ -175,6 +175,17 @@ class _Run:
             _hold_sigint(True)
 
     async def _main(self, retry: set[str]) -> None:
+        if getattr(self.args, "ray", None) is not None:
+            from ._run_ray import start_pool
+
+            self.cluster = start_pool(self.args, self.spec)
+        try:
+            await self._run(retry)
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+    async def _run(self, retry: set[str]) -> None:
         backend = await open_backend(self.spec)
         # Everything loaded so far (modules, the backend, a model) lives as
         # long as the run: out of the collector's way for good.
@@ -194,17 +205,15 @@ class _Run:
             finally:
                 progress.stop()
                 self._say_servers(loads)
-                if self.cluster is not None:
-                    self.cluster.close()
         finally:
             await backend.aclose()
 
     def _runner(self, backend: Any) -> Any:
         """The batch engine on ``backend``, or Ray workers (``--ray``) sharing its limits."""
-        if getattr(self.args, "ray", None) is not None:
-            from ._run_ray import start_pool
+        if self.cluster is not None:
+            from ._run_ray import share_limits
 
-            self.cluster = start_pool(self.args, self.spec, backend)
+            share_limits(self.cluster, backend)
             return self.cluster
         # Only a server can vanish; the embedded model's failures are its prompts'.
         remote = self.spec.kind == "openai"

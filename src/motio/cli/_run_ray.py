@@ -16,7 +16,7 @@ from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from ..batch._ray import RayPool
 
-__all__ = ["join_cluster", "leave_cluster", "start_pool"]
+__all__ = ["join_cluster", "leave_cluster", "share_limits", "start_pool"]
 
 
 def join_cluster(address: str) -> bool:
@@ -44,19 +44,24 @@ def leave_cluster() -> None:
     disconnect()
 
 
-def start_pool(args: Any, spec: BackendSpec, backend: Any) -> RayPool:
-    """Workers for this run, sharing the limits of the (checked) ``backend``."""
+def start_pool(args: Any, spec: BackendSpec) -> RayPool:
+    """Start this run's workers (they build their backends while the driver checks)."""
     from ..batch._ray import RayPool, worker_count
-    from ..batch._share import SharePlan
 
-    workers = args.workers or worker_count()
     env = {}
     if spec.api_key_env and os.environ.get(spec.api_key_env):
         env[spec.api_key_env] = os.environ[spec.api_key_env]
     return RayPool(
         functools.partial(build_backend, spec),
-        SharePlan.of(backend, workers),
+        args.workers or worker_count(),
         options=generation_options(args),
         remote=spec.kind == "openai",
         env=env,
     )
+
+
+def share_limits(pool: RayPool, backend: Any) -> None:
+    """Give the workers the limits of the driver's checked ``backend``."""
+    from ..batch._share import SharePlan
+
+    pool.share(SharePlan.of(backend, pool.plan.workers))
