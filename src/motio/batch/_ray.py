@@ -164,13 +164,8 @@ class Coordinator:
             if plan.adaptive
             else {}
         )
-        self._plan = plan
         self._held: dict[int, Reservation] = {}
         self._next = 0
-
-    def plan(self) -> SharePlan:
-        """What the workers share (a restarted worker asks again)."""
-        return self._plan
 
     async def acquire(self, tokens: int) -> int:
         """Wait for the budget of one request; a ticket to settle it with."""
@@ -250,10 +245,10 @@ class BatchWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    async def run_shard(self, records: list[PromptRecord]) -> Any:
+    async def run_shard(self, records: list[PromptRecord], plan: SharePlan) -> Any:
         """Streams ``(results, server loads)``; ``results`` are ``(key, result,
         attempts)``. A whole-run failure is streamed as ``("abort", message)``."""
-        engine = await self._ready()
+        engine = await self._ready(plan)
         finished: list[tuple[str, dict[str, Any], Any]] = []
 
         async def one(record: PromptRecord) -> None:
@@ -286,16 +281,20 @@ class BatchWorker:
                 with contextlib.suppress(BaseException):
                     await work
 
-    async def _ready(self) -> Engine:
+    async def _ready(self, plan: SharePlan) -> Engine:
         async with self._setting_up:  # the first shards arrive together
             if self._engine is None:
-                await self._set_up()
+                await self._set_up(plan)
         assert self._engine is not None
         return self._engine
 
-    async def _set_up(self) -> None:
-        self._coordinator = ray.get_actor(self._coordinator_name)
-        self._plan = await self._coordinator.plan.remote()
+    async def _set_up(self, plan: SharePlan) -> None:
+        # The plan comes with every shard, so a restarted worker has it too;
+        # the coordinator exists only when there is something to coordinate
+        # (an actor process costs a second of CPU to start).
+        self._plan = plan
+        if plan.rate_limited or plan.adaptive:
+            self._coordinator = ray.get_actor(self._coordinator_name)
         self._share(self._backend)
         self._engine = Engine(self._backend, options=self._options, remote=self._remote)
         if self._plan.adaptive and self._gates:
@@ -407,6 +406,7 @@ class RayPool:
         # actor's arguments would pin them in the object store (ray#53727).
         self._coordinator_name = f"motio-coordinator-{uuid.uuid4().hex}"
         self._coordinator: Any = None
+        self._shared = False
         worker = _WorkerActor.options(
             num_cpus=min(1.0, worker_count() / workers),
             scheduling_strategy="SPREAD",
@@ -427,7 +427,9 @@ class RayPool:
         """Start the coordinator of the limits ``plan`` says the workers share."""
         self.plan = plan
         self.shard_size = plan.in_flight_per_worker()
-        self._coordinator = _CoordinatorActor.options(name=self._coordinator_name).remote(plan)
+        self._shared = True
+        if plan.rate_limited or plan.adaptive:
+            self._coordinator = _CoordinatorActor.options(name=self._coordinator_name).remote(plan)
 
     async def pids(self) -> list[int]:
         """The workers' process ids (for the tests that kill one)."""
@@ -450,7 +452,7 @@ class RayPool:
             BatchAborted: a worker found the whole run unable to go on.
             Exception: whatever ``on_result`` raised.
         """
-        if self._coordinator is None:
+        if not self._shared:
             raise RuntimeError("RayPool.share(plan) must come before run()")
         self._source = records
         try:
@@ -499,7 +501,7 @@ class RayPool:
 
     async def _run_shard(self, worker: _Worker, shard: list[PromptRecord], on_result: OnResult) -> None:
         waiting = {record.key: record for record in shard}
-        stream = worker.handle.run_shard.options(num_returns="streaming").remote(shard)
+        stream = worker.handle.run_shard.options(num_returns="streaming").remote(shard, self.plan)
         ended = False
         try:
             async for ref in stream:
