@@ -66,6 +66,8 @@ def run_command(args: Any) -> int:
         CliError: an unusable path, a busy or foreign results file, a failing backend.
     """
     prompts, out = _check_paths(Path(args.prompts), Path(args.output))
+    if getattr(args, "workers", None) is not None and getattr(args, "ray", None) is None:
+        raise CliError("--workers needs --ray (without it the run is one process)", EXIT_USAGE)
     spec = BackendSpec.from_args(args)
     stats = RunStats()
     retry = _plan(prompts, _inspect(out), stats, retry_errors=args.retry_errors)
