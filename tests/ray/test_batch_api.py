@@ -11,9 +11,10 @@ import pytest
 
 from motio import ConfigurationError, batch
 from motio.backends import OpenAIBackend
+from motio.backends._adaptive import SharedGate
 from motio.batch import PromptRecord
 from motio.batch._ray import Coordinator
-from motio.batch._share import SharedGate, SharePlan
+from motio.batch._share import SharePlan
 from tests.servers.scripted import running
 
 

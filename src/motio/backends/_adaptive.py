@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from .._exceptions import ConfigurationError
 from ._gate import Gate
 
-__all__ = ["AdaptiveConcurrency", "ConcurrencySnapshot"]
+__all__ = ["AdaptiveConcurrency", "ConcurrencySnapshot", "SharedGate"]
 
 #: A round's TTFT figure within this factor of the baseline counts as "no queue".
 _TOLERANCE = 1.5
@@ -190,3 +190,42 @@ class AdaptiveConcurrency(Gate):
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class SharedGate(AdaptiveConcurrency):
+    """One process's share of a server's limit, set from outside.
+
+    Used where several processes send to the same server and one controller
+    elsewhere owns the limit (motio's Ray workers, ``motio/batch/_ray.py``).
+
+    Signals are kept, not acted on: :meth:`drain` hands them to whoever owns
+    the cluster-wide controller, and :meth:`set_limit` applies the share it
+    answers with.
+    """
+
+    def __init__(self, share: int, maximum: int) -> None:
+        super().__init__(initial=share, maximum=max(share, maximum), adaptive=False)
+        self._first_tokens: list[float] = []
+        self._pushed_back = 0
+
+    def record_first_token(self, seconds: float) -> None:
+        with self._lock:
+            self._first_tokens.append(seconds)
+
+    def record_overload(self) -> None:
+        with self._lock:
+            self._pushed_back += 1
+            self._overloads += 1
+
+    def drain(self) -> tuple[list[float], int]:
+        """The signals since the last call: first-token seconds, overloads."""
+        with self._lock:
+            signals = (self._first_tokens, self._pushed_back)
+            self._first_tokens, self._pushed_back = [], 0
+            return signals
+
+    def set_limit(self, limit: int) -> None:
+        """Apply a new share; waiters are let in at once if it grew."""
+        with self._lock:
+            self._limit = float(max(1, min(limit, self.maximum)))
+            self._admit()

@@ -46,12 +46,12 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from .._exceptions import MotioError
-from ..backends._adaptive import AdaptiveConcurrency
+from ..backends._adaptive import AdaptiveConcurrency, SharedGate
 from ..backends._endpoints import EndpointSnapshot
 from ..backends._ratelimit import RateLimiter, Reservation
 from ._engine import BatchAborted, Engine, OnResult, build_result
 from ._records import PromptRecord
-from ._share import SharedGate, SharePlan
+from ._share import SharePlan
 
 __all__ = [
     "MAX_LOSSES",

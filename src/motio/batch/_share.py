@@ -8,14 +8,14 @@ coordinator (a Ray actor, see ``_ray.py``), and a worker holds only:
 - for requests and tokens per minute: a proxy to the coordinator's
   ``RateLimiter``, asked once per request (requests are paced by the limit
   itself, so these calls are never more frequent than the limit allows);
-- per server, a :class:`SharedGate`: a local gate whose limit is this
+- per server, a ``SharedGate`` (``backends/_adaptive.py``): a local gate whose limit is this
   worker's share of the server's cluster-wide limit. With ``"auto"`` it
   forwards its signals (time to first token, overloads) to the coordinator's
   one controller per server, which sets the cluster-wide limit; a fixed
   limit is simply split.
 
-This module needs no Ray: the plan is computed and the gates are used in
-plain Python, so they are tested without a cluster.
+This module needs no Ray and imports no backend: ``import motio.batch``
+stays free of both.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends._adaptive import AdaptiveConcurrency
-
-__all__ = ["SharePlan", "SharedGate"]
+__all__ = ["SharePlan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,39 +89,3 @@ class SharePlan:
         """Prompts a worker keeps running so that its gates can be full."""
         per_server = self.bound if self.concurrency in (None, "auto") else int(self.concurrency)
         return max(1, math.ceil(per_server * max(1, len(self.servers)) / self.workers))
-
-
-class SharedGate(AdaptiveConcurrency):
-    """A worker's gate for one server: its limit is set from outside.
-
-    Signals are kept, not acted on: :meth:`drain` hands them to whoever owns
-    the cluster-wide controller, and :meth:`set_limit` applies the share it
-    answers with.
-    """
-
-    def __init__(self, share: int, maximum: int) -> None:
-        super().__init__(initial=share, maximum=max(share, maximum), adaptive=False)
-        self._first_tokens: list[float] = []
-        self._pushed_back = 0
-
-    def record_first_token(self, seconds: float) -> None:
-        with self._lock:
-            self._first_tokens.append(seconds)
-
-    def record_overload(self) -> None:
-        with self._lock:
-            self._pushed_back += 1
-            self._overloads += 1
-
-    def drain(self) -> tuple[list[float], int]:
-        """The signals since the last call: first-token seconds, overloads."""
-        with self._lock:
-            signals = (self._first_tokens, self._pushed_back)
-            self._first_tokens, self._pushed_back = [], 0
-            return signals
-
-    def set_limit(self, limit: int) -> None:
-        """Apply a new share; waiters are let in at once if it grew."""
-        with self._lock:
-            self._limit = float(max(1, min(limit, self.maximum)))
-            self._admit()
