@@ -39,7 +39,7 @@ _EXPORTS_BY_MODULE = {
         "BackendError", "BackendConnectionError", "BackendTimeoutError", "ConnectTimeoutError",
         "FirstTokenTimeoutError", "BackendChunkTimeoutError", "TotalTimeoutError", "StreamError",
         "APIStatusError", "BadRequestError", "AuthenticationError", "NotFoundError",
-        "RateLimitError", "ServerError",
+        "RateLimitError", "ServerError", "UnsupportedOptionError",
     ),
     ".backends": ("OpenAIBackend", "LlamaCppBackend", "create_backend"),
 }  # fmt: skip
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from ._exceptions import BadRequestError as BadRequestError
     from ._exceptions import ChunkTimeoutError as ChunkTimeoutError
     from ._exceptions import ConfigurationError as ConfigurationError
+    from ._exceptions import UnsupportedOptionError as UnsupportedOptionError
     from ._exceptions import ConnectTimeoutError as ConnectTimeoutError
     from ._exceptions import FirstTokenTimeoutError as FirstTokenTimeoutError
     from ._exceptions import MotioError as MotioError

@@ -34,9 +34,17 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
-from .._exceptions import BadRequestError, ConfigurationError, MotioError, NotFoundError
+from .._exceptions import (
+    BadRequestError,
+    ConfigurationError,
+    MotioError,
+    NotFoundError,
+    UnsupportedOptionError,
+)
 from .._feed import DEFAULT_CHUNK_TIMEOUT
+from .._fields import CHAT_FIELDS, PLAIN_OPTIONS
 from .._thunk import ModelOutputThunk
+from ._assemble import ResponseAssembler
 from ._base import COMMON_OPTIONS, Backend, Messages, check_options, to_messages
 from ._chat import batch_decoder, fold_chunk, fold_structs
 from ._endpoints import Endpoint, Endpoints, EndpointSnapshot, each_checked, first_passing
@@ -71,15 +79,7 @@ _AUTO_INITIAL = 16
 # Seconds a probe of a server out of rotation may take.
 _PROBE_TIMEOUT = 5.0
 
-_OPTIONS = COMMON_OPTIONS | {
-    "frequency_penalty",
-    "presence_penalty",
-    "logit_bias",
-    "response_format",
-    "extra_body",
-    "first_token_timeout",
-    "total_timeout",
-}
+_OPTIONS = COMMON_OPTIONS | CHAT_FIELDS | {"extra_body", "first_token_timeout", "total_timeout", "keep_response"}
 _USAGE_PLEASE = {"include_usage": True}
 
 
@@ -231,10 +231,11 @@ class OpenAIBackend(Backend):
             _option_timeout(options, "chunk_timeout", self.chunk_timeout),
             _option_timeout(options, "total_timeout", self.total_timeout),
         )
+        keep = _keep_response(options, type(self).__name__)
         messages = to_messages(prompt_or_messages)
         body = _request_body(messages, stream, options)
         tokens = self._token_estimate(messages, options)
-        fold = _ChatFold(self._loads, self._where(), stream)
+        fold = _ChatFold(self._loads, self._where(), stream, keep)
         exchange = Exchange(self, body, fold, timeouts, tokens)
         opener = exchange.open_stream() if stream else exchange.complete()
         mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
@@ -320,7 +321,8 @@ class OpenAIBackend(Backend):
             # asked the server since generate(), or another server's attempt
             fold.where = endpoint.where(self.provider, self.model)
             fold.meta.base_url = endpoint.base_url
-        body["model"] = self.model
+        # A model the caller named (a Batch line's own) is sent as given.
+        body.setdefault("model", self.model)
 
     def ask_usage(self, body: dict[str, Any]) -> None:
         if self._ask_usage:
@@ -480,10 +482,41 @@ def _model_ids(listing: Any) -> list[str]:
 
 def _request_body(messages: Messages, stream: bool, options: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {"messages": messages, "stream": stream}
+    extra = options.pop("extra_body", None)
     for key, value in options.items():
         if value is not None:
             body[key] = value
+    if extra:
+        # As the openai SDK does: merged into the JSON body, where a server
+        # such as vLLM reads its own fields (top_k, guided_json...).
+        body.update(extra)
     return body
+
+
+def _keep_response(options: dict[str, Any], backend: str) -> bool:
+    """Whether to keep the whole answer (``mot.generation.response``).
+
+    By default, whenever an option may shape more than the text (``tools``,
+    ``logprobs``, ``n``, ``response_format``, ``extra_body``...): what the
+    server answered for them must not be dropped.
+
+    Raises:
+        UnsupportedOptionError: ``n`` > 1 with ``keep_response=False``: the
+            thunk holds one text, the other choices would be lost.
+    """
+    keep = options.pop("keep_response", None)
+    if keep is None:
+        keep = any(key not in PLAIN_OPTIONS for key in options)
+    n = options.get("n")
+    if n is not None and n != 1 and not keep:
+        raise UnsupportedOptionError(
+            f"{backend}.generate(n={n!r}) with keep_response=False: the thunk holds one text "
+            "(choice 0); keep the whole answer (keep_response=True, the default with n) to get "
+            "every choice in mot.generation.response",
+            option="n",
+            backend=backend,
+        )
+    return bool(keep)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -540,11 +573,15 @@ class _ChatFold:
     :class:`StreamError` first.
     """
 
-    __slots__ = ("_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot")
+    __slots__ = ("_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot", "_keep", "_assembler")
 
-    def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool) -> None:
+    def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool, keep: bool = False) -> None:
         self._loads = loads
-        self._batch = batch_decoder()
+        # Keeping the whole answer needs every field of every chunk: the
+        # generic path (dicts), never the fast one (structs with text only).
+        self._batch = None if keep else batch_decoder()
+        self._keep = keep
+        self._assembler = ResponseAssembler() if keep and stream else None
         self.where = where
         self._stream = stream
         self._done = False
@@ -599,6 +636,8 @@ class _ChatFold:
                 continue
             chunk = self._decode(payload)
             try:
+                if self._keep:
+                    self._keep_chunk(meta, chunk)
                 text = fold_chunk(meta, chunk)
             except (KeyError, TypeError, AttributeError, IndexError) as exc:
                 raise stream_error(f"unexpected chunk {payload!r:.200}", self.where) from exc
@@ -606,6 +645,12 @@ class _ChatFold:
                 texts.append(text)
         self._pieces += len(texts)
         return "".join(texts) if texts else None
+
+    def _keep_chunk(self, meta: GenerationMeta, chunk: dict[str, Any]) -> None:
+        if self._assembler is not None:
+            self._assembler.add(chunk)
+        else:
+            meta.response = chunk  # a non-streamed answer: kept exactly as it came
 
     def _decode(self, payload: bytes | ErrorEvent) -> dict[str, Any]:
         if isinstance(payload, ErrorEvent):
@@ -624,6 +669,8 @@ class _ChatFold:
         meta = mot.generation
         if self._stream and not self._done and not meta.finish_reasons:
             raise stream_error("the stream ended before [DONE] or a finish_reason", self.where)
+        if self._assembler is not None:
+            meta.response = self._assembler.result()
         if meta.usage is None and self._stream:
             # The server ignored stream_options: one content chunk per token
             # is what llama.cpp, vLLM and Ollama send; the prompt is unknown.
