@@ -115,13 +115,17 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         epilog=_RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("prompts", metavar="PROMPTS.jsonl", help="one JSON object per line")
+    run.add_argument(
+        "prompts",
+        metavar="PROMPTS.jsonl",
+        help="one JSON object per line: motio's own lines or OpenAI Batch request lines; - reads stdin",
+    )
     run.add_argument(
         "-o",
         "--output",
         metavar="OUT.jsonl",
         required=True,
-        help="results file; appended to, and read to resume",
+        help="results file; appended to, and read to resume; - writes to stdout (no resume)",
     )
     run.add_argument(
         "--concurrency",
@@ -131,6 +135,13 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="generations in flight at once: a number, or auto (adapt to what the server "
         "serves, up to 256; auto:N for another bound); per server, given several. "
         "Default: auto for a server, 1 embedded",
+    )
+    run.add_argument(
+        "--extra-body",
+        type=_json_object,
+        metavar="JSON",
+        help="a JSON object merged into every request body (fields a server such as vLLM "
+        "understands, e.g. '{\"top_k\": 20}'); a line's own fields take precedence",
     )
     run.add_argument(
         "--retry-errors",
@@ -223,9 +234,8 @@ def _generation_options() -> argparse.ArgumentParser:
     options.add_argument(
         "--max-tokens",
         type=_positive_int,
-        default=512,
         metavar="N",
-        help="tokens to generate at most (default: 512)",
+        help="tokens to generate at most (default: 512; OpenAI Batch bodies get it only when given)",
     )
     options.add_argument("--temperature", type=_non_negative_float, metavar="T")
     options.add_argument("--seed", type=int, metavar="N")
@@ -259,6 +269,18 @@ def _concurrency(text: str) -> int | str:
         _positive_int(text[5:])
         return text
     return _positive_int(text)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
