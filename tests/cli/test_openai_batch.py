@@ -217,3 +217,18 @@ def test_stdin_with_a_results_file_resumes_and_stdout_refuses_to(tmp_path: Path,
     assert refused.returncode == 2 and "there is no resume" in refused.stderr and refused.stdout == ""
     empty = run_motio("run", "-", "-o", "-", "--base-url", server.base_url, input="")
     assert empty.returncode == 0 and "nothing to do" in empty.stderr and empty.stdout == ""
+
+
+def test_a_slow_producer_on_stdin_never_stalls_the_prompts_in_flight(tmp_path: Path, server: ScriptedServer) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = start_motio("run", "-", "-o", out, "--base-url", server.base_url, "-c", "4", stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(request_line("first")) + "\n")
+    proc.stdin.flush()
+    # The next line comes only once the first is answered: a read of stdin
+    # on the event loop would hold the first generation, and this would hang.
+    wait_for_results(out, 1, proc)
+    proc.stdin.write(json.dumps(request_line("second")) + "\n")
+    code, _, err = finish(proc)  # closes stdin: the end of the input
+    assert code == 0, err
+    assert [line["custom_id"] for line in complete_lines(out)] == ["first", "second"]

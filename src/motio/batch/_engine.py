@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import (
@@ -92,8 +92,17 @@ class Engine:
         self.defaults = {**(defaults or {}), **self.options}
         self.remote = remote
 
-    async def run(self, records: Iterator[PromptRecord], workers: int, on_result: OnResult) -> None:
+    async def run(
+        self,
+        records: Iterator[PromptRecord] | AsyncIterator[PromptRecord],
+        workers: int,
+        on_result: OnResult,
+    ) -> None:
         """Run every record with ``workers`` in flight, calling ``on_result`` for each.
+
+        ``records`` may be an async iterator: one whose source blocks (a pipe
+        on stdin, read in a thread) must not be read on the event loop, where
+        a slow producer upstream would stall every stream in flight.
 
         Raises:
             BatchAborted: a run-wide failure; the other workers were cancelled
@@ -102,10 +111,14 @@ class Engine:
         """
         if workers < 1:
             return
+        lock = asyncio.Lock()
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
-                    group.create_task(self._work(records, on_result))
+                    if isinstance(records, AsyncIterator):
+                        group.create_task(self._work_async(records, lock, on_result))
+                    else:
+                        group.create_task(self._work(records, on_result))
         except* Exception as failed:
             # One worker's failure cancelled the rest; the first is the cause,
             # the others are only its echo (the same server, the same disk).
@@ -115,6 +128,20 @@ class Engine:
         # One shared synchronous iterator is safe across tasks: next() never
         # awaits, so no two workers are ever inside it at once.
         for record in records:
+            result, attempts = await self.generate(record)
+            on_result(result, attempts)
+
+    async def _work_async(
+        self, records: AsyncIterator[PromptRecord], lock: asyncio.Lock, on_result: OnResult
+    ) -> None:
+        while True:
+            # One reader at a time: an async iterator (ThreadedIterator, an
+            # async generator) serves one waiting consumer, not several.
+            async with lock:
+                try:
+                    record = await anext(records)
+                except StopAsyncIteration:
+                    return
             result, attempts = await self.generate(record)
             on_result(result, attempts)
 

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._threaded import ThreadedIterator
 from ..batch import (
     BatchAborted,
     Engine,
@@ -382,7 +383,10 @@ class _Pool:
     async def run(self, prompts: Path | None, concurrency: int) -> None:
         if prompts is None:
             out = self._results.path if isinstance(self._results, ResultsFile) else None
-            pending = _streamed(self._results.state, self._stats, out)
+            # Read in a thread: a pipe's producer may be slow, and a read
+            # blocking the loop would stall every stream in flight.
+            lines = _streamed(self._results.state, self._stats, out)
+            pending: Any = ThreadedIterator(lines, asyncio.get_running_loop())
         else:
             pending = _pending(prompts, self._results.state)
             concurrency = min(concurrency, self._stats.to_run)
@@ -393,6 +397,9 @@ class _Pool:
             # away, the key was revoked) and cancelled the other prompts
             # unrecorded: the rerun the hint names runs them.
             raise CliError(f"{one_line(aborted.cause)}; {_saved(self._results)}", EXIT_BACKEND) from aborted
+        finally:
+            if isinstance(pending, ThreadedIterator):
+                await pending.abandon()  # a reader blocked on stdin exits with its read
 
     def _write(self, result: dict[str, Any], attempts: Any) -> None:
         try:
