@@ -26,11 +26,29 @@ input lines:
   an integer id; an explicit "line-N" on another line is a duplicate (the
   later line is reported and skipped). Edited between runs, a file keeps its
   explicit ids, but default ids follow the line numbers (inserting a line
-  shifts them): give explicit ids if the file may change.
+  shifts them): give explicit ids if the file may change. Any other
+  chat-completions field of a line (response_format, tools, stop, top_p,
+  logprobs...) is forwarded; other keys are ignored.
 
 output lines (one per prompt, written as each finishes):
   id, output, finish_reason, usage, ttfb_ms, queued_ms, latency_ms, model, retries,
-  error (and partial_output when a stream broke after some text)
+  error (and partial_output when a stream broke after some text; tool_calls,
+  logprobs when the server returned them)
+
+OpenAI Batch files (the format vLLM's run_batch reads too):
+  {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
+   "body": {"model": "m", "messages": [...], "response_format": {...}}}
+  body is sent as written (every field; only stream/stream_options are
+  motio's); command-line options fill only what it leaves out. Output lines
+  follow the Batch API: {"id", "custom_id", "response": {"status_code",
+  "request_id", "body"}, "error"}, body being the chat.completion the server
+  would have returned without streaming. A file holds one format (a mixed
+  file is refused, naming the line); other urls are reported per line.
+
+pipes:
+  motio run - -o - ... reads prompts from stdin (once, as they come) and
+  writes results to stdout (flushed per line; then no lock and no resume:
+  --retry-errors is refused). Progress and summary stay on stderr.
 
 Running the same command again resumes: ids with a successful result in
 OUT are skipped; prompts never answered (not reached, or in flight when a
