@@ -17,7 +17,7 @@ import pytest
 from motio import LlamaCppBackend, UnsupportedOptionError
 from motio.backends import OpenAIBackend
 from tests.asyncutil import run
-from tests.servers.scripted import ScriptedServer, ok
+from tests.servers.scripted import ScriptedServer
 
 TOOLS = [
     {
@@ -67,7 +67,8 @@ def test_tool_call_deltas_over_several_chunks_are_merged(server: ScriptedServer)
     backend = OpenAIBackend("scripted-model", base_url=server.base_url)
     streamed, _ = run(_both(backend, "Paris", tools=TOOLS))
     [call] = streamed.generation.response["choices"][0]["message"]["tool_calls"]
-    assert call == {"id": "call_0", "type": "function", "function": {"name": "lookup", "arguments": '{"prompt": "Paris"}'}}
+    function = {"name": "lookup", "arguments": '{"prompt": "Paris"}'}
+    assert call == {"id": "call_0", "type": "function", "function": function}
     assert server.chat_requests[0].chunks == 3  # the arguments came in three pieces
     assert streamed.generation.finish_reasons == ["tool_calls"] and streamed.value == ""
 
@@ -82,7 +83,8 @@ def test_plain_options_keep_nothing_but_the_text(server: ScriptedServer) -> None
 def test_model_and_extra_body_are_sent_as_given(server: ScriptedServer) -> None:
     async def main() -> Any:
         async with OpenAIBackend("scripted-model", base_url=server.base_url) as backend:
-            mot = await backend.generate("hi", model="other-model", extra_body={"top_k": 5, "guided_choice": ["a"]})
+            extra = {"top_k": 5, "guided_choice": ["a"]}
+            mot = await backend.generate("hi", model="other-model", extra_body=extra)
             return await mot.avalue(), mot
 
     value, mot = run(main())
@@ -110,7 +112,9 @@ def test_n_above_one_needs_the_whole_answer(server: ScriptedServer) -> None:
     ("option", "value"),
     [("tools", TOOLS), ("n", 2), ("logprobs", True), ("model", "gpt-4o"), ("extra_body", {"top_k": 1})],
 )
-def test_the_embedded_model_refuses_what_it_cannot_honour(smollm2_path: Path, option: str, value: Any) -> None:
+def test_the_embedded_model_refuses_what_it_cannot_honour(
+    smollm2_path: Path, option: str, value: Any
+) -> None:
     async def main() -> None:
         async with LlamaCppBackend(smollm2_path) as llama:
             with pytest.raises(UnsupportedOptionError, match=option) as caught:

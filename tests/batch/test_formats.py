@@ -26,6 +26,9 @@ from motio.batch import (
 )
 
 
+CHAT = "/v1/chat/completions"
+
+
 def batch_request(custom_id: str, url: str = "/v1/chat/completions", **body: Any) -> str:
     body.setdefault("messages", [{"role": "user", "content": f"hello {custom_id}"}])
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body}) + "\n"
@@ -37,7 +40,8 @@ def write(path: Path, *lines: str) -> Path:
 
 
 def test_batch_request_lines_become_records_with_their_body(tmp_path: Path) -> None:
-    path = write(tmp_path / "b.jsonl", batch_request("r1", model="m1", response_format={"type": "json_object"}))
+    line = batch_request("r1", model="m1", response_format={"type": "json_object"})
+    path = write(tmp_path / "b.jsonl", line)
     [record] = scan_prompts(path)
     assert isinstance(record, PromptRecord)
     assert record.id == "r1" and record.fmt is PromptFormat.OPENAI_BATCH
@@ -51,10 +55,10 @@ def test_batch_request_lines_become_records_with_their_body(tmp_path: Path) -> N
     [
         (batch_request("e", url="/v1/embeddings"), "url '/v1/embeddings' is not supported"),
         (batch_request("e", url="/v1/completions"), "url '/v1/completions' is not supported"),
-        (json.dumps({"custom_id": "x", "method": "GET", "url": "/v1/chat/completions", "body": {}}), "method 'GET'"),
-        (json.dumps({"custom_id": 5, "url": "/v1/chat/completions", "body": {}}), "'custom_id' must be"),
-        (json.dumps({"custom_id": "x", "url": "/v1/chat/completions", "body": []}), "'body' must be a JSON object"),
-        (json.dumps({"custom_id": "x", "url": "/v1/chat/completions", "body": {"messages": []}}), "body.messages"),
+        (json.dumps({"custom_id": "x", "method": "GET", "url": CHAT, "body": {}}), "method 'GET'"),
+        (json.dumps({"custom_id": 5, "url": CHAT, "body": {}}), "'custom_id' must be"),
+        (json.dumps({"custom_id": "x", "url": CHAT, "body": []}), "'body' must be a JSON object"),
+        (json.dumps({"custom_id": "x", "url": CHAT, "body": {"messages": []}}), "body.messages"),
     ],
     ids=["embeddings", "completions", "get", "int-custom-id", "body-list", "no-messages"],
 )
@@ -93,13 +97,15 @@ def test_own_lines_forward_chat_completion_fields_and_ignore_other_keys(tmp_path
 
 def test_a_batch_body_is_sent_as_given_and_the_command_line_only_fills_in() -> None:
     body = {"model": "m", "messages": [], "stream": True, "max_completion_tokens": 7, "top_k": 3, "n": 2}
-    options = batch_options(body, {"max_tokens": 512, "temperature": 0.2, "seed": 1, "extra_body": {"top_k": 9, "x": 1}})
+    fill = {"max_tokens": 512, "temperature": 0.2, "seed": 1, "extra_body": {"top_k": 9, "x": 1}}
+    options = batch_options(body, fill)
     assert options == {"temperature": 0.2, "seed": 1, "model": "m", "max_completion_tokens": 7, "n": 2,
                        "extra_body": {"top_k": 3, "x": 1}, "keep_response": True}  # fmt: skip
 
 
 def test_engine_defaults_apply_to_own_lines_only() -> None:
-    engine = Engine(object(), options={"seed": 1}, defaults={"max_tokens": 512}, remote=False)  # type: ignore[arg-type]
+    backend: Any = object()  # never asked to generate here
+    engine = Engine(backend, options={"seed": 1}, defaults={"max_tokens": 512}, remote=False)
     own = PromptRecord("a", 1, "hi", {"temperature": 0})
     batch = PromptRecord("b", 2, [], {}, PromptFormat.OPENAI_BATCH, {"messages": [], "model": "m"})
     assert engine.options_for(own) == {"max_tokens": 512, "seed": 1, "temperature": 0}
@@ -116,14 +122,15 @@ def test_batch_output_lines_have_the_batch_api_shape() -> None:
     assert pickle.loads(pickle.dumps(ok)).own == own
     failed = batch_line("r", own, None, BadRequestError("bad tools", status_code=400))
     assert failed["error"] == {"code": "BadRequestError", "message": "bad tools"}
-    assert failed["response"]["status_code"] == 400 and failed["response"]["body"]["error"]["message"] == "bad tools"
+    assert failed["response"]["status_code"] == 400
+    assert failed["response"]["body"]["error"]["message"] == "bad tools"
     assert result_outcome(ok)[:2] == ('"r"', True) and result_outcome(failed)[:2] == ('"r"', False)
 
 
 def test_resume_reads_batch_output_lines(tmp_path: Path) -> None:
     own = {"id": "x", "output": "", "error": None}
-    served_error = {"id": "batch_req_3", "custom_id": "c", "response": {"status_code": 500, "request_id": None,
-                    "body": {}}, "error": None}  # fmt: skip
+    response = {"status_code": 500, "request_id": None, "body": {}}
+    served_error = {"id": "batch_req_3", "custom_id": "c", "response": response, "error": None}
     out = tmp_path / "out.jsonl"
     results = ResultsFile.open(out)
     try:

@@ -90,12 +90,15 @@ def test_a_batch_file_runs_with_every_field_passed_through_and_batch_output(
         assert_batch_output_line(line)
         assert line["error"] is None and line["response"]["status_code"] == 200
         assert line["response"]["body"] == non_streamed(server, written["body"])
-    assert lines["tools"]["response"]["body"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "lookup"
+    [call] = lines["tools"]["response"]["body"]["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "lookup"
     assert lines["logprobs"]["response"]["body"]["choices"][0]["logprobs"]["content"]
     assert lines["json"]["response"]["body"]["model"] == "model-b"
 
 
-def test_a_file_mixing_both_shapes_is_an_error_naming_the_line(tmp_path: Path, server: ScriptedServer) -> None:
+def test_a_file_mixing_both_shapes_is_an_error_naming_the_line(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
     prompts = tmp_path / "mixed.jsonl"
     prompts.write_text(json.dumps(request_line("a")) + "\n" + '{"id": "b", "prompt": "hi"}\n')
     done = run_motio("run", prompts, "-o", tmp_path / "out.jsonl", "--base-url", server.base_url)
@@ -189,7 +192,8 @@ def test_own_lines_pass_fields_through_and_keep_tool_calls_and_logprobs(
 def test_stdin_and_stdout_in_a_shell_pipeline(tmp_path: Path, server: ScriptedServer) -> None:
     prompts = write_jsonl(tmp_path / "b.jsonl", [request_line(f"q{i}") for i in range(5)])
     motio = " ".join(map(shlex.quote, motio_argv("run", "-", "-o", "-", "--base-url", server.base_url)))
-    pipeline = f"cat {shlex.quote(str(prompts))} | {motio} | sort > {shlex.quote(str(tmp_path / 'sorted.jsonl'))}"
+    sorted_out = shlex.quote(str(tmp_path / "sorted.jsonl"))
+    pipeline = f"cat {shlex.quote(str(prompts))} | {motio} | sort > {sorted_out}"
     done = subprocess.run(
         ["bash", "-o", "pipefail", "-c", pipeline],
         capture_output=True, text=True, env=motio_env(), timeout=COMMAND_TIMEOUT, check=False,
@@ -203,7 +207,9 @@ def test_stdin_and_stdout_in_a_shell_pipeline(tmp_path: Path, server: ScriptedSe
         assert_batch_output_line(line)
 
 
-def test_stdin_with_a_results_file_resumes_and_stdout_refuses_to(tmp_path: Path, server: ScriptedServer) -> None:
+def test_stdin_with_a_results_file_resumes_and_stdout_refuses_to(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
     text = "".join(json.dumps({"id": f"s{i}", "prompt": f"p{i}"}) + "\n" for i in range(4))
     out = tmp_path / "out.jsonl"
     first = run_motio("run", "-", "-o", out, "--base-url", server.base_url, input=text[: len(text) // 2])
@@ -219,7 +225,9 @@ def test_stdin_with_a_results_file_resumes_and_stdout_refuses_to(tmp_path: Path,
     assert empty.returncode == 0 and "nothing to do" in empty.stderr and empty.stdout == ""
 
 
-def test_a_slow_producer_on_stdin_never_stalls_the_prompts_in_flight(tmp_path: Path, server: ScriptedServer) -> None:
+def test_a_slow_producer_on_stdin_never_stalls_the_prompts_in_flight(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
     out = tmp_path / "out.jsonl"
     proc = start_motio("run", "-", "-o", out, "--base-url", server.base_url, "-c", "4", stdin=subprocess.PIPE)
     assert proc.stdin is not None

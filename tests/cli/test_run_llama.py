@@ -150,8 +150,10 @@ def test_embedded_model_runs_a_batch_file_and_refuses_what_it_cannot_honour(
     import json
 
     def request(custom_id: str, **body: Any) -> str:
-        body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 6, "temperature": 0, **body}
-        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+        messages = [{"role": "user", "content": "Say hi."}]
+        body = {"messages": messages, "max_tokens": 6, "temperature": 0, **body}
+        line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+        return json.dumps(line)
 
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     prompts, out = tmp_path / "b.jsonl", tmp_path / "out.jsonl"

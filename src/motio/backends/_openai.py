@@ -79,7 +79,8 @@ _AUTO_INITIAL = 16
 # Seconds a probe of a server out of rotation may take.
 _PROBE_TIMEOUT = 5.0
 
-_OPTIONS = COMMON_OPTIONS | CHAT_FIELDS | {"extra_body", "first_token_timeout", "total_timeout", "keep_response"}
+_OPTIONS = COMMON_OPTIONS | CHAT_FIELDS | {"extra_body", "keep_response"}
+_OPTIONS |= {"first_token_timeout", "total_timeout"}
 _USAGE_PLEASE = {"include_usage": True}
 
 
@@ -573,7 +574,9 @@ class _ChatFold:
     :class:`StreamError` first.
     """
 
-    __slots__ = ("_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot", "_keep", "_assembler")
+    __slots__ = (
+        "_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot", "_keep", "_assembler",
+    )  # fmt: skip
 
     def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool, keep: bool = False) -> None:
         self._loads = loads

@@ -42,7 +42,9 @@ def own_view(line: dict[str, Any]) -> dict[str, Any]:
     return own if own is not None else line
 
 
-def batch_line(custom_id: str | int, own: dict[str, Any], response: dict[str, Any] | None, error: Any) -> ResultLine:
+def batch_line(
+    custom_id: str | int, own: dict[str, Any], response: dict[str, Any] | None, error: Any
+) -> ResultLine:
     """The Batch API's output line for one request.
 
     Args:

@@ -168,7 +168,9 @@ def scan_lines(lines: Iterable[bytes]) -> Iterator[PromptRecord | InputProblem]:
         yield item
 
 
-def _decode_and_parse(raw: bytes, number: int) -> tuple[PromptFormat | None, PromptRecord | InputProblem] | None:
+def _decode_and_parse(
+    raw: bytes, number: int
+) -> tuple[PromptFormat | None, PromptRecord | InputProblem] | None:
     if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # editors on Windows like to start files with a BOM
     try:

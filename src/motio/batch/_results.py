@@ -308,7 +308,9 @@ def _classify(path: Path, number: int, raw: bytes, complete: bool, offset: int, 
     outcome = result_outcome(obj)
     if outcome is None:
         raise NotAResultsFile(
-            path, number, "a JSON line without the result keys (id, output, error; or custom_id, response, error)"
+            path,
+            number,
+            "a JSON line without the result keys (id, output, error; or custom_id, response, error)",
         )
     state.add(outcome[0], outcome[1])
     state.formats.add(outcome[2])
