@@ -240,3 +240,19 @@ def test_a_slow_producer_on_stdin_never_stalls_the_prompts_in_flight(
     code, _, err = finish(proc)  # closes stdin: the end of the input
     assert code == 0, err
     assert [line["custom_id"] for line in complete_lines(out)] == ["first", "second"]
+
+
+def test_stdout_closed_by_the_next_command_stops_the_run_cleanly(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": "x"}) + "\n" for i in range(300)))
+    motio = " ".join(map(shlex.quote, motio_argv("run", prompts, "-o", "-", "--base-url", server.base_url)))
+    done = subprocess.run(
+        ["bash", "-c", f"{motio} | head -1; echo motio exit ${{PIPESTATUS[0]}} >&2"],
+        capture_output=True, text=True, env=motio_env(), timeout=COMMAND_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert json.loads(done.stdout)["output"] == "echo: x"
+    assert "stdout was closed (the next command of the pipe exited)" in done.stderr
+    assert "motio exit 1" in done.stderr
+    assert_clean(done.stderr)

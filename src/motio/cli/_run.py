@@ -404,6 +404,14 @@ class _Pool:
     def _write(self, result: dict[str, Any], attempts: Any) -> None:
         try:
             self._results.append(result)
+        except BrokenPipeError as exc:
+            if not isinstance(self._results, ResultsStream):
+                raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
+            _quiet_stdout()
+            raise CliError(
+                f"stdout was closed (the next command of the pipe exited); {_saved(self._results)}",
+                EXIT_FAILURES,
+            ) from exc
         except OSError as exc:
             raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
         self._stats.record(result, attempts)
@@ -422,6 +430,16 @@ class _Pool:
         self._progress.note(f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}")
         if self._stats.failed == _MAX_PROBLEMS_SHOWN:
             self._progress.note("motio: further failures are not shown; see the results file")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null once the pipe is gone, so that flushing it
+    at exit does not fail again (what Python's signal docs recommend)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _print_end(stats: RunStats, quiet: bool) -> None:
