@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from motio import LlamaCppBackend, UnsupportedOptionError
+from motio import BackendChunkTimeoutError, LlamaCppBackend, UnsupportedOptionError
 from motio.backends import OpenAIBackend
 from tests.asyncutil import run
-from tests.servers.scripted import ScriptedServer
+from tests.servers.scripted import ScriptedServer, stall_after
 
 TOOLS = [
     {
@@ -71,6 +71,21 @@ def test_tool_call_deltas_over_several_chunks_are_merged(server: ScriptedServer)
     assert call == {"id": "call_0", "type": "function", "function": function}
     assert server.chat_requests[0].chunks == 3  # the arguments came in three pieces
     assert streamed.generation.finish_reasons == ["tool_calls"] and streamed.value == ""
+    # The deltas are output: they count as the first token (and for the chunk timeout).
+    assert streamed.generation.ttfb_ms is not None
+
+
+def test_a_stalled_tool_call_stream_meets_the_chunk_timeout(server: ScriptedServer) -> None:
+    server.script(stall_after(1))
+
+    async def main() -> BaseException | None:
+        async with OpenAIBackend("scripted-model", base_url=server.base_url, max_retries=0) as backend:
+            mot = await backend.generate("Paris", tools=TOOLS, chunk_timeout=0.3, first_token_timeout=30)
+            with pytest.raises(BackendChunkTimeoutError):
+                await mot.avalue()
+            return mot.error
+
+    assert isinstance(run(main()), BackendChunkTimeoutError)
 
 
 def test_plain_options_keep_nothing_but_the_text(server: ScriptedServer) -> None:

@@ -923,8 +923,8 @@ def _start_stream(x: _Exchange, k: int) -> _Answer:
     answer = x.answer()
     x.sse_head()
     if k > 0:
-        x.role()
-        x.content((answer.tokens * k)[:k])  # repeat a short answer rather than send fewer
+        x.rich_role(answer)
+        x.content((answer.tokens * k)[:k], answer)  # repeat a short answer rather than send fewer
     return answer
 
 

@@ -447,6 +447,15 @@ class OpenAIBackend(Backend):
             await endpoint.clients.aclose()
 
 
+def _generated_besides_text(chunk: dict[str, Any]) -> bool:
+    """Whether a streamed chunk carries generated output other than ``content``."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if any(value for key, value in delta.items() if key not in ("role", "content")):
+            return True
+    return False
+
+
 def _base_urls(base_url: str | Sequence[str] | None) -> tuple[str, ...]:
     """The API roots, without trailing slashes; at least one, no repeats.
 
@@ -631,8 +640,16 @@ class _ChatFold:
         return "".join(texts) if texts else None
 
     def _process_each(self, meta: GenerationMeta, payloads: list[bytes | ErrorEvent]) -> str | None:
-        """The generic path: one payload at a time, into dicts."""
+        """The generic path: one payload at a time, into dicts.
+
+        Returns:
+            The text; or, keeping the whole answer, ``""`` for a read that
+            generated something else (tool-call deltas, reasoning): the
+            model is producing, so it counts for the first-token and chunk
+            timeouts and for ``ttfb_ms``; else None.
+        """
         texts = []
+        generated = False
         for payload in payloads:
             if payload == b"[DONE]":
                 self._done = True
@@ -641,13 +658,14 @@ class _ChatFold:
             try:
                 if self._keep:
                     self._keep_chunk(meta, chunk)
+                    generated = generated or _generated_besides_text(chunk)
                 text = fold_chunk(meta, chunk)
             except (KeyError, TypeError, AttributeError, IndexError) as exc:
                 raise stream_error(f"unexpected chunk {payload!r:.200}", self.where) from exc
             if text:
                 texts.append(text)
         self._pieces += len(texts)
-        return "".join(texts) if texts else None
+        return "".join(texts) if texts else ("" if generated else None)
 
     def _keep_chunk(self, meta: GenerationMeta, chunk: dict[str, Any]) -> None:
         if self._assembler is not None:
