@@ -10,6 +10,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 def test_package_passes_mypy_strict() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "-p", "motio"],
-        cwd=SRC, capture_output=True, text=True, timeout=600,
+        cwd=SRC,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -39,7 +39,7 @@ _EXPORTS_BY_MODULE = {
         "BackendError", "BackendConnectionError", "BackendTimeoutError", "ConnectTimeoutError",
         "FirstTokenTimeoutError", "BackendChunkTimeoutError", "TotalTimeoutError", "StreamError",
         "APIStatusError", "BadRequestError", "AuthenticationError", "NotFoundError",
-        "RateLimitError", "ServerError",
+        "RateLimitError", "ServerError", "UnsupportedOptionError",
     ),
     ".backends": ("OpenAIBackend", "LlamaCppBackend", "create_backend"),
 }  # fmt: skip
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from ._exceptions import ServerError as ServerError
     from ._exceptions import StreamError as StreamError
     from ._exceptions import TotalTimeoutError as TotalTimeoutError
+    from ._exceptions import UnsupportedOptionError as UnsupportedOptionError
     from ._feed import DEFAULT_CHUNK_TIMEOUT as DEFAULT_CHUNK_TIMEOUT
     from ._feed import send_to_queue as send_to_queue
     from ._loops import get_current_event_loop as get_current_event_loop

@@ -3,6 +3,7 @@
     MotioError
     ├── ChunkTimeoutError (also a TimeoutError): a stream went quiet too long
     ├── ConfigurationError (also a ValueError): bad option, model file, URL...
+    │   └── UnsupportedOptionError: a request field this backend cannot honour
     ├── BackendClosedError (also a RuntimeError): a backend used after close()
     └── BackendError: a model backend failed; carries provider/model/base_url
         ├── BackendConnectionError: the server could not be reached
@@ -34,6 +35,7 @@ __all__ = [
     "MotioError",
     "ChunkTimeoutError",
     "ConfigurationError",
+    "UnsupportedOptionError",
     "BackendClosedError",
     "BackendError",
     "BackendConnectionError",
@@ -74,6 +76,24 @@ class ChunkTimeoutError(MotioError, TimeoutError):
 
 class ConfigurationError(MotioError, ValueError):
     """An option, path or URL given to motio cannot work."""
+
+
+class UnsupportedOptionError(ConfigurationError):
+    """A chat-completions field the backend cannot honour (``n`` > 1 on a
+    thunk that holds one text, ``tools`` on the embedded model...).
+
+    Raised instead of dropping the field: a request that silently lost its
+    ``tools`` or ``response_format`` would answer something else.
+
+    Attributes:
+        option: the field's name.
+        backend: the backend class that refused it.
+    """
+
+    def __init__(self, message: str, *, option: str, backend: str) -> None:
+        super().__init__(message)
+        self.option = option
+        self.backend = backend
 
 
 class BackendClosedError(MotioError, RuntimeError):

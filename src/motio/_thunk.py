@@ -112,6 +112,10 @@ class GenerationMeta:
     """Time spent waiting for a concurrency slot and the rate limiter before
     the request went out (all attempts), where a backend limits either;
     ``ttfb_ms - queued_ms`` is the server's own time to first token."""
+    response: dict[str, Any] | None = None
+    """The server's whole answer as it would be without streaming (a
+    ``chat.completion`` object: every choice, tool calls, logprobs, usage),
+    assembled from the stream; only with ``generate(..., keep_response=True)``."""
 
 
 class ModelOutputThunk(Generic[T]):

@@ -127,7 +127,9 @@ def run_batch(server: ScriptedServer, prompts: int) -> tuple[OpenAIBackend, int]
     alone is read while the batch drains, when a round of few, fast
     requests lets the limit climb with nothing left to send.
     """
-    backend = OpenAIBackend(server_model(server), base_url=server.base_url, max_concurrency="auto", max_retries=8)
+    backend = OpenAIBackend(
+        server_model(server), base_url=server.base_url, max_concurrency="auto", max_retries=8
+    )
     limits: list[int] = []
 
     async def one(mot: Any) -> str:
@@ -154,7 +156,9 @@ def server_model(server: ScriptedServer) -> str:
 
 @pytest.fixture
 def rejecting() -> Iterator[ScriptedServer]:
-    with running(capacity=32, overflow="reject", retry_after=None, retry_after_ms=50, service_time=0.02) as server:
+    with running(
+        capacity=32, overflow="reject", retry_after=None, retry_after_ms=50, service_time=0.02
+    ) as server:
         yield server
 
 

@@ -20,6 +20,8 @@ def test_importing_the_batch_engine_imports_no_backend_and_no_third_party_packag
         "print(sorted(m for m in sys.modules if m.startswith(('motio.backends', 'motio.cli', "
         "'aiohttp', 'llama_cpp', 'rich', 'ray'))))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -142,3 +142,28 @@ def test_unreachable_server_fixture_fails_fast(tmp_path: Path, closed_port_url: 
     assert done.returncode == 3
     assert done.stderr.startswith("motio: error: ") and done.stderr.count("\n") == 1
     assert "Traceback" not in done.stderr
+
+
+def test_embedded_model_runs_a_batch_file_and_refuses_what_it_cannot_honour(
+    tmp_path: Path, smollm2_path: Path
+) -> None:
+    import json
+
+    def request(custom_id: str, **body: Any) -> str:
+        messages = [{"role": "user", "content": "Say hi."}]
+        body = {"messages": messages, "max_tokens": 6, "temperature": 0, **body}
+        line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+        return json.dumps(line)
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    prompts, out = tmp_path / "b.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text(request("plain") + "\n" + request("tools", tools=tools) + "\n")
+    done = run_motio("run", prompts, "-o", out)
+    assert done.returncode == 1, done.stderr  # the tools line failed, clearly
+    assert_clean(done.stderr)
+    lines = {line["custom_id"]: line for line in complete_lines(out)}
+    body = lines["plain"]["response"]["body"]
+    assert lines["plain"]["error"] is None and body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"].strip() and body["usage"]["completion_tokens"] <= 6
+    assert lines["tools"]["error"]["code"] == "UnsupportedOptionError"
+    assert "tools" in lines["tools"]["error"]["message"]

@@ -16,6 +16,7 @@ EXPECTED = {
     "BackendConnectionError", "BackendTimeoutError", "StreamError", "APIStatusError",
     "BadRequestError", "AuthenticationError", "NotFoundError", "RateLimitError", "ServerError",
     "ConnectTimeoutError", "FirstTokenTimeoutError", "BackendChunkTimeoutError", "TotalTimeoutError",
+    "UnsupportedOptionError",
 }  # fmt: skip
 
 
@@ -30,7 +31,10 @@ def test_every_core_name_resolves() -> None:
 
 def test_documented_module_path_has_the_four_helpers() -> None:
     assert set(helpers.__all__) >= {
-        "send_to_queue", "wait_for_all_mots", "get_current_event_loop", "ClientCache"
+        "send_to_queue",
+        "wait_for_all_mots",
+        "get_current_event_loop",
+        "ClientCache",
     }
     assert helpers.send_to_queue is motio.send_to_queue
     assert helpers.wait_for_all_mots is motio.wait_for_all_mots

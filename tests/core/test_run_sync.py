@@ -181,7 +181,10 @@ def test_ctrl_c_cancels_the_coroutine() -> None:
         """
     )
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert "KeyboardInterrupt in caller" in out.stdout, out.stderr

@@ -35,6 +35,22 @@ Endpoints
   ``data: [DONE]``. The answer's ``model`` is the request's.
 - Anything else: 404 with an OpenAI-style error body.
 
+Tools and logprobs
+------------------
+A request with ``tools`` is answered with one tool call of the first tool
+(``id`` ``"call_0"``, arguments ``{"prompt": <last user message>}``),
+``finish_reason`` ``"tool_calls"``. Streamed, the call comes as deltas split
+over several chunks, as OpenAI and vLLM send them: the first delta carries
+``index``, ``id``, ``type``, ``function.name`` and the first piece of
+the arguments, the
+next ones ``index`` and a piece of ``function.arguments``; the message's
+content is null. A request with ``logprobs: true`` gets, on each content
+chunk's choice, ``logprobs.content`` for its token (``top_logprobs`` entries
+when asked). Non-streamed, the same answer comes as one ``chat.completion``
+whose every field (message, tool calls, the concatenated logprobs, usage)
+is what a client assembling the stream exactly would get, so tests can
+compare the two.
+
 With ``api_key`` set, every request without ``Authorization: Bearer <key>``
 gets 401.
 
@@ -157,6 +173,7 @@ import argparse
 import asyncio
 import collections
 import copy
+import dataclasses
 import http
 import json
 import re
@@ -440,6 +457,15 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404:
                 408: "timeout", 429: "rate_limit_exceeded"}  # fmt: skip
 
 
+def _first_tool(body: Any) -> str | None:
+    """The name of the first function tool a request offers, if any."""
+    tools = body.get("tools") if isinstance(body, dict) else None
+    for tool in tools or ():
+        if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
+            return str(tool["function"].get("name"))
+    return None
+
+
 def _last_user_text(body: Any) -> str:
     messages = body.get("messages") if isinstance(body, dict) else None
     for message in reversed(messages or []):
@@ -504,6 +530,8 @@ class _Answer:
     tokens: tuple[str, ...]
     finish: str
     prompt_tokens: int
+    tool_call: tuple[str, str] | None = None  # (name, arguments): the answer is this call
+    logprobs: int | None = None  # logprobs asked for, with this many top_logprobs
 
     @property
     def usage(self) -> dict[str, int]:
@@ -527,9 +555,34 @@ def _whole_stream(answer: _Answer, model: str, usage: bool) -> bytes:
     return b"".join(map(_http_chunk, events)) + b"0\r\n\r\n"
 
 
+def _token_logprob(token: str, top: int) -> dict[str, Any]:
+    entry = {"token": token, "logprob": -len(token) / 10, "bytes": list(token.encode())}
+    return {**entry, "top_logprobs": [dict(entry, logprob=entry["logprob"] - i) for i in range(top)]}
+
+
+def _logprobs(answer: _Answer, tokens: Iterable[str]) -> dict[str, Any] | None:
+    if answer.logprobs is None:
+        return None
+    return {"content": [_token_logprob(t, answer.logprobs) for t in tokens], "refusal": None}
+
+
+def _tool_call_pieces(arguments: str) -> list[str]:
+    """The arguments in three pieces (some maybe empty), as a model emits them."""
+    third = max(1, len(arguments) // 3)
+    return [arguments[:third], arguments[third : 2 * third], arguments[2 * third :]]
+
+
+def _message(answer: _Answer) -> dict[str, Any]:
+    if answer.tool_call is None:
+        return {"role": "assistant", "content": "".join(answer.tokens)}
+    name, arguments = answer.tool_call
+    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
 def _completion(answer: _Answer, model: str, finish: bool = True) -> dict[str, Any]:
-    choice = {"index": 0, "message": {"role": "assistant", "content": "".join(answer.tokens)},
-              "logprobs": None, "finish_reason": answer.finish if finish else None}  # fmt: skip
+    choice = {"index": 0, "message": _message(answer), "logprobs": _logprobs(answer, answer.tokens),
+              "finish_reason": answer.finish if finish else None}  # fmt: skip
     body = {"id": "chatcmpl-scripted", "object": "chat.completion", "created": _CREATED,
             "model": model, "choices": [choice]}  # fmt: skip
     if finish:
@@ -769,13 +822,44 @@ class _Exchange:
         if chunks is None:
             chunks = tuple(_TOKEN.findall("echo: " + _last_user_text(self.body)))
         tokens = chunks
+        logprobs = int(self.body.get("top_logprobs") or 0) if self.body.get("logprobs") else None
+        if _first_tool(self.body) is not None:
+            return self._tool_answer(prompt, logprobs)
         if isinstance(limit, int) and 0 <= limit < len(tokens):
-            return _Answer(tokens[:limit], "length", prompt)
-        return _Answer(tokens, "stop", prompt)
+            return _Answer(tokens[:limit], "length", prompt, None, logprobs)
+        return _Answer(tokens, "stop", prompt, None, logprobs)
 
-    def content(self, tokens: Iterable[str]) -> None:
+    def _tool_answer(self, prompt: int, logprobs: int | None) -> _Answer:
+        name = _first_tool(self.body)
+        assert name is not None
+        arguments = json.dumps({"prompt": _last_user_text(self.body)})
+        return _Answer(tuple(_tool_call_pieces(arguments)), "tool_calls", prompt, (name, arguments), logprobs)
+
+    def content(self, tokens: Iterable[str], answer: _Answer | None = None) -> None:
         for token in tokens:
-            self.chunk({"content": token})
+            if answer is None or (answer.tool_call is None and answer.logprobs is None):
+                self.chunk({"content": token})
+            else:
+                self.rich_chunk(answer, token)
+
+    def rich_chunk(self, answer: _Answer, token: str) -> None:
+        """A content chunk with logprobs, or a piece of a tool call's arguments."""
+        first = self.record.chunks == 0
+        if answer.tool_call is None:
+            delta: dict[str, Any] = {"content": token}
+        elif first:
+            name = answer.tool_call[0]
+            delta = {"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+                                     "function": {"name": name, "arguments": token}}]}  # fmt: skip
+        else:
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": token}}]}
+        chunk = _chunk("chatcmpl-scripted", self.model, delta)
+        chunk["choices"][0]["logprobs"] = _logprobs(answer, [token])
+        self.event(_event(chunk))
+        self.server._update(self.record, chunks=self.record.chunks + 1)
+
+    def rich_role(self, answer: _Answer) -> None:
+        self.chunk({"role": "assistant", "content": None if answer.tool_call else ""})
 
     def tail(self, answer: _Answer, usage: bool) -> bytes:
         events = [_event(_chunk("chatcmpl-scripted", self.model, {}, answer.finish))]
@@ -798,24 +882,25 @@ async def _answer(x: _Exchange, b: Ok, answer: _Answer, *, started: bool = False
     """The answer from wherever it stands (``started``: headers and role chunk already out)."""
     delay = b.delay if b.delay is not None else x.server.token_time
     if b.finish_reason is not None:
-        answer = _Answer(answer.tokens, b.finish_reason, answer.prompt_tokens)
+        answer = dataclasses.replace(answer, finish=b.finish_reason)
     if not x.record.stream:
         # As long as the stream would take, all of it before the first byte.
         if not await x.pause(delay * len(answer.tokens)):
             return False
         return await x.json(200, json.dumps(_completion(answer, x.model)).encode())
-    if delay <= 0 and not started:
+    rich = answer.tool_call is not None or answer.logprobs is not None
+    if delay <= 0 and not started and not rich:
         # Every chunk in one write: the benchmarks' fast path.
         x.server._update(x.record, chunks=len(answer.tokens))
         x.sse_head()
         return await x.finish(_whole_stream(answer, x.model, b.usage and x.include_usage))
     if not started:
         x.sse_head()
-        x.role()
+        x.rich_role(answer)
     for token in answer.tokens:
         if not await x.pause(delay):
             return False
-        x.content([token])
+        x.content([token], answer)
     return await x.finish(x.tail(answer, b.usage))
 
 
@@ -838,8 +923,8 @@ def _start_stream(x: _Exchange, k: int) -> _Answer:
     answer = x.answer()
     x.sse_head()
     if k > 0:
-        x.role()
-        x.content((answer.tokens * k)[:k])  # repeat a short answer rather than send fewer
+        x.rich_role(answer)
+        x.content((answer.tokens * k)[:k], answer)  # repeat a short answer rather than send fewer
     return answer
 
 
@@ -924,7 +1009,7 @@ async def _play_gather(x: _Exchange, b: Gather) -> bool:
         return False
     if not x.record.stream:
         return await _answer(x, Ok(), answer)
-    rest = _Answer(answer.tokens[1:], answer.finish, answer.prompt_tokens)
+    rest = dataclasses.replace(answer, tokens=answer.tokens[1:])
     return await _answer(x, Ok(), rest, started=True)
 
 
@@ -938,7 +1023,7 @@ async def _play_hold_after(x: _Exchange, b: HoldAfter) -> bool:
         return False
     if not x.record.stream:
         return await _answer(x, Ok(), answer)
-    rest = _Answer(answer.tokens[b.k :], answer.finish, answer.prompt_tokens)
+    rest = dataclasses.replace(answer, tokens=answer.tokens[b.k :])
     return await _answer(x, Ok(), rest, started=True)
 
 

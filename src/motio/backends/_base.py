@@ -83,11 +83,16 @@ class Backend(abc.ABC):
                 of chat messages (``{"role": ..., "content": ...}``).
             stream: stream the answer chunk by chunk (True) or fetch it whole.
             **options: ``max_tokens``, ``temperature``, ``top_p``, ``seed``,
-                ``stop``, ``chunk_timeout`` and the backend's own extras.
+                ``stop``, ``chunk_timeout`` and the backend's own extras (for
+                a server: every chat-completions field and ``extra_body``).
+                ``keep_response``: keep the whole answer in
+                ``mot.generation.response`` (default: whenever an option may
+                shape more than the text, such as ``tools`` or ``logprobs``).
 
         Raises:
             TypeError: an unknown option; errors of the generation itself are
                 raised by the thunk (``await mot.avalue()``), as motio errors.
+            UnsupportedOptionError: a known field this backend cannot honour.
             BackendClosedError: the backend has been closed.
         """
 

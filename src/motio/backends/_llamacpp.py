@@ -43,10 +43,13 @@ from .._exceptions import (
     ConfigurationError,
     FirstTokenTimeoutError,
     TotalTimeoutError,
+    UnsupportedOptionError,
 )
 from .._feed import DEFAULT_CHUNK_TIMEOUT
+from .._fields import CHAT_FIELDS, PLAIN_OPTIONS
 from .._threaded import ThreadedIterator
 from .._thunk import ModelOutputThunk
+from ._assemble import ResponseAssembler
 from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
 from ._chat import fold_chunk
 from ._errors import Where
@@ -64,7 +67,15 @@ _OPTIONS = COMMON_OPTIONS | {
     "frequency_penalty",
     "first_token_timeout",
     "total_timeout",
+    "response_format",
+    "logit_bias",
+    "keep_response",
 }
+# Chat-completions fields llama-cpp-python takes, but this backend cannot
+# honour as asked: refused by name rather than dropped (a request that lost
+# its tools or its n would answer something else). ``model`` and ``n`` pass
+# when they ask for what this backend does anyway.
+_REFUSED = (CHAT_FIELDS | {"extra_body"}) - _OPTIONS - {"max_completion_tokens"}
 _UNSET: Any = object()
 
 
@@ -138,7 +149,13 @@ class LlamaCppBackend(Backend):
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
     ) -> ModelOutputThunk[Any]:
         self._ensure_open()
-        check_options(options, _OPTIONS, type(self).__name__)
+        check_options(options, _OPTIONS | _REFUSED | {"max_completion_tokens"}, type(self).__name__)
+        self._refuse_unsupported(options)
+        keep = options.pop("keep_response", None)
+        if keep is None:
+            keep = any(key not in PLAIN_OPTIONS for key in options)
+        if "max_completion_tokens" in options:
+            options["max_tokens"] = options.pop("max_completion_tokens")
         first, chunk, total = (
             options.pop(name, default) if name in options else default
             for name, default in zip(
@@ -148,7 +165,7 @@ class LlamaCppBackend(Backend):
         limits = _Limits(first, chunk, total, self._where)
         kwargs = {key: value for key, value in options.items() if value is not None}
         kwargs["messages"] = to_messages(prompt_or_messages)
-        fold = _LlamaFold(stream)
+        fold = _LlamaFold(stream, bool(keep))
         kwargs["logits_processor"] = fold.prompt_counter()
         mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
             self._run(kwargs, stream, limits), process=fold.process, post_process=fold.finish,
@@ -157,6 +174,25 @@ class LlamaCppBackend(Backend):
         meta = mot.generation
         meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
         return mot
+
+    def _refuse_unsupported(self, options: dict[str, Any]) -> None:
+        """Raise for a field this backend would have to drop.
+
+        Raises:
+            UnsupportedOptionError: the first such field, by name.
+        """
+        name = type(self).__name__
+        for key in sorted(_REFUSED & options.keys()):
+            value = options.pop(key)
+            if value is None or (key == "n" and value == 1) or (key == "model" and value == self.model):
+                continue
+            raise UnsupportedOptionError(
+                f"{name} cannot honour {key}={value!r:.80}: the embedded model generates one plain "
+                f"chat answer (no tools, logprobs, n > 1, other models or server-only fields); "
+                "use an OpenAI-compatible server (OpenAIBackend, motio run --base-url) for it",
+                option=key,
+                backend=name,
+            )
 
     async def _run(self, kwargs: dict[str, Any], stream: bool, limits: _Limits) -> Any:
         lease = await self._lease()
@@ -455,12 +491,13 @@ class _Stream:
 class _LlamaFold:
     """Folds llama-cpp-python's chunk dicts into the thunk."""
 
-    __slots__ = ("_stream", "_pieces", "_prompt_tokens")
+    __slots__ = ("_stream", "_pieces", "_prompt_tokens", "_assembler")
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, stream: bool, keep: bool = False) -> None:
         self._stream = stream
         self._pieces = 0
         self._prompt_tokens: int | None = None
+        self._assembler = ResponseAssembler() if keep else None
 
     def prompt_counter(self) -> Any:
         """A logits processor that records the prompt's length in tokens.
@@ -480,6 +517,9 @@ class _LlamaFold:
     def process(self, mot: ModelOutputThunk[Any], chunk: dict[str, Any] | list[dict[str, Any]]) -> str | None:
         chunks = chunk if isinstance(chunk, list) else (chunk,)
         meta = mot.generation
+        if self._assembler is not None:
+            for each in chunks:
+                self._assembler.add({**each, "model": meta.model})
         # llama-cpp-python reports the file path as the model; keep the stem.
         texts = [text for c in chunks if (text := fold_chunk(meta, c, take_model=False))]
         self._pieces += len(texts)
@@ -496,3 +536,6 @@ class _LlamaFold:
             usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": self._pieces}
             usage["total_tokens"] = total
             meta.usage = usage
+        if self._assembler is not None:
+            self._assembler.add({"usage": meta.usage})
+            meta.response = self._assembler.result()

@@ -34,9 +34,17 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
-from .._exceptions import BadRequestError, ConfigurationError, MotioError, NotFoundError
+from .._exceptions import (
+    BadRequestError,
+    ConfigurationError,
+    MotioError,
+    NotFoundError,
+    UnsupportedOptionError,
+)
 from .._feed import DEFAULT_CHUNK_TIMEOUT
+from .._fields import CHAT_FIELDS, PLAIN_OPTIONS
 from .._thunk import ModelOutputThunk
+from ._assemble import ResponseAssembler
 from ._base import COMMON_OPTIONS, Backend, Messages, check_options, to_messages
 from ._chat import batch_decoder, fold_chunk, fold_structs
 from ._endpoints import Endpoint, Endpoints, EndpointSnapshot, each_checked, first_passing
@@ -71,15 +79,8 @@ _AUTO_INITIAL = 16
 # Seconds a probe of a server out of rotation may take.
 _PROBE_TIMEOUT = 5.0
 
-_OPTIONS = COMMON_OPTIONS | {
-    "frequency_penalty",
-    "presence_penalty",
-    "logit_bias",
-    "response_format",
-    "extra_body",
-    "first_token_timeout",
-    "total_timeout",
-}
+_OPTIONS = COMMON_OPTIONS | CHAT_FIELDS | {"extra_body", "keep_response"}
+_OPTIONS |= {"first_token_timeout", "total_timeout"}
 _USAGE_PLEASE = {"include_usage": True}
 
 
@@ -265,10 +266,11 @@ class OpenAIBackend(Backend):
             _option_timeout(options, "chunk_timeout", self.chunk_timeout),
             _option_timeout(options, "total_timeout", self.total_timeout),
         )
+        keep = _keep_response(options, type(self).__name__)
         messages = to_messages(prompt_or_messages)
         body = _request_body(messages, stream, options)
         tokens = self._token_estimate(messages, options)
-        fold = _ChatFold(self._loads, self._where(), stream)
+        fold = _ChatFold(self._loads, self._where(), stream, keep)
         exchange = Exchange(self, body, fold, timeouts, tokens)
         opener = exchange.open_stream() if stream else exchange.complete()
         mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
@@ -354,7 +356,8 @@ class OpenAIBackend(Backend):
             # asked the server since generate(), or another server's attempt
             fold.where = endpoint.where(self.provider, self.model)
             fold.meta.base_url = endpoint.base_url
-        body["model"] = self.model
+        # A model the caller named (a Batch line's own) is sent as given.
+        body.setdefault("model", self.model)
 
     def ask_usage(self, body: dict[str, Any]) -> None:
         if self._ask_usage:
@@ -478,6 +481,15 @@ class OpenAIBackend(Backend):
             await endpoint.clients.aclose()
 
 
+def _generated_besides_text(chunk: dict[str, Any]) -> bool:
+    """Whether a streamed chunk carries generated output other than ``content``."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if any(value for key, value in delta.items() if key not in ("role", "content")):
+            return True
+    return False
+
+
 def _base_urls(base_url: str | Sequence[str] | None) -> tuple[str, ...]:
     """The API roots, without trailing slashes; at least one, no repeats.
 
@@ -514,10 +526,41 @@ def _model_ids(listing: Any) -> list[str]:
 
 def _request_body(messages: Messages, stream: bool, options: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {"messages": messages, "stream": stream}
+    extra = options.pop("extra_body", None)
     for key, value in options.items():
         if value is not None:
             body[key] = value
+    if extra:
+        # As the openai SDK does: merged into the JSON body, where a server
+        # such as vLLM reads its own fields (top_k, guided_json...).
+        body.update(extra)
     return body
+
+
+def _keep_response(options: dict[str, Any], backend: str) -> bool:
+    """Whether to keep the whole answer (``mot.generation.response``).
+
+    By default, whenever an option may shape more than the text (``tools``,
+    ``logprobs``, ``n``, ``response_format``, ``extra_body``...): what the
+    server answered for them must not be dropped.
+
+    Raises:
+        UnsupportedOptionError: ``n`` > 1 with ``keep_response=False``: the
+            thunk holds one text, the other choices would be lost.
+    """
+    keep = options.pop("keep_response", None)
+    if keep is None:
+        keep = any(key not in PLAIN_OPTIONS for key in options)
+    n = options.get("n")
+    if n is not None and n != 1 and not keep:
+        raise UnsupportedOptionError(
+            f"{backend}.generate(n={n!r}) with keep_response=False: the thunk holds one text "
+            "(choice 0); keep the whole answer (keep_response=True, the default with n) to get "
+            "every choice in mot.generation.response",
+            option="n",
+            backend=backend,
+        )
+    return bool(keep)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -574,11 +617,17 @@ class _ChatFold:
     :class:`StreamError` first.
     """
 
-    __slots__ = ("_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot")
+    __slots__ = (
+        "_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot", "_keep", "_assembler",
+    )  # fmt: skip
 
-    def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool) -> None:
+    def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool, keep: bool = False) -> None:
         self._loads = loads
-        self._batch = batch_decoder()
+        # Keeping the whole answer needs every field of every chunk: the
+        # generic path (dicts), never the fast one (structs with text only).
+        self._batch = None if keep else batch_decoder()
+        self._keep = keep
+        self._assembler = ResponseAssembler() if keep and stream else None
         self.where = where
         self._stream = stream
         self._done = False
@@ -625,21 +674,38 @@ class _ChatFold:
         return "".join(texts) if texts else None
 
     def _process_each(self, meta: GenerationMeta, payloads: list[bytes | ErrorEvent]) -> str | None:
-        """The generic path: one payload at a time, into dicts."""
+        """The generic path: one payload at a time, into dicts.
+
+        Returns:
+            The text; or, keeping the whole answer, ``""`` for a read that
+            generated something else (tool-call deltas, reasoning): the
+            model is producing, so it counts for the first-token and chunk
+            timeouts and for ``ttfb_ms``; else None.
+        """
         texts = []
+        generated = False
         for payload in payloads:
             if payload == b"[DONE]":
                 self._done = True
                 continue
             chunk = self._decode(payload)
             try:
+                if self._keep:
+                    self._keep_chunk(meta, chunk)
+                    generated = generated or _generated_besides_text(chunk)
                 text = fold_chunk(meta, chunk)
             except (KeyError, TypeError, AttributeError, IndexError) as exc:
                 raise stream_error(f"unexpected chunk {payload!r:.200}", self.where) from exc
             if text:
                 texts.append(text)
         self._pieces += len(texts)
-        return "".join(texts) if texts else None
+        return "".join(texts) if texts else ("" if generated else None)
+
+    def _keep_chunk(self, meta: GenerationMeta, chunk: dict[str, Any]) -> None:
+        if self._assembler is not None:
+            self._assembler.add(chunk)
+        else:
+            meta.response = chunk  # a non-streamed answer: kept exactly as it came
 
     def _decode(self, payload: bytes | ErrorEvent) -> dict[str, Any]:
         if isinstance(payload, ErrorEvent):
@@ -658,6 +724,8 @@ class _ChatFold:
         meta = mot.generation
         if self._stream and not self._done and not meta.finish_reasons:
             raise stream_error("the stream ended before [DONE] or a finish_reason", self.where)
+        if self._assembler is not None:
+            meta.response = self._assembler.result()
         if meta.usage is None and self._stream:
             # The server ignored stream_options: one content chunk per token
             # is what llama.cpp, vLLM and Ollama send; the prompt is unknown.

@@ -430,7 +430,7 @@ class _SSEStream:
                 text = fold.process_events(block) if block else None
                 # Read to its end: keep the connection for the next request.
                 self._exchange._release(self._held, settle=True, keep_connection=True)
-                if text:
+                if text is not None:
                     return text
                 break
             if block := self._decoder.feed(raw):
@@ -439,7 +439,8 @@ class _SSEStream:
                 except BaseException:
                     await self.aclose()
                     raise
-                if text:
+                # "" is output that is not text (a tool call's deltas): an item all the same.
+                if text is not None:
                     return text
         raise StopAsyncIteration
 
@@ -508,7 +509,7 @@ async def _first_content(
             return (fold.process_events(block) if block else None) or None
         if block := decoder.feed(raw):
             text = fold.process_events(block)
-            if text:
+            if text is not None:
                 return text
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import (
@@ -25,7 +25,9 @@ from .._exceptions import (
     MotioError,
     StreamError,
 )
-from ._records import PromptRecord
+from .._fields import CHAT_FIELDS, MOTIO_FIELDS
+from ._formats import batch_line
+from ._records import OPENAI_BATCH, PromptRecord
 
 if TYPE_CHECKING:
     from .._thunk import ModelOutputThunk
@@ -66,19 +68,41 @@ class Engine:
     Args:
         backend: an opened backend; the engine never closes it.
         options: ``generate`` keyword options for every record; a record's
-            own ``options`` take precedence.
+            own fields take precedence (an OpenAI Batch body's included:
+            these options fill only what it leaves out). ``extra_body``
+            is merged under a Batch body's own extra fields.
+        defaults: options for motio's own lines only, under ``options``
+            (``max_tokens=512`` for the command): a Batch body is sent as
+            the Batch API would send it, without motio's defaults.
         remote: the backend is a server, which can vanish mid-run; a
             connection-class failure then triggers a check of the server,
             and a failed check aborts the batch.
     """
 
-    def __init__(self, backend: Backend, *, options: Mapping[str, Any] | None = None, remote: bool) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        options: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        remote: bool,
+    ) -> None:
         self.backend = backend
         self.options = dict(options or {})
+        self.defaults = {**(defaults or {}), **self.options}
         self.remote = remote
 
-    async def run(self, records: Iterator[PromptRecord], workers: int, on_result: OnResult) -> None:
+    async def run(
+        self,
+        records: Iterator[PromptRecord] | AsyncIterator[PromptRecord],
+        workers: int,
+        on_result: OnResult,
+    ) -> None:
         """Run every record with ``workers`` in flight, calling ``on_result`` for each.
+
+        ``records`` may be an async iterator: one whose source blocks (a pipe
+        on stdin, read in a thread) must not be read on the event loop, where
+        a slow producer upstream would stall every stream in flight.
 
         Raises:
             BatchAborted: a run-wide failure; the other workers were cancelled
@@ -87,10 +111,14 @@ class Engine:
         """
         if workers < 1:
             return
+        lock = asyncio.Lock()
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
-                    group.create_task(self._work(records, on_result))
+                    if isinstance(records, AsyncIterator):
+                        group.create_task(self._work_async(records, lock, on_result))
+                    else:
+                        group.create_task(self._work(records, on_result))
         except* Exception as failed:
             # One worker's failure cancelled the rest; the first is the cause,
             # the others are only its echo (the same server, the same disk).
@@ -103,13 +131,27 @@ class Engine:
             result, attempts = await self.generate(record)
             on_result(result, attempts)
 
+    async def _work_async(
+        self, records: AsyncIterator[PromptRecord], lock: asyncio.Lock, on_result: OnResult
+    ) -> None:
+        while True:
+            # One reader at a time: an async iterator (ThreadedIterator, an
+            # async generator) serves one waiting consumer, not several.
+            async with lock:
+                try:
+                    record = await anext(records)
+                except StopAsyncIteration:
+                    return
+            result, attempts = await self.generate(record)
+            on_result(result, attempts)
+
     async def generate(self, record: PromptRecord) -> tuple[dict[str, Any], Any]:
         """One record's result line and its ``Attempts`` (None if no request was made).
 
         Raises:
             BatchAborted: the failure was the run's, not this prompt's.
         """
-        options = {**self.options, **record.options} if record.options else self.options
+        options = self.options_for(record)
         started = time.perf_counter()
         mot: ModelOutputThunk[Any] | None = None
         error: Exception | None = None
@@ -129,6 +171,12 @@ class Engine:
         attempts = None if mot is None else mot.generation.attempts
         return build_result(record, mot, latency_ms, error), attempts
 
+    def options_for(self, record: PromptRecord) -> dict[str, Any]:
+        """The ``generate`` options of one record: its own fields over the engine's."""
+        if record.fmt == OPENAI_BATCH and record.body is not None:
+            return batch_options(record.body, self.options)
+        return {**self.defaults, **record.options} if record.options else self.defaults
+
     async def _abort_if_fatal(self, error: Exception) -> None:
         # A refused key or a vanished server is not one prompt's failure:
         # recording it for every remaining prompt would only bury the cause,
@@ -144,10 +192,42 @@ class Engine:
             # The server answers again: a failure of this prompt alone.
 
 
+def batch_options(body: Mapping[str, Any], fill: Mapping[str, Any]) -> dict[str, Any]:
+    """``generate`` options for an OpenAI Batch body: every field as given.
+
+    Chat-completions fields become options; any other field (a server's own,
+    such as vLLM's ``top_k`` or ``guided_json``) goes in ``extra_body``, so
+    it reaches the server as written. ``fill`` (the command line) supplies
+    only what the body leaves out. The whole answer is always kept: it is
+    the output line's ``body``.
+    """
+    known = {key: value for key, value in body.items() if key in CHAT_FIELDS}
+    extra = {key: value for key, value in body.items() if key not in CHAT_FIELDS and key not in MOTIO_FIELDS}
+    options = {key: value for key, value in fill.items() if key != "extra_body"}
+    if "max_completion_tokens" in known:
+        options.pop("max_tokens", None)  # the body's limit, by its newer name
+    options.update(known)
+    extra = {**fill.get("extra_body", {}), **extra}
+    if extra:
+        options["extra_body"] = extra
+    options["keep_response"] = True
+    return options
+
+
 def build_result(
     record: PromptRecord, mot: ModelOutputThunk[Any] | None, latency_ms: float, error: BaseException | None
 ) -> dict[str, Any]:
-    """The result line for one prompt, from its thunk's metadata."""
+    """The result line for one prompt, in its prompts file's shape, from its thunk's metadata."""
+    own = _own_result(record, mot, latency_ms, error)
+    if record.fmt == OPENAI_BATCH:
+        response = getattr(getattr(mot, "generation", None), "response", None)
+        return batch_line(record.id, own, response if error is None else None, error)
+    return own
+
+
+def _own_result(
+    record: PromptRecord, mot: ModelOutputThunk[Any] | None, latency_ms: float, error: BaseException | None
+) -> dict[str, Any]:
     generation = getattr(mot, "generation", None)
     usage = getattr(generation, "usage", None)
     finish_reasons = getattr(generation, "finish_reasons", None) or [None]
@@ -166,8 +246,24 @@ def build_result(
         "retries": attempts.retries if attempts is not None else 0,
         "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
     }
+    _add_answer_fields(result, getattr(generation, "response", None))
     partial = mot.text if error is not None and mot is not None else ""
     if partial:
         # A stream that broke after some text: kept, never retried (it could change).
         result["partial_output"] = partial
     return result
+
+
+def _add_answer_fields(result: dict[str, Any], response: dict[str, Any] | None) -> None:
+    """What the server returned besides text (tool calls, logprobs), kept when present."""
+    choices = (response or {}).get("choices") or ()
+    if not choices:
+        return
+    choice = choices[0]
+    tool_calls = (choice.get("message") or {}).get("tool_calls")
+    if tool_calls:
+        result["tool_calls"] = tool_calls
+    if choice.get("logprobs") is not None:
+        result["logprobs"] = choice["logprobs"]
+    if len(choices) > 1:
+        result["choices"] = choices  # n > 1: every choice, not only the first's text

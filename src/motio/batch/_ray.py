@@ -38,7 +38,7 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -228,7 +228,11 @@ class BatchWorker:
     """Runs shards of prompts through its own backend, streaming results back."""
 
     def __init__(
-        self, factory: BackendFactory, options: dict[str, Any], remote: bool, coordinator: str
+        self,
+        factory: BackendFactory,
+        options: tuple[dict[str, Any], dict[str, Any]],
+        remote: bool,
+        coordinator: str,
     ) -> None:
         # Built now, while the driver still checks the servers: the imports
         # and set-up overlap with it instead of delaying the first shard.
@@ -296,7 +300,8 @@ class BatchWorker:
         if plan.rate_limited or plan.adaptive:
             self._coordinator = ray.get_actor(self._coordinator_name)
         self._share(self._backend)
-        self._engine = Engine(self._backend, options=self._options, remote=self._remote)
+        options, defaults = self._options
+        self._engine = Engine(self._backend, options=options, defaults=defaults, remote=self._remote)
         if self._plan.adaptive and self._gates:
             self._sync = asyncio.ensure_future(self._sync_limits())
 
@@ -384,7 +389,8 @@ class RayPool:
     Args:
         factory: builds the backend in each worker (picklable, no arguments).
         workers: how many workers.
-        options: ``generate`` options for every prompt.
+        options: ``generate`` options for every prompt (a line's own win).
+        defaults: options for motio's own lines only (see :class:`Engine`).
         remote: the backend is a server (see :class:`Engine`).
         env: environment variables the workers need (an API key).
     """
@@ -395,6 +401,7 @@ class RayPool:
         workers: int,
         *,
         options: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
         remote: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -413,10 +420,15 @@ class RayPool:
             runtime_env={"env_vars": env} if env else None,
         )
         self._workers = [
-            _Worker(worker.remote(factory, dict(options or {}), remote, self._coordinator_name))
+            _Worker(
+                worker.remote(
+                    factory, (dict(options or {}), dict(defaults or {})), remote, self._coordinator_name
+                )
+            )
             for _ in range(workers)
         ]
         self._source: Iterator[PromptRecord] = iter(())
+        self._arrivals: asyncio.Queue[PromptRecord | None] | None = None
         self._again: deque[list[PromptRecord]] = deque()
         self._losses: dict[str, int] = {}
         self._delivered: set[str] = set()
@@ -445,7 +457,9 @@ class RayPool:
                 merged[s.base_url] = s if m is None else _added(m, s)
         return [merged[url] for url in self.plan.servers if url in merged] or list(merged.values())
 
-    async def run(self, records: Iterator[PromptRecord], on_result: OnResult) -> None:
+    async def run(
+        self, records: Iterator[PromptRecord] | AsyncIterator[PromptRecord], on_result: OnResult
+    ) -> None:
         """Run every record on the workers; ``on_result`` once per id, on this loop.
 
         Raises:
@@ -454,9 +468,13 @@ class RayPool:
         """
         if not self._shared:
             raise RuntimeError("RayPool.share(plan) must come before run()")
-        self._source = records
         try:
             async with asyncio.TaskGroup() as group:
+                if isinstance(records, AsyncIterator):
+                    self._arrivals = asyncio.Queue(self.shard_size * len(self._workers) * _SHARDS_AHEAD)
+                    group.create_task(self._pump(records, self._arrivals))
+                else:
+                    self._source = records
                 for worker in self._workers:
                     for _ in range(_SHARDS_AHEAD):
                         group.create_task(self._feed(worker, on_result))
@@ -476,7 +494,7 @@ class RayPool:
 
     async def _feed(self, worker: _Worker, on_result: OnResult) -> None:
         while True:
-            shard = self._take()
+            shard = await self._take()
             if shard is None:
                 if self._running == 0:
                     self._changed.set()
@@ -493,11 +511,36 @@ class RayPool:
                 self._running -= 1
                 self._changed.set()
 
-    def _take(self) -> list[PromptRecord] | None:
+    async def _take(self) -> list[PromptRecord] | None:
         if self._again:
             return self._again.popleft()
-        shard = list(islice(self._source, self.shard_size))
-        return shard or None
+        if self._arrivals is None:
+            return list(islice(self._source, self.shard_size)) or None
+        return await self._take_arrived(self._arrivals)
+
+    async def _take_arrived(self, arrivals: asyncio.Queue[PromptRecord | None]) -> list[PromptRecord] | None:
+        # A pipe (stdin) delivers at its own pace: a shard is whatever has
+        # arrived, at least one prompt, so none waits for a shard to fill.
+        first = await arrivals.get()
+        if first is None:
+            arrivals.put_nowait(None)  # the end, for the other feeders too
+            return None
+        shard = [first]
+        while len(shard) < self.shard_size and not arrivals.empty():
+            record = arrivals.get_nowait()
+            if record is None:
+                arrivals.put_nowait(None)
+                break
+            shard.append(record)
+        return shard
+
+    @staticmethod
+    async def _pump(
+        records: AsyncIterator[PromptRecord], arrivals: asyncio.Queue[PromptRecord | None]
+    ) -> None:
+        async for record in records:
+            await arrivals.put(record)  # bounded: a fast pipe waits for the workers
+        await arrivals.put(None)
 
     async def _run_shard(self, worker: _Worker, shard: list[PromptRecord], on_result: OnResult) -> None:
         waiting = {record.key: record for record in shard}

@@ -13,8 +13,9 @@ Durability model:
   power loss leaves) is cut off when the file is opened again, so appending
   after it keeps the file valid JSONL.
 - Nothing is changed in a file motio cannot recognise as its own: every line
-  must be a result (a JSON object with ``id``, ``output`` and ``error``),
-  bar a torn last fragment. A prompts file given to ``-o`` by mistake, or
+  must be a result (a JSON object with ``id``, ``output`` and ``error``, or
+  an OpenAI Batch output line: ``id``, ``custom_id``, ``response``,
+  ``error``), bar a torn last fragment. A prompts file given to ``-o`` by mistake, or
   any other JSONL, is refused with the first line that is not a result, and
   left byte for byte as it was.
 - An exclusive ``flock`` keeps a second ``motio run`` from appending to the
@@ -31,18 +32,23 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import MotioError
-from ._records import id_key
+from ._formats import result_outcome
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no flock; locking is skipped
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["NotAResultsFile", "ResultsFile", "ResultsFileLocked", "ResumeState", "inspect_results"]
+__all__ = [
+    "NotAResultsFile",
+    "ResultsFile",
+    "ResultsFileLocked",
+    "ResultsStream",
+    "ResumeState",
+    "inspect_results",
+]
 
-# What build_result writes on every line; a line without them is not ours.
-_RESULT_KEYS = ("id", "output", "error")
-# How every line encode_line writes begins ("id" is build_result's first key).
+# How every line encode_line writes begins ("id" is the first key of both shapes).
 # A last fragment that does not begin so was not cut short by motio: a user's
 # one-line note without its newline must be refused, not "repaired" to nothing.
 _RESULT_START = b'{"id"'
@@ -78,12 +84,14 @@ class ResumeState:
         tail: ``(offset, valid)`` of a last line without its newline:
             where it starts, and whether it is a whole result (then only the
             newline is missing) or a fragment; None if the file ends cleanly.
+        formats: the shapes of result seen (``"motio"``, ``"openai-batch"``).
     """
 
     done: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     torn_bytes: int = 0
     tail: tuple[int, bool] | None = None
+    formats: set[str] = field(default_factory=set)
 
     def add(self, key: str, ok: bool) -> None:
         if ok:
@@ -130,7 +138,10 @@ class ResultsFile:
     def append(self, record: dict[str, Any]) -> None:
         """Write one result line; it survives a crash of this process on return."""
         _write_all(self._fd, encode_line(record))
-        self.state.add(id_key(record["id"]), record.get("error") is None)
+        outcome = result_outcome(record)
+        assert outcome is not None, "not a result line"
+        self.state.add(outcome[0], outcome[1])
+        self.state.formats.add(outcome[2])
         self.written += 1
         self._dirty = True
         if time.monotonic() - self._last_sync >= self._sync_interval:
@@ -191,6 +202,36 @@ class ResultsFile:
             return
         if os.fstat(self._fd).st_size == 0:
             self.path.unlink(missing_ok=True)
+
+
+class ResultsStream:
+    """Results written to a stream (``-o -``: stdout) instead of a file.
+
+    Nothing can be read back from a pipe, so there is no resume: ``state``
+    stays empty, nothing is locked, and each line is flushed as written so
+    that the next command in a pipeline sees it at once.
+    """
+
+    def __init__(self, stream: Any, name: str = "<stdout>") -> None:
+        self.path = Path(name)
+        self.state = ResumeState()
+        self.written = 0
+        self._stream = stream
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one result line and flush it."""
+        self._stream.write(encode_line(record))
+        self._stream.flush()
+        self.written += 1
+
+    def drop_failed(self, keys: set[str]) -> int:
+        return 0
+
+    def sync(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
@@ -264,9 +305,15 @@ def _classify(path: Path, number: int, raw: bytes, complete: bool, offset: int, 
             raise NotAResultsFile(path, number, "not JSON")
         state.tail, state.torn_bytes = (offset, False), len(raw)  # a write cut short by a crash
         return
-    if not (isinstance(obj, dict) and all(key in obj for key in _RESULT_KEYS)):
-        raise NotAResultsFile(path, number, "a JSON line without the result keys id, output and error")
-    state.add(id_key(obj["id"]), obj["error"] is None)
+    outcome = result_outcome(obj)
+    if outcome is None:
+        raise NotAResultsFile(
+            path,
+            number,
+            "a JSON line without the result keys (id, output, error; or custom_id, response, error)",
+        )
+    state.add(outcome[0], outcome[1])
+    state.formats.add(outcome[2])
     if not complete:
         state.tail = (offset, True)  # a whole result whose newline never made it
 
@@ -304,10 +351,8 @@ def _repair_tail(fd: int, state: ResumeState) -> None:
 
 
 def _parse_result(raw: bytes) -> tuple[str, bool] | None:
-    obj = _parse_json(raw)
-    if not (isinstance(obj, dict) and all(key in obj for key in _RESULT_KEYS)):
-        return None
-    return id_key(obj["id"]), obj["error"] is None
+    outcome = result_outcome(_parse_json(raw))
+    return None if outcome is None else outcome[:2]
 
 
 def _copy_without(path: Path, fd: int, keys: set[str]) -> int:

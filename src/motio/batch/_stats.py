@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._formats import own_view
+from ._records import PromptFormat
+
 __all__ = ["RunStats", "format_summary", "percentile"]
 
 
@@ -41,6 +44,9 @@ class RunStats:
         timeouts: failed prompts by kind of timeout (error class name).
         concurrency: the requests in flight allowed now (for the progress
             line; set by the run from the backend's adaptive gate).
+        fmt: the prompts file's shape (``"motio"``/``"openai-batch"``), once known.
+        streaming_input: the prompts are read once as they come (stdin):
+            ``total`` grows while the run goes, so it is no total yet.
     """
 
     total: int = 0
@@ -57,13 +63,16 @@ class RunStats:
     timeouts: dict[str, int] = field(default_factory=dict)
     concurrency: int | None = None
     started: float = field(default_factory=time.perf_counter)
+    fmt: str | None = None
+    streaming_input: bool = False
 
     @property
     def to_run(self) -> int:
         return self.total - self.already_done - self.already_failed
 
     def record(self, result: dict[str, Any], attempts: Any = None) -> None:
-        """Count one written result line and, if given, its ``Attempts``."""
+        """Count one written result line (either shape) and, if given, its ``Attempts``."""
+        result = own_view(result)
         error = result.get("error")
         if error is None:
             self.ok += 1
@@ -96,6 +105,8 @@ def format_summary(stats: RunStats) -> list[str]:
         f"{done} of {stats.to_run} prompts in {stats.elapsed():.1f}s: {stats.ok} ok, {stats.failed} failed"
     )
     lines = [headline]
+    if stats.fmt is not None:
+        lines.append(f"format: {PromptFormat(stats.fmt).label}")
     skipped = _skipped_note(stats)
     if skipped:
         lines.append(skipped)

@@ -19,14 +19,19 @@ if TYPE_CHECKING:
     from ..backends import Backend
 
 __all__ = [
+    "DEFAULT_MAX_TOKENS",
     "BackendSpec",
     "build_backend",
     "generation_options",
     "one_line",
     "open_backend",
+    "run_options",
     "server_urls",
     "startup_timeout",
 ]
+
+#: ``--max-tokens`` when not given (an OpenAI Batch body is sent without it).
+DEFAULT_MAX_TOKENS = 512
 
 # The embedded model serves one generation at a time, the others just queue,
 # so more than one worker would only inflate every latency figure. A server's
@@ -289,13 +294,25 @@ def generation_options(args: Any, overrides: dict[str, Any] | None = None) -> di
     Only options the user set are passed, so each backend keeps its own
     defaults; a ``--chunk-timeout`` of 0 disables the per-chunk limit.
     """
-    options: dict[str, Any] = {
+    options, defaults = run_options(args)
+    return {**defaults, **options, **(overrides or {})}
+
+
+def run_options(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(options, defaults)`` for ``motio run``'s engine.
+
+    ``options``: what the command line gave (it fills what a prompt line
+    leaves out, OpenAI Batch bodies included); ``defaults``: what applies to
+    motio's own lines only (``max_tokens`` 512 when not given), since a
+    Batch body is sent as the Batch API would send it.
+    """
+    given: dict[str, Any] = {
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "seed": args.seed,
+        "extra_body": getattr(args, "extra_body", None),
     }
-    options = {name: value for name, value in options.items() if value is not None}
+    options = {name: value for name, value in given.items() if value is not None}
     if args.chunk_timeout is not None:
         options["chunk_timeout"] = args.chunk_timeout or None
-    options.update(overrides or {})
-    return options
+    return options, {"max_tokens": DEFAULT_MAX_TOKENS}

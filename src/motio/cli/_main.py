@@ -26,11 +26,29 @@ input lines:
   an integer id; an explicit "line-N" on another line is a duplicate (the
   later line is reported and skipped). Edited between runs, a file keeps its
   explicit ids, but default ids follow the line numbers (inserting a line
-  shifts them): give explicit ids if the file may change.
+  shifts them): give explicit ids if the file may change. Any other
+  chat-completions field of a line (response_format, tools, stop, top_p,
+  logprobs...) is forwarded; other keys are ignored.
 
 output lines (one per prompt, written as each finishes):
   id, output, finish_reason, usage, ttfb_ms, queued_ms, latency_ms, model, retries,
-  error (and partial_output when a stream broke after some text)
+  error (and partial_output when a stream broke after some text; tool_calls,
+  logprobs when the server returned them)
+
+OpenAI Batch files (the format vLLM's run_batch reads too):
+  {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
+   "body": {"model": "m", "messages": [...], "response_format": {...}}}
+  body is sent as written (every field; only stream/stream_options are
+  motio's); command-line options fill only what it leaves out. Output lines
+  follow the Batch API: {"id", "custom_id", "response": {"status_code",
+  "request_id", "body"}, "error"}, body being the chat.completion the server
+  would have returned without streaming. A file holds one format (a mixed
+  file is refused, naming the line); other urls are reported per line.
+
+pipes:
+  motio run - -o - ... reads prompts from stdin (once, as they come) and
+  writes results to stdout (flushed per line; then no lock and no resume:
+  --retry-errors is refused). Progress and summary stay on stderr.
 
 Running the same command again resumes: ids with a successful result in
 OUT are skipped; prompts never answered (not reached, or in flight when a
@@ -115,13 +133,17 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         epilog=_RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("prompts", metavar="PROMPTS.jsonl", help="one JSON object per line")
+    run.add_argument(
+        "prompts",
+        metavar="PROMPTS.jsonl",
+        help="one JSON object per line: motio's own lines or OpenAI Batch request lines; - reads stdin",
+    )
     run.add_argument(
         "-o",
         "--output",
         metavar="OUT.jsonl",
         required=True,
-        help="results file; appended to, and read to resume",
+        help="results file; appended to, and read to resume; - writes to stdout (no resume)",
     )
     run.add_argument(
         "--concurrency",
@@ -131,6 +153,13 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="generations in flight at once: a number, or auto (adapt to what the server "
         "serves, up to 256; auto:N for another bound); per server, given several. "
         "Default: auto for a server, 1 embedded",
+    )
+    run.add_argument(
+        "--extra-body",
+        type=_json_object,
+        metavar="JSON",
+        help="a JSON object merged into every request body (fields a server such as vLLM "
+        "understands, e.g. '{\"top_k\": 20}'); a line's own fields take precedence",
     )
     run.add_argument(
         "--retry-errors",
@@ -224,9 +253,8 @@ def _generation_options() -> argparse.ArgumentParser:
     options.add_argument(
         "--max-tokens",
         type=_positive_int,
-        default=512,
         metavar="N",
-        help="tokens to generate at most (default: 512)",
+        help="tokens to generate at most (default: 512; OpenAI Batch bodies get it only when given)",
     )
     options.add_argument("--temperature", type=_non_negative_float, metavar="T")
     options.add_argument("--seed", type=int, metavar="N")
@@ -260,6 +288,18 @@ def _concurrency(text: str) -> int | str:
         _positive_int(text[5:])
         return text
     return _positive_int(text)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -81,7 +81,8 @@ class _RichProgress:
         )
         self._task = self._bar.add_task(
             "run",
-            total=stats.to_run,
+            # Prompts read from stdin as they come: no total to show yet.
+            total=None if stats.streaming_input else stats.to_run,
             errors=0,
             retries=0,
             concurrency=_concurrency(stats),

@@ -14,6 +14,15 @@ Flow, ordered so that nothing is written before it must be:
 A whole-run failure (the server gone, the key refused) stops the run and
 records nothing for the prompts it abandoned: they were not answered, so the
 rerun the hint names runs them.
+
+Pipes: ``-`` as the prompts reads stdin once, as it comes (no planning
+pass: bad lines are reported and prompts counted on the way, the progress
+has no total); ``-o -`` writes the results to stdout, flushed line by line,
+with no lock and no resume (nothing can be read back from a pipe). The
+progress, problems and summary always go to stderr.
+
+The prompts file's shape (motio's own lines or OpenAI Batch request lines)
+decides the results' shape; a results file of the other shape is refused.
 """
 
 from __future__ import annotations
@@ -28,21 +37,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._threaded import ThreadedIterator
 from ..batch import (
     BatchAborted,
     Engine,
     InputProblem,
+    MixedFormats,
     NotAResultsFile,
+    PromptFormat,
     PromptRecord,
     ResultsFile,
     ResultsFileLocked,
+    ResultsStream,
     ResumeState,
     RunStats,
     format_summary,
     inspect_results,
+    own_view,
+    scan_lines,
     scan_prompts,
 )
-from ._backend import BackendSpec, generation_options, one_line, open_backend
+from ._backend import BackendSpec, one_line, open_backend, run_options
 from ._errors import (
     EXIT_BACKEND,
     EXIT_FAILURES,
@@ -65,18 +80,26 @@ def run_command(args: Any) -> int:
     Raises:
         CliError: an unusable path, a busy or foreign results file, a failing backend.
     """
-    prompts, out = _check_paths(Path(args.prompts), Path(args.output))
+    prompts, out = _check_paths(args.prompts, args.output)
+    _check_pipes(args)
     if getattr(args, "workers", None) is not None and getattr(args, "ray", None) is None:
         raise CliError("--workers needs --ray (without it the run is one process)", EXIT_USAGE)
     spec = BackendSpec.from_args(args)
-    stats = RunStats()
-    retry = _plan(prompts, _inspect(out), stats, retry_errors=args.retry_errors)
-    if stats.total == 0 and stats.bad_lines == 0:
-        _say(f"{prompts}: the prompts file is empty; nothing to do")
-        return EXIT_OK
-    if stats.to_run == 0 and not retry:
-        _print_end(stats, args.quiet)  # everything done, failed before, or bad
-        return _exit_status(stats)
+    stats = RunStats(streaming_input=prompts is None)
+    state = ResumeState() if out is None else _inspect(out)
+    if prompts is None:
+        # Read once as it comes: failed lines cannot be matched to the input
+        # ahead, so --retry-errors takes every failed line out first.
+        retry = set(state.failed) if args.retry_errors else set()
+    else:
+        retry = _plan(prompts, state, stats, retry_errors=args.retry_errors)
+        _check_shapes(stats.fmt, state, out)
+        if stats.total == 0 and stats.bad_lines == 0:
+            _say(f"{prompts}: the prompts file is empty; nothing to do")
+            return EXIT_OK
+        if stats.to_run == 0 and not retry:
+            _print_end(stats, args.quiet)  # everything done, failed before, or bad
+            return _exit_status(stats)
     run = _Run(args, spec, prompts, out, stats)
     _tune_gc()
     joined = False
@@ -101,8 +124,32 @@ def run_command(args: Any) -> int:
             from ._run_ray import leave_cluster
 
             leave_cluster()
+    if prompts is None and stats.total == 0 and stats.bad_lines == 0:
+        _say("stdin: no prompts; nothing to do")
+        return EXIT_OK
     _print_end(stats, args.quiet)
     return _exit_status(stats)
+
+
+def _check_pipes(args: Any) -> None:
+    if args.output == "-" and args.retry_errors:
+        raise CliError(
+            "--retry-errors needs a results file to resume from: with -o - (stdout) there is no "
+            "resume; give -o FILE",
+            EXIT_USAGE,
+        )
+
+
+def _check_shapes(fmt: str | None, state: ResumeState, out: Path | None) -> None:
+    """Refuse a results file of the other shape than the prompts: resume could not match them."""
+    if fmt is None or not state.formats or fmt in state.formats:
+        return
+    have = ", ".join(PromptFormat(f).label for f in sorted(state.formats))
+    raise CliError(
+        f"the results file {out} holds {have} results but the prompts are {PromptFormat(fmt).label} "
+        "lines; give another -o",
+        EXIT_USAGE,
+    )
 
 
 def _tune_gc() -> None:
@@ -130,11 +177,25 @@ def _exit_status(stats: RunStats) -> int:
     return EXIT_FAILURES if stats.failed or stats.bad_lines or stats.already_failed else EXIT_OK
 
 
-def _check_paths(prompts: Path, out: Path) -> tuple[Path, Path]:
+def _check_paths(prompts_arg: str, out_arg: str) -> tuple[Path | None, Path | None]:
+    """The prompts and results paths; None for ``-`` (stdin, stdout)."""
+    prompts = None if prompts_arg == "-" else Path(prompts_arg)
+    out = None if out_arg == "-" else Path(out_arg)
+    if prompts is not None:
+        _check_prompts_path(prompts)
+    if out is not None:
+        _check_out_path(prompts, out)
+    return prompts, out
+
+
+def _check_prompts_path(prompts: Path) -> None:
     if not prompts.is_file():
         what = "is not a file" if prompts.exists() else "not found"
         raise CliError(f"prompts file {str(prompts)!r} {what}", EXIT_USAGE)
-    if out.exists() and _same_file(out, prompts):
+
+
+def _check_out_path(prompts: Path | None, out: Path) -> None:
+    if prompts is not None and out.exists() and _same_file(out, prompts):
         # By inode, not by name: a hard link, a symlink or ./path is the same file.
         raise CliError(
             f"the results file (-o {out}) must not be the prompts file ({prompts}), by any name; give another -o",
@@ -142,7 +203,6 @@ def _check_paths(prompts: Path, out: Path) -> tuple[Path, Path]:
         )
     if not out.parent.is_dir():
         raise CliError(f"directory of results file {str(out)!r} does not exist", EXIT_USAGE)
-    return prompts, out
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -163,9 +223,11 @@ def _inspect(out: Path) -> ResumeState:
 class _Run:
     """The part of a run that needs the backend and the (locked) results file."""
 
-    def __init__(self, args: Any, spec: BackendSpec, prompts: Path, out: Path, stats: RunStats) -> None:
+    def __init__(
+        self, args: Any, spec: BackendSpec, prompts: Path | None, out: Path | None, stats: RunStats
+    ) -> None:
         self.args, self.spec, self.prompts, self.out, self.stats = args, spec, prompts, out, stats
-        self.results: ResultsFile | None = None
+        self.results: ResultsFile | ResultsStream | None = None
         self.running = False
         self.cluster: Any = None  # the Ray workers, with --ray
 
@@ -219,7 +281,8 @@ class _Run:
             return self.cluster
         # Only a server can vanish; the embedded model's failures are its prompts'.
         remote = self.spec.kind == "openai"
-        return Engine(backend, options=generation_options(self.args), remote=remote)
+        options, defaults = run_options(self.args)
+        return Engine(backend, options=options, defaults=defaults, remote=remote)
 
     def _say_servers(self, loads: Any) -> None:
         if self.args.quiet:
@@ -240,10 +303,7 @@ class _Run:
             _say("interrupted before any prompt ran; nothing was written")
             return EXIT_INTERRUPTED
         _print_end(self.stats, self.args.quiet)
-        _say(
-            f"interrupted: {self.results.written} new results saved in {self.out}; "
-            "run the same command again to resume"
-        )
+        _say(f"interrupted: {_saved(self.results)}")
         return EXIT_INTERRUPTED
 
     def close(self) -> None:
@@ -251,7 +311,19 @@ class _Run:
             self.results.close()
 
 
-def _open_results(out: Path) -> ResultsFile:
+def _saved(results: ResultsFile | ResultsStream) -> str:
+    """How many results this run wrote, and how to go on."""
+    if isinstance(results, ResultsStream):
+        return (
+            f"{results.written} results written to stdout; there is no resume with -o - "
+            "(give -o FILE to be able to resume)"
+        )
+    return f"{results.written} new results saved in {results.path}; run the same command again to resume"
+
+
+def _open_results(out: Path | None) -> ResultsFile | ResultsStream:
+    if out is None:
+        return ResultsStream(sys.stdout.buffer)
     try:
         results = ResultsFile.open(out)
     except ResultsFileLocked as exc:
@@ -273,11 +345,10 @@ def _plan(prompts: Path, state: ResumeState, stats: RunStats, *, retry_errors: b
     retry: set[str] = set()
     for item in _read_prompts(prompts):
         if isinstance(item, InputProblem):
-            stats.bad_lines += 1
-            if stats.bad_lines <= _MAX_PROBLEMS_SHOWN:
-                _say(f"{prompts}:{item.line}: {item.message}")
+            _bad_line(stats, prompts, item)
             continue
         stats.total += 1
+        stats.fmt = stats.fmt or item.fmt
         if item.key in state.done:
             stats.already_done += 1
         elif item.key in state.failed:
@@ -285,16 +356,32 @@ def _plan(prompts: Path, state: ResumeState, stats: RunStats, *, retry_errors: b
                 retry.add(item.key)
             else:
                 stats.already_failed += 1
-    if stats.bad_lines > _MAX_PROBLEMS_SHOWN:
-        _say(f"{prompts}: ... and {stats.bad_lines - _MAX_PROBLEMS_SHOWN} more bad lines")
+    _more_bad_lines(stats, prompts)
     return retry
 
 
-def _read_prompts(prompts: Path) -> Iterator[PromptRecord | InputProblem]:
+def _bad_line(stats: RunStats, prompts: Path | None, item: InputProblem) -> None:
+    stats.bad_lines += 1
+    if stats.bad_lines <= _MAX_PROBLEMS_SHOWN:
+        _say(f"{prompts or 'stdin'}:{item.line}: {item.message}")
+
+
+def _more_bad_lines(stats: RunStats, prompts: Path | None) -> None:
+    if stats.bad_lines > _MAX_PROBLEMS_SHOWN:
+        _say(f"{prompts or 'stdin'}: ... and {stats.bad_lines - _MAX_PROBLEMS_SHOWN} more bad lines")
+
+
+def _read_prompts(prompts: Path | None) -> Iterator[PromptRecord | InputProblem]:
+    where = str(prompts) if prompts is not None else "stdin"
     try:
-        yield from scan_prompts(prompts)
+        if prompts is None:
+            yield from scan_lines(sys.stdin.buffer)
+        else:
+            yield from scan_prompts(prompts)
     except OSError as exc:
-        raise CliError(f"cannot read {str(prompts)!r}: {exc.strerror}", EXIT_USAGE) from exc
+        raise CliError(f"cannot read {where!r}: {exc.strerror}", EXIT_USAGE) from exc
+    except MixedFormats as exc:
+        raise CliError(f"{where}: {exc}", EXIT_USAGE) from exc
 
 
 def _pending(prompts: Path, state: ResumeState) -> Iterator[PromptRecord]:
@@ -308,35 +395,71 @@ def _pending(prompts: Path, state: ResumeState) -> Iterator[PromptRecord]:
             yield item
 
 
+def _streamed(state: ResumeState, stats: RunStats, out: Path | None) -> Iterator[PromptRecord]:
+    """stdin's one pass: bad lines reported and prompts counted as they come."""
+    for item in _read_prompts(None):
+        if isinstance(item, InputProblem):
+            _bad_line(stats, None, item)
+            continue
+        if stats.fmt is None:
+            stats.fmt = item.fmt
+            _check_shapes(item.fmt, state, out)
+        stats.total += 1
+        if item.key in state.done:
+            stats.already_done += 1
+        elif item.key in state.failed:
+            stats.already_failed += 1
+        else:
+            yield item
+    _more_bad_lines(stats, None)
+
+
 class _Pool:
     """Feeds the pending prompts to the batch engine and writes what it answers."""
 
-    def __init__(self, runner: Any, results: ResultsFile, stats: RunStats, progress: Progress) -> None:
+    def __init__(
+        self, runner: Any, results: ResultsFile | ResultsStream, stats: RunStats, progress: Progress
+    ) -> None:
         self._runner = runner
         self._results = results
         self._stats = stats
         self._progress = progress
 
-    async def run(self, prompts: Path, concurrency: int) -> None:
-        pending = _pending(prompts, self._results.state)
+    async def run(self, prompts: Path | None, concurrency: int) -> None:
+        if prompts is None:
+            out = self._results.path if isinstance(self._results, ResultsFile) else None
+            # Read in a thread: a pipe's producer may be slow, and a read
+            # blocking the loop would stall every stream in flight.
+            lines = _streamed(self._results.state, self._stats, out)
+            pending: Any = ThreadedIterator(lines, asyncio.get_running_loop())
+        else:
+            pending = _pending(prompts, self._results.state)
+            concurrency = min(concurrency, self._stats.to_run)
         try:
             if isinstance(self._runner, Engine):
-                await self._runner.run(pending, min(concurrency, self._stats.to_run), self._write)
+                await self._runner.run(pending, concurrency, self._write)
             else:  # Ray workers: their concurrency is theirs
                 await self._runner.run(pending, self._write)
         except BatchAborted as aborted:
             # The engine found the whole run unable to go on (the server went
             # away, the key was revoked) and cancelled the other prompts
             # unrecorded: the rerun the hint names runs them.
-            raise CliError(
-                f"{one_line(aborted.cause)}; {self._results.written} new results saved in "
-                f"{self._results.path}; run the same command again to resume",
-                EXIT_BACKEND,
-            ) from aborted
+            raise CliError(f"{one_line(aborted.cause)}; {_saved(self._results)}", EXIT_BACKEND) from aborted
+        finally:
+            if isinstance(pending, ThreadedIterator):
+                await pending.abandon()  # a reader blocked on stdin exits with its read
 
     def _write(self, result: dict[str, Any], attempts: Any) -> None:
         try:
             self._results.append(result)
+        except BrokenPipeError as exc:
+            if not isinstance(self._results, ResultsStream):
+                raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
+            _quiet_stdout()
+            raise CliError(
+                f"stdout was closed (the next command of the pipe exited); {_saved(self._results)}",
+                EXIT_FAILURES,
+            ) from exc
         except OSError as exc:
             raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
         self._stats.record(result, attempts)
@@ -344,8 +467,9 @@ class _Pool:
         if adaptive is not None:
             self._stats.concurrency = adaptive.limit
         self._progress.update()
-        if result["error"] is not None:
-            self._note_failure(result)
+        own = own_view(result)
+        if own["error"] is not None:
+            self._note_failure(own)
 
     def _note_failure(self, result: dict[str, Any]) -> None:
         if self._stats.failed > _MAX_PROBLEMS_SHOWN:
@@ -354,6 +478,16 @@ class _Pool:
         self._progress.note(f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}")
         if self._stats.failed == _MAX_PROBLEMS_SHOWN:
             self._progress.note("motio: further failures are not shown; see the results file")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null once the pipe is gone, so that flushing it
+    at exit does not fail again (what Python's signal docs recommend)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _print_end(stats: RunStats, quiet: bool) -> None:

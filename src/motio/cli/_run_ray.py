@@ -10,7 +10,7 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._backend import BackendSpec, build_backend, generation_options
+from ._backend import BackendSpec, build_backend, run_options
 from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
@@ -51,10 +51,12 @@ def start_pool(args: Any, spec: BackendSpec) -> RayPool:
     env = {}
     if spec.api_key_env and os.environ.get(spec.api_key_env):
         env[spec.api_key_env] = os.environ[spec.api_key_env]
+    options, defaults = run_options(args)
     return RayPool(
         functools.partial(build_backend, spec),
         args.workers or worker_count(),
-        options=generation_options(args),
+        options=options,
+        defaults=defaults,
         remote=spec.kind == "openai",
         env=env,
     )
