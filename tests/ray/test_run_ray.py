@@ -7,6 +7,7 @@ that a test may kill. What the servers saw is asserted with the results.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -276,3 +277,60 @@ def test_ray_without_an_address_starts_a_local_instance(tmp_path: Path) -> None:
     assert_clean(done.stderr)
     each_id_once(out, 200)
     assert "ray: 2 workers" in done.stderr
+
+
+def test_an_openai_batch_file_on_ray_gives_batch_output_each_custom_id_once(
+    tmp_path: Path, ray_address: str
+) -> None:
+    count = 300
+    prompts, out = tmp_path / "b.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                        "body": {"model": "scripted-model", "messages": [{"role": "user", "content": f"q{i}"}]}})
+            + "\n"
+            for i in range(count)
+        )
+    )  # fmt: skip
+    with running() as a, running() as b:
+        done = run_motio(
+            "run",
+            prompts,
+            "-o",
+            out,
+            *servers(a.base_url, b.base_url),
+            f"--ray={ray_address}",
+            "--workers",
+            "2",
+        )
+    assert done.returncode == 0, done.stderr
+    assert "format: OpenAI Batch" in done.stderr
+    lines = complete_lines(out)
+    assert Counter(line["custom_id"] for line in lines) == Counter(f"c{i}" for i in range(count))
+    for line in lines:
+        assert line["error"] is None and line["response"]["status_code"] == 200
+        assert (
+            line["response"]["body"]["choices"][0]["message"]["content"] == f"echo: q{line['custom_id'][1:]}"
+        )
+
+
+def test_stdin_to_stdout_on_ray(tmp_path: Path, ray_address: str) -> None:
+    count = 200
+    text = "".join(json.dumps({"id": f"p{i}", "prompt": f"Say the number {i}."}) + "\n" for i in range(count))
+    with running() as a:
+        done = run_motio(
+            "run",
+            "-",
+            "-o",
+            "-",
+            "--base-url",
+            a.base_url,
+            f"--ray={ray_address}",
+            "--workers",
+            "2",
+            input=text,
+        )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert Counter(line["id"] for line in lines) == Counter(f"p{i}" for i in range(count))
+    assert all(line["output"] == echo_of(line) for line in lines)
