@@ -87,3 +87,17 @@ def test_the_coordinator_sets_one_limit_from_every_workers_signals() -> None:
     halved = coordinator.report({"http://s/v1": gates[0].drain()})["http://s/v1"]
     assert halved == limits["http://s/v1"] // 2
     assert gates[1].drain() == ([], 0)
+
+
+def test_the_progress_line_lists_every_server_before_any_worker_reports(ray_address: str) -> None:
+    from motio.batch._ray import RayPool
+    from motio.cli._progress import server_loads
+
+    pool = RayPool(functools.partial(OpenAIBackend, base_url=["http://a:1/v1", "http://b:1/v1"]), 1)
+    try:
+        pool.share(SharePlan(workers=1, servers=("http://a:1/v1", "http://b:1/v1"), concurrency=4))
+        loads = server_loads(pool)
+        assert loads is not None
+        assert loads() == "a:1 0  b:1 0"  # none in flight yet, on either
+    finally:
+        pool.close()

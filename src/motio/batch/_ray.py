@@ -455,7 +455,11 @@ class RayPool:
             for s in worker.loads:
                 m = merged.get(s.base_url)
                 merged[s.base_url] = s if m is None else _added(m, s)
-        return [merged[url] for url in self.plan.servers if url in merged] or list(merged.values())
+        if not self.plan.servers:
+            return list(merged.values())
+        # Every server from the start (the progress line is laid out once),
+        # at zero until a worker reports it.
+        return [merged.get(url) or EndpointSnapshot(url, 0, None, True, 0, 0, 0) for url in self.plan.servers]
 
     async def run(
         self, records: Iterator[PromptRecord] | AsyncIterator[PromptRecord], on_result: OnResult
