@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from motio import ConfigurationError, batch
-from motio.backends import OpenAIBackend
+from motio.backends import LlamaCppBackend, OpenAIBackend
 from motio.backends._adaptive import SharedGate
 from motio.batch import PromptRecord
 from motio.batch._ray import Coordinator
@@ -52,11 +53,33 @@ def test_run_in_this_process_takes_strings_and_records(ray_address: str) -> None
     assert results["r1"]["output"] == "echo: Say" and results["r1"]["finish_reason"] == "length"
 
 
-def test_ray_needs_a_backend_factory_not_a_backend(ray_address: str) -> None:
-    with running() as a:
-        backend = OpenAIBackend(base_url=a.base_url)
-        with pytest.raises(ConfigurationError, match="function that builds"):
-            list(batch.run(["hi"], backend, ray=ray_address))
+def test_a_backend_object_on_ray_is_rebuilt_in_each_worker_with_its_key(ray_address: str) -> None:
+    with running(api_key="sk-test") as a:
+        backend = OpenAIBackend(base_url=a.base_url, api_key="sk-test", max_concurrency=4)
+        results = list(batch.run(prompts(50), backend=backend, ray=ray_address, workers=2))
+        # The workers' copies sent the key (the server refuses requests without it).
+        assert len(a.chat_requests) == 50 and all(r.status == 200 for r in a.chat_requests)
+    assert sorted(r["id"] for r in results) == sorted(f"p{i}" for i in range(50))
+    assert all(r["error"] is None for r in results)
+    assert not backend.is_closed  # the caller's backend is the caller's to close
+    backend.close()
+
+
+def test_a_recipe_pickles_and_builds_a_fresh_copy() -> None:
+    backend = OpenAIBackend("m", base_url=["http://a:1/v1", "http://b:1/v1"], max_concurrency="auto", rpm=60)
+    copy = pickle.loads(pickle.dumps(backend.recipe()))()
+    assert copy is not backend and isinstance(copy, OpenAIBackend)
+    assert (copy.model, copy.base_urls, copy.max_concurrency, copy.rpm) == (
+        "m",
+        backend.base_urls,
+        "auto",
+        60,
+    )
+    backend.close()
+    copy.close()
+    embedded = LlamaCppBackend(n_ctx=512)  # builds no model until it generates
+    again = pickle.loads(pickle.dumps(embedded.recipe()))()
+    assert isinstance(again, LlamaCppBackend) and again.model_path == embedded.model_path
 
 
 def test_a_bad_prompt_is_a_clear_error() -> None:

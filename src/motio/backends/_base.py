@@ -47,8 +47,24 @@ class Backend(abc.ABC):
 
     provider: str
     model: str | None
-    # A class attribute, so subclasses need not call Backend.__init__.
+    # Class attributes, so subclasses need not call Backend.__init__.
     _closed = False
+    _recipe: Callable[[], Backend] | None = None
+
+    def recipe(self) -> Callable[[], Backend]:
+        """A function that builds a new, unopened backend configured as this one.
+
+        It pickles, so another process (a Ray worker) can build its own copy:
+        connections and models are never shared across processes.
+
+        Raises:
+            ConfigurationError: this backend cannot be rebuilt elsewhere.
+        """
+        if self._recipe is None:
+            raise ConfigurationError(
+                f"{type(self).__name__} cannot be rebuilt in another process; pass a function that builds it"
+            )
+        return self._recipe
 
     @property
     def is_closed(self) -> bool:

@@ -60,8 +60,10 @@ def run(
             prompt strings (ids ``line-N``, N from 1), line objects
             (``{"id", "prompt" | "messages", ...}``) or ``PromptRecord``.
             Read lazily: a generator of millions is fine.
-        backend: a backend, or a function that builds one (needed with
-            ``ray``: each worker builds its own; it must pickle).
+        backend: a backend, or a function that builds one. With ``ray``
+            each worker builds its own: from the function (it must pickle)
+            or from the backend's ``recipe()`` (its constructor arguments,
+            the API key included). A backend given is never closed here.
         ray: None or False: this process. True: Ray workers, on the cluster
             this process already joined (``ray.init``), else a local one.
             A string: the cluster's address (``"auto"``, ``"HOST:PORT"``).
@@ -180,18 +182,16 @@ async def arun(
 async def _runner(
     backend: Any, ray: bool | str | None, workers: int | None, options: dict[str, Any] | None
 ) -> Any:
-    build: Callable[[], Any] = backend if callable(backend) and not hasattr(backend, "generate") else None  # type: ignore[assignment]
-    local = build() if build is not None else backend
+    # A function builds the backend (ours to close); an object is the caller's.
+    owned = callable(backend) and not hasattr(backend, "generate")
+    local = backend() if owned else backend
     try:
         remote = hasattr(local, "endpoint_snapshot")
         if ray in (None, False):
             yield Engine(local, options=options, remote=remote), _fill(local)
             return
-        if build is None:
-            raise ConfigurationError(
-                "with ray=..., pass a function that builds the backend (each worker builds its own), "
-                "not a backend: for example backend=lambda: OpenAIBackend(base_url=...)"
-            )
+        # Each worker builds its own copy: connections and models never cross processes.
+        build: Callable[[], Any] = backend if owned else _recipe_of(local)
         from ._ray import RayPool, worker_count
 
         _join(ray)
@@ -204,8 +204,18 @@ async def _runner(
         finally:
             pool.close()
     finally:
-        if build is not None:
+        if owned:
             await local.aclose()
+
+
+def _recipe_of(backend: Any) -> Callable[[], Any]:
+    recipe = getattr(backend, "recipe", None)
+    if recipe is None:
+        raise ConfigurationError(
+            "with ray=..., pass a motio backend or a function that builds one (each worker builds its own)"
+        )
+    built: Callable[[], Any] = recipe()
+    return built
 
 
 def _join(ray: bool | str) -> None:
