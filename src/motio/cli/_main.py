@@ -65,6 +65,13 @@ several servers (--base-url more than once, or --endpoints FILE):
   is probed until it is back. The run starts if at least one server answers
   (a warning for each that does not) and stops only when none is left.
 
+on a Ray cluster (--ray [ADDRESS], pip install 'motio[ray]'):
+  async worker actors run the prompts; this process reads them as a stream
+  and is the only writer of OUT: each id written once, even when a worker
+  dies (its unanswered prompts run again on another) or this process is
+  killed (what it had received is in OUT; rerun to resume). --concurrency,
+  --rpm and --tpm hold for all workers together.
+
 environment:
   MOTIO_STARTUP_TIMEOUT  seconds a server may take to answer the start-up
                          check (default: 10); then exit 3
