@@ -103,6 +103,9 @@ class GenerationMeta:
     streaming: bool | None = None
     finish_reasons: list[str] = field(default_factory=list)
     response_id: str | None = None
+    request_id: str | None = None
+    """The server's id for the HTTP request that answered (its ``x-request-id``
+    header), where it sends one."""
     attempts: Any = None
     """Requests made for this generation (retries included), where a backend
     retries: count, HTTP statuses and waits (``Attempts.as_dict()``)."""

@@ -117,6 +117,8 @@ def test_batch_output_lines_have_the_batch_api_shape() -> None:
     ok = batch_line("r", own, body, None)
     assert list(ok) == ["id", "custom_id", "response", "error"] and ok["id"].startswith("batch_req_")
     assert ok["response"] == {"status_code": 200, "request_id": "chatcmpl-1", "body": body}
+    # The server's x-request-id, when it sent one, is the request's id.
+    assert batch_line("r", own, body, None, "req_42")["response"]["request_id"] == "req_42"
     assert own_view(ok) is own and json.loads(json.dumps(ok)) == dict(ok)  # `own` is never written
     assert pickle.loads(pickle.dumps(ok)).own == own
     failed = batch_line("r", own, None, BadRequestError("bad tools", status_code=400))

@@ -90,6 +90,9 @@ def test_a_batch_file_runs_with_every_field_passed_through_and_batch_output(
         assert_batch_output_line(line)
         assert line["error"] is None and line["response"]["status_code"] == 200
         assert line["response"]["body"] == non_streamed(server, written["body"])
+    # request_id is the server's x-request-id for the request that answered.
+    answered = {f"req_scripted_{r.index}" for r in server.chat_requests if r.status == 200}
+    assert all(line["response"]["request_id"] in answered for line in lines.values())
     [call] = lines["tools"]["response"]["body"]["choices"][0]["message"]["tool_calls"]
     assert call["function"]["name"] == "lookup"
     assert lines["logprobs"]["response"]["body"]["choices"][0]["logprobs"]["content"]

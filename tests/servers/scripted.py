@@ -753,6 +753,8 @@ class _Exchange:
 
     def head(self, code: int, headers: Iterable[tuple[str, str]] = ()) -> None:
         self.server._update(self.record, status=code)
+        # As OpenAI's API does: every answer names its request.
+        headers = [*headers, ("x-request-id", f"req_scripted_{self.record.index}")]
         if self.close_after:
             headers = [*headers, ("connection", "close")]
         self.pending.append(_head(code, headers))

@@ -271,7 +271,8 @@ class Exchange:
             started = asyncio.get_running_loop().time()
             async with self._first_token_scope(started) as scope:
                 try:
-                    held.response = await backend.send(entry.client, self._body, fold.where)
+                    held.response = response = await backend.send(entry.client, self._body, fold.where)
+                    fold.meta.request_id = response.headers.get("x-request-id")
                     backend.answered(endpoint)
                     result = await read(held.response)
                 except TimeoutError:

@@ -220,8 +220,10 @@ def build_result(
     """The result line for one prompt, in its prompts file's shape, from its thunk's metadata."""
     own = _own_result(record, mot, latency_ms, error)
     if record.fmt == OPENAI_BATCH:
-        response = getattr(getattr(mot, "generation", None), "response", None)
-        return batch_line(record.id, own, response if error is None else None, error)
+        generation = getattr(mot, "generation", None)
+        response = getattr(generation, "response", None)
+        request_id = getattr(generation, "request_id", None)
+        return batch_line(record.id, own, response if error is None else None, error, request_id)
     return own
 
 

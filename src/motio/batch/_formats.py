@@ -43,7 +43,11 @@ def own_view(line: dict[str, Any]) -> dict[str, Any]:
 
 
 def batch_line(
-    custom_id: str | int, own: dict[str, Any], response: dict[str, Any] | None, error: Any
+    custom_id: str | int,
+    own: dict[str, Any],
+    response: dict[str, Any] | None,
+    error: Any,
+    request_id: str | None = None,
 ) -> ResultLine:
     """The Batch API's output line for one request.
 
@@ -52,19 +56,21 @@ def batch_line(
         own: motio's own result line for it (kept on ``.own``).
         response: the assembled ``chat.completion`` (None on failure).
         error: the exception the request failed with, or None.
+        request_id: the server's id for the request (``x-request-id``);
+            without one, the completion's ``id``.
     """
     line = ResultLine(id=f"batch_req_{uuid.uuid4().hex}", custom_id=custom_id, response=None, error=None)
     line.own = own
     if error is None:
         body = response or {}
-        line["response"] = {"status_code": 200, "request_id": body.get("id"), "body": body}
+        line["response"] = {"status_code": 200, "request_id": request_id or body.get("id"), "body": body}
         return line
     code, message = type(error).__name__, str(error)
     status = getattr(error, "status_code", None)
     if isinstance(status, int):
         # The server answered with an error status: its place is the response, as in the Batch API.
         failure = {"message": message, "type": code, "param": None, "code": status}
-        line["response"] = {"status_code": status, "request_id": None, "body": {"error": failure}}
+        line["response"] = {"status_code": status, "request_id": request_id, "body": {"error": failure}}
     line["error"] = {"code": code, "message": message}
     return line
 
