@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -95,10 +96,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        if args.command == "run":
+            _ray_took_the_prompts(args)
         return _handler(args.command)(args)
     except CliError as exc:
         print(f"motio: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
+
+
+def _ray_took_the_prompts(args: Any) -> None:
+    """``motio run --ray PROMPTS.jsonl ...``: the file is the prompts, not an address.
+
+    ``--ray`` takes an optional address, so argparse gives it the word after
+    it; when that word is the prompts file (or ``-``) and no other prompts
+    were given, it was meant as ``--ray`` alone.
+
+    Raises:
+        CliError: no prompts file at all (a usage error, exit 2).
+    """
+    if args.prompts is not None:
+        return
+    if args.ray is not None and (args.ray == "-" or os.path.isfile(args.ray)):
+        args.prompts, args.ray = args.ray, "local"
+        return
+    raise CliError("the following arguments are required: PROMPTS.jsonl", EXIT_USAGE)
 
 
 def _handler(command: str) -> Callable[[Any], int]:
@@ -142,6 +163,7 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     run.add_argument(
         "prompts",
+        nargs="?",  # required; see _ray_took_the_prompts for why it is checked by hand
         metavar="PROMPTS.jsonl",
         help="one JSON object per line: motio's own lines or OpenAI Batch request lines; - reads stdin",
     )
@@ -365,7 +387,7 @@ def _add_ray_options(run: argparse.ArgumentParser) -> None:
         const="local",
         metavar="ADDRESS",
         help="run the batch on Ray workers: without ADDRESS a local Ray instance, 'auto' or "
-        "HOST:PORT an existing cluster. Give it after PROMPTS.jsonl (or as --ray=ADDRESS). "
+        "HOST:PORT an existing cluster (a word after --ray that is a file is taken as PROMPTS.jsonl). "
         "Results, resume and limits are the same as without it",
     )
     cluster.add_argument(
