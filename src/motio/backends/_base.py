@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -47,23 +48,25 @@ class Backend(abc.ABC):
 
     provider: str
     model: str | None
-    # Class attributes, so subclasses need not call Backend.__init__.
+    # A class attribute, so subclasses need not call Backend.__init__.
     _closed = False
-    _recipe: Callable[[], Backend] | None = None
+    _recipe: Callable[[], Backend]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Backend:
+        # The constructor's own arguments are the recipe of a copy: kept here
+        # once, for every backend, rather than restated in each constructor.
+        self = super().__new__(cls)
+        self._recipe = functools.partial(cls, *args, **kwargs)
+        return self
 
     def recipe(self) -> Callable[[], Backend]:
-        """A function that builds a new, unopened backend configured as this one.
+        """A function that builds a new, unopened backend configured as this one
+        (this one's constructor, with the same arguments).
 
-        It pickles, so another process (a Ray worker) can build its own copy:
-        connections and models are never shared across processes.
-
-        Raises:
-            ConfigurationError: this backend cannot be rebuilt elsewhere.
+        It pickles when those arguments do, so another process (a Ray
+        worker) can build its own copy: connections and models are never
+        shared across processes.
         """
-        if self._recipe is None:
-            raise ConfigurationError(
-                f"{type(self).__name__} cannot be rebuilt in another process; pass a function that builds it"
-            )
         return self._recipe
 
     @property

@@ -28,7 +28,6 @@ no connection, so no ``connect_timeout``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.util
 import os
 import sys
@@ -137,17 +136,6 @@ class LlamaCppBackend(Backend):
         if n_ctx < 16:
             raise ConfigurationError(f"n_ctx must be at least 16 tokens, got {n_ctx!r}")
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
-        self._recipe = functools.partial(
-            LlamaCppBackend,
-            self.model_path,
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            max_concurrency=max_concurrency,
-            verbose=verbose,
-            first_token_timeout=first_token_timeout,
-            chunk_timeout=chunk_timeout,
-            total_timeout=total_timeout,
-        )
         self.model = self.model_path.stem
         self.max_concurrency = max_concurrency
         self._llama_args: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads, "verbose": verbose}

@@ -172,23 +172,6 @@ class OpenAIBackend(Backend):
         self.base_urls = _base_urls(base_url)
         self.base_url = self.base_urls[0]
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
-        # The key as resolved here: a copy built elsewhere may not see this environment.
-        self._recipe = functools.partial(
-            OpenAIBackend,
-            model,
-            base_url=list(self.base_urls),
-            api_key=self._api_key,
-            headers=dict(headers or {}),
-            max_concurrency=max_concurrency,
-            concurrency_bound=concurrency_bound,
-            connect_timeout=connect_timeout,
-            first_token_timeout=first_token_timeout,
-            chunk_timeout=chunk_timeout,
-            total_timeout=total_timeout,
-            max_retries=max_retries,
-            rpm=rpm,
-            tpm=tpm,
-        )
         self._headers = {"Authorization": f"Bearer {self._api_key}", "User-Agent": "motio", **(headers or {})}
         self.max_concurrency = max_concurrency
         self.concurrency_bound = concurrency_bound
@@ -239,6 +222,12 @@ class OpenAIBackend(Backend):
         """Per server, in the order given: requests in flight, limit, whether
         in rotation, generations served and their tokens (a read-only copy)."""
         return self._endpoints.snapshot()
+
+    def recipe(self) -> Callable[[], OpenAIBackend]:
+        """As ``Backend.recipe``, with the API key as resolved here: a copy
+        built in another process may not see this environment."""
+        constructor: Callable[..., OpenAIBackend] = super().recipe()  # type: ignore[assignment]
+        return functools.partial(constructor, api_key=self._api_key)
 
     @property
     def rpm(self) -> float | None:

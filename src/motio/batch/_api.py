@@ -209,12 +209,11 @@ async def _runner(
 
 
 def _recipe_of(backend: Any) -> Callable[[], Any]:
-    recipe = getattr(backend, "recipe", None)
-    if recipe is None:
+    if not hasattr(backend, "recipe"):
         raise ConfigurationError(
             "with ray=..., pass a motio backend or a function that builds one (each worker builds its own)"
         )
-    built: Callable[[], Any] = recipe()
+    built: Callable[[], Any] = backend.recipe()
     return built
 
 
