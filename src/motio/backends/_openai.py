@@ -253,6 +253,8 @@ class OpenAIBackend(Backend):
         Raises:
             ConfigurationError: a gate for a server this backend does not have.
         """
+        from ._adaptive import AdaptiveConcurrency
+
         if limiter is not None:
             self._limiter = limiter
         for url, gate in (gates or {}).items():
@@ -260,7 +262,7 @@ class OpenAIBackend(Backend):
             if endpoint is None:
                 raise ConfigurationError(f"share_limits: no server {url!r} in {self.base_urls}")
             endpoint.gate = gate
-            endpoint.adaptive = gate if hasattr(gate, "record_first_token") else None  # type: ignore[assignment]
+            endpoint.adaptive = gate if isinstance(gate, AdaptiveConcurrency) else None
 
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any

@@ -58,9 +58,9 @@ class SharePlan:
         a server backend has limits to share)."""
         if not hasattr(backend, "share_limits"):
             return cls(workers)
-        from ..backends._openai import _AUTO_INITIAL
-
-        bound = int(getattr(backend, "concurrency_bound", 256))
+        bound = int(backend.concurrency_bound)
+        # Where the backend's own limit stands now ("auto" starts there too).
+        initial = max((s.limit or bound) for s in backend.endpoint_snapshot())
         return cls(
             workers,
             tuple(backend.base_urls),
@@ -68,7 +68,7 @@ class SharePlan:
             backend.tpm,
             backend.max_concurrency,
             bound,
-            min(_AUTO_INITIAL, bound),
+            min(initial, bound),
             backend.model,
         )
 
