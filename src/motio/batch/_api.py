@@ -41,6 +41,8 @@ __all__ = ["arun", "run"]
 Prompts = str | Path | Iterable[str | dict[str, Any] | PromptRecord]
 #: How long the consumer waits for the next result before it checks the batch is still alive.
 _POLL_SECONDS = 0.5
+#: How long a batch stopped early may take to stop its workers and close its file.
+_STOP_TIMEOUT = 60.0
 
 
 def run(
@@ -81,11 +83,12 @@ def run(
             the results already yielded (and written) stand.
     """
     results: queue.Queue[tuple[str, Any]] = queue.Queue()
-    stop = threading.Event()
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
     if ray not in (None, False):
         _join(ray)  # on the caller's thread: Ray wants its main thread for signals
 
     async def produce() -> None:
+        running.append((asyncio.get_running_loop(), asyncio.current_task()))  # type: ignore[arg-type]
         batch = arun(
             prompts,
             backend,
@@ -101,8 +104,8 @@ def run(
             async with contextlib.aclosing(batch):
                 async for result in batch:
                     results.put(("result", result))
-                    if stop.is_set():
-                        return
+        except asyncio.CancelledError:
+            return  # the consumer stopped iterating: the end it asked for, at the top of this thread
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who raises it
             results.put(("error", exc))
         else:
@@ -124,8 +127,13 @@ def run(
                 raise value
             yield value
     finally:
-        stop.set()
-        thread.join(timeout=_POLL_SECONDS * 4)
+        if thread.is_alive() and running:
+            # Stopped early: cancel the batch now (its workers, its file lock)
+            # and wait for it, so that a rerun right after finds the file free.
+            loop, task = running[0]
+            with contextlib.suppress(RuntimeError):  # its loop ended meanwhile
+                loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=_STOP_TIMEOUT)
 
 
 async def arun(
