@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_cli import start_chunk_server, write_prompts  # noqa: E402
+from bench_servers import timed as run_timed  # noqa: E402
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -49,22 +48,12 @@ def process_seconds(pid: int) -> float:
 
 
 def timed(argv: list[str], servers: list[int]) -> tuple[float, float, float, str]:
-    """(wall s, client CPU s, driver CPU s, stderr) of one run."""
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])
-    )
+    """(wall s, client CPU s, driver CPU s, stderr) of one run (``bench_servers.timed``
+    plus the machine's busy time over it, less the servers')."""
     machine, served = busy_seconds(), sum(process_seconds(pid) for pid in servers)
-    started = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        err.seek(0)
-        text = err.read().decode()
+    wall, driver, _, text = run_timed(argv)
     client = busy_seconds() - machine - (sum(process_seconds(pid) for pid in servers) - served)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv[:6]} failed:\n{text}")
-    return wall, client, usage.ru_utime + usage.ru_stime, text
+    return wall, client, driver, text
 
 
 def main() -> None:
