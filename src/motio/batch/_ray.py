@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import socket
 import uuid
 from collections import deque
@@ -246,9 +245,6 @@ class BatchWorker:
         self._setting_up = asyncio.Lock()
         _tune_gc()
 
-    def pid(self) -> int:
-        return os.getpid()
-
     async def run_shard(self, records: list[PromptRecord], plan: SharePlan) -> Any:
         """Streams ``(results, server loads)``; ``results`` are ``(key, result,
         attempts)``. A whole-run failure is streamed as ``("abort", message)``."""
@@ -407,7 +403,6 @@ class RayPool:
     ) -> None:
         self.plan = SharePlan(workers)
         self.shard_size = 1
-        self.lost = 0
         self.rerun = 0
         # Found by name, not handed over: an actor handle among a restartable
         # actor's arguments would pin them in the object store (ray#53727).
@@ -442,10 +437,6 @@ class RayPool:
         self._shared = True
         if plan.rate_limited or plan.adaptive:
             self._coordinator = _CoordinatorActor.options(name=self._coordinator_name).remote(plan)
-
-    async def pids(self) -> list[int]:
-        """The workers' process ids (for the tests that kill one)."""
-        return list(await asyncio.gather(*(w.handle.pid.remote() for w in self._workers)))
 
     def endpoint_snapshot(self) -> list[EndpointSnapshot]:
         """Per server, the sum over workers of their last report (the same
@@ -579,7 +570,6 @@ class RayPool:
             if losses < MAX_LOSSES:
                 again.append(record)
             elif record.key not in self._delivered:
-                self.lost += 1
                 self._delivered.add(record.key)
                 error = WorkerLost(f"in flight on a worker that died {losses} times; not run again")
                 on_result(build_result(record, None, 0.0, error), None)
