@@ -29,11 +29,10 @@ sys.path.insert(0, str(HERE))
 from bench_cli import start_chunk_server, write_prompts  # noqa: E402
 
 
-def timed(argv: list[str]) -> tuple[float, float, float, str]:
-    """(wall s, client CPU s, peak RSS MB, stderr) of one run, from its own rusage."""
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])
-    )
+def timed(argv: list[str], src: str | Path = HERE.parent / "src") -> tuple[float, float, float, str]:
+    """(wall s, client CPU s, peak RSS MB, stderr) of one run, from its own rusage;
+    ``src`` is the motio tree it imports (this checkout's by default)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
     started = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
