@@ -70,6 +70,16 @@ class Backend(abc.ABC):
         return self._recipe
 
     @property
+    def max_reruns(self) -> int:
+        """How many times a batch may run one prompt again from its start
+        after its stream broke mid-answer (the batch engine's re-run, never
+        ``generate``'s own). 0 here: a backend without servers has no
+        connection to break; a server backend returns its bound, and its
+        ``generate`` accepts ``avoid_servers=`` to steer the re-run away
+        from the server that broke."""
+        return 0
+
+    @property
     def is_closed(self) -> bool:
         """True once ``aclose()`` or ``close()`` was called; then generating raises."""
         return self._closed

@@ -80,7 +80,7 @@ _AUTO_INITIAL = 16
 _PROBE_TIMEOUT = 5.0
 
 _OPTIONS = COMMON_OPTIONS | CHAT_FIELDS | {"extra_body", "keep_response"}
-_OPTIONS |= {"first_token_timeout", "total_timeout"}
+_OPTIONS |= {"first_token_timeout", "total_timeout", "avoid_servers"}
 _USAGE_PLEASE = {"include_usage": True}
 
 
@@ -138,7 +138,9 @@ class OpenAIBackend(Backend):
             retried. Given several servers, a connection failure is instead
             sent at once to a server this generation has not failed on
             (counted in ``attempts``, not in this budget), and retries go
-            preferably to another server.
+            preferably to another server. Also the bound of a batch's
+            re-runs (``max_reruns``): a prompt whose stream broke after
+            content is run again from its start at most this many times.
         rpm, tpm: requests and tokens per minute for this backend, shared by
             every loop and thread of the process. ``tpm`` counts the prompt
             (estimated: 4 characters a token) plus ``max_tokens`` up front,
@@ -275,11 +277,14 @@ class OpenAIBackend(Backend):
             _option_timeout(options, "total_timeout", self.total_timeout),
         )
         keep = _keep_response(options, type(self).__name__)
+        avoid = options.pop("avoid_servers", None)
         messages = to_messages(prompt_or_messages)
         body = _request_body(messages, stream, options)
         tokens = self._token_estimate(messages, options)
         fold = _ChatFold(self._loads, self._where(), stream, keep)
         exchange = Exchange(self, body, fold, timeouts, tokens)
+        if avoid:
+            exchange.avoid(self._servers_named(avoid))
         opener = exchange.open_stream() if stream else exchange.complete()
         mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
             opener, post_process=fold.finish, chunk_timeout=timeouts.chunk if stream else None
@@ -289,6 +294,23 @@ class OpenAIBackend(Backend):
         meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
         meta.base_url = self.base_url
         return mot
+
+    def _servers_named(self, urls: object) -> list[Endpoint]:
+        """The servers among ``urls`` (``avoid_servers=``); others are ignored.
+
+        Raises:
+            ConfigurationError: ``urls`` is not a list of URL strings.
+        """
+        if isinstance(urls, str) or not isinstance(urls, Sequence):
+            raise ConfigurationError(f"avoid_servers must be a list of base URLs, got {urls!r}")
+        named = {_one_url(url) for url in urls}
+        return [e for e in self._endpoints.all if e.base_url in named]
+
+    @property
+    def max_reruns(self) -> int:
+        """``max_retries``: one bound for every time a prompt is sent again
+        (see ``Backend.max_reruns``)."""
+        return self.retry_policy.max_retries
 
     def _token_estimate(self, messages: Messages, options: dict[str, Any]) -> int:
         if self._limiter is None or self._limiter.tpm is None:
@@ -337,6 +359,14 @@ class OpenAIBackend(Backend):
 
     def connection_failed(self, endpoint: Endpoint, *, refused: bool) -> None:
         self._endpoints.failed(endpoint, refused=refused)
+
+    def model_missing(self, endpoint: Endpoint, model: object) -> None:
+        """``endpoint`` answered 404 for ``model``: if that is the backend's
+        model, the server serves another one, so it leaves rotation until a
+        probe finds the model in its ``/models`` again. A model only one
+        request names (an OpenAI Batch line's own) says nothing of the server."""
+        if model == self.model:
+            self._endpoints.mark_out(endpoint)
 
     def concurrency_sample(self, endpoint: Endpoint, seconds: float) -> None:
         if endpoint.adaptive is not None:
@@ -433,13 +463,35 @@ class OpenAIBackend(Backend):
     async def check_each(self, timeout: float | None = None) -> list[tuple[str, MotioError | None]]:
         """Check every server at once (``check()``'s test, each within
         ``timeout`` seconds); those that fail leave rotation until a probe
-        finds them back.
+        finds them back. A server that answers but does not list ``model``
+        fails with ``NotFoundError`` (it was started with another model).
+        Without a model given, the model is the first one listed by the
+        first server, in the order given, that lists any: never whichever
+        server happened to answer first.
 
         Returns:
             Per server, in the order given: its base URL and None, or the
             error it failed with (a ``BackendTimeoutError`` past ``timeout``).
         """
-        return await each_checked(self._endpoints.all, self._check_endpoint_in_rotation, timeout)
+        listings: dict[Endpoint, list[str]] = {}
+
+        async def list_models(endpoint: Endpoint) -> None:
+            listings[endpoint] = await self._listing(endpoint)
+
+        report = await each_checked(self._endpoints.all, list_models, timeout)
+        if self.model is None:
+            first = next((ids for e in self._endpoints.all if (ids := listings.get(e))), None)
+            self._take_first_model(self._endpoints.all[0], first or [])  # may stay None: no listing
+        checked: list[tuple[str, MotioError | None]] = []
+        for endpoint, (url, error) in zip(self._endpoints.all, report, strict=True):
+            if error is None:
+                error = self._model_error(endpoint, listings[endpoint])
+            if error is None:
+                self._endpoints.answered(endpoint)
+            else:
+                self._endpoints.mark_out(endpoint)
+            checked.append((url, error))
+        return checked
 
     async def _check_endpoint_in_rotation(self, endpoint: Endpoint) -> None:
         try:
@@ -452,33 +504,53 @@ class OpenAIBackend(Backend):
         self._endpoints.answered(endpoint)
 
     async def _check_endpoint(self, endpoint: Endpoint) -> None:
+        ids = await self._listing(endpoint)
+        if self.model is None:
+            self._take_first_model(endpoint, ids)
+        error = self._model_error(endpoint, ids)
+        if error is not None:
+            raise error
+
+    async def _listing(self, endpoint: Endpoint) -> list[str]:
+        """The models ``endpoint`` lists (``GET /models``)."""
         entry = await endpoint.clients.get()
         entry.acquire()
         try:
-            ids = await self._list_models(entry.client, endpoint)
-            if self.model is None:
-                await self._ask_model(entry.client, endpoint)
+            return await self._list_models(entry.client, endpoint)
         finally:
             entry.release()
-        if self.model not in ids and ids:
-            shown = ", ".join(map(repr, ids[:10]))
-            where = endpoint.where(self.provider, self.model)
-            raise NotFoundError(
-                f"{where.describe()}: the server does not list model {self.model!r} "
-                f"(it lists {shown}); check model=",
-                **where.fields(),
-            )
+
+    def _take_first_model(self, endpoint: Endpoint, ids: list[str]) -> None:
+        """No model was given: use the first of ``ids`` (unless another server's came first)."""
+        with self._model_lock:
+            if self.model is None and ids:
+                self.model = ids[0]
+
+    def _model_error(self, endpoint: Endpoint, ids: list[str]) -> NotFoundError | None:
+        """Why ``endpoint`` cannot serve the model, by its listing ``ids``; None if it can.
+
+        A server that lists no models at all is given the benefit of the
+        doubt (some proxies answer ``/models`` with an empty list).
+        """
+        if self.model is None:
+            where = endpoint.where(self.provider, None)
+            return NotFoundError(f"{where.describe()}: the server lists no models; pass model=", **where.fields())
+        if self.model in ids or not ids:
+            return None
+        shown = ", ".join(map(repr, ids[:10]))
+        where = endpoint.where(self.provider, self.model)
+        return NotFoundError(
+            f"{where.describe()}: the server does not list model {self.model!r} "
+            f"(it lists {shown}); check model=",
+            **where.fields(),
+        )
 
     async def _probe(self, endpoint: Endpoint) -> None:
-        # A server out of rotation is back when it lists its models again;
-        # bounded, since a half-dead server may accept and never answer.
+        # A server out of rotation is back when it answers and lists the
+        # model again (one that served another model must not rejoin just for
+        # answering); bounded, since a half-dead server may accept and never answer.
         async with asyncio.timeout(_PROBE_TIMEOUT):
-            entry = await endpoint.clients.get()
-            entry.acquire()
-            try:
-                await self._list_models(entry.client, endpoint)
-            finally:
-                entry.release()
+            await self._check_endpoint(endpoint)
 
     async def aclose(self) -> None:
         """Close this loop's clients now and every other loop's on its own loop;

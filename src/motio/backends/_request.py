@@ -23,6 +23,11 @@ What a batch meets on real servers, and what this module does about it:
   server in rotation that this generation has not failed on, outside the
   retry budget but recorded in ``attempts``; other retries prefer a server
   not yet failed on. Whatever server gave content keeps the generation.
+  A 404 from one server while others remain is a server started with
+  another model: it leaves rotation (``model_missing``) and the request goes
+  at once to another, as for a connection failure.
+- ``avoid_servers=`` (a batch running a prompt again after its stream broke
+  on a server): those servers are taken only when no other has room.
 
 A streamed generation runs in two phases, matching the core's contract that
 an opener coroutine is not watched by ``chunk_timeout`` but its stream is:
@@ -46,6 +51,7 @@ from .._exceptions import (
     ChunkTimeoutError,
     FirstTokenTimeoutError,
     MotioError,
+    NotFoundError,
     StreamError,
     TotalTimeoutError,
 )
@@ -126,7 +132,7 @@ class Exchange:
 
     __slots__ = (
         "_backend", "_body", "_fold", "_timeouts", "_tokens", "_deadline", "attempts",
-        "_endpoint", "_tried", "_failovers",
+        "_endpoint", "_tried", "_failovers", "_avoid",
     )  # fmt: skip
 
     def __init__(
@@ -147,6 +153,11 @@ class Exchange:
         self._endpoint: Endpoint | None = None  # the server of the current attempt
         self._tried: list[Endpoint] = _NONE_TRIED  # servers this generation failed on
         self._failovers = 0  # attempts sent to another server outside the retry budget
+        self._avoid: list[Endpoint] = _NONE_TRIED  # servers to take only when no other has room
+
+    def avoid(self, servers: list[Endpoint]) -> None:
+        """Prefer servers other than ``servers`` for every attempt (``avoid_servers=``)."""
+        self._avoid = servers or _NONE_TRIED
 
     # -- the two entry points: the thunk's opener coroutine --------------------
 
@@ -227,7 +238,8 @@ class Exchange:
         """A server's slot and the rate-limit place, the wait recorded in ``queued_ms``."""
         loop = asyncio.get_running_loop()
         waited = loop.time()
-        endpoint, reservation = await self._backend.take_slot(self._tokens, self._tried)
+        avoid = self._tried if self._avoid is _NONE_TRIED else self._avoid + self._tried
+        endpoint, reservation = await self._backend.take_slot(self._tokens, avoid)
         self._endpoint = endpoint
         meta = self._fold.meta
         meta.queued_ms = (meta.queued_ms or 0.0) + (loop.time() - waited) * 1000.0
@@ -313,6 +325,11 @@ class Exchange:
     # -- classification ----------------------------------------------------------
 
     def _classify_motio(self, exc: MotioError) -> NoReturn:
+        if isinstance(exc, NotFoundError) and self._backend.several_servers:
+            # One server of several without the model (started with another):
+            # the others may have it, and nothing was sent to the thunk yet.
+            self._backend.model_missing(self._failed_endpoint(), self._body.get("model"))
+            raise _Retry(exc, None, overload=False, failover=True, same_server=False) from None
         if isinstance(exc, APIStatusError):
             self._backend.answered(self._failed_endpoint())  # an answer: that server is up
         if isinstance(exc, APIStatusError) and exc.status_code in RETRYABLE_STATUSES:

@@ -9,17 +9,28 @@ is that, and nothing about files, terminals or processes.
 
 Only ``workers`` tasks ever exist, however long the iterator is, so a batch
 of millions of prompts costs memory for the prompts in flight only.
+
+A prompt whose stream broke after content had started (the connection
+broke, the server died, a stall) is run again from its start, preferring
+another server, at most ``backend.max_reruns`` times (``max_retries`` of a
+server backend). ``generate()`` itself never re-sends after content reached
+its thunk, since a consumer may have shown that text; in a batch the engine
+is the only consumer and writes nothing before the end, so running the
+prompt again from scratch repeats nothing anyone saw. Only the last run's
+text is written, and the line's ``attempts`` says how many runs it took.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import (
     AuthenticationError,
+    BackendChunkTimeoutError,
     BackendConnectionError,
     BackendTimeoutError,
     MotioError,
@@ -43,6 +54,12 @@ OnResult = Callable[[dict[str, Any], Any], None]
 _CHECK_TIMEOUT = 10.0
 # Failures of one request that may mean the whole server is gone.
 _CONNECTION_CLASS = (BackendConnectionError, StreamError, BackendTimeoutError)
+# Failures after content started that running the prompt again may cure: the
+# connection broke or the stream stalled. Not a total timeout: that is the
+# caller's bound on the whole generation, which a re-run would only extend.
+_BROKEN_MID_ANSWER = (StreamError, BackendConnectionError, BackendChunkTimeoutError)
+
+_log = logging.getLogger("motio")
 
 
 class BatchAborted(MotioError):
@@ -76,7 +93,9 @@ class Engine:
             the Batch API would send it, without motio's defaults.
         remote: the backend is a server, which can vanish mid-run; a
             connection-class failure then triggers a check of the server,
-            and a failed check aborts the batch.
+            and a failed check aborts the batch. Only then are prompts
+            whose stream broke mid-answer run again (``backend.max_reruns``
+            times at most).
     """
 
     def __init__(
@@ -91,6 +110,7 @@ class Engine:
         self.options = dict(options or {})
         self.defaults = {**(defaults or {}), **self.options}
         self.remote = remote
+        self.max_reruns = backend.max_reruns if remote else 0
 
     async def run(
         self,
@@ -148,28 +168,40 @@ class Engine:
     async def generate(self, record: PromptRecord) -> tuple[dict[str, Any], Any]:
         """One record's result line and its ``Attempts`` (None if no request was made).
 
+        A run that broke mid-answer is run again (see the module docstring);
+        the line is the last run's, with ``attempts`` the number of runs.
+
         Raises:
             BatchAborted: the failure was the run's, not this prompt's.
         """
         options = self.options_for(record)
         started = time.perf_counter()
-        mot: ModelOutputThunk[Any] | None = None
-        error: Exception | None = None
-        try:
-            mot = await self.backend.generate(record.request, stream=True, **options)
-            await mot.avalue()
-        except Exception as exc:  # noqa: BLE001 - any failure of one prompt is its result
-            error = exc
-        finally:
-            # On cancellation this is what stops the generation at its source
-            # (the HTTP response or the llama.cpp thread) before the loop exits.
-            if mot is not None:
-                await mot.aclose()
-        latency_ms = (time.perf_counter() - started) * 1000
-        if error is not None:
+        runs = 1
+        while True:
+            mot: ModelOutputThunk[Any] | None = None
+            error: Exception | None = None
+            try:
+                mot = await self.backend.generate(record.request, stream=True, **options)
+                await mot.avalue()
+            except Exception as exc:  # noqa: BLE001 - any failure of one prompt is its result
+                error = exc
+            finally:
+                # On cancellation this is what stops the generation at its source
+                # (the HTTP response or the llama.cpp thread) before the loop exits.
+                if mot is not None:
+                    await mot.aclose()
+            ended = time.perf_counter()
+            if error is None:
+                break
+            # Before any re-run: a server that is gone stops the batch (the
+            # prompt stays unrecorded, for the resume), as for any prompt.
             await self._abort_if_fatal(error)
+            if runs > self.max_reruns or not _broke_mid_answer(mot, error):
+                break
+            runs += 1
+            options = _avoiding(options, mot, record, error, runs)
         attempts = None if mot is None else mot.generation.attempts
-        return build_result(record, mot, latency_ms, error), attempts
+        return build_result(record, mot, (ended - started) * 1000, error, runs), attempts
 
     def options_for(self, record: PromptRecord) -> dict[str, Any]:
         """The ``generate`` options of one record: its own fields over the engine's."""
@@ -190,6 +222,34 @@ class Engine:
             except (MotioError, TimeoutError) as exc:
                 raise BatchAborted(exc) from exc
             # The server answers again: a failure of this prompt alone.
+
+
+def _broke_mid_answer(mot: ModelOutputThunk[Any] | None, error: Exception) -> bool:
+    """Whether a run failed after content started in a way another run may not meet.
+
+    Before content, the backend's own retries and failover have had their
+    say; a failure there is the prompt's (or the server's: the check decided).
+    """
+    return mot is not None and mot.generation.ttfb_ms is not None and isinstance(error, _BROKEN_MID_ANSWER)
+
+
+def _avoiding(
+    options: dict[str, Any], mot: ModelOutputThunk[Any] | None, record: PromptRecord, error: Exception, runs: int
+) -> dict[str, Any]:
+    """The options of the next run: away from the servers the prompt broke on.
+
+    With one server, or all of them avoided, the router still takes one
+    (a stream that broke on a server that answers its check runs there again).
+    """
+    server = None if mot is None else mot.generation.base_url
+    _log.info(
+        "%s: prompt %r broke mid-answer (%s); running it again from its start (run %d)",
+        server or "backend", record.id, type(error).__name__, runs,
+    )  # fmt: skip
+    if server is None:
+        return options
+    avoided = tuple(options.get("avoid_servers", ()))
+    return {**options, "avoid_servers": (*avoided, server)}
 
 
 def batch_options(body: Mapping[str, Any], fill: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,10 +275,15 @@ def batch_options(body: Mapping[str, Any], fill: Mapping[str, Any]) -> dict[str,
 
 
 def build_result(
-    record: PromptRecord, mot: ModelOutputThunk[Any] | None, latency_ms: float, error: BaseException | None
+    record: PromptRecord,
+    mot: ModelOutputThunk[Any] | None,
+    latency_ms: float,
+    error: BaseException | None,
+    runs: int = 1,
 ) -> dict[str, Any]:
-    """The result line for one prompt, in its prompts file's shape, from its thunk's metadata."""
-    own = _own_result(record, mot, latency_ms, error)
+    """The result line for one prompt, in its prompts file's shape, from its
+    (last) thunk's metadata; ``runs``: how many times the prompt was run."""
+    own = _own_result(record, mot, latency_ms, error, runs)
     if record.fmt == OPENAI_BATCH:
         generation = getattr(mot, "generation", None)
         response = getattr(generation, "response", None)
@@ -228,7 +293,11 @@ def build_result(
 
 
 def _own_result(
-    record: PromptRecord, mot: ModelOutputThunk[Any] | None, latency_ms: float, error: BaseException | None
+    record: PromptRecord,
+    mot: ModelOutputThunk[Any] | None,
+    latency_ms: float,
+    error: BaseException | None,
+    runs: int,
 ) -> dict[str, Any]:
     generation = getattr(mot, "generation", None)
     usage = getattr(generation, "usage", None)
@@ -246,12 +315,14 @@ def _own_result(
         "latency_ms": round(latency_ms, 1),
         "model": getattr(generation, "model", None),
         "retries": attempts.retries if attempts is not None else 0,
+        "attempts": runs,
         "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
     }
     _add_answer_fields(result, getattr(generation, "response", None))
     partial = mot.text if error is not None and mot is not None else ""
     if partial:
-        # A stream that broke after some text: kept, never retried (it could change).
+        # The last run broke after some text (re-runs spent, or a failure
+        # no re-run cures): kept for the record, never written as output.
         result["partial_output"] = partial
     return result
 

@@ -7,7 +7,10 @@ A results file holds the shape of its prompts file:
 - the OpenAI Batch API's output line: ``{"id", "custom_id", "response":
   {"status_code", "request_id", "body"}, "error"}``, where ``body`` is the
   ``chat.completion`` the server would have returned without streaming and
-  ``error`` is ``{"code", "message"}`` or null.
+  ``error`` is ``{"code", "message"}`` or null. Only a request that took
+  more than one run (its stream broke mid-answer and the batch ran it
+  again) gets one more top-level key, ``attempts``; every other line keeps
+  the Batch API's four keys exactly.
 
 Resume reads the id (``id`` or ``custom_id``) and whether the line succeeded
 from either shape, so ``--retry-errors`` and "skip what is done" behave the
@@ -61,6 +64,9 @@ def batch_line(
     """
     line = ResultLine(id=f"batch_req_{uuid.uuid4().hex}", custom_id=custom_id, response=None, error=None)
     line.own = own
+    runs = own.get("attempts", 1)
+    if runs > 1:
+        line["attempts"] = runs
     if error is None:
         body = response or {}
         line["response"] = {"status_code": 200, "request_id": request_id or body.get("id"), "body": body}

@@ -41,6 +41,8 @@ class RunStats:
         ok, failed: results written by this run.
         retries: requests retried (429s, 5xx, resets before the first token).
         rate_limited: 429 answers among them.
+        reruns: prompts run again from their start after a stream broke
+            mid-answer (each re-run counted; the lines' ``attempts`` - 1).
         timeouts: failed prompts by kind of timeout (error class name).
         concurrency: the requests in flight allowed now (for the progress
             line; set by the run from the backend's adaptive gate).
@@ -60,6 +62,7 @@ class RunStats:
     ttfb_ms: list[float] = field(default_factory=list)
     retries: int = 0
     rate_limited: int = 0
+    reruns: int = 0
     timeouts: dict[str, int] = field(default_factory=dict)
     concurrency: int | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -80,6 +83,9 @@ class RunStats:
             self.failed += 1
             if error.get("type", "").endswith("TimeoutError"):
                 self.timeouts[error["type"]] = self.timeouts.get(error["type"], 0) + 1
+        runs = result.get("attempts")
+        if runs:
+            self.reruns += runs - 1
         if attempts is not None:
             self.retries += attempts.retries
             self.rate_limited += attempts.statuses.count(429)
@@ -123,6 +129,8 @@ def format_summary(stats: RunStats) -> list[str]:
 
 def _reliability_note(stats: RunStats) -> str:
     parts = [f"{stats.retries} retries ({stats.rate_limited} after HTTP 429)"] if stats.retries else []
+    if stats.reruns:
+        parts.append(f"re-run after a broken stream: {stats.reruns}")
     if stats.timeouts:
         kinds = ", ".join(f"{count} {name}" for name, count in sorted(stats.timeouts.items()))
         parts.append(f"timeouts: {kinds}")

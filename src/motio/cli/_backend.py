@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ConfigurationError, MotioError
+from .._exceptions import ConfigurationError, MotioError, NotFoundError
 from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
@@ -261,8 +261,11 @@ async def _check_several(backend: Backend, limit: float) -> None:
     if len(failed) == len(report):
         raise none_passed(failed)
     for url, error in failed:
+        # A server that answers without the model was started with another
+        # one: it rejoins only once it lists the model (probed like a dead one).
+        trouble = "does not serve the model" if isinstance(error, NotFoundError) else "does not answer"
         print(
-            f"motio: warning: {url} does not answer ({short_reason(url, error)}); running on the other "
+            f"motio: warning: {url} {trouble} ({short_reason(url, error)}); running on the other "
             "servers, and trying it again from time to time",
             file=sys.stderr,
             flush=True,
