@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from motio import BackendConnectionError, StreamError
+from motio import BackendConnectionError, ConfigurationError, NotFoundError, StreamError
 from motio.backends import EndpointSnapshot, OpenAIBackend
 from motio.backends._endpoints import Endpoint, Endpoints
 from tests.asyncutil import run
@@ -413,3 +413,99 @@ def test_the_router_avoids_a_failed_server_while_another_has_room() -> None:
 
     # Four on the other server; then only the avoided one has room.
     assert run(main()) == ["http://s1/v1"] * 4 + ["http://s0/v1"] * 2
+
+
+# -- steering one generation; a server started with another model ----------------------
+
+
+def test_avoid_servers_steers_a_generation_to_another_server(
+    two: tuple[ScriptedServer, ScriptedServer],
+) -> None:
+    a, b = two
+    backend = OpenAIBackend(MODEL, base_url=[a.base_url, b.base_url], max_concurrency=4, max_retries=3)
+    assert backend.max_reruns == 3  # a batch's bound on re-runs is max_retries
+    with pytest.raises(ConfigurationError, match="avoid_servers"):
+        run(backend.generate("x", avoid_servers=a.base_url))
+
+    async def main() -> list[Any]:
+        steered = [await answer(backend, f"p{i}", avoid_servers=[a.base_url + "/"]) for i in range(6)]
+        unknown = await answer(backend, "elsewhere", avoid_servers=["http://127.0.0.1:1/v1"])
+        await backend.aclose()
+        return [*steered, unknown]
+
+    mots = run(main())
+    assert [m.value for m in mots[:6]] == [f"echo: p{i}" for i in range(6)]
+    assert all(m.generation.base_url == b.base_url for m in mots[:6])
+    assert prompts_seen(b)[:6] == [f"p{i}" for i in range(6)]
+    assert mots[6].value == "echo: elsewhere"  # a server the backend does not have is ignored
+
+
+def test_avoid_servers_with_one_server_still_uses_it(two: tuple[ScriptedServer, ScriptedServer]) -> None:
+    a, _ = two
+    backend = OpenAIBackend(MODEL, base_url=a.base_url)
+    [mot] = run(answer_all(backend, ["only"], avoid_servers=[a.base_url]))
+    assert mot.value == "echo: only" and prompts_seen(a) == ["only"]
+
+
+def test_a_404_for_the_model_fails_over_and_the_server_leaves_rotation_until_it_lists_it() -> None:
+    models = ["another-model"]
+
+    def not_listed(record: Any) -> Any:
+        missing = f"The model `{record.model}` does not exist."
+        return None if record.model in models else status(404, body=missing)
+
+    with running() as good, running(models=models, rule=not_listed) as wrong:
+        backend = OpenAIBackend(MODEL, base_url=[wrong.base_url, good.base_url], max_concurrency=2)
+
+        async def main() -> tuple[list[Any], EndpointSnapshot, list[Any]]:
+            first = await asyncio.gather(*(answer(backend, f"p{i}") for i in range(20)))
+            out = backend.endpoint_snapshot()[0]
+            # "Restarted" with the model: a probe finds it listed, and it serves again.
+            models[:] = [MODEL]
+            wrong.models = (MODEL,)
+            later: list[Any] = []
+            deadline = asyncio.get_running_loop().time() + WAIT
+            while not any(m.generation.base_url == wrong.base_url for m in later):
+                assert asyncio.get_running_loop().time() < deadline, "never rejoined"
+                later.append(await answer(backend, "again"))
+                await asyncio.sleep(0.05)  # paces the load, not a synchronisation
+            await backend.aclose()
+            return first, out, later
+
+        first, out, later = run(main())
+        refused = [r for r in wrong.chat_requests if r.status == 404]
+    assert [m.value for m in first] == [f"echo: p{i}" for i in range(20)]
+    assert all(m.generation.base_url == good.base_url for m in first)
+    assert 1 <= len(refused) <= 2  # at most the two routed there before the first 404 came back
+    assert not out.in_rotation
+    moved = [m for m in first if m.generation.attempts.statuses == [404]]
+    assert len(moved) == len(refused) and all(m.generation.attempts.waits == [0.0] for m in moved)
+    assert later[-1].value == "echo: again"
+
+
+def test_a_404_with_one_server_is_the_prompts_failure_as_before() -> None:
+    with running(rule=lambda record: status(404)) as only:
+        backend = OpenAIBackend(MODEL, base_url=[only.base_url])
+        with pytest.raises(NotFoundError):
+            run(answer_all(backend, ["x"]))
+        assert len(only.chat_requests) == 1  # not retried
+
+
+def test_check_each_names_the_server_without_the_model_and_keeps_it_out() -> None:
+    with running(models=["other"]) as wrong, running() as good:
+        # No model given: it comes from the first server in the order given
+        # that lists one, whichever answers first.
+        backend = OpenAIBackend(base_url=[good.base_url, wrong.base_url])
+
+        async def main() -> tuple[list[Any], list[EndpointSnapshot]]:
+            report = await backend.check_each(timeout=5)
+            snapshot = backend.endpoint_snapshot()
+            await backend.aclose()
+            return report, snapshot
+
+        report, snapshot = run(main())
+    assert backend.model == MODEL
+    assert report[0] == (good.base_url, None)
+    assert isinstance(report[1][1], NotFoundError)
+    assert "does not list model 'scripted-model'" in str(report[1][1])
+    assert [s.in_rotation for s in snapshot] == [True, False]

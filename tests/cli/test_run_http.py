@@ -70,9 +70,11 @@ def test_full_run_writes_one_complete_line_per_prompt(tmp_path: Path, server: Sc
             "latency_ms",
             "model",
             "retries",
+            "attempts",
             "error",
         ]
         assert line["error"] is None and line["finish_reason"] == "stop"
+        assert line["attempts"] == 1  # run once: no stream broke
         assert line["model"] == "scripted-model"
         assert line["usage"]["completion_tokens"] == 2  # "echo:", " <word>"
         assert 0 <= line["ttfb_ms"] <= line["latency_ms"]

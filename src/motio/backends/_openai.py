@@ -534,7 +534,8 @@ class OpenAIBackend(Backend):
         """
         if self.model is None:
             where = endpoint.where(self.provider, None)
-            return NotFoundError(f"{where.describe()}: the server lists no models; pass model=", **where.fields())
+            message = f"{where.describe()}: the server lists no models; pass model="
+            return NotFoundError(message, **where.fields())
         if self.model in ids or not ids:
             return None
         shown = ", ".join(map(repr, ids[:10]))

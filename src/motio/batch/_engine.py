@@ -234,7 +234,11 @@ def _broke_mid_answer(mot: ModelOutputThunk[Any] | None, error: Exception) -> bo
 
 
 def _avoiding(
-    options: dict[str, Any], mot: ModelOutputThunk[Any] | None, record: PromptRecord, error: Exception, runs: int
+    options: dict[str, Any],
+    mot: ModelOutputThunk[Any] | None,
+    record: PromptRecord,
+    error: Exception,
+    runs: int,
 ) -> dict[str, Any]:
     """The options of the next run: away from the servers the prompt broke on.
 

@@ -257,7 +257,9 @@ def _backend_options() -> argparse.ArgumentParser:
         type=_non_negative_int,
         metavar="N",
         help="retries of a request that failed before its first token (429, 5xx, reset "
-        "connections), with backoff or the server's Retry-After (default: 2; 0: none)",
+        "connections), with backoff or the server's Retry-After; also how many times a prompt "
+        "whose stream broke mid-answer is run again from its start, on another server if "
+        "there is one (default: 2; 0: none)",
     )
     options.add_argument("--rpm", type=_positive_float, metavar="N", help="requests per minute at most")
     options.add_argument("--tpm", type=_positive_float, metavar="N", help="tokens per minute at most")
