@@ -112,7 +112,12 @@ class OpenAIBackend(Backend):
             fewest requests in flight (per slot of its own gate); an attempt
             that failed before any content goes to another; a server that
             refuses connections (or fails three in a row) leaves rotation
-            until a probe (``GET /models``, with backoff) finds it back.
+            until a probe (``GET /models``, with backoff) finds it back
+            listing the model; one that answers 404 for the model (started
+            with another) leaves rotation too, its request sent at once to
+            another. ``generate(..., avoid_servers=[url, ...])`` takes those
+            servers only when no other in rotation has room (a batch's
+            re-run after a stream broke there).
         api_key: default ``$OPENAI_API_KEY``, else a placeholder that local
             servers accept.
         headers: extra HTTP headers for every request.
