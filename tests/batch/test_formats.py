@@ -148,3 +148,12 @@ def test_resume_reads_batch_output_lines(tmp_path: Path) -> None:
     finally:
         again.close()
     assert inspect_results(out).failed == {'"c"'}
+
+
+def test_a_batch_line_says_attempts_only_when_the_prompt_ran_more_than_once() -> None:
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "choices": []}
+    once = batch_line("r", {"id": "r", "output": "hi", "error": None, "attempts": 1}, body, None)
+    again = batch_line("r", {"id": "r", "output": "hi", "error": None, "attempts": 2}, body, None)
+    assert list(once) == ["id", "custom_id", "response", "error"]
+    assert list(again) == ["id", "custom_id", "response", "error", "attempts"] and again["attempts"] == 2
+    assert result_outcome(again) == ('"r"', True, "openai-batch")  # resume reads it as before

@@ -57,3 +57,13 @@ def test_summary_names_counts_percentiles_and_throughput() -> None:
     assert "latency p50 150 ms, p95 195 ms" in text
     assert "first token p50 15 ms" in text
     assert "20 completion tokens" in text and "tokens/s" in text
+
+
+def test_reruns_are_counted_from_the_lines_attempts_and_named_in_the_summary() -> None:
+    stats = RunStats(total=3)
+    stats.record({**_result(latency=100.0), "attempts": 1})
+    assert "re-run" not in "\n".join(format_summary(stats))  # said only when it happened
+    stats.record({**_result(latency=100.0), "attempts": 3})
+    stats.record({**_result(latency=100.0), "attempts": 2})
+    assert stats.reruns == 3
+    assert "re-run after a broken stream: 3" in "\n".join(format_summary(stats))

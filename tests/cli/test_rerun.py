@@ -197,6 +197,37 @@ def test_a_stream_broken_on_a_single_live_server_runs_again_there(tmp_path: Path
     assert reruns_in(done.stderr) == len(again) and len(dropped) <= len(again)
 
 
+def test_an_openai_batch_line_that_ran_again_has_the_last_runs_body(tmp_path: Path) -> None:
+    count = 12
+    own = write_long_prompts(tmp_path / "own.jsonl", count)
+    prompts, out = tmp_path / "batch.jsonl", tmp_path / "out.jsonl"
+    requests = []
+    for line in own.read_text().splitlines():
+        record = json.loads(line)
+        body = {"model": "scripted-model", "messages": [{"role": "user", "content": record["prompt"]}]}
+        request = {"custom_id": record["id"], "method": "POST", "url": "/v1/chat/completions"}
+        requests.append({**request, "body": body})
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    cut: set[str] = set()
+
+    def cut_first_run_of_p4(record: RequestRecord) -> Any:
+        if record.prompt.startswith("number4 ") and not cut:
+            cut.add(record.prompt)
+            return drop_after(5)
+        return None
+
+    with running(rule=cut_first_run_of_p4) as server:
+        done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
+    assert done.returncode == 0, done.stderr
+    lines = {line["custom_id"]: line for line in complete_lines(out)}
+    assert sorted(lines) == sorted(f"p{i}" for i in range(count))
+    for custom_id, line in lines.items():
+        content = line["response"]["body"]["choices"][0]["message"]["content"]
+        assert content == expected_output(custom_id) and line["error"] is None
+        assert line.get("attempts") == (2 if custom_id == "p4" else None)
+    assert reruns_in(done.stderr) == 1
+
+
 # -- a server that serves another model --------------------------------------------------------
 
 
