@@ -10,7 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.cli.conftest import assert_clean, finish, start_motio, wait_for_results
-from tests.cli.test_rerun import assert_every_answer_whole, kill_9, reruns_in, server_process, write_long_prompts
+from tests.cli.test_rerun import (
+    assert_every_answer_whole,
+    kill_9,
+    reruns_in,
+    server_process,
+    write_long_prompts,
+)
 
 
 def test_a_server_killed_mid_stream_under_ray_fails_no_prompt(tmp_path: Path, ray_address: str) -> None:
