@@ -15,13 +15,15 @@ share anyway, and every prompt sent to a dead one fails).
   the fast one idles. A slower server holds its requests longer, so it is
   picked less often.
 - **Failover**: an attempt that failed before any content reached the thunk
-  (refused, reset, connect timeout; or a retryable status) goes to another
-  server (``_request.py`` decides when; this module only avoids the servers
-  the attempt already failed on).
-- **Rotation**: a refused connection, or ``_FAILURES_TO_LEAVE`` connection
-  failures in a row, takes a server out of rotation. It is probed later
-  (``GET /models``, with backoff from ``_FIRST_PROBE`` doubling to
-  ``_LAST_PROBE``) and comes back when it answers. A probe is started by
+  (refused, reset, connect timeout; a retryable status; a 404 from a server
+  started with another model) goes to another server (``_request.py``
+  decides when; this module only avoids the servers the attempt already
+  failed on, or was asked to avoid: a batch re-running a broken stream).
+- **Rotation**: a refused connection, ``_FAILURES_TO_LEAVE`` connection
+  failures in a row, or a 404 for the model takes a server out of rotation.
+  It is probed later (``GET /models``, with backoff from ``_FIRST_PROBE``
+  doubling to ``_LAST_PROBE``) and comes back when it answers and lists the
+  model (the probe is the backend's). A probe is started by
   whichever request first sees it due, as a task on that request's loop: no
   thread or timer of its own, nothing to shut down.
 - When no server is in rotation, attempts still go somewhere (the one due
@@ -201,8 +203,8 @@ class Endpoints:
         """A slot on the server for the next attempt, held until ``release``.
 
         Args:
-            avoid: servers this generation already failed on; used only when
-                another server in rotation has room.
+            avoid: servers this generation already failed on (or was asked
+                to avoid); used only when no other server in rotation has room.
         """
         if not self.several:
             endpoint = self.all[0]
@@ -336,7 +338,8 @@ class Endpoints:
                 endpoint.due = time.monotonic() + endpoint.backoff
 
     def mark_out(self, endpoint: Endpoint) -> None:
-        """Take a server out of rotation now (a failed check); it is probed later."""
+        """Take a server out of rotation now (a failed check, a 404 for the
+        model); it is probed later."""
         if not self.several:
             return
         with self._lock:
