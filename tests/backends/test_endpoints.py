@@ -509,3 +509,11 @@ def test_check_each_names_the_server_without_the_model_and_keeps_it_out() -> Non
     assert isinstance(report[1][1], NotFoundError)
     assert "does not list model 'scripted-model'" in str(report[1][1])
     assert [s.in_rotation for s in snapshot] == [True, False]
+
+
+def test_a_backend_without_servers_is_never_rerun(tmp_path: Any) -> None:
+    from motio.backends import LlamaCppBackend
+
+    # Nothing is loaded until the first generation: the path need not exist.
+    assert LlamaCppBackend(model_path=tmp_path / "model.gguf").max_reruns == 0
+    assert OpenAIBackend(MODEL, base_url="http://127.0.0.1:1/v1", max_retries=0).max_reruns == 0

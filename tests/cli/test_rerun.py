@@ -302,3 +302,16 @@ def test_a_server_switching_to_another_model_mid_run_fails_no_prompt(tmp_path: P
     assert all(answered[r.prompt] == 1 for r in refused)
     assert sum(1 for line in lines if line["retries"]) == len(refused)
 
+
+
+def test_the_progress_bar_shows_reruns_once_there_are_some() -> None:
+    from motio.batch import RunStats
+    from motio.cli._progress import _RichProgress
+
+    stats = RunStats(total=2)
+    bar = _RichProgress(stats)
+    bar.update()
+    assert bar._bar.tasks[0].fields["reruns"] == ""
+    stats.record({"id": "a", "output": "x", "error": None, "attempts": 3})
+    bar.update()
+    assert bar._bar.tasks[0].fields["reruns"] == "2 re-run"

@@ -70,6 +70,7 @@ class _RichProgress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[errors]} errors"),
             TextColumn("{task.fields[retries]} retries"),
+            TextColumn("{task.fields[reruns]}"),
             TextColumn("{task.fields[concurrency]}"),
             TextColumn("{task.fields[tps]:.1f} tok/s"),
             TextColumn("{task.fields[servers]}"),
@@ -85,6 +86,7 @@ class _RichProgress:
             total=None if stats.streaming_input else stats.to_run,
             errors=0,
             retries=0,
+            reruns="",
             concurrency=_concurrency(stats),
             tps=0.0,
             servers=self._server_text(),
@@ -100,6 +102,7 @@ class _RichProgress:
             completed=stats.ok + stats.failed,
             errors=stats.failed,
             retries=stats.retries,
+            reruns=_reruns(stats),
             concurrency=_concurrency(stats),
             tps=stats.tokens_per_second(),
             servers=self._server_text(),
@@ -116,6 +119,11 @@ class _RichProgress:
     def stop(self) -> None:
         self.update()
         self._bar.stop()
+
+
+def _reruns(stats: RunStats) -> str:
+    # Said only once a stream broke: most runs never see one.
+    return f"{stats.reruns} re-run" if stats.reruns else ""
 
 
 def _concurrency(stats: RunStats) -> str:
