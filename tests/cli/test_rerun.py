@@ -36,24 +36,29 @@ from .conftest import (
     wait_for_results,
 )
 
-# Words per prompt: the echo answer streams one token per word, so each
-# prompt streams long enough (words x token time) to be cut mid-answer.
-_WORDS = 16
+# A server process whose answers stream a token every 50 ms (the echo
+# answer: one token per word of the prompt), long against the time to the
+# first token, so that most streams in flight when it is killed are
+# mid-answer (re-runs, not failovers).
+STREAMING = ("--token-time", "0.05")
+
+
+def prompt_text(i: int) -> str:
+    """Prompt ``p{i}``: 10 to 22 distinct words. The lengths differ so that
+    the streams in flight do not start and end in lockstep: a kill then
+    always finds many of them mid-answer, never all at their first token."""
+    return f"number{i} " + " ".join(f"w{i}.{k}" for k in range(9 + (i * 7) % 13))
 
 
 def write_long_prompts(path: Path, count: int) -> Path:
-    """``count`` prompts, ids p0.., each a distinct sentence of ``_WORDS`` words."""
-    lines = []
-    for i in range(count):
-        words = " ".join(f"w{i}.{k}" for k in range(_WORDS - 1))
-        lines.append(json.dumps({"id": f"p{i}", "prompt": f"number{i} {words}"}))
+    """``count`` prompts, ids p0.. (see ``prompt_text``)."""
+    lines = [json.dumps({"id": f"p{i}", "prompt": prompt_text(i)}) for i in range(count)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def expected_output(prompt_id: str) -> str:
-    i = int(prompt_id[1:])
-    return "echo: " + f"number{i} " + " ".join(f"w{i}.{k}" for k in range(_WORDS - 1))
+    return "echo: " + prompt_text(int(prompt_id[1:]))
 
 
 def assert_every_answer_whole(out: Path, count: int) -> list[dict[str, Any]]:
@@ -110,13 +115,12 @@ def reruns_in(stderr: str) -> int:
 
 
 def test_a_server_killed_mid_stream_among_two_fails_no_prompt(tmp_path: Path) -> None:
-    count = 1500
+    count = 1000
     prompts, out = write_long_prompts(tmp_path / "p.jsonl", count), tmp_path / "out.jsonl"
-    slow = ("--token-time", "0.02")
-    with server_process(*slow) as (_, first), server_process(*slow) as (doomed, second):
+    with server_process(*STREAMING) as (_, first), server_process(*STREAMING) as (doomed, second):
         run = start_motio("run", prompts, "-o", out, "--base-url", first, "--base-url", second, "-c", "48")
         try:
-            # Both servers are streaming: every prompt takes _WORDS tokens of 20 ms.
+            # Both servers are streaming, each prompt 10 to 22 tokens of 50 ms.
             wait_for_results(out, 150, run)
             kill_9(doomed)
         finally:
@@ -134,10 +138,9 @@ def test_the_python_api_reruns_what_a_killed_server_was_streaming(tmp_path: Path
     from motio import batch
     from motio.backends import OpenAIBackend
 
-    count = 600
+    count = 400
     prompts, out = write_long_prompts(tmp_path / "p.jsonl", count), tmp_path / "out.jsonl"
-    slow = ("--token-time", "0.02")
-    with server_process(*slow) as (_, first), server_process(*slow) as (doomed, second):
+    with server_process(*STREAMING) as (_, first), server_process(*STREAMING) as (doomed, second):
         backend = OpenAIBackend(base_url=[first, second], max_concurrency=32)
         try:
             yielded = []
@@ -153,10 +156,10 @@ def test_the_python_api_reruns_what_a_killed_server_was_streaming(tmp_path: Path
 
 
 def test_a_single_server_killed_mid_stream_stops_the_run_and_the_resume_finishes(tmp_path: Path) -> None:
-    count = 400
+    count = 300
     prompts, out = write_long_prompts(tmp_path / "p.jsonl", count), tmp_path / "out.jsonl"
     port = free_port()
-    with server_process("--token-time", "0.02", port=port) as (server, url):
+    with server_process(*STREAMING, port=port) as (server, url):
         run = start_motio("run", prompts, "-o", out, "--base-url", url, "-c", "32")
         try:
             wait_for_results(out, 50, run)
@@ -167,7 +170,7 @@ def test_a_single_server_killed_mid_stream_stops_the_run_and_the_resume_finishes
     assert "run the same command again to resume" in err
     written = complete_lines(out)
     assert written and all(line["error"] is None for line in written)  # abandoned, not failed
-    with server_process("--token-time", "0.02", port=port):  # the server is back
+    with server_process(*STREAMING, port=port):  # the server is back
         again = run_motio("run", prompts, "-o", out, "--base-url", url, "-c", "32")
     assert again.returncode == 0, again.stderr
     assert_every_answer_whole(out, count)

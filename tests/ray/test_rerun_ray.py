@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.cli.conftest import assert_clean, finish, start_motio, wait_for_results
 from tests.cli.test_rerun import (
+    STREAMING,
     assert_every_answer_whole,
     kill_9,
     reruns_in,
@@ -20,10 +21,9 @@ from tests.cli.test_rerun import (
 
 
 def test_a_server_killed_mid_stream_under_ray_fails_no_prompt(tmp_path: Path, ray_address: str) -> None:
-    count = 1200
+    count = 1000
     prompts, out = write_long_prompts(tmp_path / "p.jsonl", count), tmp_path / "out.jsonl"
-    slow = ("--token-time", "0.02")
-    with server_process(*slow) as (_, first), server_process(*slow) as (doomed, second):
+    with server_process(*STREAMING) as (_, first), server_process(*STREAMING) as (doomed, second):
         run = start_motio(
             *("run", prompts, "-o", out, "-c", "32", "--base-url", first, "--base-url", second),
             *(f"--ray={ray_address}", "--workers", "2"),
