@@ -306,9 +306,10 @@ class OpenAIBackend(Backend):
         Raises:
             ConfigurationError: ``urls`` is not a list of URL strings.
         """
-        if isinstance(urls, str) or not isinstance(urls, Sequence):
+        strings = () if isinstance(urls, str) or not isinstance(urls, Sequence) else urls
+        if not strings or not all(isinstance(url, str) for url in strings):
             raise ConfigurationError(f"avoid_servers must be a list of base URLs, got {urls!r}")
-        named = {_one_url(url) for url in urls}
+        named = {url.strip().rstrip("/") for url in strings}
         return [e for e in self._endpoints.all if e.base_url in named]
 
     @property
@@ -486,7 +487,7 @@ class OpenAIBackend(Backend):
         report = await each_checked(self._endpoints.all, list_models, timeout)
         if self.model is None:
             first = next((ids for e in self._endpoints.all if (ids := listings.get(e))), None)
-            self._take_first_model(self._endpoints.all[0], first or [])  # may stay None: no listing
+            self._take_first_model(first or [])  # stays None if no server lists any
         checked: list[tuple[str, MotioError | None]] = []
         for endpoint, (url, error) in zip(self._endpoints.all, report, strict=True):
             if error is None:
@@ -511,7 +512,7 @@ class OpenAIBackend(Backend):
     async def _check_endpoint(self, endpoint: Endpoint) -> None:
         ids = await self._listing(endpoint)
         if self.model is None:
-            self._take_first_model(endpoint, ids)
+            self._take_first_model(ids)
         error = self._model_error(endpoint, ids)
         if error is not None:
             raise error
@@ -525,7 +526,7 @@ class OpenAIBackend(Backend):
         finally:
             entry.release()
 
-    def _take_first_model(self, endpoint: Endpoint, ids: list[str]) -> None:
+    def _take_first_model(self, ids: list[str]) -> None:
         """No model was given: use the first of ``ids`` (unless another server's came first)."""
         with self._model_lock:
             if self.model is None and ids:
