@@ -415,6 +415,39 @@ def test_the_router_avoids_a_failed_server_while_another_has_room() -> None:
     assert run(main()) == ["http://s1/v1"] * 4 + ["http://s0/v1"] * 2
 
 
+def test_a_shunning_attempt_waits_for_another_server_without_holding_up_the_line() -> None:
+    routes = router(2, 2)
+    shunned, other = routes.all
+
+    async def main() -> tuple[str, str, list[int]]:
+        held = [await routes.acquire() for _ in range(4)]  # both servers full
+        shunning = asyncio.ensure_future(routes.acquire(shun=[shunned]))
+        await wait_until(lambda: len(routes._waiters) == 1)
+        behind = asyncio.ensure_future(routes.acquire())
+        await wait_until(lambda: len(routes._waiters) == 2)
+        # Room on the shunned server only: the first in line hands it on.
+        release(routes, held[held.index(shunned)])
+        newcomer = await asyncio.wait_for(behind, 5)
+        assert not shunning.done() and len(routes._waiters) == 1
+        release(routes, held[held.index(other)])
+        taken = await asyncio.wait_for(shunning, 5)
+        return newcomer.base_url, taken.base_url, [s.in_flight for s in routes.snapshot()]
+
+    assert run(main()) == (shunned.base_url, other.base_url, [2, 2])
+
+
+def release(routes: Endpoints, endpoint: Endpoint) -> None:
+    assert endpoint.gate is not None
+    endpoint.gate.release()
+    routes.release(endpoint, True, None)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0)
+
+
 # -- steering one generation; a server started with another model ----------------------
 
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.servers.scripted import RequestRecord, drop_after, running, status
+from tests.servers.scripted import RequestRecord, drop_after, running, stall_after, status
 
 from .conftest import (
     EVENT_TIMEOUT,
@@ -198,6 +198,26 @@ def test_a_stream_broken_on_a_single_live_server_runs_again_there(tmp_path: Path
     again = {line["id"] for line in lines if line["attempts"] == 2}
     assert again == {f"p{i}" for i in range(0, count, 3)}
     assert reruns_in(done.stderr) == len(again) and len(dropped) <= len(again)
+
+
+def test_a_stream_stalled_mid_answer_runs_again_on_the_other_server(tmp_path: Path) -> None:
+    count = 8
+    prompts, out = write_long_prompts(tmp_path / "p.jsonl", count), tmp_path / "out.jsonl"
+    # Every stream on the stalling server goes quiet after 2 tokens (it
+    # still answers /models, so it stays in rotation): chunk_timeout ends it.
+    with running() as healthy, running(default=stall_after(2)) as stalling:
+        done = run_motio(
+            *("run", prompts, "-o", out, "-c", "4", "--chunk-timeout", "1"),
+            *("--base-url", stalling.base_url, "--base-url", healthy.base_url),
+        )
+        stalled = {r.prompt for r in stalling.chat_requests}
+        answered = Counter(r.prompt for r in healthy.chat_requests if r.status == 200)
+    assert done.returncode == 0, done.stderr
+    lines = assert_every_answer_whole(out, count)
+    assert stalled and all(answered[prompt] == 1 for prompt in stalled)
+    by_prompt = {prompt_text(int(line["id"][1:])): line for line in lines}
+    assert all(by_prompt[prompt]["attempts"] == 2 for prompt in stalled)
+    assert reruns_in(done.stderr) == len(stalled)
 
 
 def test_an_openai_batch_line_that_ran_again_has_the_last_runs_body(tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ share anyway, and every prompt sent to a dead one fails).
   (refused, reset, connect timeout; a retryable status; a 404 from a server
   started with another model) goes to another server (``_request.py``
   decides when; this module only avoids the servers the attempt already
-  failed on, or was asked to avoid: a batch re-running a broken stream).
+  failed on). A generation may also *shun* servers (a batch re-running a
+  stream that broke there): it waits for room on another server in
+  rotation rather than take one of those, since a server that just broke
+  or stalled a stream is suspect while it still answers probes.
 - **Rotation**: a refused connection, ``_FAILURES_TO_LEAVE`` connection
   failures in a row, or a 404 for the model takes a server out of rotation.
   It is probed later (``GET /models``, with backoff from ``_FIRST_PROBE``
@@ -74,26 +77,46 @@ Check = Probe
 
 
 class _Waiter:
-    """An attempt waiting for room on any server, on its own loop."""
+    """An attempt waiting for room on any server, on its own loop; ``shunning``
+    if it may not take room on some servers (``acquire(shun=...)``)."""
 
-    __slots__ = ("loop", "future", "woken")
+    __slots__ = ("loop", "future", "woken", "shunning")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, shunning: bool = False) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.woken = False
+        self.shunning = shunning
 
 
 def _wake_first(waiters: deque[_Waiter]) -> None:
     """Wake the first waiter whose loop still runs."""
     while waiters:
         waiter = waiters.popleft()
-        waiter.woken = True
-        try:
-            waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+        if _wake(waiter):
             return
-        except RuntimeError:
-            continue  # that waiter's loop is closed; nobody is waiting there
+
+
+def _wake_first_unshunning(waiters: deque[_Waiter]) -> None:
+    """Wake the first waiter that may take room on any server (its loop running).
+
+    A shunning waiter woken for room it may not take hands it on here; never
+    to another shunning one, which could hand it back (a wake-up ping-pong).
+    """
+    for waiter in list(waiters):
+        if not waiter.shunning:
+            waiters.remove(waiter)
+            if _wake(waiter):
+                return
+
+
+def _wake(waiter: _Waiter) -> bool:
+    waiter.woken = True
+    try:
+        waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+    except RuntimeError:
+        return False  # that waiter's loop is closed; nobody is waiting there
+    return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -199,12 +222,14 @@ class Endpoints:
 
     # -- routing ---------------------------------------------------------------------
 
-    async def acquire(self, avoid: Sequence[Endpoint] = ()) -> Endpoint:
+    async def acquire(self, avoid: Sequence[Endpoint] = (), shun: Sequence[Endpoint] = ()) -> Endpoint:
         """A slot on the server for the next attempt, held until ``release``.
 
         Args:
-            avoid: servers this generation already failed on (or was asked
-                to avoid); used only when no other server in rotation has room.
+            avoid: servers this generation already failed on; used only when
+                no other server in rotation has room.
+            shun: servers used only when no other server is in rotation
+                (this waits for room on another instead).
         """
         if not self.several:
             endpoint = self.all[0]
@@ -220,17 +245,22 @@ class Endpoints:
                     self._start_due_probes()
                 # Waiters go first: a newcomer takes a free slot only when
                 # nobody queues (a woken waiter that lost a race re-queues first).
-                chosen = None if self._waiters and waiter is None else self._take_least_loaded(avoid)
+                chosen = None if self._waiters and waiter is None else self._take_least_loaded(avoid, shun)
                 if chosen is not None:
                     chosen.in_flight += 1
                     self._pass_on_room()
                     return chosen
                 if waiter is None:
-                    waiter = _Waiter(asyncio.get_running_loop())
+                    waiter = _Waiter(asyncio.get_running_loop(), bool(shun))
                     self._waiters.append(waiter)
-                else:  # woken, but a newcomer took the room: first in line again
-                    waiter = _Waiter(waiter.loop)
+                    if self._waiters[0].shunning and not shun and self._room_anywhere():
+                        # Room the shunning head of the line will not take: this one may.
+                        _wake_first_unshunning(self._waiters)
+                else:  # woken, but a newcomer took the room (or it is shunned): first in line again
+                    waiter = _Waiter(waiter.loop, waiter.shunning)
                     self._waiters.appendleft(waiter)
+                    if shun and self._room_anywhere():
+                        _wake_first_unshunning(self._waiters)
             await self._wait(waiter)
 
     async def _wait(self, waiter: _Waiter) -> None:
@@ -244,9 +274,11 @@ class Endpoints:
                     self._waiters.remove(waiter)
             raise
 
-    def _take_least_loaded(self, avoid: Sequence[Endpoint]) -> Endpoint | None:
+    def _take_least_loaded(self, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]) -> Endpoint | None:
         """Take a slot on the least loaded server with room (the lock is held)."""
         candidates = [e for e in self.all if not e.out]
+        if shun:
+            candidates = [e for e in candidates if e not in shun] or candidates
         if candidates:
             # Start the scan one further each time, so that ties go round-robin.
             self._turn = start = (self._turn + 1) % len(candidates)
@@ -260,8 +292,11 @@ class Endpoints:
 
     def _pass_on_room(self) -> None:
         """Wake the first waiter if some server may have room (the lock is held)."""
-        if self._waiters and any(e.gate is None or e.gate.in_flight < e.gate.limit for e in self.all):
+        if self._waiters and self._room_anywhere():
             _wake_first(self._waiters)
+
+    def _room_anywhere(self) -> bool:
+        return any(e.gate is None or e.gate.in_flight < e.gate.limit for e in self.all)
 
     def release(self, endpoint: Endpoint, finished: bool, usage: dict[str, Any] | None) -> None:
         """An attempt on ``endpoint`` ended (its gate slot already given back);

@@ -116,8 +116,8 @@ class OpenAIBackend(Backend):
             listing the model; one that answers 404 for the model (started
             with another) leaves rotation too, its request sent at once to
             another. ``generate(..., avoid_servers=[url, ...])`` takes those
-            servers only when no other in rotation has room (a batch's
-            re-run after a stream broke there).
+            servers only when no other is in rotation (it waits for room on
+            another): a batch's re-run after a stream broke there.
         api_key: default ``$OPENAI_API_KEY``, else a placeholder that local
             servers accept.
         headers: extra HTTP headers for every request.
@@ -289,7 +289,7 @@ class OpenAIBackend(Backend):
         fold = _ChatFold(self._loads, self._where(), stream, keep)
         exchange = Exchange(self, body, fold, timeouts, tokens)
         if avoid:
-            exchange.avoid(self._servers_named(avoid))
+            exchange.shun(self._servers_named(avoid))
         opener = exchange.open_stream() if stream else exchange.complete()
         mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
             opener, post_process=fold.finish, chunk_timeout=timeouts.chunk if stream else None
@@ -327,10 +327,13 @@ class OpenAIBackend(Backend):
 
     # -- what an Exchange asks of its backend ------------------------------------
 
-    async def take_slot(self, tokens: int, avoid: Sequence[Endpoint]) -> tuple[Endpoint, Reservation | None]:
+    async def take_slot(
+        self, tokens: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint] = ()
+    ) -> tuple[Endpoint, Reservation | None]:
         """A concurrency slot on a server (not one in ``avoid`` while another
-        has room), then the rate limiter's go."""
-        endpoint = await self._endpoints.acquire(avoid)
+        has room, nor one in ``shun`` while another is in rotation), then
+        the rate limiter's go."""
+        endpoint = await self._endpoints.acquire(avoid, shun)
         if self._limiter is None:
             return endpoint, None
         try:

@@ -27,7 +27,7 @@ What a batch meets on real servers, and what this module does about it:
   another model: it leaves rotation (``model_missing``) and the request goes
   at once to another, as for a connection failure.
 - ``avoid_servers=`` (a batch running a prompt again after its stream broke
-  on a server): those servers are taken only when no other has room.
+  on a server): those servers are taken only when no other is in rotation.
 
 A streamed generation runs in two phases, matching the core's contract that
 an opener coroutine is not watched by ``chunk_timeout`` but its stream is:
@@ -132,7 +132,7 @@ class Exchange:
 
     __slots__ = (
         "_backend", "_body", "_fold", "_timeouts", "_tokens", "_deadline", "attempts",
-        "_endpoint", "_tried", "_failovers", "_avoid",
+        "_endpoint", "_tried", "_failovers", "_shun",
     )  # fmt: skip
 
     def __init__(
@@ -153,11 +153,12 @@ class Exchange:
         self._endpoint: Endpoint | None = None  # the server of the current attempt
         self._tried: list[Endpoint] = _NONE_TRIED  # servers this generation failed on
         self._failovers = 0  # attempts sent to another server outside the retry budget
-        self._avoid: list[Endpoint] = _NONE_TRIED  # servers to take only when no other has room
+        self._shun: list[Endpoint] = _NONE_TRIED  # servers to take only when no other is in rotation
 
-    def avoid(self, servers: list[Endpoint]) -> None:
-        """Prefer servers other than ``servers`` for every attempt (``avoid_servers=``)."""
-        self._avoid = servers or _NONE_TRIED
+    def shun(self, servers: list[Endpoint]) -> None:
+        """Send every attempt to another server than ``servers`` while one is
+        in rotation, waiting for its room if need be (``avoid_servers=``)."""
+        self._shun = servers or _NONE_TRIED
 
     # -- the two entry points: the thunk's opener coroutine --------------------
 
@@ -238,8 +239,7 @@ class Exchange:
         """A server's slot and the rate-limit place, the wait recorded in ``queued_ms``."""
         loop = asyncio.get_running_loop()
         waited = loop.time()
-        avoid = self._tried if self._avoid is _NONE_TRIED else self._avoid + self._tried
-        endpoint, reservation = await self._backend.take_slot(self._tokens, avoid)
+        endpoint, reservation = await self._backend.take_slot(self._tokens, self._tried, self._shun)
         self._endpoint = endpoint
         meta = self._fold.meta
         meta.queued_ms = (meta.queued_ms or 0.0) + (loop.time() - waited) * 1000.0
