@@ -13,10 +13,19 @@ What this module owns:
 
 - building the session (auth and extra headers, no pool cap of its own:
   ``max_concurrency`` is enforced above it, so the pool must never add a
-  hidden queue of its own; idle connections kept alive for reuse);
+  hidden queue of its own; idle connections kept alive for reuse; TLS as
+  ``_tls.py`` resolves it; the proxy the environment names);
 - sending a request and turning a non-2xx answer into a motio error with
   the server's own message;
 - closing a session whose loop died without ever running its cleanup.
+
+Proxies: ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` and ``NO_PROXY`` (either
+case), as urllib, requests, httpx and aiohttp's own ``trust_env`` read them.
+Not through ``trust_env``: that looks the proxy up again for every request,
+and ``~/.netrc`` too, each in a worker thread, which at thousands of requests
+a second is the thread pool's whole capacity. A client serves one base URL,
+so the answer is the same every time: it is looked up once, when the client
+is made (per event loop), and given to the session.
 
 Foreign errors (aiohttp's and the OS's) are translated in ``_errors.py``.
 """
@@ -32,7 +41,9 @@ from ._errors import Where, status_error
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["HTTPClient", "json_codec"]
+    from ._tls import TLS
+
+__all__ = ["HTTPClient", "env_proxy", "json_codec"]
 
 # Idle keep-alive connections live this long: long enough to carry a batch's
 # next request, short enough not to pile up sockets the server has forgotten.
@@ -57,10 +68,15 @@ class HTTPClient:
     """An aiohttp session bound to the loop that created it.
 
     Args:
-        base_url: the API root, such as ``http://127.0.0.1:8000/v1``.
+        base_url: the API root, such as ``http://127.0.0.1:8000/v1``, without
+            credentials (they come as ``headers``).
         headers: sent with every request (auth included).
         connect_timeout: seconds to establish a TCP (and TLS) connection.
         read_timeout: seconds to wait for any single read; None for no limit.
+        tls: how to verify an https server (default: the system store).
+
+    Raises:
+        ConfigurationError: ``SSL_CERT_FILE`` names a file that cannot be read.
     """
 
     __slots__ = ("base_url", "_session", "_dumps", "_loads", "_urls")
@@ -71,15 +87,24 @@ class HTTPClient:
         headers: Mapping[str, str],
         connect_timeout: float,
         read_timeout: float | None,
+        tls: TLS | None = None,
     ) -> None:
         import aiohttp
 
         self.base_url = base_url
         self._dumps, self._loads = json_codec()
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=_KEEPALIVE_SECONDS)
+        # A plain-http server needs no context: building the default one
+        # loads the whole system store.
+        verify: Any = True
+        if tls is not None and base_url.startswith("https:"):
+            verify = tls.for_connector()
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, keepalive_timeout=_KEEPALIVE_SECONDS, ssl=verify
+        )
         timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        proxy, proxy_auth = env_proxy(base_url)
         # Content-Type with the session's own headers: per-request headers
         # would be merged into a new multidict on every request.
         self._session = aiohttp.ClientSession(
@@ -87,6 +112,8 @@ class HTTPClient:
             headers={"Content-Type": "application/json", **headers},
             timeout=timeout,
             auto_decompress=True,
+            proxy=proxy,
+            proxy_auth=proxy_auth,
         )
         self._urls: dict[str, Any] = {}
 
@@ -139,6 +166,33 @@ class HTTPClient:
         from ._compat import close_connector_without_loop
 
         close_connector_without_loop(self._session.connector)
+
+
+def env_proxy(url: str) -> tuple[Any, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for ``url``, and its credentials.
+
+    ``<scheme>_proxy`` (then ``all_proxy``), either case, unless ``no_proxy``
+    lists the URL's host (urllib's rules: a host, a domain suffix, ``*``).
+    A proxy given without a scheme (``proxy:3128``) is taken as http.
+
+    Returns:
+        ``(proxy URL, BasicAuth from its user info)``, or ``(None, None)``.
+    """
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(url)
+    proxies = getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    # host[:port], as urllib matches NO_PROXY entries against either.
+    if not proxy or not parts.hostname or proxy_bypass(parts.netloc.rpartition("@")[2]):
+        return None, None
+    import aiohttp
+    import yarl
+
+    parsed = yarl.URL(proxy if "://" in proxy else "http://" + proxy)
+    auth = aiohttp.BasicAuth.from_url(parsed)
+    return (parsed.with_user(None) if auth is not None else parsed), auth
 
 
 async def _status_error(response: aiohttp.ClientResponse, where: Where) -> Exception:
