@@ -181,6 +181,13 @@ def translate(exc: BaseException, where: Where, *, mid_stream: bool = False) -> 
         return BackendConnectionError(
             f"{where.describe()}: invalid URL {str(exc)!r}; check base_url", **where.fields()
         )
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return BackendConnectionError(
+            f"{where.describe()}: the server's TLS certificate is not trusted "
+            f"({_shorten(_describe(exc.certificate_error))}); give the CA bundle that signed it "
+            "(ssl=PATH, motio's --ca-bundle PATH, or SSL_CERT_FILE), or ssl=False to skip verification",
+            **where.fields(),
+        )
     if mid_stream and isinstance(exc, (aiohttp.ClientError, OSError)):
         return broken_stream_error(exc, where)
     if isinstance(exc, (aiohttp.ClientError, OSError)):

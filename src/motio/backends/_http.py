@@ -79,7 +79,7 @@ class HTTPClient:
         ConfigurationError: ``SSL_CERT_FILE`` names a file that cannot be read.
     """
 
-    __slots__ = ("base_url", "_session", "_dumps", "_loads", "_urls")
+    __slots__ = ("base_url", "_session", "_dumps", "_loads", "_urls", "_through")
 
     def __init__(
         self,
@@ -104,16 +104,25 @@ class HTTPClient:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
-        proxy, proxy_auth = env_proxy(base_url)
         # Content-Type with the session's own headers: per-request headers
         # would be merged into a new multidict on every request.
+        session_headers = {"Content-Type": "application/json", **headers}
+        self._through: dict[str, Any] = {}
+        proxy, proxy_auth = env_proxy(base_url)
+        if proxy is not None:
+            # aiohttp hands a session's headers to the proxy as well (in
+            # CONNECT, and its Authorization as Proxy-Authorization): through
+            # a proxy, the server's headers go with each request instead.
+            self._through = {"headers": session_headers, "proxy": proxy}
+            if proxy_auth is None:
+                pass
+            elif base_url.startswith("https:"):  # for the CONNECT only, not inside the tunnel
+                self._through["proxy_headers"] = {"Proxy-Authorization": proxy_auth}
+            else:  # a plain-http request is the proxy's to read: it says who asks
+                session_headers["Proxy-Authorization"] = proxy_auth
+            session_headers = {}
         self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers={"Content-Type": "application/json", **headers},
-            timeout=timeout,
-            auto_decompress=True,
-            proxy=proxy,
-            proxy_auth=proxy_auth,
+            connector=connector, headers=session_headers, timeout=timeout, auto_decompress=True
         )
         self._urls: dict[str, Any] = {}
 
@@ -128,7 +137,7 @@ class HTTPClient:
                 response is closed).
             aiohttp.ClientError, OSError, TimeoutError: for ``_errors.translate``.
         """
-        response = await self._session.post(self._url(path), data=self._dumps(body))
+        response = await self._session.post(self._url(path), data=self._dumps(body), **self._through)
         if response.status >= 300:
             raise await _status_error(response, where)
         return response
@@ -139,7 +148,7 @@ class HTTPClient:
         Raises:
             APIStatusError, aiohttp.ClientError, OSError, TimeoutError, ValueError.
         """
-        async with self._session.get(self._url(path)) as response:
+        async with self._session.get(self._url(path), **self._through) as response:
             if response.status >= 300:
                 raise await _status_error(response, where)
             return self._loads(await response.read())
@@ -168,7 +177,7 @@ class HTTPClient:
         close_connector_without_loop(self._session.connector)
 
 
-def env_proxy(url: str) -> tuple[Any, aiohttp.BasicAuth | None]:
+def env_proxy(url: str) -> tuple[str | None, str | None]:
     """The proxy the environment names for ``url``, and its credentials.
 
     ``<scheme>_proxy`` (then ``all_proxy``), either case, unless ``no_proxy``
@@ -176,7 +185,8 @@ def env_proxy(url: str) -> tuple[Any, aiohttp.BasicAuth | None]:
     A proxy given without a scheme (``proxy:3128``) is taken as http.
 
     Returns:
-        ``(proxy URL, BasicAuth from its user info)``, or ``(None, None)``.
+        ``(proxy URL without user info, Proxy-Authorization value or None)``,
+        or ``(None, None)`` to connect directly.
     """
     from urllib.parse import urlsplit
     from urllib.request import getproxies, proxy_bypass
@@ -187,12 +197,10 @@ def env_proxy(url: str) -> tuple[Any, aiohttp.BasicAuth | None]:
     # host[:port], as urllib matches NO_PROXY entries against either.
     if not proxy or not parts.hostname or proxy_bypass(parts.netloc.rpartition("@")[2]):
         return None, None
-    import aiohttp
-    import yarl
+    from ._urls import ServerURL
 
-    parsed = yarl.URL(proxy if "://" in proxy else "http://" + proxy)
-    auth = aiohttp.BasicAuth.from_url(parsed)
-    return (parsed.with_user(None) if auth is not None else parsed), auth
+    proxy_url = ServerURL.parse(proxy if "://" in proxy else "http://" + proxy)
+    return proxy_url.target, proxy_url.basic_auth
 
 
 async def _status_error(response: aiohttp.ClientResponse, where: Where) -> Exception:

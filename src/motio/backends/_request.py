@@ -571,7 +571,9 @@ def _transient(exc: BaseException) -> bool:
     """A failure before any content that another attempt may not meet."""
     import aiohttp
 
-    if _refused(exc) or isinstance(exc, (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL)):
+    # An untrusted certificate is as certain as a wrong name: never retried.
+    permanent = (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL, aiohttp.ClientConnectorCertificateError)
+    if _refused(exc) or isinstance(exc, permanent):
         return False
     return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError))
 
