@@ -120,6 +120,17 @@ def test_a_failing_run_never_shows_the_password(tmp_path: Path, closed_port_url:
     assert_password_absent(done, out)
 
 
+def test_the_start_up_warning_for_a_server_down_shows_it_masked(tmp_path: Path, closed_port_url: str) -> None:
+    prompts, out = write_prompts(tmp_path / "prompts.jsonl", COUNT), tmp_path / "out.jsonl"
+    with running(basic_auth=("bob", PASSWORD)) as server:
+        up, down = with_credentials(server.base_url), with_credentials(closed_port_url)
+        done = run_motio("run", prompts, "-o", out, "--base-url", up, "--base-url", down, env=proxy_free_env())
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {down.replace(PASSWORD, '***')} does not answer" in done.stderr
+    assert_every_answer(out)
+    assert_password_absent(done, out)
+
+
 def test_prompts_that_fail_on_the_server_never_show_the_password(tmp_path: Path) -> None:
     prompts, out = write_prompts(tmp_path / "prompts.jsonl", COUNT), tmp_path / "out.jsonl"
     with running(basic_auth=("bob", PASSWORD)) as server:

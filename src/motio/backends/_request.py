@@ -17,6 +17,10 @@ What a batch meets on real servers, and what this module does about it:
   they neither reset the chunk timeout nor satisfy the first-token one.
 - The time between attempts is spent outside the stream, so it never counts
   against the chunk timeout; it does count against the total timeout.
+- A server's error event mid-stream: the text of the same network read that
+  came before it reaches the thunk first (``ErrorAfterText``: the stream
+  yields it, then raises). A whole JSON answer where a stream was asked (a
+  server or proxy that ignores ``stream``) is the complete answer.
 - Several servers (``_endpoints.py``): each attempt takes its slot on the
   server the router picks. A connection failure before any content (refused
   included: that server is gone, the others may not be) is sent at once to a
