@@ -126,7 +126,9 @@ def test_no_proxy_leaves_a_proxy_only_name_unreachable(
         assert proxy.requests == []
 
 
-def test_proxy_credentials_go_to_the_proxy_only(server: ScriptedServer, proxy_env: pytest.MonkeyPatch) -> None:
+def test_proxy_credentials_go_to_the_proxy_only(
+    server: ScriptedServer, proxy_env: pytest.MonkeyPatch
+) -> None:
     with running_proxy({"llm.internal": ("127.0.0.1", server.port)}) as proxy:
         proxy_env.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://pu:pp@"))
         assert run(texts(OpenAIBackend("m", base_url="http://llm.internal/v1"), ["x"])) == ["echo: x"]
@@ -344,7 +346,8 @@ def test_a_whole_json_error_where_a_stream_was_asked_is_the_servers_error(server
     server.script(status(200, body={"error": error}))
     mot = run(outcome(OpenAIBackend("m", base_url=server.base_url)))
     assert isinstance(mot.error, StreamError) and "the model is overloaded" in str(mot.error)
-    assert (mot.error.message, mot.error.type, mot.error.code) == ("the model is overloaded", "overloaded_error", 529)
+    said = (mot.error.message, mot.error.type, mot.error.code)
+    assert said == ("the model is overloaded", "overloaded_error", 529)
 
 
 # -- an error event mid-stream ------------------------------------------------------------
@@ -363,7 +366,8 @@ def test_an_error_event_keeps_every_delta_before_it(
     before = "".join(ANSWER[:after])
     assert isinstance(mot.error, StreamError)
     assert mot.text == before and mot.error.partial_text == before
-    assert (mot.error.message, mot.error.type, mot.error.code) == ("engine crashed", "InternalServerError", 500)
+    said = (mot.error.message, mot.error.type, mot.error.code)
+    assert said == ("engine crashed", "InternalServerError", 500)
     assert "engine crashed" in str(mot.error) and "InternalServerError" in str(mot.error)
     assert len(server.chat_requests) == 1  # never retried after content
 

@@ -124,7 +124,8 @@ def test_the_start_up_warning_for_a_server_down_shows_it_masked(tmp_path: Path, 
     prompts, out = write_prompts(tmp_path / "prompts.jsonl", COUNT), tmp_path / "out.jsonl"
     with running(basic_auth=("bob", PASSWORD)) as server:
         up, down = with_credentials(server.base_url), with_credentials(closed_port_url)
-        done = run_motio("run", prompts, "-o", out, "--base-url", up, "--base-url", down, env=proxy_free_env())
+        servers = ["--base-url", up, "--base-url", down]
+        done = run_motio("run", prompts, "-o", out, *servers, env=proxy_free_env())
     assert done.returncode == 0, done.stderr
     assert f"warning: {down.replace(PASSWORD, '***')} does not answer" in done.stderr
     assert_every_answer(out)

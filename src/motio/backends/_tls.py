@@ -43,11 +43,13 @@ class TLS:
     __slots__ = ("option", "_context", "_lock")
 
     def __init__(self, option: Any) -> None:
-        import ssl
-
         self.option = option
         self._context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
+        if option is None or isinstance(option, bool):
+            return  # the default: nothing to load until an https connection
+        import ssl
+
         if isinstance(option, (str, os.PathLike)):
             self._context = _context_from_bundle(os.fspath(option))
         elif not (option is None or isinstance(option, (bool, ssl.SSLContext))):
@@ -78,14 +80,12 @@ class TLS:
         Raises:
             ConfigurationError: an SSLContext, which does not pickle.
         """
-        import ssl
-
-        if isinstance(self.option, ssl.SSLContext):
-            raise ConfigurationError(
-                "this backend's ssl= is an ssl.SSLContext, which cannot be sent to another process "
-                "(it does not pickle): give ssl= the path of the CA bundle (or False) instead"
-            )
-        return self.option
+        if self.option is None or isinstance(self.option, (bool, str, os.PathLike)):
+            return self.option
+        raise ConfigurationError(
+            "this backend's ssl= is an ssl.SSLContext, which cannot be sent to another process "
+            "(it does not pickle): give ssl= the path of the CA bundle (or False) instead"
+        )
 
 
 def _default_context() -> ssl.SSLContext:
@@ -97,7 +97,7 @@ def _default_context() -> ssl.SSLContext:
     cafile = os.environ.get("SSL_CERT_FILE")
     if cafile:
         _check_readable(cafile, f"SSL_CERT_FILE={cafile}")
-    return ssl.create_default_context()
+    return _speaking_http1(ssl.create_default_context())
 
 
 def _context_from_bundle(path: str) -> ssl.SSLContext:
@@ -105,12 +105,19 @@ def _context_from_bundle(path: str) -> ssl.SSLContext:
 
     _check_readable(path, f"ssl={path!r}")
     try:
-        return ssl.create_default_context(cafile=path)
+        return _speaking_http1(ssl.create_default_context(cafile=path))
     except ssl.SSLError as exc:
         raise ConfigurationError(
             f"ssl={path!r}: no PEM CA certificate in that file ({exc.reason or exc}); "
             "give the path of a PEM bundle of CA certificates"
         ) from None
+
+
+def _speaking_http1(context: ssl.SSLContext) -> ssl.SSLContext:
+    # As aiohttp's own default context: it speaks HTTP/1.1 only, so it must
+    # not let a server pick h2 in the TLS handshake.
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _check_readable(path: str, what: str) -> None:
