@@ -354,13 +354,16 @@ def test_a_whole_json_error_where_a_stream_was_asked_is_the_servers_error(server
 
 
 @pytest.mark.parametrize("keep_response", [False, True], ids=["fast-path", "generic-path"])
-@pytest.mark.parametrize("delivery", ["one-read", "separate-reads"])
+@pytest.mark.parametrize("delivery", ["one-read", "one-write", "separate-reads"])
 @pytest.mark.parametrize("after", [1, 3, 6])
 def test_an_error_event_keeps_every_delta_before_it(
     server: ScriptedServer, after: int, delivery: str, keep_response: bool
 ) -> None:
     error = {"message": "engine crashed", "type": "InternalServerError", "code": 500}
-    spread = {"coalesce": True} if delivery == "one-read" else {"gap": 0.02}
+    # One HTTP chunk; several HTTP chunks in one write; a write each, apart.
+    spread: dict[str, Any] = {
+        "one-read": {"coalesce": True}, "one-write": {}, "separate-reads": {"gap": 0.02}
+    }[delivery]
     server.script(error_event(after, error, **spread))
     mot = run(outcome(OpenAIBackend("m", base_url=server.base_url), keep_response=keep_response))
     before = "".join(ANSWER[:after])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers.proxy import running_proxy
-from tests.servers.scripted import ScriptedServer, ignore_stream, running, status
+from tests.servers.scripted import ScriptedServer, error_event, ignore_stream, running, status
 from tests.servers.tls import Certificate
 
 from .conftest import assert_clean, complete_lines, ids_of, motio_env, run_motio, write_prompts
@@ -231,3 +231,25 @@ def test_a_batch_file_against_a_server_that_ignores_stream_keeps_its_whole_answe
         assert line["error"] is None and line["response"]["status_code"] == 200
         assert body["object"] == "chat.completion"
         assert body["choices"][0]["message"]["content"] == f"echo: q{custom_id[1:]}"
+
+
+# -- a server's error event mid-stream ----------------------------------------------------
+
+
+def test_an_error_event_keeps_the_text_before_it_in_the_result_line(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    prompts, out = write_prompts(tmp_path / "prompts.jsonl", COUNT), tmp_path / "out.jsonl"
+    failure = {"message": "engine crashed", "type": "InternalServerError", "code": 500}
+    # Every attempt at p5 meets it, however often it is sent.
+    server.rule = lambda r: error_event(3, failure, coalesce=True) if r.prompt.endswith(" 5.") else None
+    done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url, env=proxy_free_env())
+    assert done.returncode == 1, done.stderr
+    assert_clean(done.stderr)
+    lines = {line["id"]: line for line in complete_lines(out)}
+    assert sorted(lines) == sorted(f"p{i}" for i in range(COUNT))
+    failed = lines.pop("p5")
+    assert failed["partial_output"] == "echo: Say the"  # the 3 chunks before the error event
+    assert failed["error"]["type"] == "StreamError" and "engine crashed" in failed["error"]["message"]
+    for line in lines.values():
+        assert line["error"] is None and line["output"] == f"echo: Say the number {line['id'][1:]}."

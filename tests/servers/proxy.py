@@ -67,6 +67,7 @@ class ForwardProxy:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -107,6 +108,10 @@ class ForwardProxy:
         self._ready.set()
         await self._stopping.wait()
         listener.close()
+        # A connection accepted just before: let its handler start, so that
+        # cancelling it closes its socket (see the scripted server).
+        for _ in range(5):
+            await asyncio.sleep(0)
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -117,6 +122,14 @@ class ForwardProxy:
             self._errors.append(message)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Held here: asyncio keeps only weak references to tasks, and once a
+        # connection is lost its protocol drops its handler's task too; a
+        # handler still waiting (on the upstream, say) would be collected
+        # pending ("Task was destroyed but it is pending") instead of
+        # finishing or being cancelled by stop().
+        me = asyncio.current_task()
+        assert me is not None
+        self._handlers.add(me)
         try:
             while isinstance(request := await _read_request(reader, writer), _Parsed):
                 with self._lock:
@@ -130,8 +143,14 @@ class ForwardProxy:
             pass  # the client left or spoke nonsense: drop the connection
         except Exception as exc:  # noqa: BLE001 - a proxy bug: kept for the test to see
             self._note_error(f"proxy: {exc!r}")
+        except asyncio.CancelledError:
+            # Only stop() cancels these. Python 3.11's start_server calls
+            # task.exception() on a handler task that ended cancelled, which
+            # raises (and is reported): end it normally instead.
+            return
         finally:
             writer.close()
+            self._handlers.discard(me)
 
     async def _open(
         self, host: str | None, writer: asyncio.StreamWriter
