@@ -313,6 +313,19 @@ def test_the_password_never_shows_in_errors_or_logs(
         assert PASSWORD not in text and URL_PASSWORD not in text
 
 
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [("http://bob:pw@h:8000/v1", "http://bob:***@h:8000/v1"),
+     ("http://sk-token@h/v1", "http://***@h/v1"),  # a lone user is often a token
+     ("http://bob:p@ss@h/v1", "http://bob:***@h/v1"),
+     ("http://h/v1?next=a@b", "http://h/v1?next=a@b")],
+)  # fmt: skip
+def test_what_a_url_with_user_info_shows(given: str, shown: str) -> None:
+    backend = OpenAIBackend("m", base_url=given)
+    assert backend.base_url == shown and backend.base_urls == (shown,)
+    backend.close()
+
+
 def test_a_url_with_user_info_that_does_not_parse_is_refused_masked() -> None:
     with pytest.raises(ConfigurationError, match=r"bob:\*\*\*@") as caught:
         OpenAIBackend("m", base_url=f"http://bob:{URL_PASSWORD}@[::1/v1")

@@ -66,24 +66,32 @@ class ServerURL:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with the password of its user info replaced by ``***``.
+    """``url`` with the password of its user info replaced by ``***``; a
+    user without a password (often a token: ``https://sk-...@host``) is
+    replaced whole.
 
     Never raises, and masks even a URL that does not parse (a bad IPv6
     host, say): whatever sits between ``//user:`` and ``@`` is hidden.
     """
     parts = _split(url)
     if parts is None:
-        return _USERINFO.sub(rf"\1{MASK}@", url) if "@" in url else url
-    if parts.password is None:
+        return _USERINFO.sub(_masked_userinfo, url) if "@" in url else url
+    if "@" not in parts.netloc:
         return url
     userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:{MASK}" if colon else MASK
+    return parts._replace(netloc=f"{shown}@{host}").geturl()
 
 
 # "//user:password@" of a URL urlsplit cannot take apart; the password runs
 # to the last "@" before the path, as in urlsplit's own reading.
-_USERINFO = re.compile(r"(//[^/:@]*:)[^/]*@")
+_USERINFO = re.compile(r"//([^/:@]*)(:?)[^/]*@")
+
+
+def _masked_userinfo(match: re.Match[str]) -> str:
+    user, colon = match.group(1), match.group(2)
+    return f"//{user}:{MASK}@" if colon else f"//{MASK}@"
 
 
 def _split(url: str) -> SplitResult | None:
