@@ -533,7 +533,7 @@ async def _first_content(
         StreamError: a malformed stream, or a server's error before any text;
             foreign errors for the caller to classify.
     """
-    if response.content_type == "application/json":
+    if _is_json(response):
         return fold.process_whole_instead_of_stream(await response.read()) or None
     read = response.content.readany
     try:
@@ -548,6 +548,13 @@ async def _first_content(
                     return text
     except ErrorAfterText as pending:
         return pending
+
+
+def _is_json(response: aiohttp.ClientResponse) -> bool:
+    # The raw header, not aiohttp's content_type: that parses it (and copies
+    # its parameters) on every response, and this runs on every request.
+    ctype = response.headers.get("Content-Type")
+    return ctype is not None and ctype[:16].lower() == "application/json" and ctype[16:17] in ("", ";", " ")
 
 
 async def _read_body(response: aiohttp.ClientResponse, chunk_timeout: float | None, where: Where) -> bytes:
