@@ -388,6 +388,16 @@ def test_an_error_event_keeps_every_delta_before_it(
     assert len(server.chat_requests) == 1  # never retried after content
 
 
+@pytest.mark.parametrize("coalesce", [True, False], ids=["one-read", "one-write"])
+def test_an_sse_event_named_error_keeps_every_delta_before_it(server: ScriptedServer, coalesce: bool) -> None:
+    error = {"message": "out of memory", "type": "server_error", "code": "oom"}
+    server.script(error_event(3, error, named=True, coalesce=coalesce))
+    mot = run(outcome(OpenAIBackend("m", base_url=server.base_url)))
+    assert isinstance(mot.error, StreamError)
+    assert mot.text == mot.error.partial_text == "echo: a b"
+    assert (mot.error.message, mot.error.type, mot.error.code) == ("out of memory", "server_error", "oom")
+
+
 def test_an_error_event_before_any_content_fails_with_empty_partial_text(server: ScriptedServer) -> None:
     server.script(error_event(0, {"message": "bad prompt", "type": "invalid_request_error", "code": 400}))
     mot = run(outcome(OpenAIBackend("m", base_url=server.base_url)))

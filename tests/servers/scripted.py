@@ -116,7 +116,8 @@ behaviour                 on the wire (streamed; non-streamed in brackets)
                           the error object as the body]; ``coalesce=True``:
                           role, chunks and error event in one HTTP chunk
                           (one network read for the client); ``gap=s``:
-                          each event written on its own, ``s`` s apart
+                          each event written on its own, ``s`` s apart;
+                          ``named=True``: an ``event: error`` line too
 ``ignore_stream(chunks)`` the whole ``chat.completion`` body (Content-Type
                           application/json) even when a stream was asked,
                           as a server or proxy that ignores ``stream`` does
@@ -310,6 +311,7 @@ class ErrorEvent(Behaviour):
     error: str = '{"message": "scripted mid-stream failure", "type": "server_error", "code": 500}'
     coalesce: bool = False
     gap: float = 0.0
+    named: bool = False
 
 
 @dataclass(frozen=True)
@@ -403,16 +405,22 @@ def malformed_after(k: int, line: bytes = MalformedAfter.line) -> MalformedAfter
 
 
 def error_event(
-    after: int = 1, error: Mapping[str, Any] | None = None, *, coalesce: bool = False, gap: float = 0.0
+    after: int = 1,
+    error: Mapping[str, Any] | None = None,
+    *,
+    coalesce: bool = False,
+    gap: float = 0.0,
+    named: bool = False,
 ) -> ErrorEvent:
     """``after`` content chunks, then a ``{"error": error}`` event and [DONE].
 
     ``coalesce``: the role chunk, the content chunks and the error event in
     one HTTP chunk, one write. ``gap``: each event its own write, ``gap`` s
-    after the one before (the client reads them apart).
+    after the one before (the client reads them apart). ``named``: the
+    event is ``event: error`` (an SSE event name) as well.
     """
     text = ErrorEvent.error if error is None else json.dumps(dict(error))
-    return ErrorEvent(after, text, coalesce, gap)
+    return ErrorEvent(after, text, coalesce, gap, named)
 
 
 def ignore_stream(chunks: Iterable[str] | None = None) -> IgnoreStream:
@@ -1016,7 +1024,7 @@ async def _play_error_event(x: _Exchange, b: ErrorEvent) -> bool:
     if b.gap > 0:
         return await _play_error_event_spread(x, b, error)
     _start_stream(x, b.after)
-    x.event(b"data: " + error + b"\n\n")
+    x.event((b"event: error\n" if b.named else b"") + b"data: " + error + b"\n\n")
     if b.coalesce:
         # The head, then every event's bytes as one HTTP chunk.
         head, events = x.pending[0], [_chunk_data(c) for c in x.pending[1:]]
@@ -1034,7 +1042,7 @@ async def _play_error_event_spread(x: _Exchange, b: ErrorEvent, error: bytes) ->
         x.content([token])
     if not await x.pause(b.gap):
         return False
-    x.event(b"data: " + error + b"\n\n")
+    x.event((b"event: error\n" if b.named else b"") + b"data: " + error + b"\n\n")
     return await x.finish(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
 
