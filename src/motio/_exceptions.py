@@ -188,9 +188,11 @@ class StreamError(BackendError):
             (``data: {"error": {"message": ..., "type": ..., "code": ...}}``,
             as OpenAI and vLLM send it); None for a stream that broke or
             could not be decoded.
+        body: that ``error`` object as the server sent it, else None.
     """
 
     partial_text: str | None = None
+    body: Any = None
     message: str | None = None
     code: Any = None
     param: Any = None

@@ -383,7 +383,7 @@ def test_an_error_event_keeps_every_delta_before_it(
     assert isinstance(mot.error, StreamError)
     assert mot.text == before and mot.error.partial_text == before
     said = (mot.error.message, mot.error.type, mot.error.code)
-    assert said == ("engine crashed", "InternalServerError", 500)
+    assert said == ("engine crashed", "InternalServerError", 500) and mot.error.body == error
     assert "engine crashed" in str(mot.error) and "InternalServerError" in str(mot.error)
     assert len(server.chat_requests) == 1  # never retried after content
 
@@ -417,6 +417,15 @@ def test_a_broken_connection_names_the_likely_causes_in_order(server: ScriptedSe
     positions = [message.index(cause) for cause in causes]
     assert positions == sorted(positions), message
     assert "after 7 characters of content had been delivered" in message and "not retried" in message
+
+
+def test_a_socks_proxy_is_ignored_with_a_warning(
+    server: ScriptedServer, proxy_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy_env.setenv("ALL_PROXY", "socks5://user:hidden@127.0.0.1:1080")
+    assert run(texts(OpenAIBackend("m", base_url=server.base_url), ["direct"])) == ["echo: direct"]
+    assert "ignoring the proxy socks5://user:***@127.0.0.1:1080" in caplog.text
+    assert "hidden" not in caplog.text
 
 
 def test_a_proxys_own_failure_is_reported_with_its_words(proxy_env: pytest.MonkeyPatch) -> None:

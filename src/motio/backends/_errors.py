@@ -155,6 +155,7 @@ def server_error_event(error: Any, where: Where) -> StreamError:
         **where.fields(),
     )
     exc.message, exc.type, exc.code, exc.param = message, kind, code, fields.get("param")
+    exc.body = error
     return exc
 
 

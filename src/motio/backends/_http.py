@@ -33,6 +33,7 @@ Foreign errors (aiohttp's and the OS's) are translated in ``_errors.py``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from ._tls import TLS
 
 __all__ = ["HTTPClient", "env_proxy", "json_codec"]
+
+_log = logging.getLogger("motio")
 
 # Idle keep-alive connections live this long: long enough to carry a batch's
 # next request, short enough not to pile up sockets the server has forgotten.
@@ -197,9 +200,17 @@ def env_proxy(url: str) -> tuple[str | None, str | None]:
     # host[:port], as urllib matches NO_PROXY entries against either.
     if not proxy or not parts.hostname or proxy_bypass(parts.netloc.rpartition("@")[2]):
         return None, None
-    from ._urls import ServerURL
+    from ._urls import ServerURL, mask_url
 
-    proxy_url = ServerURL.parse(proxy if "://" in proxy else "http://" + proxy)
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    if not proxy.lower().startswith(("http://", "https://")):
+        # socks5://... (often ALL_PROXY): aiohttp speaks to HTTP proxies only.
+        # Ignored, as aiohttp's own trust_env and requests without PySocks do.
+        _log.warning("motio: ignoring the proxy %s for %s: only http(s) proxies are supported",
+                     mask_url(proxy), parts.scheme)  # fmt: skip
+        return None, None
+    proxy_url = ServerURL.parse(proxy)
     return proxy_url.target, proxy_url.basic_auth
 
 
