@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import logging
 import pickle
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,28 @@ def test_an_untrusted_certificate_fails_at_once_saying_what_to_do(tls_server: Sc
     assert "CERTIFICATE_VERIFY_FAILED" in str(error) or "certificate verify failed" in str(error)
     assert mot.generation.attempts is not None and mot.generation.attempts.count == 1  # not retried
     assert tls_server.chat_requests == []
+
+
+def test_https_to_a_plain_http_server_fails_at_once_saying_so() -> None:
+    # What uvicorn, vLLM's server, does with a TLS hello: a plain-text 400.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(30)
+
+        def answer_in_plain_text() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(30)
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer_in_plain_text, daemon=True)
+        thread.start()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/v1"
+        mot = run(outcome(OpenAIBackend("m", base_url=url)))
+        thread.join(30)
+    assert isinstance(mot.error, BackendConnectionError) and "TLS handshake failed" in str(mot.error)
+    assert "http://" in str(mot.error)
+    assert mot.generation.attempts is not None and mot.generation.attempts.count == 1
 
 
 @pytest.mark.parametrize("how", ["path", "pathlike", "context", "no-verification", "SSL_CERT_FILE"])

@@ -189,6 +189,12 @@ def translate(exc: BaseException, where: Where, *, mid_stream: bool = False) -> 
             "(ssl=PATH, motio's --ca-bundle PATH, or SSL_CERT_FILE), or ssl=False to skip verification",
             **where.fields(),
         )
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return BackendConnectionError(
+            f"{where.describe()}: the TLS handshake failed ({_shorten(_describe(exc.os_error))}); "
+            "check that the server speaks https there (or give base_url as http://)",
+            **where.fields(),
+        )
     if mid_stream and isinstance(exc, (aiohttp.ClientError, OSError)):
         return broken_stream_error(exc, where)
     if isinstance(exc, (aiohttp.ClientError, OSError)):

@@ -582,8 +582,9 @@ def _transient(exc: BaseException) -> bool:
     """A failure before any content that another attempt may not meet."""
     import aiohttp
 
-    # An untrusted certificate is as certain as a wrong name: never retried.
-    permanent = (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL, aiohttp.ClientConnectorCertificateError)
+    # A TLS failure (an untrusted certificate, https to a plain-http port) is
+    # as certain as a wrong name: never retried.
+    permanent = (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL, aiohttp.ClientSSLError)
     if _refused(exc) or isinstance(exc, permanent):
         return False
     return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError))
