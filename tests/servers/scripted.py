@@ -197,6 +197,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1208,6 +1209,7 @@ class ScriptedServer:
         self._gathering: list[asyncio.Future[None]] = []
         self._released: asyncio.Event | None = None  # made on the server's loop
         self._connections: set[_Connection] = set()
+        self._tls_transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -1409,6 +1411,11 @@ class ScriptedServer:
             await asyncio.sleep(0)
         for conn in list(self._connections):
             conn.writer.transport.abort()
+        # Over TLS, a connection whose handler ended is closed by a TLS
+        # shutdown that waits for the client's reply: stopped meanwhile, its
+        # socket would be left open (a ResourceWarning in some later test).
+        for transport in list(self._tls_transports):
+            transport.abort()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -1450,6 +1457,8 @@ class ScriptedServer:
             self._cond.notify_all()
         conn = _Connection(cid, reader, writer)
         self._connections.add(conn)
+        if self.tls is not None:
+            self._tls_transports.add(writer.transport)
         try:
             while isinstance(request := await conn.requests.get(), _Parsed):
                 if not await self._serve_request(conn, request) or not request.keep_alive:
