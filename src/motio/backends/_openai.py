@@ -115,12 +115,12 @@ class OpenAIBackend(Backend):
             that failed before any content goes to another; a server that
             refuses connections (or fails three in a row) leaves rotation
             until a probe (``GET /models``, with backoff) finds it back.
-            User and password in a URL (``http://user:pw@host/v1``) are sent
-            to that server as HTTP Basic auth, in place of the API key, and
-            shown masked (``http://user:***@host/v1``) wherever the URL is.
         api_key: default ``$OPENAI_API_KEY``, else a placeholder that local
             servers accept. Sent as ``Authorization: Bearer <key>`` to every
-            server whose URL carries no credentials.
+            server whose URL carries no credentials: user and password in a
+            URL (``http://user:pw@host/v1``) are sent to that server as HTTP
+            Basic auth instead, and shown masked (``http://user:***@host/v1``)
+            wherever the URL is.
         headers: extra HTTP headers for every request.
         ssl: how https servers are verified: None (default) for the system
             store (or ``$SSL_CERT_FILE``/``$SSL_CERT_DIR``), the path of a
