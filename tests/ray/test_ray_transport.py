@@ -1,8 +1,10 @@
 """A backend over TLS with credentials in its URL, rebuilt on Ray workers.
 
-The workers build their copies from the backend's ``recipe()``: a CA bundle
-path and the URL's credentials travel with it; an ``ssl.SSLContext`` cannot
-(it does not pickle), and the run says so before anything starts.
+From Python, the workers build their copies from the backend's ``recipe()``:
+a CA bundle path and the URL's credentials travel with it; an
+``ssl.SSLContext`` cannot (it does not pickle), and the run says so before
+anything starts. ``motio run --ray`` sends the workers ``--ca-bundle`` as an
+absolute path.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 from motio import ConfigurationError, batch
 from motio.backends import OpenAIBackend
+from tests.cli.conftest import assert_clean, complete_lines, run_motio, write_prompts
 from tests.servers.scripted import running
 from tests.servers.tls import Certificate
 
@@ -51,3 +54,23 @@ def test_an_ssl_context_cannot_go_to_workers_and_says_what_to_do(
     with pytest.raises(ConfigurationError, match="does not pickle.*path of the CA bundle"):
         list(batch.run(prompts(3), backend=backend, ray=ray_address, workers=1))
     backend.close()
+
+
+def test_motio_run_on_ray_with_a_ca_bundle_and_url_credentials(
+    tmp_path: Path, ray_address: str, certificate: Certificate
+) -> None:
+    prompts, out = write_prompts(tmp_path / "p.jsonl", 60), tmp_path / "out.jsonl"
+    with running(tls=certificate.server_context(), basic_auth=("bob", PASSWORD)) as server:
+        url = server.base_url.replace("://", f"://bob:{PASSWORD}@")
+        done = run_motio("run", prompts, "-o", out, "--base-url", url, "--ca-bundle", certificate.cert,
+                         f"--ray={ray_address}", "--workers", "2")  # fmt: skip
+        seen = {r.headers["authorization"] for r in server.chat_requests}
+    assert done.returncode == 0, done.stderr
+    assert_clean(done.stderr)
+    lines = complete_lines(out)
+    assert Counter(line["id"] for line in lines) == Counter(f"p{i}" for i in range(60))
+    assert all(line["error"] is None and line["output"] == f"echo: Say the number {line['id'][1:]}."
+               for line in lines)  # fmt: skip
+    assert seen == {"Basic " + base64.b64encode(f"bob:{PASSWORD}".encode()).decode()}
+    for text in (done.stdout, done.stderr, out.read_text()):
+        assert PASSWORD not in text
