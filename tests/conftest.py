@@ -8,6 +8,7 @@
 - ``llama_server``: llama-cpp-python's OpenAI-compatible server on that model.
 - ``llama_server_with_key``: the same, started with ``--api_key``.
 - ``closed_port_url``: a base URL on which every connection is refused.
+- ``certificate``: a self-signed certificate for HTTPS servers (openssl CLI).
 
 The llama.cpp servers are real processes (``python -m llama_cpp.server``),
 started on first use, polled for readiness with an overall deadline, and
@@ -35,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers.scripted import ScriptedServer, running
+from tests.servers.tls import Certificate, make_certificate
 
 __all__ = ["LlamaServer", "start_llama_server"]
 
@@ -169,6 +171,17 @@ def closed_port_url() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """A self-signed certificate for 127.0.0.1, localhost and llm.internal
+    (``tests/servers/tls.py``); ``running(tls=certificate.server_context())``
+    serves HTTPS with it."""
+    made = make_certificate(tmp_path_factory.mktemp("tls"))
+    if made is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    return made
 
 
 @pytest.fixture

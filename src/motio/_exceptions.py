@@ -13,7 +13,8 @@
         │   ├── BackendChunkTimeoutError (also a ChunkTimeoutError): a
         │   │   backend's stream went quiet for chunk_timeout
         │   └── TotalTimeoutError: the generation outlived total_timeout
-        ├── StreamError: the server sent a malformed or truncated stream
+        ├── StreamError: the server sent a malformed or truncated stream,
+        │   or reported an error in it (its message, type and code kept)
         └── APIStatusError: the server answered with an HTTP error status
             ├── BadRequestError (400, 422)
             ├── AuthenticationError (401, 403)
@@ -177,14 +178,25 @@ class TotalTimeoutError(BackendTimeoutError):
 
 
 class StreamError(BackendError):
-    """The server sent a stream motio could not decode, or cut it short.
+    """The server sent a stream motio could not decode, cut it short, or
+    reported an error inside it.
 
     Attributes:
-        partial_text: the text delivered before a stream broke mid-answer
-            (such a stream is never retried), else None.
+        partial_text: the text delivered before a stream broke or reported
+            an error mid-answer (such a stream is never retried), else None.
+        message, type, code, param: what the server's error event said
+            (``data: {"error": {"message": ..., "type": ..., "code": ...}}``,
+            as OpenAI and vLLM send it); None for a stream that broke or
+            could not be decoded.
+        body: that ``error`` object as the server sent it, else None.
     """
 
     partial_text: str | None = None
+    body: Any = None
+    message: str | None = None
+    code: Any = None
+    param: Any = None
+    type: Any = None  # last: a class attribute named `type` shadows the builtin below it
 
 
 class APIStatusError(BackendError):

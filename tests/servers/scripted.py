@@ -52,7 +52,12 @@ is what a client assembling the stream exactly would get, so tests can
 compare the two.
 
 With ``api_key`` set, every request without ``Authorization: Bearer <key>``
-gets 401.
+gets 401 (``basic_auth=("user", "password")``: without that Basic auth).
+
+TLS
+---
+``tls=<ssl.SSLContext>`` (a server-side context holding the certificate)
+serves HTTPS on the same port; ``base_url`` is then ``https://...``.
 
 The default answer
 ------------------
@@ -108,7 +113,14 @@ behaviour                 on the wire (streamed; non-streamed in brackets)
                           JSON, then [DONE] [a body that is not JSON]
 ``error_event(after=1)``  ``after`` content chunks, then
                           ``data: {"error": {...}}`` and [DONE] [200 with
-                          the error object as the body]
+                          the error object as the body]; ``coalesce=True``:
+                          role, chunks and error event in one HTTP chunk
+                          (one network read for the client); ``gap=s``:
+                          each event written on its own, ``s`` s apart;
+                          ``named=True``: an ``event: error`` line too
+``ignore_stream(chunks)`` the whole ``chat.completion`` body (Content-Type
+                          application/json) even when a stream was asked,
+                          as a server or proxy that ignores ``stream`` does
 ``no_done``               the answer's content chunks, then the body ends
                           cleanly without finish chunk, usage or [DONE]
                           [``finish_reason: null``, no usage]
@@ -171,6 +183,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import copy
 import dataclasses
@@ -179,10 +192,12 @@ import json
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -196,6 +211,7 @@ __all__ = [
     "ErrorEvent",
     "Gather",
     "HoldAfter",
+    "IgnoreStream",
     "MalformedAfter",
     "NoDone",
     "Ok",
@@ -212,6 +228,7 @@ __all__ = [
     "error_event",
     "gather",
     "hold_after",
+    "ignore_stream",
     "malformed_after",
     "no_done",
     "ok",
@@ -293,6 +310,14 @@ class MalformedAfter(Behaviour):
 class ErrorEvent(Behaviour):
     after: int = 1
     error: str = '{"message": "scripted mid-stream failure", "type": "server_error", "code": 500}'
+    coalesce: bool = False
+    gap: float = 0.0
+    named: bool = False
+
+
+@dataclass(frozen=True)
+class IgnoreStream(Behaviour):
+    chunks: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -380,9 +405,28 @@ def malformed_after(k: int, line: bytes = MalformedAfter.line) -> MalformedAfter
     return MalformedAfter(k, line)
 
 
-def error_event(after: int = 1, error: Mapping[str, Any] | None = None) -> ErrorEvent:
-    """``after`` content chunks, then a ``{"error": error}`` event and [DONE]."""
-    return ErrorEvent(after) if error is None else ErrorEvent(after, json.dumps(dict(error)))
+def error_event(
+    after: int = 1,
+    error: Mapping[str, Any] | None = None,
+    *,
+    coalesce: bool = False,
+    gap: float = 0.0,
+    named: bool = False,
+) -> ErrorEvent:
+    """``after`` content chunks, then a ``{"error": error}`` event and [DONE].
+
+    ``coalesce``: the role chunk, the content chunks and the error event in
+    one HTTP chunk, one write. ``gap``: each event its own write, ``gap`` s
+    after the one before (the client reads them apart). ``named``: the
+    event is ``event: error`` (an SSE event name) as well.
+    """
+    text = ErrorEvent.error if error is None else json.dumps(dict(error))
+    return ErrorEvent(after, text, coalesce, gap, named)
+
+
+def ignore_stream(chunks: Iterable[str] | None = None) -> IgnoreStream:
+    """The whole ``chat.completion`` JSON body, even when a stream was asked."""
+    return IgnoreStream(None if chunks is None else tuple(chunks))
 
 
 def no_done() -> NoDone:
@@ -978,9 +1022,41 @@ async def _play_error_event(x: _Exchange, b: ErrorEvent) -> bool:
     error = b'{"error": ' + b.error.encode() + b"}"
     if not x.record.stream:
         return await x.json(200, error)
+    if b.gap > 0:
+        return await _play_error_event_spread(x, b, error)
     _start_stream(x, b.after)
-    x.event(b"data: " + error + b"\n\n")
+    x.event((b"event: error\n" if b.named else b"") + b"data: " + error + b"\n\n")
+    if b.coalesce:
+        # The head, then every event's bytes as one HTTP chunk.
+        head, events = x.pending[0], [_chunk_data(c) for c in x.pending[1:]]
+        x.pending = [head, _http_chunk(b"".join(events))]
     return await x.finish(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+
+async def _play_error_event_spread(x: _Exchange, b: ErrorEvent, error: bytes) -> bool:
+    answer = x.answer()
+    x.sse_head()
+    x.role()
+    for token in (answer.tokens * b.after)[: b.after]:
+        if not await x.pause(b.gap):
+            return False
+        x.content([token])
+    if not await x.pause(b.gap):
+        return False
+    x.event((b"event: error\n" if b.named else b"") + b"data: " + error + b"\n\n")
+    return await x.finish(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+
+def _chunk_data(http_chunk: bytes) -> bytes:
+    """The data of one ``_http_chunk``."""
+    return http_chunk.split(b"\r\n", 1)[1][:-2]
+
+
+async def _play_ignore_stream(x: _Exchange, b: IgnoreStream) -> bool:
+    if not await x.pause(x.server.service_time):
+        return False
+    answer = x.answer(b.chunks)
+    return await x.json(200, json.dumps(_completion(answer, x.model)).encode())
 
 
 async def _play_no_done(x: _Exchange, b: NoDone) -> bool:
@@ -1034,7 +1110,7 @@ _PLAYERS: dict[type[Behaviour], Callable[[_Exchange, Any], Any]] = {
     StallBeforeHeaders: _play_stall_before_headers, StallAfter: _play_stall_after,
     Trickle: _play_trickle, DropAfter: _play_drop_after, MalformedAfter: _play_malformed_after,
     ErrorEvent: _play_error_event, NoDone: _play_no_done, SlowFirstToken: _play_slow_first_token,
-    Gather: _play_gather, HoldAfter: _play_hold_after,
+    Gather: _play_gather, HoldAfter: _play_hold_after, IgnoreStream: _play_ignore_stream,
 }  # fmt: skip
 
 
@@ -1089,6 +1165,8 @@ class ScriptedServer:
         default: the behaviour when no rule or script applies (``ok()``).
         rule: ``rule(record) -> behaviour | None``, asked first for each chat request.
         record: keep a ``RequestRecord`` per request (counters are always kept).
+        basic_auth: ``(user, password)``: requests need that HTTP Basic auth.
+        tls: a server-side ``ssl.SSLContext``: serve HTTPS.
     """
 
     def __init__(
@@ -1107,9 +1185,13 @@ class ScriptedServer:
         default: Behaviour | Callable[[], Behaviour] = ok,
         rule: Rule | None = None,
         record: bool = True,
+        basic_auth: tuple[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.models = tuple(models)
         self.api_key = api_key
+        self.basic_auth = basic_auth
+        self.tls = tls
         self.chunks = chunks
         self.default = _as_behaviour(default)
         self.rule = rule
@@ -1127,6 +1209,7 @@ class ScriptedServer:
         self._gathering: list[asyncio.Future[None]] = []
         self._released: asyncio.Event | None = None  # made on the server's loop
         self._connections: set[_Connection] = set()
+        self._tls_transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -1139,7 +1222,7 @@ class ScriptedServer:
     def base_url(self) -> str:
         if not self.port:
             raise RuntimeError("the server is not started: call start() or use `with running() as server`")
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     def start(self) -> Self:
         """Listen and serve in a daemon thread; return once the port is bound."""
@@ -1309,7 +1392,8 @@ class ScriptedServer:
         self._loop.set_exception_handler(lambda _loop, ctx: self._note_error(str(ctx)))
         self._stopping = asyncio.Event()
         listener = await asyncio.start_server(
-            self._serve_connection, "127.0.0.1", self._requested_port, backlog=4096, limit=1 << 20
+            self._serve_connection, "127.0.0.1", self._requested_port, backlog=4096, limit=1 << 20,
+            ssl=self.tls,
         )
         self.port = listener.sockets[0].getsockname()[1]
         self._listener = listener
@@ -1327,6 +1411,11 @@ class ScriptedServer:
             await asyncio.sleep(0)
         for conn in list(self._connections):
             conn.writer.transport.abort()
+        # Over TLS, a connection whose handler ended is closed by a TLS
+        # shutdown that waits for the client's reply: stopped meanwhile, its
+        # socket would be left open (a ResourceWarning in some later test).
+        for transport in list(self._tls_transports):
+            transport.abort()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -1368,6 +1457,8 @@ class ScriptedServer:
             self._cond.notify_all()
         conn = _Connection(cid, reader, writer)
         self._connections.add(conn)
+        if self.tls is not None:
+            self._tls_transports.add(writer.transport)
         try:
             while isinstance(request := await conn.requests.get(), _Parsed):
                 if not await self._serve_request(conn, request) or not request.keep_alive:
@@ -1440,7 +1531,11 @@ class ScriptedServer:
             self._settle(x)
 
     def _authorised(self, request: _Parsed) -> bool:
-        return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
+        given = request.headers.get("authorization")
+        if self.basic_auth is not None:
+            token = base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            return given == f"Basic {token}"
+        return self.api_key is None or given == f"Bearer {self.api_key}"
 
     def _gate(self, x: _Exchange, request: _Parsed) -> Behaviour | None:
         """What must happen before any choice: 400, 401, a capacity 429, or admission."""

@@ -29,6 +29,7 @@ from tests.servers.scripted import (
     drop_after,
     error_event,
     gather,
+    ignore_stream,
     malformed_after,
     no_done,
     ok,
@@ -524,6 +525,51 @@ def test_error_event_mid_stream(server: ScriptedServer, wire: Wire) -> None:
     assert answer.text == "echo: hello" and answer.chunks[-1]["error"]["type"] == "server_error"
     wire.post(chat())
     assert wire.response().chunks[-1] == {"error": {"message": "boom"}}
+
+
+def test_error_event_coalesced_is_one_http_chunk(server: ScriptedServer, wire: Wire) -> None:
+    server.script(error_event(after=2, coalesce=True))
+    wire.post(chat())
+    code, headers = wire.head()
+    first = wire.chunk()  # role, two content chunks and the error event: one HTTP chunk
+    events = [e for e in first.split(b"\n\n") if e]
+    assert code == 200 and len(events) == 4 and json.loads(events[-1][6:])["error"]["code"] == 500
+    assert [content_of(e) for e in events[1:3]] == ["echo:", " hello"]
+    assert wire.chunk() == b"data: [DONE]\n\n" and wire.chunk() == b""
+
+
+def test_error_event_with_a_gap_writes_each_event_apart(server: ScriptedServer, wire: Wire) -> None:
+    server.script(error_event(after=2, gap=QUIET))
+    wire.post(chat())
+    wire.head()
+    wire.chunk()  # the role chunk
+    for expected in ("echo:", " hello"):
+        assert wire.quiet_for(QUIET / 3)  # each event waits its gap
+        assert content_of(wire.chunk()) == expected
+    assert json.loads(wire.chunk()[6:])["error"]["type"] == "server_error"
+
+
+def test_ignore_stream_answers_a_whole_completion(server: ScriptedServer, wire: Wire) -> None:
+    server.script(ignore_stream(), ignore_stream(["a", "b"]))
+    wire.post(chat())
+    answer = wire.response()
+    assert answer.headers["content-type"] == "application/json"
+    body = answer.json()
+    assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] == 4
+    assert body["choices"][0]["message"]["content"] == "echo: hello there friend"
+    wire.post(chat())
+    assert wire.response().json()["choices"][0]["message"]["content"] == "ab"
+    assert all(r.stream for r in server.chat_requests)
+
+
+def test_basic_auth_is_required_when_set() -> None:
+    with running(basic_auth=("bob", "pw")) as server, Wire(server) as wire:
+        wire.post(chat())
+        assert wire.response().status == 401
+        wire.post(chat(), {"authorization": "Basic Ym9iOnB3"})  # bob:pw
+        assert wire.response().status == 200
+        wire.get("/v1/models", {"authorization": "Bearer pw"})
+        assert wire.response().status == 401
 
 
 def test_no_done_ends_without_finish_or_done(server: ScriptedServer, wire: Wire) -> None:

@@ -24,8 +24,17 @@ from .._exceptions import (
     ServerError,
     StreamError,
 )
+from ._urls import mask_url
 
-__all__ = ["Where", "translate", "status_error", "stream_error"]
+__all__ = [
+    "ErrorAfterText",
+    "Where",
+    "broken_stream_error",
+    "server_error_event",
+    "status_error",
+    "stream_error",
+    "translate",
+]
 
 _HINTS: dict[int, tuple[type[APIStatusError], str]] = {
     400: (BadRequestError, "check the generation options and the messages"),
@@ -54,8 +63,24 @@ class Where:
         return {"provider": self.provider, "model": self.model, "base_url": self.base_url}
 
     def describe(self) -> str:
-        server = f" at {self.base_url}" if self.base_url else ""
+        # Backends build a Where from a masked URL already; masked again here
+        # (errors only) so that no other caller can show a password either.
+        server = f" at {mask_url(self.base_url)}" if self.base_url else ""
         return f"{self.provider} backend{server} (model {self.model!r})"
+
+
+class ErrorAfterText(Exception):
+    """Text that must reach the thunk before ``error`` is raised.
+
+    A server's error event often arrives in the same network read as the
+    content chunks before it: the stream yields ``text`` first, then raises
+    ``error``. Internal to the backend: the stream never lets it escape.
+    """
+
+    def __init__(self, text: str, error: StreamError) -> None:
+        super().__init__(str(error))
+        self.text = text
+        self.error = error
 
 
 def status_error(
@@ -82,6 +107,58 @@ def stream_error(detail: str, where: Where) -> StreamError:
     )
 
 
+def broken_stream_error(exc: BaseException, where: Where, *, delivered: int | None = None) -> StreamError:
+    """The connection broke after the answer had started.
+
+    Args:
+        delivered: characters of content the thunk had received, if known:
+            such a stream is not retried (a retry could repeat or change
+            them), and they are kept as ``partial_text``.
+    """
+    after = ""
+    if delivered is not None:
+        after = f" after {delivered} characters of content had been delivered"
+    kept = (
+        "; not retried, since a retry could repeat or change text already delivered "
+        "(the partial text is kept: mot.text, error.partial_text)"
+        if delivered is not None
+        else ""
+    )
+    return StreamError(
+        f"{where.describe()}: the connection broke mid-stream ({_shorten(_describe(exc))}){after}; "
+        "likely causes, most likely first: the server restarted or crashed (check its logs), "
+        "a proxy or load balancer cut the stream (check its timeouts), "
+        f"or base_url does not point at an OpenAI-compatible server{kept}",
+        **where.fields(),
+    )
+
+
+def server_error_event(error: Any, where: Where) -> StreamError:
+    """The error a server reported inside a stream (``data: {"error": {...}}``,
+    or an event named ``error``), carrying its ``message``, ``type`` and ``code``.
+
+    Args:
+        error: the ``error`` member as decoded (an object, as OpenAI and vLLM
+            send it; anything else is taken as the message).
+    """
+    fields = error if isinstance(error, dict) else {"message": error}
+    message = fields.get("message")
+    message = None if message is None else str(message)
+    kind, code = fields.get("type"), fields.get("code")
+    named = (("type", kind), ("code", code))
+    about = ", ".join(f"{name} {value!r}" for name, value in named if value is not None)
+    text = _shorten(message if message is not None else str(error))
+    exc = StreamError(
+        f"{where.describe()}: the server reported an error mid-stream: {text}"
+        + (f" ({about})" if about else "")
+        + "; the server's own failure: check its logs, or retry later",
+        **where.fields(),
+    )
+    exc.message, exc.type, exc.code, exc.param = message, kind, code, fields.get("param")
+    exc.body = error
+    return exc
+
+
 def translate(exc: BaseException, where: Where, *, mid_stream: bool = False) -> BackendError | None:
     """The motio error for a foreign ``exc``, or None if it is not ours to wrap.
 
@@ -105,8 +182,21 @@ def translate(exc: BaseException, where: Where, *, mid_stream: bool = False) -> 
         return BackendConnectionError(
             f"{where.describe()}: invalid URL {str(exc)!r}; check base_url", **where.fields()
         )
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return BackendConnectionError(
+            f"{where.describe()}: the server's TLS certificate is not trusted "
+            f"({_shorten(_describe(exc.certificate_error))}); give the CA bundle that signed it "
+            "(ssl=PATH, motio's --ca-bundle PATH, or SSL_CERT_FILE), or ssl=False to skip verification",
+            **where.fields(),
+        )
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return BackendConnectionError(
+            f"{where.describe()}: the TLS handshake failed ({_shorten(_describe(exc.os_error))}); "
+            "check that the server speaks https there (or give base_url as http://)",
+            **where.fields(),
+        )
     if mid_stream and isinstance(exc, (aiohttp.ClientError, OSError)):
-        return stream_error(f"the connection broke mid-stream ({_describe(exc)})", where)
+        return broken_stream_error(exc, where)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return _connection_error(exc, where)
     return None

@@ -48,13 +48,15 @@ from ._assemble import ResponseAssembler
 from ._base import COMMON_OPTIONS, Backend, Messages, check_options, to_messages
 from ._chat import batch_decoder, fold_chunk, fold_structs
 from ._endpoints import Endpoint, Endpoints, EndpointSnapshot, each_checked, first_passing
-from ._errors import Where, stream_error, translate
+from ._errors import ErrorAfterText, Where, server_error_event, stream_error, translate
 from ._gate import Gate
 from ._http import HTTPClient, json_codec
 from ._loopclients import LoopClient, LoopClients
 from ._request import Exchange, Timeouts
 from ._retry import RetryPolicy
 from ._sse import ErrorEvent, data_as_json_array, parse_events
+from ._tls import TLS, TLSOption
+from ._urls import ServerURL, mask_url
 
 if TYPE_CHECKING:
     import aiohttp
@@ -119,8 +121,17 @@ class OpenAIBackend(Backend):
             servers only when no other is in rotation (it waits for room on
             another): a batch's re-run after a stream broke there.
         api_key: default ``$OPENAI_API_KEY``, else a placeholder that local
-            servers accept.
+            servers accept. Sent as ``Authorization: Bearer <key>`` to every
+            server whose URL carries no credentials: user and password in a
+            URL (``http://user:pw@host/v1``) are sent to that server as HTTP
+            Basic auth instead, and shown masked (``http://user:***@host/v1``)
+            wherever the URL is.
         headers: extra HTTP headers for every request.
+        ssl: how https servers are verified: None (default) for the system
+            store (or ``$SSL_CERT_FILE``/``$SSL_CERT_DIR``), the path of a
+            PEM CA bundle to verify against instead, an ``ssl.SSLContext``,
+            or False for no verification. Proxies come from ``HTTP_PROXY``,
+            ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``.
         max_concurrency: requests in flight at once, across every event loop
             and thread using this backend (per server, given several); the
             rest wait without holding a connection. An int, ``"auto"`` (adapt to what the server serves:
@@ -152,7 +163,9 @@ class OpenAIBackend(Backend):
             corrected from the answer's usage.
 
     Raises:
-        ConfigurationError: a bad limit or timeout.
+        ConfigurationError: a bad limit, timeout, URL or ``ssl=``; an
+            ``api_key=`` (or an ``Authorization`` header) that no server
+            would get, every URL carrying its own credentials.
     """
 
     provider = "openai"
@@ -173,13 +186,18 @@ class OpenAIBackend(Backend):
         max_retries: int = 2,
         rpm: float | None = None,
         tpm: float | None = None,
+        ssl: TLSOption = None,
     ) -> None:
         _check_timeouts(connect_timeout, first_token_timeout, chunk_timeout, total_timeout)
         self.model = model
-        self.base_urls = _base_urls(base_url)
+        servers = [ServerURL.parse(url) for url in _base_urls(base_url)]
+        # Only the masked form is kept where anything may show it.
+        self.base_urls = tuple(server.shown for server in servers)
         self.base_url = self.base_urls[0]
+        _check_credentials(servers, api_key, headers)
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
         self._headers = {"Authorization": f"Bearer {self._api_key}", "User-Agent": "motio", **(headers or {})}
+        self._tls = TLS(ssl)
         self.max_concurrency = max_concurrency
         self.concurrency_bound = concurrency_bound
         self._limiter = _make_limiter(rpm, tpm)
@@ -189,11 +207,12 @@ class OpenAIBackend(Backend):
         self.total_timeout = total_timeout
         self._endpoints = Endpoints(
             [
-                self._endpoint(url, max_concurrency, concurrency_bound, connect_timeout)
-                for url in self.base_urls
+                self._endpoint(server, max_concurrency, concurrency_bound, connect_timeout)
+                for server in servers
             ],
             self._probe,
         )
+        self._all_own_credentials = all(server.basic_auth for server in servers)
         self._clients = self._endpoints.all[0].clients
         for endpoint in self._endpoints.all:
             # A backend dropped without close(): close its clients on their own
@@ -206,11 +225,14 @@ class OpenAIBackend(Backend):
         self._ask_usage = True
 
     def _endpoint(
-        self, url: str, max_concurrency: int | str | None, bound: int, connect_timeout: float
+        self, server: ServerURL, max_concurrency: int | str | None, bound: int, connect_timeout: float
     ) -> Endpoint:
         gate, adaptive = _make_gate(max_concurrency, bound)
-        factory = functools.partial(HTTPClient, url, self._headers, connect_timeout, None)
-        return Endpoint(url, gate, adaptive, LoopClients(factory))
+        headers = self._headers
+        if server.basic_auth is not None:
+            headers = {**headers, "Authorization": server.basic_auth}
+        factory = functools.partial(HTTPClient, server.target, headers, connect_timeout, None, self._tls)
+        return Endpoint(server.shown, gate, adaptive, LoopClients(factory))
 
     def _where(self) -> Where:
         # One shared Where while the model stays the same: no object per request.
@@ -232,8 +254,16 @@ class OpenAIBackend(Backend):
 
     def recipe(self) -> Callable[[], OpenAIBackend]:
         """As ``Backend.recipe``, with the API key as resolved here: a copy
-        built in another process may not see this environment."""
+        built in another process may not see this environment.
+
+        Raises:
+            ConfigurationError: ``ssl=`` is an ``ssl.SSLContext``, which does
+                not pickle (give the CA bundle's path instead).
+        """
         constructor: Callable[..., OpenAIBackend] = super().recipe()  # type: ignore[assignment]
+        self._tls.portable()
+        if self._all_own_credentials:
+            return constructor  # every server has its own: no key to carry
         return functools.partial(constructor, api_key=self._api_key)
 
     @property
@@ -265,9 +295,10 @@ class OpenAIBackend(Backend):
         if limiter is not None:
             self._limiter = limiter
         for url, gate in (gates or {}).items():
-            endpoint = next((e for e in self._endpoints.all if e.base_url == url.rstrip("/")), None)
+            shown = mask_url(url.rstrip("/"))
+            endpoint = next((e for e in self._endpoints.all if e.base_url == shown), None)
             if endpoint is None:
-                raise ConfigurationError(f"share_limits: no server {url!r} in {self.base_urls}")
+                raise ConfigurationError(f"share_limits: no server {shown!r} in {self.base_urls}")
             endpoint.gate = gate
             endpoint.adaptive = gate if isinstance(gate, AdaptiveConcurrency) else None
 
@@ -571,6 +602,18 @@ class OpenAIBackend(Backend):
             await endpoint.clients.aclose()
 
 
+def _error_event_body(data: bytes, loads: Callable[[bytes], Any]) -> Any:
+    """What an SSE event named ``error`` says: its ``error`` object, the
+    object itself, or its text."""
+    try:
+        decoded = loads(data)
+    except ValueError:
+        return data.decode("utf-8", "replace")
+    if isinstance(decoded, dict):
+        return decoded.get("error", decoded)
+    return decoded
+
+
 def _generated_besides_text(chunk: dict[str, Any]) -> bool:
     """Whether a streamed chunk carries generated output other than ``content``."""
     for choice in chunk.get("choices") or ():
@@ -592,6 +635,35 @@ def _base_urls(base_url: str | Sequence[str] | None) -> tuple[str, ...]:
     if not urls:
         raise ConfigurationError("base_url: an empty list; give at least one server URL")
     return urls
+
+
+def _check_credentials(
+    servers: Sequence[ServerURL], api_key: str | None, headers: Mapping[str, str] | None
+) -> None:
+    """Refuse auth that would silently never be sent.
+
+    HTTP has one ``Authorization`` header: a server whose URL carries
+    credentials gets them as Basic auth, never the API key. A key given
+    while every URL has its own would go nowhere; an ``Authorization``
+    header given next to URL credentials would replace them.
+
+    Raises:
+        ConfigurationError: either case, saying what to do.
+    """
+    with_credentials = [server.shown for server in servers if server.basic_auth is not None]
+    if not with_credentials:
+        return
+    if any(name.lower() == "authorization" for name in headers or ()):
+        raise ConfigurationError(
+            f"base_url {with_credentials[0]} carries credentials (sent as HTTP Basic auth) and "
+            "headers= has an Authorization header too: a request has one; keep one of them"
+        )
+    if api_key and len(with_credentials) == len(servers):
+        raise ConfigurationError(
+            f"base_url {with_credentials[0]} carries credentials (sent as HTTP Basic auth, in place "
+            "of the API key) and api_key= was given too: a request has one Authorization header; "
+            "drop api_key= (or --api-key-env), or the user and password from the URL"
+        )
 
 
 def _one_url(url: object) -> str:
@@ -745,6 +817,15 @@ class _ChatFold:
         """Fold a non-streamed completion; its text."""
         return self._process_each(self.meta, [body]) or ""
 
+    def process_whole_instead_of_stream(self, body: bytes) -> str | None:
+        """Fold a whole ``chat.completion`` that came where a stream was asked
+        (a server or proxy that ignores ``stream``): the complete answer, at
+        once. Its text, if any."""
+        # Kept as it came (nothing to assemble), and no [DONE] to wait for.
+        self._stream = False
+        self._assembler = None
+        return self._process_each(self.meta, [body])
+
     def _process_batch(
         self, batch: Callable[[bytes], list[Any]], meta: GenerationMeta, array: bytes, done: bool
     ) -> str | None | _TakeGenericPath:
@@ -758,7 +839,7 @@ class _ChatFold:
         texts: list[str] = []
         error = fold_structs(meta, chunks, texts)
         if error is not None:
-            raise stream_error(f"the server reported an error mid-stream: {error}", self.where)
+            raise self._error_after(texts, error)
         self._done = self._done or done
         self._pieces += len(texts)
         return "".join(texts) if texts else None
@@ -772,13 +853,13 @@ class _ChatFold:
             model is producing, so it counts for the first-token and chunk
             timeouts and for ``ttfb_ms``; else None.
         """
-        texts = []
+        texts: list[str] = []
         generated = False
         for payload in payloads:
             if payload == b"[DONE]":
                 self._done = True
                 continue
-            chunk = self._decode(payload)
+            chunk = self._decode(payload, texts)
             try:
                 if self._keep:
                     self._keep_chunk(meta, chunk)
@@ -797,9 +878,11 @@ class _ChatFold:
         else:
             meta.response = chunk  # a non-streamed answer: kept exactly as it came
 
-    def _decode(self, payload: bytes | ErrorEvent) -> dict[str, Any]:
+    def _decode(self, payload: bytes | ErrorEvent, texts: list[str]) -> dict[str, Any]:
+        """A payload as a chunk; a server's error in it raised after ``texts``
+        (this read's text so far)."""
         if isinstance(payload, ErrorEvent):
-            raise stream_error(f"the server sent an error event: {payload.data[:300]!r}", self.where)
+            raise self._error_after(texts, _error_event_body(payload.data, self._loads))
         try:
             chunk = self._loads(payload)
         except ValueError as exc:
@@ -807,8 +890,18 @@ class _ChatFold:
         if type(chunk) is not dict:
             raise stream_error(f"a chunk is not a JSON object: {payload[:200]!r}", self.where)
         if "error" in chunk:
-            raise stream_error(f"the server reported an error mid-stream: {chunk['error']}", self.where)
+            raise self._error_after(texts, chunk["error"])
         return chunk
+
+    def _error_after(self, texts: list[str], error: Any) -> Exception:
+        """The server's error event, raised once the text of the same read
+        that came before it has reached the thunk (the rare path)."""
+        exc = server_error_event(error, self.where)
+        text = "".join(texts)
+        self._pieces += len(texts)
+        if self._stream:
+            exc.partial_text = self.text_so_far() + text
+        return ErrorAfterText(text, exc) if text else exc
 
     def finish(self, mot: ModelOutputThunk[Any]) -> None:
         meta = mot.generation

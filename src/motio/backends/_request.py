@@ -17,6 +17,10 @@ What a batch meets on real servers, and what this module does about it:
   they neither reset the chunk timeout nor satisfy the first-token one.
 - The time between attempts is spent outside the stream, so it never counts
   against the chunk timeout; it does count against the total timeout.
+- A server's error event mid-stream: the text of the same network read that
+  came before it reaches the thunk first (``ErrorAfterText``: the stream
+  yields it, then raises). A whole JSON answer where a stream was asked (a
+  server or proxy that ignores ``stream``) is the complete answer.
 - Several servers (``_endpoints.py``): each attempt takes its slot on the
   server the router picks. A connection failure before any content (refused
   included: that server is gone, the others may not be) is sent at once to a
@@ -55,7 +59,7 @@ from .._exceptions import (
     StreamError,
     TotalTimeoutError,
 )
-from ._errors import Where, translate
+from ._errors import ErrorAfterText, Where, broken_stream_error, translate
 from ._retry import RETRYABLE_STATUSES, Attempts
 from ._sse import SSEDecoder
 
@@ -248,7 +252,7 @@ class Exchange:
     async def _open_once(self) -> _SSEStream:
         decoder = SSEDecoder()
 
-        async def first_content(response: aiohttp.ClientResponse) -> str | None:
+        async def first_content(response: aiohttp.ClientResponse) -> str | ErrorAfterText | None:
             return await _first_content(response, decoder, self._fold)
 
         held, first = await self._attempt(first_content, stream=True)
@@ -418,14 +422,20 @@ class _SSEStream:
     __slots__ = ("_held", "_read", "_decoder", "_fold", "_first", "_exchange")
 
     def __init__(
-        self, held: _Held, decoder: SSEDecoder, fold: _ChatFold, first: str | None, exchange: Exchange
+        self,
+        held: _Held,
+        decoder: SSEDecoder,
+        fold: _ChatFold,
+        first: str | ErrorAfterText | None,
+        exchange: Exchange,
     ) -> None:
         assert held.response is not None
         self._held = held
         self._read = held.response.content.readany
         self._decoder = decoder
         self._fold = fold
-        self._first = first
+        # The first text; or, rarely, text then an error, or an error to raise next.
+        self._first: str | ErrorAfterText | StreamError | None = first
         self._exchange = exchange
 
     def __aiter__(self) -> _SSEStream:
@@ -435,7 +445,7 @@ class _SSEStream:
         first = self._first
         if first is not None:
             self._first = None
-            return first
+            return first if type(first) is str else self._deliver(first)  # type: ignore[arg-type]
         fold = self._fold
         while not self._held.released:
             try:
@@ -444,16 +454,12 @@ class _SSEStream:
                 await self.aclose()
                 raise self._broken(exc) from exc
             if not raw:
-                block = self._decoder.flush()
-                text = fold.process_events(block) if block else None
-                # Read to its end: keep the connection for the next request.
-                self._exchange._release(self._held, settle=True, keep_connection=True)
-                if text is not None:
-                    return text
-                break
+                return self._last(self._decoder.flush())
             if block := self._decoder.feed(raw):
                 try:
                     text = fold.process_events(block)
+                except ErrorAfterText as pending:
+                    return self._deliver(pending)
                 except BaseException:
                     await self.aclose()
                     raise
@@ -461,6 +467,31 @@ class _SSEStream:
                 if text is not None:
                     return text
         raise StopAsyncIteration
+
+    def _last(self, block: bytes) -> str:
+        """The stream's end: the text of an unterminated last event, if any."""
+        try:
+            text = self._fold.process_events(block) if block else None
+        except ErrorAfterText as pending:
+            return self._deliver(pending)
+        except BaseException:
+            self._exchange._release(self._held)
+            raise
+        # Read to its end: keep the connection for the next request.
+        self._exchange._release(self._held, settle=True, keep_connection=True)
+        if text is None:
+            raise StopAsyncIteration
+        return text
+
+    def _deliver(self, pending: ErrorAfterText | StreamError) -> str:
+        """A server's error event, after the text of the read it came in:
+        that text now, the error at the next step. The connection is dropped
+        at once (the server said the answer is over)."""
+        self._exchange._release(self._held)
+        if isinstance(pending, ErrorAfterText):
+            self._first = pending.error
+            return pending.text
+        raise pending
 
     async def _next_read(self) -> bytes:
         deadline = self._exchange.deadline
@@ -483,12 +514,7 @@ class _SSEStream:
             return exc
         if isinstance(error, StreamError):
             partial = self._fold.text_so_far()
-            error = StreamError(
-                f"{error} after {len(partial)} characters of content had been delivered; not retried, "
-                "since a retry could repeat or change text already delivered (the partial text is "
-                "kept: mot.text, error.partial_text)",
-                **where.fields(),
-            )
+            error = broken_stream_error(exc, where, delivered=len(partial))
             error.partial_text = partial
         return error
 
@@ -513,22 +539,39 @@ class _SSEStream:
 
 async def _first_content(
     response: aiohttp.ClientResponse, decoder: SSEDecoder, fold: _ChatFold
-) -> str | None:
+) -> str | ErrorAfterText | None:
     """Read until a read carries content; that text, or None if the answer ended first.
 
+    A whole JSON answer where a stream was asked (a server or proxy that
+    ignores ``stream``) is the complete answer: folded at once. A server's
+    error event after some text comes back as that text and the error.
+
     Raises:
-        StreamError: a malformed stream; foreign errors for the caller to classify.
+        StreamError: a malformed stream, or a server's error before any text;
+            foreign errors for the caller to classify.
     """
+    if _is_json(response):
+        return fold.process_whole_instead_of_stream(await response.read()) or None
     read = response.content.readany
-    while True:
-        raw = await read()
-        if not raw:
-            block = decoder.flush()
-            return (fold.process_events(block) if block else None) or None
-        if block := decoder.feed(raw):
-            text = fold.process_events(block)
-            if text is not None:
-                return text
+    try:
+        while True:
+            raw = await read()
+            if not raw:
+                block = decoder.flush()
+                return (fold.process_events(block) if block else None) or None
+            if block := decoder.feed(raw):
+                text = fold.process_events(block)
+                if text is not None:
+                    return text
+    except ErrorAfterText as pending:
+        return pending
+
+
+def _is_json(response: aiohttp.ClientResponse) -> bool:
+    # The raw header, not aiohttp's content_type: that parses it (and copies
+    # its parameters) on every response, and this runs on every request.
+    ctype = response.headers.get("Content-Type")
+    return ctype is not None and ctype[:16].lower() == "application/json" and ctype[16:17] in ("", ";", " ")
 
 
 async def _read_body(response: aiohttp.ClientResponse, chunk_timeout: float | None, where: Where) -> bytes:
@@ -556,7 +599,10 @@ def _transient(exc: BaseException) -> bool:
     """A failure before any content that another attempt may not meet."""
     import aiohttp
 
-    if _refused(exc) or isinstance(exc, (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL)):
+    # A TLS failure (an untrusted certificate, https to a plain-http port) is
+    # as certain as a wrong name: never retried.
+    permanent = (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL, aiohttp.ClientSSLError)
+    if _refused(exc) or isinstance(exc, permanent):
         return False
     return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError))
 

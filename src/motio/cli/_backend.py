@@ -48,7 +48,8 @@ class BackendSpec:
     """Which backend to build, from ``--backend/--model/--base-url/--endpoints/--api-key-env``.
 
     ``base_url`` is the (first) server; ``base_urls`` lists them all when
-    there are several, and is empty otherwise.
+    there are several, and is empty otherwise. ``ca_bundle``: the absolute
+    path of ``--ca-bundle`` (a path, so a Ray worker can rebuild it).
     """
 
     kind: str
@@ -62,15 +63,17 @@ class BackendSpec:
     first_token_timeout: float | None = None
     total_timeout: float | None = None
     base_urls: tuple[str, ...] = ()
+    ca_bundle: str | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> BackendSpec:
         urls = server_urls(args)
         # --base-url only makes sense for a server, so it implies --backend openai.
         kind = args.backend or ("openai" if urls else "llamacpp")
-        if kind == "llamacpp" and (urls or args.api_key_env):
+        ca_bundle = getattr(args, "ca_bundle", None)
+        if kind == "llamacpp" and (urls or args.api_key_env or ca_bundle):
             raise CliError(
-                "--base-url, --endpoints and --api-key-env need --backend openai "
+                "--base-url, --endpoints, --api-key-env and --ca-bundle need --backend openai "
                 "(the llamacpp backend runs the model in this process)",
                 EXIT_USAGE,
             )
@@ -80,7 +83,10 @@ class BackendSpec:
         options = {name: getattr(args, name, None) for name in _SERVER_OPTIONS}
         first = urls[0] if urls else None
         several = urls if len(urls) > 1 else ()
-        return cls(kind, args.model, first, args.api_key_env, concurrency, **options, base_urls=several)
+        return cls(
+            kind, args.model, first, args.api_key_env, concurrency, **options, base_urls=several,
+            ca_bundle=None if ca_bundle is None else _readable_ca_bundle(ca_bundle),
+        )  # fmt: skip
 
     @property
     def servers(self) -> int:
@@ -119,6 +125,20 @@ def server_urls(args: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(urls))
 
 
+def _readable_ca_bundle(path: str) -> str:
+    """``--ca-bundle PATH`` as an absolute path, once it proved readable.
+
+    Raises:
+        CliError: a missing or unreadable file (a usage error).
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise CliError(f"--ca-bundle {path}: cannot read it: {exc.strerror or exc}", EXIT_USAGE) from None
+    return os.path.abspath(path)
+
+
 def _read_endpoints(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as file:
@@ -132,8 +152,11 @@ def _read_endpoints(path: str) -> list[str]:
         if not url:
             continue
         if not url.startswith(("http://", "https://")) or " " in url:
+            from ..backends._urls import mask_url
+
             raise CliError(
-                f"--endpoints {path}:{number}: expected one http(s) URL a line, got {url!r}", EXIT_USAGE
+                f"--endpoints {path}:{number}: expected one http(s) URL a line, got {mask_url(url)!r}",
+                EXIT_USAGE,
             )
         urls.append(url.rstrip("/"))
     if not urls:
@@ -176,6 +199,8 @@ def build_backend(spec: BackendSpec) -> Backend:
         for name in ("first_token_timeout", "total_timeout"):
             if options.get(name) == 0:
                 options[name] = None
+        if spec.ca_bundle is not None:
+            options["ssl"] = spec.ca_bundle
         return OpenAIBackend(
             spec.model,
             base_url=list(spec.base_urls) if spec.base_urls else spec.base_url,
@@ -239,9 +264,12 @@ async def _bounded_check(backend: Backend, spec: BackendSpec) -> None:
     except TimeoutError as exc:
         if isinstance(exc, MotioError):
             raise
+        from ..backends._urls import mask_url
+
         raise CliError(
-            f"the server at {spec.base_url} did not answer within {limit:g} s (start-up check: "
-            "GET /models); check that it is up and not overloaded, or set MOTIO_STARTUP_TIMEOUT",
+            f"the server at {mask_url(spec.base_url or '')} did not answer within {limit:g} s "
+            "(start-up check: GET /models); check that it is up and not overloaded, or set "
+            "MOTIO_STARTUP_TIMEOUT",
             EXIT_BACKEND,
         ) from None
 

@@ -76,6 +76,16 @@ on a Ray cluster (--ray [ADDRESS], pip install 'motio[ray]'):
 environment:
   MOTIO_STARTUP_TIMEOUT  seconds a server may take to answer the start-up
                          check (default: 10); then exit 3
+  HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY
+                         the proxy to reach the servers through, and the
+                         hosts to reach directly (as curl, requests, httpx)
+  SSL_CERT_FILE, SSL_CERT_DIR
+                         the CA certificates https servers are verified
+                         against (default: the system store; --ca-bundle)
+
+credentials in a URL (http://user:password@host:8000/v1) are sent to that
+server as HTTP Basic auth, in place of an API key, and shown as
+http://user:***@host:8000/v1 in every message.
 
 exit status: 0 all prompts succeeded; 1 some prompts failed or input lines
 were bad (the others ran); 2 bad command line or path; 3 backend unreachable,
@@ -252,6 +262,12 @@ def _backend_options() -> argparse.ArgumentParser:
         help="read the API key from environment variable VAR (never from the command line)",
     )
     options.add_argument("--api-key", nargs="?", action=_RefuseKeyOnArgv, help=argparse.SUPPRESS)
+    options.add_argument(
+        "--ca-bundle",
+        metavar="PATH",
+        help="verify https servers against the CA certificates in this PEM file instead of the "
+        "system store (default: the system store, or $SSL_CERT_FILE)",
+    )
     options.add_argument(
         "--max-retries",
         type=_non_negative_int,
