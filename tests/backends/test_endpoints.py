@@ -473,6 +473,17 @@ def test_avoid_servers_steers_a_generation_to_another_server(
     assert mots[6].value == "echo: elsewhere"  # a server the backend does not have is ignored
 
 
+def test_avoid_servers_names_a_server_by_its_url_with_credentials() -> None:
+    # Endpoints keep the masked URL; the URL as the user wrote it names the same server.
+    with running(basic_auth=("u", "secret")) as a, running(basic_auth=("u", "secret")) as b:
+        urls = [url.replace("http://", "http://u:secret@") for url in (a.base_url, b.base_url)]
+        backend = OpenAIBackend(MODEL, base_url=urls, max_concurrency=4)
+        mots = run(answer_all(backend, [f"p{i}" for i in range(4)], avoid_servers=[urls[0]]))
+        assert [m.value for m in mots] == [f"echo: p{i}" for i in range(4)]
+        assert all(m.generation.base_url == b.base_url.replace("http://", "http://u:***@") for m in mots)
+        assert prompts_seen(a) == []
+
+
 def test_avoid_servers_with_one_server_still_uses_it(two: tuple[ScriptedServer, ScriptedServer]) -> None:
     a, _ = two
     backend = OpenAIBackend(MODEL, base_url=a.base_url)

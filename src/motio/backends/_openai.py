@@ -340,7 +340,9 @@ class OpenAIBackend(Backend):
         strings = () if isinstance(urls, str) or not isinstance(urls, Sequence) else urls
         if not strings or not all(isinstance(url, str) for url in strings):
             raise ConfigurationError(f"avoid_servers must be a list of base URLs, got {urls!r}")
-        named = {url.strip().rstrip("/") for url in strings}
+        # Endpoints hold the shown form (password masked): a URL given with
+        # its credentials names the same server.
+        named = {mask_url(url.strip().rstrip("/")) for url in strings}
         return [e for e in self._endpoints.all if e.base_url in named]
 
     @property
