@@ -7,6 +7,7 @@ in this process on the same instance. Workers are real Ray actor processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,3 +47,34 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def workers_connected_to(*ports: int) -> set[int]:
+    """Pids of the batch workers holding a TCP connection to one of ``ports``.
+
+    A run's own workers, for certain: a process titled ``ray::BatchWorker``
+    may be another run's, or one Ray is still placing, but only a worker of
+    this run streams from this run's servers.
+    """
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) in ports and fields[3] == "01":  # ESTABLISHED
+            inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for pid in batch_workers():
+        if inodes & _open_files(pid):
+            pids.add(pid)
+    return pids
+
+
+def _open_files(pid: int) -> set[str]:
+    fds = Path(f"/proc/{pid}/fd")
+    links = set()
+    try:
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):  # closed since it was listed
+                links.add(os.readlink(fd))
+    except OSError:  # the process is gone
+        pass
+    return links
