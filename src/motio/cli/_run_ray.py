@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import BackendSpec, build_backend, run_options
 from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
+from ._signals import keep_sigterm
 
 if TYPE_CHECKING:
     from ..batch._ray import RayPool
@@ -33,7 +34,10 @@ def join_cluster(address: str) -> bool:
             f"--ray needs the '{exc.name}' package: pip install 'motio[ray]'", EXIT_USAGE
         ) from None
     try:
-        return connect(address)
+        # ray.init installs SIGTERM handlers of its own (they exit by
+        # sys.exit): the command's must stay in place.
+        with keep_sigterm():
+            return connect(address)
     except ClusterUnreachable as exc:
         raise CliError(str(exc), EXIT_BACKEND) from None
 
