@@ -281,3 +281,14 @@ def test_sigterm_of_a_background_job_with_sigint_ignored_stops_cleanly(tmp_path:
     assert f"terminated: 20 new results saved in {out}; {_RESUME}" in err
     assert again.returncode == 0, again.stderr
     each_id_once(out, 100)
+
+
+def test_sigterm_of_motio_chat_mid_answer_is_exit_143_and_the_stream_is_dropped() -> None:
+    with running(default=stall_after(2)) as server:
+        proc = start_motio("chat", "hello there", "--base-url", server.base_url)
+        server.wait_for(lambda s: s.in_flight == 1, EVENT_TIMEOUT, "the answer streaming")
+        code, out, err = terminate(proc)
+        server.wait_for(lambda s: s.disconnects == 1, EVENT_TIMEOUT, "the disconnect")
+    assert code == 143, err
+    assert_clean(err)
+    assert out.rstrip("\n") in ("", "echo:", "echo: hello")  # what had arrived when it stopped
