@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -84,8 +85,8 @@ _REACH_TIMEOUT = 3.0
 _REVIVE_TIMEOUT = 60.0
 #: The pause between two probes of a worker whose restart refused the last one.
 _PROBE_PAUSE = 0.2
-#: What a worker's stream sends first: the shard is running there from now on.
-_STARTED = ("started", None)
+#: What a worker's stream sends first, with the worker's process id: the shard runs there from now on.
+_STARTED = "started"
 
 BackendFactory = Callable[[], Any]
 
@@ -264,13 +265,13 @@ class BatchWorker:
         return os.getpid()
 
     async def run_shard(self, records: list[PromptRecord], plan: SharePlan) -> Any:
-        """Streams ``_STARTED``, then ``(results, server loads)``; ``results``
-        are ``(key, result, attempts)``. A whole-run failure is streamed as
-        ``("abort", message)``."""
+        """Streams ``(_STARTED, process id)``, then ``(results, server
+        loads)``; ``results`` are ``(key, result, attempts)``. A whole-run
+        failure is streamed as ``("abort", message)``."""
         engine = await self._ready(plan)
         # Before any prompt starts: from here on, a death of this worker is
         # a loss for the shard's prompts (see RayPool._run_shard).
-        yield _STARTED
+        yield _STARTED, os.getpid()
         finished: list[tuple[str, dict[str, Any], Any]] = []
 
         async def one(record: PromptRecord) -> None:
@@ -390,14 +391,26 @@ def _whole_run_failure(work: asyncio.Future[None]) -> str | None:
 
 
 class _Worker:
-    __slots__ = ("gone", "handle", "loads", "revival")
+    __slots__ = ("dead", "gone", "handle", "loads", "revival")
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
-        self.loads: list[EndpointSnapshot] = []
+        # Each incarnation's (process id's) last report. Its counts start
+        # from zero when Ray restarts the worker: a dead one's report stays,
+        # at zero in flight, so that what it served still counts.
+        self.loads: dict[int, list[EndpointSnapshot]] = {}
+        self.dead: set[int] = set()
         # After a death: one probe shared by the worker's feeders; True when it answers.
         self.revival: asyncio.Task[bool] | None = None
         self.gone = False  # did not come back within _REVIVE_TIMEOUT: fed no more
+
+    def report(self, pid: int, loads: list[EndpointSnapshot]) -> None:
+        if pid not in self.dead:  # a late report of a dead one is not in flight any more
+            self.loads[pid] = loads
+
+    def died(self, pid: int) -> None:
+        self.dead.add(pid)
+        self.loads[pid] = [dataclasses.replace(s, in_flight=0) for s in self.loads.get(pid, [])]
 
 
 class RayPool:
@@ -470,9 +483,10 @@ class RayPool:
         shape as ``OpenAIBackend.endpoint_snapshot``, for the progress line)."""
         merged: dict[str, EndpointSnapshot] = {}
         for worker in self._workers:
-            for s in worker.loads:
-                m = merged.get(s.base_url)
-                merged[s.base_url] = s if m is None else _added(m, s)
+            for loads in worker.loads.values():
+                for s in loads:
+                    m = merged.get(s.base_url)
+                    merged[s.base_url] = s if m is None else _added(m, s)
         if not self.plan.servers:
             return list(merged.values())
         # Every server from the start (the progress line is laid out once),
@@ -612,23 +626,28 @@ class RayPool:
         """
         waiting = {record.key: record for record in shard}
         stream = worker.handle.run_shard.options(num_returns="streaming").remote(shard, self.plan)
-        started = ended = False
+        pid: int | None = None  # the worker's process, once it started the shard
+        ended = False
         try:
             async for ref in stream:
                 item = await ref
-                if item == _STARTED:
-                    started = True
+                if item[0] == _STARTED:
+                    pid = item[1]
                     continue
                 if item[0] == "abort":
                     raise BatchAborted(_RemoteFailure(item[1]))
-                batch, worker.loads = item
+                batch, loads = item
+                if pid is not None:  # always: the worker sends _STARTED first
+                    worker.report(pid, loads)
                 for key, result, attempts in batch:
                     if waiting.pop(key, None) is not None and key not in self._delivered:
                         self._delivered.add(key)
                         on_result(result, attempts)
             ended = True
         except RayActorError:  # ActorUnavailableError too: what a dying worker's streams raise
-            self._unanswered(list(waiting.values()), on_result, lost=started)
+            if pid is not None:
+                worker.died(pid)
+            self._unanswered(list(waiting.values()), on_result, lost=pid is not None)
             return False
         except RayTaskError as exc:
             raise MotioError(f"a worker failed: {_first_line(exc)}") from exc
