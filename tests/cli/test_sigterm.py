@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers.scripted import RequestRecord, ScriptedServer, running, stall_after
+from tests.servers.scripted import RequestRecord, running, stall_after
 
 from .conftest import (
     EVENT_TIMEOUT,
@@ -50,7 +50,8 @@ def terminate(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
 def each_id_once(out: Path, count: int) -> None:
     lines = complete_lines(out)
     assert Counter(line["id"] for line in lines) == Counter(f"p{i}" for i in range(count))
-    assert all(line["error"] is None and line["output"] == f"echo: Say the number {line['id'][1:]}." for line in lines)
+    for line in lines:
+        assert line["error"] is None and line["output"] == f"echo: Say the number {line['id'][1:]}."
 
 
 def stalling(when: Callable[[int], bool]) -> tuple[Callable[[RequestRecord], Any], Callable[[], None]]:
@@ -237,7 +238,8 @@ def test_sigterm_at_any_instant_of_start_up_is_exit_143_without_traceback(
     # the interpreter's, not motio's; every other warning is still an error.
     env["PYTHONWARNINGS"] += ",ignore::ResourceWarning"
     proc = subprocess.Popen(
-        [sys.executable, *_ENTRY_POINTS[entry], "run", str(prompts), "-o", str(out), "--base-url", stopped.base_url],
+        [sys.executable, *_ENTRY_POINTS[entry], "run", str(prompts), "-o", str(out)]
+        + ["--base-url", stopped.base_url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

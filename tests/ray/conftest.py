@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,16 +51,17 @@ def alive(pid: int) -> bool:
 
 
 def workers_connected_to(*ports: int) -> set[int]:
-    """Pids of the batch workers holding a TCP connection to one of ``ports``.
+    """Pids of the batch workers holding a TCP connection to 127.0.0.1 at one of ``ports``.
 
     A run's own workers, for certain: a process titled ``ray::BatchWorker``
-    may be another run's, or one Ray is still placing, but only a worker of
-    this run streams from this run's servers.
+    may be another run's (another test session's, on this machine), but only
+    a worker of this run streams from this run's servers.
     """
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[2].split(":")[1], 16) in ports and fields[3] == "01":  # ESTABLISHED
+        host, port = fields[2].split(":")
+        if host == "0100007F" and int(port, 16) in ports and fields[3] == "01":  # 127.0.0.1, ESTABLISHED
             inodes.add(f"socket:[{fields[9]}]")
     pids = set()
     for pid in batch_workers():
@@ -78,3 +80,13 @@ def _open_files(pid: int) -> set[str]:
     except OSError:  # the process is gone
         pass
     return links
+
+
+def streaming_workers(*ports: int, count: int = 2) -> list[int]:
+    """A run's ``count`` workers, once each streams from these servers (bounded), lowest pid first."""
+    deadline = time.monotonic() + 60.0
+    while len(workers := workers_connected_to(*ports)) < count:
+        assert time.monotonic() < deadline, f"{count} workers never streamed from the servers: {workers}"
+        time.sleep(0.05)
+    assert len(workers) == count, workers
+    return sorted(workers)

@@ -28,7 +28,7 @@ def join_cluster(address: str) -> bool:
             reached (one line, exit 3, within seconds).
     """
     try:
-        from ..batch._ray import ClusterUnreachable, connect
+        from ..batch._ray import ClusterUnreachable, connect, disconnect
     except ModuleNotFoundError as exc:
         raise CliError(
             f"--ray needs the '{exc.name}' package: pip install 'motio[ray]'", EXIT_USAGE
@@ -40,6 +40,9 @@ def join_cluster(address: str) -> bool:
             return connect(address)
     except ClusterUnreachable as exc:
         raise CliError(str(exc), EXIT_BACKEND) from None
+    except KeyboardInterrupt:
+        disconnect()  # what the interrupted join had started (a local instance's processes)
+        raise
 
 
 def leave_cluster() -> None:
