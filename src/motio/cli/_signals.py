@@ -74,7 +74,16 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def stop_status() -> tuple[str, int]:
     """How the stopped command reports itself: ``("terminated", 143)`` after
-    a SIGTERM, else ``("interrupted", 130)``."""
+    a SIGTERM, else ``("interrupted", 130)``.
+
+    Called once the ``KeyboardInterrupt`` is handled, it also tells CPython
+    so: one raised inside ``exec`` of a string (dataclasses builds methods
+    so, at import) marks the process as ended by an unhandled Ctrl-C even
+    once caught, and ``python -m`` then ends it by SIGINT (-2) whatever
+    status the command returns. Every ``exec`` of a string clears the mark
+    before it runs (CPython's ``run_eval_code_obj``, 3.11 to 3.13).
+    """
+    exec("None")  # noqa: S102 (a constant; see above)
     return ("terminated", EXIT_TERMINATED) if _State.received else ("interrupted", EXIT_INTERRUPTED)
 
 
@@ -91,6 +100,11 @@ class cancel_on_sigterm:  # noqa: N801 (a context manager, named as one)
 
     def __enter__(self) -> None:
         _State.task = self._task
+        if _State.received:
+            # A SIGTERM arrived before, and its KeyboardInterrupt was lost:
+            # raised inside a weakref callback or __del__ (importlib has
+            # some), Python reports it and carries on. Stop now.
+            self._task.cancel()
 
     def __exit__(self, *exc_info: object) -> None:
         _State.task = None
