@@ -7,7 +7,9 @@ in this process on the same instance. Workers are real Ray actor processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +48,45 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def workers_connected_to(*ports: int) -> set[int]:
+    """Pids of the batch workers holding a TCP connection to 127.0.0.1 at one of ``ports``.
+
+    A run's own workers, for certain: a process titled ``ray::BatchWorker``
+    may be another run's (another test session's, on this machine), but only
+    a worker of this run streams from this run's servers.
+    """
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        host, port = fields[2].split(":")
+        if host == "0100007F" and int(port, 16) in ports and fields[3] == "01":  # 127.0.0.1, ESTABLISHED
+            inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for pid in batch_workers():
+        if inodes & _open_files(pid):
+            pids.add(pid)
+    return pids
+
+
+def _open_files(pid: int) -> set[str]:
+    fds = Path(f"/proc/{pid}/fd")
+    links = set()
+    try:
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):  # closed since it was listed
+                links.add(os.readlink(fd))
+    except OSError:  # the process is gone
+        pass
+    return links
+
+
+def streaming_workers(*ports: int, count: int = 2) -> list[int]:
+    """A run's ``count`` workers, once each streams from these servers (bounded), lowest pid first."""
+    deadline = time.monotonic() + 60.0
+    while len(workers := workers_connected_to(*ports)) < count:
+        assert time.monotonic() < deadline, f"{count} workers never streamed from the servers: {workers}"
+        time.sleep(0.05)
+    assert len(workers) == count, workers
+    return sorted(workers)

@@ -23,6 +23,13 @@ The shape, and why:
   already arrived. A prompt in flight on a dying worker is run again (at
   most ``MAX_LOSSES`` times, then recorded as failed, so a prompt that
   kills its worker cannot loop forever); its result is written once.
+- **A death counts once:** a shard is in flight on a worker only once the
+  worker said it started it (the first object its stream sends). A send
+  that failed before that (the worker was dead or restarting) is no loss:
+  the shard goes back to the queue for any live worker, and the dead
+  worker's feeders wait, bounded, until it answers again before sending it
+  more. Otherwise one death would be counted again for every shard sent to
+  the worker while Ray restarts it.
 - **Limits are the cluster's:** one coordinator actor holds the rate
   limiter and, per server, the adaptive controller; workers hold shares
   (see ``_share.py``).
@@ -32,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
+import os
 import socket
 import uuid
 from collections import deque
@@ -72,6 +81,12 @@ _FLUSH_SECONDS = 0.05
 _SYNC_SECONDS = 0.1
 #: How long an address may take to accept a TCP connection before it counts as unreachable.
 _REACH_TIMEOUT = 3.0
+#: How long a dead worker may take to come back (Ray restarts it) before it is fed no more.
+_REVIVE_TIMEOUT = 60.0
+#: The pause between two probes of a worker whose restart refused the last one.
+_PROBE_PAUSE = 0.2
+#: What a worker's stream sends first, with the worker's process id: the shard runs there from now on.
+_STARTED = "started"
 
 BackendFactory = Callable[[], Any]
 
@@ -245,10 +260,18 @@ class BatchWorker:
         self._setting_up = asyncio.Lock()
         _tune_gc()
 
+    def pid(self) -> int:
+        """This worker's process id; it answers only once the worker is up (a probe)."""
+        return os.getpid()
+
     async def run_shard(self, records: list[PromptRecord], plan: SharePlan) -> Any:
-        """Streams ``(results, server loads)``; ``results`` are ``(key, result,
-        attempts)``. A whole-run failure is streamed as ``("abort", message)``."""
+        """Streams ``(_STARTED, process id)``, then ``(results, server
+        loads)``; ``results`` are ``(key, result, attempts)``. A whole-run
+        failure is streamed as ``("abort", message)``."""
         engine = await self._ready(plan)
+        # Before any prompt starts: from here on, a death of this worker is
+        # a loss for the shard's prompts (see RayPool._run_shard).
+        yield _STARTED, os.getpid()
         finished: list[tuple[str, dict[str, Any], Any]] = []
 
         async def one(record: PromptRecord) -> None:
@@ -347,7 +370,8 @@ def _tune_gc() -> None:
 
 
 # Ray restarts a dead worker (and its backend) as often as it dies; what a
-# death costs the prompts it held is counted by the driver (MAX_LOSSES).
+# death costs the prompts it held is counted by the driver (MAX_LOSSES),
+# once per death (RayPool._unanswered).
 _WorkerActor: Any = ray.remote(max_restarts=-1, max_task_retries=0)(BatchWorker)
 _CoordinatorActor: Any = ray.remote(num_cpus=0)(Coordinator)
 
@@ -367,11 +391,26 @@ def _whole_run_failure(work: asyncio.Future[None]) -> str | None:
 
 
 class _Worker:
-    __slots__ = ("handle", "loads")
+    __slots__ = ("dead", "gone", "handle", "loads", "revival")
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
-        self.loads: list[EndpointSnapshot] = []
+        # Each incarnation's (process id's) last report. Its counts start
+        # from zero when Ray restarts the worker: a dead one's report stays,
+        # at zero in flight, so that what it served still counts.
+        self.loads: dict[int, list[EndpointSnapshot]] = {}
+        self.dead: set[int] = set()
+        # After a death: one probe shared by the worker's feeders; True when it answers.
+        self.revival: asyncio.Task[bool] | None = None
+        self.gone = False  # did not come back within _REVIVE_TIMEOUT: fed no more
+
+    def report(self, pid: int, loads: list[EndpointSnapshot]) -> None:
+        if pid not in self.dead:  # a late report of a dead one is not in flight any more
+            self.loads[pid] = loads
+
+    def died(self, pid: int) -> None:
+        self.dead.add(pid)
+        self.loads[pid] = [dataclasses.replace(s, in_flight=0) for s in self.loads.get(pid, [])]
 
 
 class RayPool:
@@ -429,6 +468,7 @@ class RayPool:
         self._delivered: set[str] = set()
         self._running = 0
         self._changed = asyncio.Event()
+        self._finished = asyncio.Event()  # every shard answered: feeders waiting on a revival stop
 
     def share(self, plan: SharePlan) -> None:
         """Start the coordinator of the limits ``plan`` says the workers share."""
@@ -443,9 +483,10 @@ class RayPool:
         shape as ``OpenAIBackend.endpoint_snapshot``, for the progress line)."""
         merged: dict[str, EndpointSnapshot] = {}
         for worker in self._workers:
-            for s in worker.loads:
-                m = merged.get(s.base_url)
-                merged[s.base_url] = s if m is None else _added(m, s)
+            for loads in worker.loads.values():
+                for s in loads:
+                    m = merged.get(s.base_url)
+                    merged[s.base_url] = s if m is None else _added(m, s)
         if not self.plan.servers:
             return list(merged.values())
         # Every server from the start (the progress line is laid out once),
@@ -475,6 +516,10 @@ class RayPool:
                         group.create_task(self._feed(worker, on_result))
         except* Exception as failed:
             raise failed.exceptions[0] from None
+        finally:
+            for worker in self._workers:
+                if worker.revival is not None:
+                    worker.revival.cancel()
 
     def close(self) -> None:
         """Stop the workers and the coordinator (their in-flight requests end)."""
@@ -492,6 +537,7 @@ class RayPool:
             shard = await self._take()
             if shard is None:
                 if self._running == 0:
+                    self._finished.set()
                     self._changed.set()
                     return
                 # Input is done, but a shard elsewhere may yet come back from
@@ -501,10 +547,44 @@ class RayPool:
                 continue
             self._running += 1
             try:
-                await self._run_shard(worker, shard, on_result)
+                answered = await self._run_shard(worker, shard, on_result)
             finally:
                 self._running -= 1
                 self._changed.set()
+            if not answered and not await self._revived(worker):
+                return
+
+    async def _revived(self, worker: _Worker) -> bool:
+        """After ``worker`` died: wait until it answers again (Ray restarts it).
+
+        Its shards went back to the queue, for any live worker; sending this
+        one more before it is back would only be refused.
+
+        Returns:
+            True to feed it again; False when the batch ended meanwhile, or
+            it did not come back within ``_REVIVE_TIMEOUT`` (then it is fed
+            no more).
+
+        Raises:
+            BatchAborted: no worker is left.
+        """
+        if worker.revival is None or worker.revival.done():
+            worker.revival = asyncio.ensure_future(_probe(worker.handle))
+        finished = asyncio.ensure_future(self._finished.wait())
+        try:
+            await asyncio.wait((worker.revival, finished), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished.cancel()
+        if self._finished.is_set():
+            return False
+        if worker.revival.result():
+            return True
+        worker.gone = True
+        if all(w.gone for w in self._workers):
+            raise BatchAborted(
+                MotioError(f"every Ray worker died and none came back within {_REVIVE_TIMEOUT:.0f} s")
+            )
+        return False
 
     async def _take(self) -> list[PromptRecord] | None:
         if self._again:
@@ -537,45 +617,94 @@ class RayPool:
             await arrivals.put(record)  # bounded: a fast pipe waits for the workers
         await arrivals.put(None)
 
-    async def _run_shard(self, worker: _Worker, shard: list[PromptRecord], on_result: OnResult) -> None:
+    async def _run_shard(self, worker: _Worker, shard: list[PromptRecord], on_result: OnResult) -> bool:
+        """Run ``shard`` on ``worker``, delivering its results.
+
+        Returns:
+            True if the worker answered the shard; False if it died or
+            refused it (its unanswered prompts are queued again).
+        """
         waiting = {record.key: record for record in shard}
         stream = worker.handle.run_shard.options(num_returns="streaming").remote(shard, self.plan)
+        pid: int | None = None  # the worker's process, once it started the shard
         ended = False
         try:
             async for ref in stream:
                 item = await ref
+                if item[0] == _STARTED:
+                    pid = item[1]
+                    continue
                 if item[0] == "abort":
                     raise BatchAborted(_RemoteFailure(item[1]))
-                batch, worker.loads = item
+                batch, loads = item
+                if pid is not None:  # always: the worker sends _STARTED first
+                    worker.report(pid, loads)
                 for key, result, attempts in batch:
                     if waiting.pop(key, None) is not None and key not in self._delivered:
                         self._delivered.add(key)
                         on_result(result, attempts)
             ended = True
-        except (RayActorError, ActorUnavailableError):
-            self._worker_died(list(waiting.values()), on_result)
+        except RayActorError:  # ActorUnavailableError too: what a dying worker's streams raise
+            if pid is not None:
+                worker.died(pid)
+            self._unanswered(list(waiting.values()), on_result, lost=pid is not None)
+            return False
         except RayTaskError as exc:
             raise MotioError(f"a worker failed: {_first_line(exc)}") from exc
         finally:
             if not ended:  # cancelled, or failed: stop what the worker still runs of it
                 with contextlib.suppress(Exception):
                     ray.cancel(stream)
+        return True
 
-    def _worker_died(self, unanswered: list[PromptRecord], on_result: OnResult) -> None:
-        # Ray restarts the worker; these prompts were in flight (or queued)
-        # on it and have no result: send them again, unless one keeps dying.
+    def _unanswered(self, records: list[PromptRecord], on_result: OnResult, *, lost: bool) -> None:
+        """Queue again the prompts of a shard its worker did not answer.
+
+        Only a shard the worker had started (``lost``) counts a loss for its
+        prompts: one refused by a dead or restarting worker never ran there.
+        A prompt lost ``MAX_LOSSES`` times is recorded as failed instead, so
+        that one that kills its worker cannot loop forever.
+        """
         again = []
-        for record in unanswered:
+        for record in records:
+            if not lost:
+                again.append(record)
+                continue
             losses = self._losses[record.key] = self._losses.get(record.key, 0) + 1
             if losses < MAX_LOSSES:
+                if losses == 1:  # prompts run again, not sends
+                    self.rerun += 1
                 again.append(record)
             elif record.key not in self._delivered:
                 self._delivered.add(record.key)
                 error = WorkerLost(f"in flight on a worker that died {losses} times; not run again")
                 on_result(build_result(record, None, 0.0, error), None)
         if again:
-            self.rerun += len(again)
             self._again.append(again)
+
+
+async def _probe(handle: Any) -> bool:
+    """Whether the worker answers within ``_REVIVE_TIMEOUT``.
+
+    A call to a worker Ray is restarting waits for it or is refused
+    (``ActorUnavailableError``), depending on the moment: refused, ask again.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _REVIVE_TIMEOUT
+    while (left := deadline - loop.time()) > 0:
+        try:
+            await asyncio.wait_for(_awaited(handle.pid.remote()), left)
+        except TimeoutError:
+            return False
+        except RayActorError:
+            await asyncio.sleep(min(_PROBE_PAUSE, left))
+            continue
+        return True
+    return False
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
 
 
 def _added(a: EndpointSnapshot, b: EndpointSnapshot) -> EndpointSnapshot:

@@ -10,10 +10,13 @@ Map of the package (everything below ``main`` is private):
 - ``_backend``: options to a checked backend, errors to one line
 - ``_errors``: ``CliError`` and the exit statuses
 
+- ``_signals``: SIGTERM taken as Ctrl-C (exit 143), both held back together
+
 Nothing in the core imports this package; rich and the backends are imported
 only when a command needs them. This module itself imports nothing, so that
 Ctrl-C at any instant of start-up lands inside ``main`` (exit 130), not in
-an import above it (a traceback and death by signal).
+an import above it (a traceback and death by signal); SIGTERM is taken the
+same way from the first line of ``main`` on (exit 143).
 """
 
 from __future__ import annotations
@@ -31,12 +34,28 @@ _EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``motio`` command; returns the exit status."""
+    restore = None
     try:
+        from ._signals import take_sigterm
+
+        restore = take_sigterm()
         from ._main import main as run_main
 
         return run_main(argv)
     except KeyboardInterrupt:
         import sys
 
-        print("motio: interrupted", file=sys.stderr, flush=True)
-        return _EXIT_INTERRUPTED
+        word, status = _stopped()
+        print(f"motio: {word}", file=sys.stderr, flush=True)
+        return status
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _stopped() -> tuple[str, int]:
+    try:
+        from ._signals import stop_status
+    except KeyboardInterrupt:  # a second Ctrl-C, during this very import
+        return "interrupted", _EXIT_INTERRUPTED
+    return stop_status()

@@ -9,7 +9,8 @@ from typing import Any, TextIO
 
 from .._exceptions import MotioError
 from ._backend import BackendSpec, generation_options, one_line, open_backend
-from ._errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
+from ._errors import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, CliError
+from ._signals import stop_status
 
 __all__ = ["chat_command"]
 
@@ -26,7 +27,7 @@ def chat_command(args: Any) -> int:
     try:
         asyncio.run(_chat(spec, messages, options, sys.stdout))
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return stop_status()[1]  # 130, or 143 after a SIGTERM
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_FAILURES

@@ -7,6 +7,7 @@ __all__ = [
     "EXIT_FAILURES",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "CliError",
 ]
@@ -20,6 +21,8 @@ EXIT_USAGE = 2
 EXIT_BACKEND = 3
 #: Stopped by Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
+#: Stopped by SIGTERM, taken as Ctrl-C (128 + SIGTERM).
+EXIT_TERMINATED = 143
 
 
 class CliError(Exception):

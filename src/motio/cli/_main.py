@@ -53,8 +53,8 @@ pipes:
 
 Running the same command again resumes: ids with a successful result in
 OUT are skipped; prompts never answered (not reached, or in flight when a
-run stopped: Ctrl-C, kill, a server gone, a key refused) run again; failed
-ones only with --retry-errors. A run stopped by a whole-run failure records
+run stopped: Ctrl-C, SIGTERM, kill, a server gone, a key refused) run
+again; failed ones only with --retry-errors. A run stopped by a whole-run failure records
 only what was answered. OUT must be motio's own results file (every line a
 result): any other file, or the prompts file by any name, is refused and
 left untouched. OUT is created only once the backend answered.
@@ -89,7 +89,10 @@ http://user:***@host:8000/v1 in every message.
 
 exit status: 0 all prompts succeeded; 1 some prompts failed or input lines
 were bad (the others ran); 2 bad command line or path; 3 backend unreachable,
-API key refused or model not found; 130 interrupted (results kept)."""
+API key refused or model not found; 130 interrupted by Ctrl-C, 143 by SIGTERM
+(what Slurm, Kubernetes, systemd and timeout send): both stop sending, cancel
+what is in flight, keep every result received, print the summary and how to
+resume."""
 
 _CHAT_EPILOG = """\
 examples:

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,11 +55,11 @@ from ..batch import (
     scan_lines,
     scan_prompts,
 )
+from . import _signals
 from ._backend import BackendSpec, one_line, open_backend, run_options
 from ._errors import (
     EXIT_BACKEND,
     EXIT_FAILURES,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
@@ -108,17 +106,23 @@ def run_command(args: Any) -> int:
             from ._run_ray import join_cluster
 
             joined = join_cluster(args.ray)
-        # Ctrl-C is held back while asyncio.run sets its loop up and tears it
-        # down (an interrupt there leaves a task never run and a loop never
-        # closed); main() lets it through once asyncio's own handler is in
-        # place, and it lands here as KeyboardInterrupt all the same.
-        _hold_sigint(True)
+        # Ctrl-C and SIGTERM are held back while asyncio.run sets its loop
+        # up and tears it down (an interrupt there leaves a task never run
+        # and a loop never closed); main() lets them through once asyncio's
+        # own handler is in place (and SIGTERM's target registered): Ctrl-C
+        # lands here as KeyboardInterrupt, SIGTERM as the main task's
+        # cancellation.
+        _signals.hold(True)
         asyncio.run(run.main(retry))
-        _hold_sigint(False)
+        _signals.hold(False)
     except KeyboardInterrupt:
         return run.interrupted()
+    except asyncio.CancelledError:
+        if not _signals.terminated():
+            raise
+        return run.interrupted()
     finally:
-        _hold_sigint(False)
+        _signals.hold(False)
         run.close()
         if joined:
             from ._run_ray import leave_cluster
@@ -165,12 +169,6 @@ def _tune_gc() -> None:
     """
     gen0, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(max(gen0, 50_000), max(gen1, 20), max(gen2, 100))
-
-
-def _hold_sigint(hold: bool) -> None:
-    """Block (or let through) SIGINT in this thread; a blocked one waits, it is not lost."""
-    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
-        signal.pthread_sigmask(signal.SIG_BLOCK if hold else signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _exit_status(stats: RunStats) -> int:
@@ -232,11 +230,14 @@ class _Run:
         self.cluster: Any = None  # the Ray workers, with --ray
 
     async def main(self, retry: set[str]) -> None:
-        _hold_sigint(False)
-        try:
-            await self._main(retry)
-        finally:
-            _hold_sigint(True)
+        task = asyncio.current_task()
+        assert task is not None
+        with _signals.cancel_on_sigterm(task):
+            _signals.hold(False)
+            try:
+                await self._main(retry)
+            finally:
+                _signals.hold(True)
 
     async def _main(self, retry: set[str]) -> None:
         if getattr(self.args, "ray", None) is not None:
@@ -299,12 +300,14 @@ class _Run:
             _say(f"ray: {self.cluster.plan.workers} workers{rerun}")
 
     def interrupted(self) -> int:
+        """Report a run stopped by Ctrl-C (exit 130) or SIGTERM (143): what it kept, how to go on."""
+        word, status = _signals.stop_status()
         if not self.running or self.results is None:
-            _say("interrupted before any prompt ran; nothing was written")
-            return EXIT_INTERRUPTED
+            _say(f"{word} before any prompt ran; nothing was written")
+            return status
         _print_end(self.stats, self.args.quiet)
-        _say(f"interrupted: {_saved(self.results)}")
-        return EXIT_INTERRUPTED
+        _say(f"{word}: {_saved(self.results)}")
+        return status
 
     def close(self) -> None:
         if self.results is not None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import BackendSpec, build_backend, run_options
 from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
+from ._signals import keep_sigterm
 
 if TYPE_CHECKING:
     from ..batch._ray import RayPool
@@ -27,15 +28,21 @@ def join_cluster(address: str) -> bool:
             reached (one line, exit 3, within seconds).
     """
     try:
-        from ..batch._ray import ClusterUnreachable, connect
+        from ..batch._ray import ClusterUnreachable, connect, disconnect
     except ModuleNotFoundError as exc:
         raise CliError(
             f"--ray needs the '{exc.name}' package: pip install 'motio[ray]'", EXIT_USAGE
         ) from None
     try:
-        return connect(address)
+        # ray.init installs SIGTERM handlers of its own (they exit by
+        # sys.exit): the command's must stay in place.
+        with keep_sigterm():
+            return connect(address)
     except ClusterUnreachable as exc:
         raise CliError(str(exc), EXIT_BACKEND) from None
+    except KeyboardInterrupt:
+        disconnect()  # what the interrupted join had started (a local instance's processes)
+        raise
 
 
 def leave_cluster() -> None:
