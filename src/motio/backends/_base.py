@@ -13,6 +13,15 @@ loading a model (close() may have come during the wait); call
 ``self._mark_closed()`` first thing in ``aclose()``, then release what the
 backend holds. ``close()`` is ``aclose()`` run through ``run_sync``; do not
 override it.
+
+Capabilities, for the command and the batch engine: every backend declares
+them here with a default, and a backend that has one overrides it, so that
+nothing outside ``backends/`` asks by attribute name or by kind:
+``remote`` and ``default_concurrency`` (class attributes, read before a
+backend is built), ``max_concurrency``, ``max_reruns``, ``recipe()``,
+``endpoint_snapshot()``, ``adaptive_concurrency``, ``check_each()``, and for
+Ray workers ``limits_to_share()`` (what the driver's backend gives) and
+``share_limits()`` (what each worker's copy takes).
 """
 
 from __future__ import annotations
@@ -21,15 +30,22 @@ import abc
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._exceptions import BackendClosedError, ChunkTimeoutError, ConfigurationError
+from .._exceptions import BackendClosedError, ChunkTimeoutError, ConfigurationError, MotioError
 from .._source import abandon_source, close_source, contextualise_timeout
 from .._sync import run_sync
 from .._thunk import ModelOutputThunk
 
-__all__ = ["Backend", "COMMON_OPTIONS", "to_messages", "check_options", "SlotStream"]
+if TYPE_CHECKING:
+    from ._adaptive import AdaptiveConcurrency
+    from ._endpoints import EndpointSnapshot
+    from ._gate import Gate
+    from ._ratelimit import RateLimiter
+
+__all__ = ["Backend", "COMMON_OPTIONS", "SharedLimits", "to_messages", "check_options", "SlotStream"]
 
 COMMON_OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop", "chunk_timeout"})
 """Options every backend accepts in ``generate``."""
@@ -48,6 +64,18 @@ class Backend(abc.ABC):
 
     provider: str
     model: str | None
+    #: True for a backend that talks to servers: a server can vanish
+    #: mid-run (the batch engine then stops the run, and re-runs a stream
+    #: that broke mid-answer), its start-up check is bounded in time, and
+    #: server options (``--base-url``...) apply. False: local work (the
+    #: embedded model), whose failures are its prompts' own.
+    remote: ClassVar[bool] = False
+    #: ``--concurrency`` of the command when not given: an int, or
+    #: ``"auto"`` (find a server's capacity; only for a remote backend).
+    default_concurrency: ClassVar[int | str] = 1
+    #: Generations in flight at once at most (per server, for a remote
+    #: backend): an int, ``"auto"``, or None for no cap.
+    max_concurrency: int | str | None = 1
     # A class attribute, so subclasses need not call Backend.__init__.
     _closed = False
     _recipe: Callable[[], Backend]
@@ -78,6 +106,46 @@ class Backend(abc.ABC):
         ``generate`` accepts ``avoid_servers=`` to steer the re-run away
         from the server that broke."""
         return 0
+
+    def endpoint_snapshot(self) -> list[EndpointSnapshot]:
+        """Per server: requests in flight, limit, rotation, generations served
+        (a read-only copy). Empty here: a backend without servers."""
+        return []
+
+    @property
+    def adaptive_concurrency(self) -> AdaptiveConcurrency | None:
+        """The controller of ``max_concurrency="auto"`` (its ``limit`` and
+        ``snapshot()``), when there is one; None here."""
+        return None
+
+    async def check_each(self, timeout: float | None = None) -> list[tuple[str, MotioError | None]]:
+        """Check each server on its own: ``(base URL, error or None)`` per
+        server. Here: a backend without servers runs ``check()`` (which
+        raises what is wrong) and has no server to report.
+
+        Raises:
+            MotioError: what ``check()`` raises.
+        """
+        await self.check()
+        return []
+
+    def limits_to_share(self) -> SharedLimits | None:
+        """The limits that copies of this backend in several processes (Ray
+        workers) must hold together rather than each; None here: nothing to
+        share (each copy has its own model)."""
+        return None
+
+    def share_limits(
+        self, *, limiter: RateLimiter | None = None, gates: Mapping[str, Gate] | None = None
+    ) -> None:
+        """Take limits shared with other processes, before the first request
+        (see ``limits_to_share``). Here: there is nothing to take.
+
+        Raises:
+            ConfigurationError: limits given to a backend that has none to share.
+        """
+        if limiter is not None or gates:
+            raise ConfigurationError(f"{type(self).__name__} has no limits to share")
 
     @property
     def is_closed(self) -> bool:
@@ -182,6 +250,29 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} model={self.model!r}>"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedLimits:
+    """What a remote backend's copies on several workers share, read once
+    from the driver's backend (``Backend.limits_to_share``).
+
+    Attributes:
+        servers: the servers' base URLs.
+        rpm, tpm: the rate limits (None: none).
+        concurrency: per server, the limit (an int), ``"auto"``, or None (no cap).
+        bound: the upper bound of ``"auto"``.
+        initial: where the backend's own limit stands now (``"auto"`` starts there).
+        model: the model the backend uses (found by its check, if not given).
+    """
+
+    servers: tuple[str, ...]
+    rpm: float | None
+    tpm: float | None
+    concurrency: int | str | None
+    bound: int
+    initial: int
+    model: str | None
 
 
 async def _computed(

@@ -118,6 +118,8 @@ class LlamaCppBackend(Backend):
     """
 
     provider = "llamacpp"
+    remote = False
+    default_concurrency = 1
 
     def __init__(
         self,

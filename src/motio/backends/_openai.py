@@ -45,7 +45,7 @@ from .._feed import DEFAULT_CHUNK_TIMEOUT
 from .._fields import CHAT_FIELDS, PLAIN_OPTIONS
 from .._thunk import ModelOutputThunk
 from ._assemble import ResponseAssembler
-from ._base import COMMON_OPTIONS, Backend, Messages, check_options, to_messages
+from ._base import COMMON_OPTIONS, Backend, Messages, SharedLimits, check_options, to_messages
 from ._chat import batch_decoder, fold_chunk, fold_structs
 from ._endpoints import Endpoint, Endpoints, EndpointSnapshot, each_checked, first_passing
 from ._errors import ErrorAfterText, Where, server_error_event, stream_error, translate
@@ -169,6 +169,8 @@ class OpenAIBackend(Backend):
     """
 
     provider = "openai"
+    remote = True
+    default_concurrency = "auto"
 
     def __init__(
         self,
@@ -275,6 +277,15 @@ class OpenAIBackend(Backend):
     def tpm(self) -> float | None:
         """Tokens per minute this backend holds to (None: no limit)."""
         return None if self._limiter is None else self._limiter.tpm
+
+    def limits_to_share(self) -> SharedLimits:
+        """Its servers, rate limits, concurrency and model (see ``Backend.limits_to_share``)."""
+        bound = int(self.concurrency_bound)
+        # Where the backend's own limit stands now ("auto" starts there too).
+        initial = max((s.limit or bound) for s in self.endpoint_snapshot())
+        return SharedLimits(
+            self.base_urls, self.rpm, self.tpm, self.max_concurrency, bound, min(initial, bound), self.model
+        )
 
     def share_limits(
         self, *, limiter: RateLimiter | None = None, gates: Mapping[str, Gate] | None = None

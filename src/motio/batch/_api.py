@@ -28,13 +28,16 @@ import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
 from ._engine import Engine
 from ._records import InputProblem, PromptRecord, default_id, parse_line, scan_prompts
 from ._results import ResultsFile
 from ._share import SharePlan
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 __all__ = ["arun", "run"]
 
@@ -190,16 +193,16 @@ async def arun(
 async def _runner(
     backend: Any, ray: bool | str | None, workers: int | None, options: dict[str, Any] | None
 ) -> Any:
-    # A function builds the backend (ours to close); an object is the caller's.
-    owned = callable(backend) and not hasattr(backend, "generate")
-    local = backend() if owned else backend
+    # A function builds the backend (ours to close); a backend is the caller's.
+    owned = not _is_backend(backend)
+    local: Backend = _built(backend) if owned else backend
     try:
-        remote = hasattr(local, "endpoint_snapshot")
+        remote = local.remote
         if ray in (None, False):
             yield Engine(local, options=options, remote=remote), _fill(local)
             return
         # Each worker builds its own copy: connections and models never cross processes.
-        build: Callable[[], Any] = backend if owned else _recipe_of(local)
+        build: Callable[[], Any] = backend if owned else local.recipe()
         from ._ray import RayPool, worker_count
 
         _join(ray)
@@ -216,12 +219,25 @@ async def _runner(
             await local.aclose()
 
 
-def _recipe_of(backend: Any) -> Callable[[], Any]:
-    if not hasattr(backend, "recipe"):
+def _is_backend(backend: object) -> bool:
+    # Imported here: importing motio.batch imports no backend.
+    from ..backends._base import Backend
+
+    return isinstance(backend, Backend)
+
+
+def _built(build: Any) -> Backend:
+    """The backend ``build()`` returns.
+
+    Raises:
+        ConfigurationError: ``build`` is neither a backend nor a function
+            that returns one.
+    """
+    built: Backend | None = build() if callable(build) else None
+    if built is None or not _is_backend(built):
         raise ConfigurationError(
-            "with ray=..., pass a motio backend or a function that builds one (each worker builds its own)"
+            "pass a motio backend or a function that builds one (with ray=..., each worker builds its own)"
         )
-    built: Callable[[], Any] = backend.recipe()
     return built
 
 
@@ -231,11 +247,12 @@ def _join(ray: bool | str) -> None:
     connect(ray if isinstance(ray, str) else None)
 
 
-def _fill(backend: Any) -> int:
+def _fill(backend: Backend) -> int:
     """Prompts in flight that fill the backend's limit on every server."""
-    if hasattr(backend, "share_limits"):
-        return SharePlan.of(backend, 1).in_flight_per_worker()
-    limit = getattr(backend, "max_concurrency", None)
+    plan = SharePlan.of(backend, 1)
+    if plan.servers:
+        return plan.in_flight_per_worker()
+    limit = backend.max_concurrency
     return limit if isinstance(limit, int) and limit > 0 else 1
 
 

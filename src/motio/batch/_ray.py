@@ -48,13 +48,14 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from .._exceptions import MotioError
 from ..backends._adaptive import AdaptiveConcurrency, SharedGate
+from ..backends._base import Backend
 from ..backends._endpoints import EndpointSnapshot
 from ..backends._ratelimit import RateLimiter, Reservation
 from ._engine import BatchAborted, Engine, OnResult, build_result
@@ -324,13 +325,14 @@ class BatchWorker:
         if self._plan.adaptive and self._gates:
             self._sync = asyncio.ensure_future(self._sync_limits())
 
-    def _share(self, backend: Any) -> None:
+    def _share(self, backend: Backend) -> None:
         plan = self._plan
-        if not plan.servers or not hasattr(backend, "share_limits"):
+        if not plan.servers:  # the driver's backend had nothing to share
             return
         if backend.model is None:
             backend.model = plan.model
-        limiter = _RemoteLimiter(self._coordinator, plan) if plan.rate_limited else None
+        # The proxy has what the backend asks of a RateLimiter (rpm, tpm, acquire).
+        limiter = cast(RateLimiter, _RemoteLimiter(self._coordinator, plan)) if plan.rate_limited else None
         gates: dict[str, Any] = {}
         if plan.adaptive:
             self._gates = {url: SharedGate(plan.share(plan.initial), plan.bound) for url in plan.servers}
@@ -352,8 +354,7 @@ class BatchWorker:
 
     def _loads(self) -> list[EndpointSnapshot]:
         assert self._engine is not None
-        snapshot = getattr(self._engine.backend, "endpoint_snapshot", None)
-        return snapshot() if snapshot is not None else []
+        return self._engine.backend.endpoint_snapshot()
 
 
 def _tune_gc() -> None:

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 __all__ = ["SharePlan"]
 
@@ -53,23 +56,21 @@ class SharePlan:
     model: str | None = None
 
     @classmethod
-    def of(cls, backend: Any, workers: int) -> SharePlan:
+    def of(cls, backend: Backend, workers: int) -> SharePlan:
         """The plan for ``workers`` copies of ``backend`` (any backend; only
-        a server backend has limits to share)."""
-        if not hasattr(backend, "share_limits"):
+        one whose ``limits_to_share()`` names some has anything to share)."""
+        limits = backend.limits_to_share()
+        if limits is None:
             return cls(workers)
-        bound = int(backend.concurrency_bound)
-        # Where the backend's own limit stands now ("auto" starts there too).
-        initial = max((s.limit or bound) for s in backend.endpoint_snapshot())
         return cls(
             workers,
-            tuple(backend.base_urls),
-            backend.rpm,
-            backend.tpm,
-            backend.max_concurrency,
-            bound,
-            min(initial, bound),
-            backend.model,
+            tuple(limits.servers),
+            limits.rpm,
+            limits.tpm,
+            limits.concurrency,
+            limits.bound,
+            limits.initial,
+            limits.model,
         )
 
     @property

@@ -33,10 +33,6 @@ __all__ = [
 #: ``--max-tokens`` when not given (an OpenAI Batch body is sent without it).
 DEFAULT_MAX_TOKENS = 512
 
-# The embedded model serves one generation at a time, the others just queue,
-# so more than one worker would only inflate every latency figure. A server's
-# capacity is unknown: "auto" finds it (see motio/backends/_adaptive.py).
-_DEFAULT_CONCURRENCY: dict[str, int | str] = {"llamacpp": 1, "openai": "auto"}
 #: Upper bound of --concurrency auto, unless given as auto:N.
 _AUTO_BOUND = 256
 #: Seconds the start-up check of a server may take ($MOTIO_STARTUP_TIMEOUT).
@@ -67,18 +63,24 @@ class BackendSpec:
 
     @classmethod
     def from_args(cls, args: Any) -> BackendSpec:
+        from ..backends._registry import DEFAULT_BACKEND, SERVER_BACKEND, backend_class
+
         urls = server_urls(args)
-        # --base-url only makes sense for a server, so it implies --backend openai.
-        kind = args.backend or ("openai" if urls else "llamacpp")
+        # --base-url only makes sense for a server, so it implies the server backend.
+        kind = args.backend or (SERVER_BACKEND if urls else DEFAULT_BACKEND)
+        backend = backend_class(kind)
         ca_bundle = getattr(args, "ca_bundle", None)
-        if kind == "llamacpp" and (urls or args.api_key_env or ca_bundle):
+        if not backend.remote and (urls or args.api_key_env or ca_bundle):
             raise CliError(
-                "--base-url, --endpoints, --api-key-env and --ca-bundle need --backend openai "
-                "(the llamacpp backend runs the model in this process)",
+                f"--base-url, --endpoints, --api-key-env and --ca-bundle need --backend {SERVER_BACKEND} "
+                f"(the {kind} backend runs the model in this process)",
                 EXIT_USAGE,
             )
-        concurrency = getattr(args, "concurrency", None) or _DEFAULT_CONCURRENCY[kind]
-        if kind == "llamacpp" and isinstance(concurrency, str):
+        # The backend's own default: "auto" finds a server's capacity (see
+        # motio/backends/_adaptive.py); the embedded model serves one
+        # generation at a time, so more would only inflate every latency figure.
+        concurrency = getattr(args, "concurrency", None) or backend.default_concurrency
+        if not backend.remote and isinstance(concurrency, str):
             concurrency = 1  # one model instance; "auto" is for servers
         options = {name: getattr(args, name, None) for name in _SERVER_OPTIONS}
         first = urls[0] if urls else None
@@ -87,6 +89,13 @@ class BackendSpec:
             kind, args.model, first, args.api_key_env, concurrency, **options, base_urls=several,
             ca_bundle=None if ca_bundle is None else _readable_ca_bundle(ca_bundle),
         )  # fmt: skip
+
+    @property
+    def remote(self) -> bool:
+        """The backend talks to servers (``Backend.remote``)."""
+        from ..backends._registry import backend_class
+
+        return backend_class(self.kind).remote
 
     @property
     def servers(self) -> int:
@@ -188,9 +197,10 @@ def read_api_key(variable: str | None) -> str | None:
 
 def build_backend(spec: BackendSpec) -> Backend:
     """The backend ``spec`` describes, not yet checked (Ray workers build theirs so)."""
-    from ..backends import LlamaCppBackend, OpenAIBackend
+    from ..backends._registry import backend_class
 
-    if spec.kind == "openai":
+    cls = backend_class(spec.kind)
+    if cls.remote:
         auto = not isinstance(spec.concurrency, int)
         options: dict[str, Any] = {
             name: getattr(spec, name) for name in _SERVER_OPTIONS if getattr(spec, name) is not None
@@ -201,7 +211,7 @@ def build_backend(spec: BackendSpec) -> Backend:
                 options[name] = None
         if spec.ca_bundle is not None:
             options["ssl"] = spec.ca_bundle
-        return OpenAIBackend(
+        return cls(
             spec.model,
             base_url=list(spec.base_urls) if spec.base_urls else spec.base_url,
             api_key=read_api_key(spec.api_key_env),
@@ -210,7 +220,7 @@ def build_backend(spec: BackendSpec) -> Backend:
             **options,
         )
     # Each extra slot is one more model instance generating in parallel.
-    return LlamaCppBackend(spec.model, max_concurrency=spec.workers)
+    return cls(spec.model, max_concurrency=spec.workers)
 
 
 async def open_backend(spec: BackendSpec) -> Backend:
@@ -251,7 +261,7 @@ async def _bounded_check(backend: Backend, spec: BackendSpec) -> None:
     # A server that accepts connections and never answers would otherwise
     # hold the start-up forever. Loading the embedded model is not bounded:
     # it is local work that finishes, however slow the disk.
-    if spec.kind != "openai":
+    if not backend.remote:
         await backend.check()
         return
     limit = startup_timeout()
@@ -280,10 +290,8 @@ async def _check_several(backend: Backend, limit: float) -> None:
     Raises:
         MotioError: none answered (one line naming each, and why).
     """
-    from ..backends import OpenAIBackend
     from ..backends._endpoints import none_passed, short_reason
 
-    assert isinstance(backend, OpenAIBackend)
     report = await backend.check_each(timeout=limit)
     failed = [(url, error) for url, error in report if error is not None]
     if len(failed) == len(report):
@@ -302,9 +310,9 @@ async def _check_several(backend: Backend, limit: float) -> None:
 
 def _preflight_error(exc: BaseException, spec: BackendSpec) -> CliError:
     if isinstance(exc, ModuleNotFoundError):
-        extra = "openai" if spec.kind == "openai" else "llamacpp"
+        # Each backend's optional dependencies are the extra of its name.
         return CliError(
-            f"the {spec.kind} backend needs the '{exc.name}' package: pip install 'motio[{extra}]'",
+            f"the {spec.kind} backend needs the '{exc.name}' package: pip install 'motio[{spec.kind}]'",
             EXIT_USAGE,
         )
     # A bad option or model path is the user's to fix (usage); anything else

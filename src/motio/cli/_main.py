@@ -231,12 +231,20 @@ def _add_chat(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     chat.add_argument("--system", metavar="TEXT", help="a system message sent before the prompt")
 
 
+def _backend_names() -> list[str]:
+    """``--backend``'s choices: every name in the backends' registry."""
+    # Only the registry's table: no backend module is imported for --help.
+    from ..backends._registry import backend_names
+
+    return list(backend_names())
+
+
 def _backend_options() -> argparse.ArgumentParser:
     group = argparse.ArgumentParser(add_help=False)
     options = group.add_argument_group("backend")
     options.add_argument(
         "--backend",
-        choices=["llamacpp", "openai"],
+        choices=_backend_names(),
         help="llamacpp: embedded model, offline (default); "
         "openai: any OpenAI-compatible server (implied by --base-url)",
     )

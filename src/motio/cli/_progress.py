@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..batch import RunStats
 
-__all__ = ["Progress", "make_progress", "server_loads", "servers_summary"]
+if TYPE_CHECKING:
+    from ..backends import EndpointSnapshot
+
+__all__ = ["Progress", "Servers", "make_progress", "server_loads", "servers_summary"]
 
 #: What the progress line shows per server (None: one server, nothing to show).
 ServerLoads = Callable[[], str] | None
@@ -152,12 +155,19 @@ def _is_terminal(stream: Any) -> bool:
         return False
 
 
-def server_loads(backend: Any) -> ServerLoads:
+class Servers(Protocol):
+    """What tells the servers' loads: a backend (``Backend.endpoint_snapshot``,
+    empty without servers) or the Ray workers (their sum)."""
+
+    def endpoint_snapshot(self) -> list[EndpointSnapshot]: ...
+
+
+def server_loads(backend: Servers) -> ServerLoads:
     """For a backend over several servers: a function that tells each one's
     requests in flight (and limit), such as ``a:8001 12/16  b:8001 9/16  c:8001 out``;
     None for one server."""
-    snapshot = getattr(backend, "endpoint_snapshot", None)
-    if snapshot is None or len(snapshot()) < 2:
+    snapshot = backend.endpoint_snapshot
+    if len(snapshot()) < 2:
         return None
 
     def loads() -> str:
@@ -166,10 +176,9 @@ def server_loads(backend: Any) -> ServerLoads:
     return loads
 
 
-def servers_summary(backend: Any) -> str | None:
+def servers_summary(backend: Servers) -> str | None:
     """One line on what each server answered, for a run over several; else None."""
-    snapshot = getattr(backend, "endpoint_snapshot", None)
-    servers = snapshot() if snapshot is not None else []
+    servers = backend.endpoint_snapshot()
     if len(servers) < 2:
         return None
     parts = [

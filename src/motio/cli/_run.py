@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._threaded import ThreadedIterator
 from ..batch import (
@@ -65,6 +65,9 @@ from ._errors import (
     CliError,
 )
 from ._progress import Progress, make_progress, server_loads, servers_summary
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 __all__ = ["run_command"]
 
@@ -273,7 +276,7 @@ class _Run:
         finally:
             await backend.aclose()
 
-    def _runner(self, backend: Any) -> Any:
+    def _runner(self, backend: Backend) -> Any:
         """The batch engine on ``backend``, or Ray workers (``--ray``) sharing its limits."""
         if self.cluster is not None:
             from ._run_ray import share_limits
@@ -281,9 +284,8 @@ class _Run:
             share_limits(self.cluster, backend)
             return self.cluster
         # Only a server can vanish; the embedded model's failures are its prompts'.
-        remote = self.spec.kind == "openai"
         options, defaults = run_options(self.args)
-        return Engine(backend, options=options, defaults=defaults, remote=remote)
+        return Engine(backend, options=options, defaults=defaults, remote=backend.remote)
 
     def _say_servers(self, loads: Any) -> None:
         if self.args.quiet:
@@ -466,7 +468,8 @@ class _Pool:
         except OSError as exc:
             raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
         self._stats.record(result, attempts)
-        adaptive = getattr(getattr(self._runner, "backend", None), "adaptive_concurrency", None)
+        # Ray workers' controllers are theirs: only the engine's backend is here.
+        adaptive = self._runner.backend.adaptive_concurrency if isinstance(self._runner, Engine) else None
         if adaptive is not None:
             self._stats.concurrency = adaptive.limit
         self._progress.update()

@@ -15,6 +15,7 @@ from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 from ._signals import keep_sigterm
 
 if TYPE_CHECKING:
+    from ..backends import Backend
     from ..batch._ray import RayPool
 
 __all__ = ["join_cluster", "leave_cluster", "share_limits", "start_pool"]
@@ -64,12 +65,12 @@ def start_pool(args: Any, spec: BackendSpec) -> RayPool:
         args.workers or worker_count(),
         options=options,
         defaults=defaults,
-        remote=spec.kind == "openai",
+        remote=spec.remote,
         env=env,
     )
 
 
-def share_limits(pool: RayPool, backend: Any) -> None:
+def share_limits(pool: RayPool, backend: Backend) -> None:
     """Give the workers the limits of the driver's checked ``backend``."""
     from ..batch._share import SharePlan
 
