@@ -239,3 +239,25 @@ def test_the_check_below_finds_what_it_looks_for(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
 def test_cli_and_batch_ask_no_capability_by_name_and_test_no_kind(path: Path) -> None:
     assert _problems(path) == []
+
+
+def test_the_commands_help_imports_no_backend_module() -> None:
+    code = (
+        "import sys; from motio.cli._main import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith('motio.backends.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['motio.backends._registry']"
+
+
+@pytest.mark.parametrize("argv", [[], ["--base-url", "http://127.0.0.1:1/v1"]], ids=["default", "base-url"])
+def test_the_command_decides_remote_and_concurrency_from_the_backends_class(argv: list[str]) -> None:
+    from motio.cli._backend import BackendSpec
+    from motio.cli._main import build_parser
+
+    spec = BackendSpec.from_args(build_parser().parse_args(["chat", "x", *argv]))
+    cls = backend_class(spec.kind)
+    assert spec.kind == (SERVER_BACKEND if argv else DEFAULT_BACKEND)
+    assert spec.remote is cls.remote
+    assert spec.concurrency == cls.default_concurrency
