@@ -125,6 +125,9 @@ def test_batch_refuses_what_is_neither_a_backend_nor_builds_one(given: object) -
         list(batch.run(["x"], given))
 
 
+_UNKNOWN = "unknown backend kind 'vllm'; choose one of: llamacpp, openai$"
+
+
 def test_the_registry_maps_every_name_to_its_class() -> None:
     assert backend_names() == ("llamacpp", "openai")
     assert backend_class("openai") is OpenAIBackend
@@ -133,7 +136,7 @@ def test_the_registry_maps_every_name_to_its_class() -> None:
     for name in backend_names():
         assert issubclass(backend_class(name), Backend)
         assert backend_class(name).provider == name
-    with pytest.raises(ConfigurationError, match="unknown backend kind 'vllm'; choose one of: llamacpp, openai"):
+    with pytest.raises(ConfigurationError, match=_UNKNOWN):
         backend_class("vllm")
     assert isinstance(create_backend("llamacpp", model_path="/nowhere.gguf"), LlamaCppBackend)
 
