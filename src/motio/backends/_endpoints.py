@@ -535,9 +535,9 @@ def none_passed(failures: Sequence[tuple[str, BaseException]]) -> Exception:
     kinds = {type(error) for _, error in failures}
     first = failures[0][1]
     if len(kinds) == 1 and isinstance(first, BackendError):
-        from ._request import _copy_error
+        from ._errors import copy_error
 
-        return _copy_error(first, message)
+        return copy_error(first, message)
     if len(kinds) == 1 and isinstance(first, MotioError):
         return type(first)(message)
     return BackendConnectionError(message)
