@@ -122,7 +122,6 @@ _TRANSITIONS: dict[_Health, frozenset[_Health]] = {
 _LEAVING = {_IN_ROTATION: _OUT, _BACK_WHILE_PROBING: _PROBING}
 _REJOINING = {_OUT: _IN_ROTATION, _PROBING: _BACK_WHILE_PROBING}
 _ROTATING = (_IN_ROTATION, _BACK_WHILE_PROBING)
-_LEFT = (_OUT, _PROBING)
 
 
 class _Waiter:
@@ -368,7 +367,8 @@ class Endpoints:
 
     def answered(self, endpoint: Endpoint) -> None:
         """The server answered (any HTTP status): it is up."""
-        if endpoint.failures or endpoint.health in _LEFT:
+        # One identity test per answer: the common case, nothing to change.
+        if endpoint.failures or endpoint.health is not _IN_ROTATION:
             with self._lock:
                 endpoint.failures = 0
                 self._rejoin(endpoint)
