@@ -46,10 +46,10 @@ for edge (``tests/backends/test_endpoint_health.py`` checks that they agree)::
     BACK_WHILE_PROBING -> PROBING             it left rotation again before its probe ended
 
 Every server starts IN_ROTATION; with one server it never leaves. Leaving
-and rejoining rotation is ``_leave`` and ``_rejoin``, both through one
-guard, ``Endpoints._become``; a server has one probe at a time, so
-BACK_WHILE_PROBING keeps the probe of a server that came back before it
-ended from being doubled by the next one.
+and rejoining rotation is ``_leave`` and ``_rejoin``, every move goes
+through one guard, ``Endpoints._become``. A server has one probe at a time:
+BACK_WHILE_PROBING remembers that a server back in rotation still has a
+probe running, so that leaving again starts no second one.
 
 Counters are kept under one lock, since a backend is shared by every loop
 and thread of the process; the single-server case takes no part in
@@ -117,8 +117,8 @@ _TRANSITIONS: dict[_Health, frozenset[_Health]] = {
     _BACK_WHILE_PROBING: frozenset({_IN_ROTATION, _PROBING}),
 }
 
-# Where leaving and rejoining rotation go from each state that may. Tuples
-# below, not sets: `in` tests identity first, without hashing.
+# Where leaving and rejoining rotation go from each state that may. _ROTATING
+# is a tuple, not a set: `in` tests identity first, without hashing.
 _LEAVING = {_IN_ROTATION: _OUT, _BACK_WHILE_PROBING: _PROBING}
 _REJOINING = {_OUT: _IN_ROTATION, _PROBING: _BACK_WHILE_PROBING}
 _ROTATING = (_IN_ROTATION, _BACK_WHILE_PROBING)
