@@ -5,6 +5,15 @@
     ├── ConfigurationError (also a ValueError): bad option, model file, URL...
     │   └── UnsupportedOptionError: a request field this backend cannot honour
     ├── BackendClosedError (also a RuntimeError): a backend used after close()
+    ├── BatchAborted: a batch cannot go on; ``cause`` says why (run-wide, not
+    │   one prompt's failure)
+    ├── MixedFormats: a prompts file mixes motio's lines and OpenAI Batch lines
+    ├── ResultsFileLocked: another process is writing the same results file
+    ├── NotAResultsFile: a file to resume holds lines that are not motio results
+    ├── ClusterUnreachable: the Ray cluster named could not be joined
+    ├── WorkerLost: a prompt's Ray worker died under it, MAX_LOSSES times
+    ├── _RemoteFailure: a whole-run failure a Ray worker saw, carried to the
+    │   driver as a BatchAborted's cause (internal)
     └── BackendError: a model backend failed; carries provider/model/base_url
         ├── BackendConnectionError: the server could not be reached
         ├── BackendTimeoutError (also a TimeoutError): a request took too long
@@ -22,8 +31,12 @@
             ├── RateLimitError (429)
             └── ServerError (5xx)
 
-Foreign errors (openai, httpx, llama.cpp) are translated at the backend
-boundary and chained with ``raise ... from exc`` so the original stays visible.
+The batch errors are importable from ``motio.batch`` (``BatchAborted``,
+``MixedFormats``, ``ResultsFileLocked``, ``NotAResultsFile``), and from
+``motio.batch._ray``, which imports Ray, for the Ray ones (``ClusterUnreachable``,
+``WorkerLost``). Foreign errors (aiohttp's, the OS's, llama.cpp's) are
+translated at the backend boundary and chained with ``raise ... from exc`` so
+the original stays visible.
 Errors produced by the user's own callbacks or generators are passed through
 unchanged: motio does not wrap what it did not cause.
 """

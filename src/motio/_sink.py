@@ -14,18 +14,12 @@ is adapted by ``QueueSink``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Awaitable
+from typing import Any, Protocol, runtime_checkable
 
 from ._compat import force_put
 
-if TYPE_CHECKING:
-    from ._thunk import ModelOutputThunk
-
-__all__ = ["PostProcessFn", "ProcessFn", "QueueLike", "QueueSink", "Sink", "as_sink"]
-
-ProcessFn = Callable[["ModelOutputThunk[Any]", Any], "str | None | Awaitable[str | None]"]
-PostProcessFn = Callable[["ModelOutputThunk[Any]"], "None | Awaitable[None]"]
+__all__ = ["QueueLike", "QueueSink", "Sink", "as_sink"]
 
 
 @runtime_checkable

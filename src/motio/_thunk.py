@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ._feed import DEFAULT_CHUNK_TIMEOUT, feed_sink
-from ._sink import PostProcessFn, ProcessFn
 
 __all__ = ["GenerationMeta", "ModelOutputThunk"]
 
@@ -87,6 +86,11 @@ _NO_PARTS: tuple[()] = ()
 
 SettleCallback = Callable[["ModelOutputThunk[Any]", int], None]
 """``callback(mot, failed_at)``: ``failed_at`` orders failures in time, 0 if none."""
+
+ProcessFn = Callable[["ModelOutputThunk[Any]", Any], "str | None | Awaitable[str | None]"]
+"""``process(mot, chunk)``: folds one chunk into the thunk; the text it adds (or None), plain or awaited."""
+PostProcessFn = Callable[["ModelOutputThunk[Any]"], "None | Awaitable[None]"]
+"""``post_process(mot)``, plain or awaited: runs once when the stream ends, before the thunk is computed."""
 
 
 @dataclass(slots=True)

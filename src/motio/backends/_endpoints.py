@@ -33,6 +33,24 @@ share anyway, and every prompt sent to a dead one fails).
   back soonest): the request fails with a connection error, and whoever
   runs the batch asks ``check()`` whether any server is left.
 
+Health: ``_Health``, one per server; ``_TRANSITIONS`` is this graph, edge
+for edge (``tests/backends/test_endpoint_health.py`` checks that they agree)::
+
+    IN_ROTATION        -> OUT                 refused, failures in a row, a failed check, a 404 for the model
+    OUT                -> PROBING             its probe is due: the next request routed starts it
+    OUT                -> IN_ROTATION         it answered a request (or a check) while out
+    PROBING            -> IN_ROTATION         the probe passed
+    PROBING            -> OUT                 the probe failed: the next one after twice the wait
+    PROBING            -> BACK_WHILE_PROBING  it answered a request while its probe runs
+    BACK_WHILE_PROBING -> IN_ROTATION         the probe ended, passed or not
+    BACK_WHILE_PROBING -> PROBING             it left rotation again before its probe ended
+
+Every server starts IN_ROTATION; with one server it never leaves. Leaving
+and rejoining rotation is ``_leave`` and ``_rejoin``, every move goes
+through one guard, ``Endpoints._become``. A server has one probe at a time:
+BACK_WHILE_PROBING remembers that a server back in rotation still has a
+probe running, so that leaving again starts no second one.
+
 Counters are kept under one lock, since a backend is shared by every loop
 and thread of the process; the single-server case takes no part in
 rotation, so it pays for a lock and a counter only.
@@ -41,6 +59,7 @@ rotation, so it pays for a lock and a counter only.
 from __future__ import annotations
 
 import asyncio
+import enum
 import threading
 import time
 from collections import deque
@@ -74,6 +93,35 @@ _LAST_PROBE = 15.0
 
 Probe = Callable[["Endpoint"], Coroutine[Any, Any, None]]
 Check = Probe
+
+
+class _Health(enum.Enum):
+    """Whether new requests go to a server, and whether it is probed (see the module docstring)."""
+
+    # Identity hashing, in C: the members are singletons (as in _thunk._State).
+    __hash__ = object.__hash__
+
+    IN_ROTATION = "in rotation"
+    OUT = "out of rotation"
+    PROBING = "out of rotation, probed"
+    BACK_WHILE_PROBING = "in rotation, its probe still running"
+
+
+_IN_ROTATION, _OUT = _Health.IN_ROTATION, _Health.OUT
+_PROBING, _BACK_WHILE_PROBING = _Health.PROBING, _Health.BACK_WHILE_PROBING
+
+_TRANSITIONS: dict[_Health, frozenset[_Health]] = {
+    _IN_ROTATION: frozenset({_OUT}),
+    _OUT: frozenset({_PROBING, _IN_ROTATION}),
+    _PROBING: frozenset({_IN_ROTATION, _OUT, _BACK_WHILE_PROBING}),
+    _BACK_WHILE_PROBING: frozenset({_IN_ROTATION, _PROBING}),
+}
+
+# Where leaving and rejoining rotation go from each state that may. _ROTATING
+# is a tuple, not a set: `in` tests identity first, without hashing.
+_LEAVING = {_IN_ROTATION: _OUT, _BACK_WHILE_PROBING: _PROBING}
+_REJOINING = {_OUT: _IN_ROTATION, _PROBING: _BACK_WHILE_PROBING}
+_ROTATING = (_IN_ROTATION, _BACK_WHILE_PROBING)
 
 
 class _Waiter:
@@ -152,7 +200,7 @@ class Endpoint:
 
     __slots__ = (
         "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
-        "failures", "out", "due", "backoff", "probing", "_where",
+        "failures", "health", "due", "backoff", "_where",
     )  # fmt: skip
 
     def __init__(
@@ -166,10 +214,9 @@ class Endpoint:
         self.served = 0
         self.tokens = 0
         self.failures = 0
-        self.out = False
+        self.health = _IN_ROTATION  # changed only by Endpoints._become
         self.due = 0.0  # when out: time.monotonic() of the next probe
         self.backoff = _FIRST_PROBE
-        self.probing = False
         self._where: Where | None = None
 
     def where(self, provider: str, model: str | None) -> Where:
@@ -188,12 +235,13 @@ class Endpoint:
 
     def snapshot(self) -> EndpointSnapshot:
         limit = None if self.gate is None else self.gate.limit
+        in_rotation = self.health in _ROTATING
         return EndpointSnapshot(
-            self.base_url, self.in_flight, limit, not self.out, self.served, self.tokens, self.failures
+            self.base_url, self.in_flight, limit, in_rotation, self.served, self.tokens, self.failures
         )
 
     def __repr__(self) -> str:
-        return f"<Endpoint {self.base_url} in_flight={self.in_flight} out={self.out}>"
+        return f"<Endpoint {self.base_url} in_flight={self.in_flight} {self.health.value}>"
 
 
 class Endpoints:
@@ -276,7 +324,7 @@ class Endpoints:
 
     def _take_least_loaded(self, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]) -> Endpoint | None:
         """Take a slot on the least loaded server with room (the lock is held)."""
-        candidates = [e for e in self.all if not e.out]
+        candidates = [e for e in self.all if e.health in _ROTATING]
         if shun:
             candidates = [e for e in candidates if e not in shun] or candidates
         if candidates:
@@ -313,13 +361,14 @@ class Endpoints:
 
     def can_fail_over(self, tried: Sequence[Endpoint]) -> bool:
         """Whether a server in rotation remains that this generation has not failed on."""
-        return any(not e.out and e not in tried for e in self.all)
+        return any(e.health in _ROTATING and e not in tried for e in self.all)
 
     # -- health ----------------------------------------------------------------------
 
     def answered(self, endpoint: Endpoint) -> None:
         """The server answered (any HTTP status): it is up."""
-        if endpoint.failures or endpoint.out:
+        # One identity test per answer: the common case, nothing to change.
+        if endpoint.failures or endpoint.health is not _IN_ROTATION:
             with self._lock:
                 endpoint.failures = 0
                 self._rejoin(endpoint)
@@ -330,23 +379,48 @@ class Endpoints:
             return
         with self._lock:
             endpoint.failures += 1
-            if not endpoint.out and (refused or endpoint.failures >= _FAILURES_TO_LEAVE):
-                endpoint.out = True
-                endpoint.due = time.monotonic() + endpoint.backoff
-                self._out += 1
+            if refused or endpoint.failures >= _FAILURES_TO_LEAVE:
+                self._leave(endpoint)
 
-    def _rejoin(self, endpoint: Endpoint) -> None:
-        if endpoint.out:
-            endpoint.out = False
+    def mark_out(self, endpoint: Endpoint) -> None:
+        """Take a server out of rotation now (a failed check, a 404 for the
+        model); it is probed later."""
+        if not self.several:
+            return
+        with self._lock:
+            self._leave(endpoint)
+
+    def _leave(self, endpoint: Endpoint) -> None:
+        """Out of rotation, if in it; probed once ``backoff`` has passed (the lock is held)."""
+        leaving = _LEAVING.get(endpoint.health)
+        if leaving is not None:
+            self._become(endpoint, leaving)
+            endpoint.due = time.monotonic() + endpoint.backoff
+            self._out += 1
+
+    def _rejoin(self, endpoint: Endpoint, to: _Health | None = None) -> None:
+        """Back in rotation (to ``to``, else where an answer takes it), if out
+        of it; the next wait is the first again (the lock is held)."""
+        rejoining = _REJOINING.get(endpoint.health) if to is None else to
+        if rejoining is not None:
+            self._become(endpoint, rejoining)
             self._out -= 1
         endpoint.backoff = _FIRST_PROBE
+
+    @staticmethod
+    def _become(endpoint: Endpoint, health: _Health) -> None:
+        """Move ``endpoint`` to ``health``, which ``_TRANSITIONS`` must allow."""
+        if health not in _TRANSITIONS[endpoint.health]:
+            now = endpoint.health.value
+            raise RuntimeError(f"{endpoint.base_url} cannot go from {now} to {health.value}")
+        endpoint.health = health
 
     def _start_due_probes(self) -> None:
         """Probe every server whose time has come, once at a time (the lock is held)."""
         now = time.monotonic()
         for endpoint in self.all:
-            if endpoint.out and not endpoint.probing and now >= endpoint.due:
-                endpoint.probing = True
+            if endpoint.health is _OUT and now >= endpoint.due:
+                self._become(endpoint, _PROBING)
                 task = asyncio.get_running_loop().create_task(self._run_probe(endpoint))
                 self._probes.add(task)
                 task.add_done_callback(self._probes.discard)
@@ -364,24 +438,16 @@ class Endpoints:
 
     def _end_probe(self, endpoint: Endpoint, *, answered: bool) -> None:
         with self._lock:
-            endpoint.probing = False
             if answered:
                 endpoint.failures = 0
-                self._rejoin(endpoint)
-            elif endpoint.out:
+            if endpoint.health is _BACK_WHILE_PROBING:  # an answer put it back already
+                self._become(endpoint, _IN_ROTATION)
+            elif answered:
+                self._rejoin(endpoint, _IN_ROTATION)
+            else:  # still out: the next probe waits twice as long
                 endpoint.backoff = min(_LAST_PROBE, endpoint.backoff * 2)
                 endpoint.due = time.monotonic() + endpoint.backoff
-
-    def mark_out(self, endpoint: Endpoint) -> None:
-        """Take a server out of rotation now (a failed check, a 404 for the
-        model); it is probed later."""
-        if not self.several:
-            return
-        with self._lock:
-            if not endpoint.out:
-                endpoint.out = True
-                endpoint.due = time.monotonic() + endpoint.backoff
-                self._out += 1
+                self._become(endpoint, _OUT)
 
     async def cancel_probes(self) -> None:
         """Stop the probes running on this loop (at close)."""
@@ -469,9 +535,9 @@ def none_passed(failures: Sequence[tuple[str, BaseException]]) -> Exception:
     kinds = {type(error) for _, error in failures}
     first = failures[0][1]
     if len(kinds) == 1 and isinstance(first, BackendError):
-        from ._request import _copy_error
+        from ._errors import copy_error
 
-        return _copy_error(first, message)
+        return copy_error(first, message)
     if len(kinds) == 1 and isinstance(first, MotioError):
         return type(first)(message)
     return BackendConnectionError(message)

@@ -30,6 +30,7 @@ __all__ = [
     "ErrorAfterText",
     "Where",
     "broken_stream_error",
+    "copy_error",
     "server_error_event",
     "status_error",
     "stream_error",
@@ -96,6 +97,22 @@ def status_error(
     error = cls(message, status_code=status, **where.fields())
     error.retry_after = retry_after
     return error
+
+
+def copy_error(error: BackendError, message: str) -> BackendError:
+    """``error`` again, of its class and with its attributes, saying ``message``.
+
+    For a message that sums up more than the error knows (the attempts given
+    up on, every server that failed) without losing its class: callers catch
+    a ``RateLimitError`` as one whatever was said around it.
+    """
+    copy = type(error).__new__(type(error))
+    BackendError.__init__(copy, message, provider=error.provider, model=error.model, base_url=error.base_url,
+                          status_code=error.status_code)  # fmt: skip
+    for name, value in vars(error).items():
+        setattr(copy, name, value)
+    copy.args = (message,)
+    return copy
 
 
 def stream_error(detail: str, where: Where) -> StreamError:

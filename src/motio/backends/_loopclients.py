@@ -1,4 +1,4 @@
-"""One loop-bound SDK client per event loop, always closed on its own loop.
+"""One loop-bound HTTP client per event loop, always closed on its own loop.
 
 An async HTTP client belongs to the loop that created it. Two failures this
 module prevents:

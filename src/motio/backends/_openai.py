@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIBackend"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# Local servers (llama.cpp, vLLM, Ollama) ignore the key, but the SDK insists on one.
+# The key sent when none is given: local servers (llama.cpp, vLLM, Ollama) ignore it.
 _PLACEHOLDER_KEY = "sk-no-key-required"
 #: Default ``first_token_timeout``: generous, since it covers the server's
 #: queue and prompt processing, which on a busy server take minutes.

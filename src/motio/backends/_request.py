@@ -59,7 +59,7 @@ from .._exceptions import (
     StreamError,
     TotalTimeoutError,
 )
-from ._errors import ErrorAfterText, Where, broken_stream_error, translate
+from ._errors import ErrorAfterText, Where, broken_stream_error, copy_error, translate
 from ._retry import RETRYABLE_STATUSES, Attempts
 from ._sse import SSEDecoder
 
@@ -236,7 +236,7 @@ class Exchange:
     def _give_up(self, error: BackendError) -> NoReturn:
         if self.attempts.retries == 0:
             raise error
-        final = _copy_error(error, f"{error} (gave up after {self.attempts.count} attempts)")
+        final = copy_error(error, f"{error} (gave up after {self.attempts.count} attempts)")
         raise final from error
 
     async def _take_slot(self) -> _Held:
@@ -611,16 +611,6 @@ def _refused(exc: BaseException) -> bool:
     import aiohttp
 
     return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError)
-
-
-def _copy_error(error: BackendError, message: str) -> BackendError:
-    copy = type(error).__new__(type(error))
-    BackendError.__init__(copy, message, provider=error.provider, model=error.model, base_url=error.base_url,
-                          status_code=error.status_code)  # fmt: skip
-    for name, value in vars(error).items():
-        setattr(copy, name, value)
-    copy.args = (message,)
-    return copy
 
 
 def _short(error: BaseException) -> str:
