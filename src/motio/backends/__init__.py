@@ -3,7 +3,7 @@
     Backend            the shared shape: generate / generate_sync / stream_sync,
                        check, aclose / close, async with
     OpenAIBackend      any OpenAI-compatible server (OpenAI, vLLM, llama.cpp
-                       server, Ollama /v1, LM Studio, TGI), raw SSE + orjson;
+                       server, Ollama /v1, LM Studio, TGI) over aiohttp, raw SSE;
                        base_url=[...] spreads requests over several servers
     EndpointSnapshot   one server's load and health (endpoint_snapshot())
     LlamaCppBackend    a GGUF model in-process through llama-cpp-python;
@@ -13,8 +13,8 @@
 The registry (``_registry.py``: ``backend_names()``, ``backend_class(name)``)
 is the one table of kind names; ``create_backend`` and the command use it.
 
-The SDKs (openai, httpx, llama_cpp, orjson) are imported only when a backend
-is built or used, so importing this package stays cheap.
+What the backends stand on (aiohttp, msgspec, orjson; llama_cpp) is imported
+only when a backend is built or used, so importing this package stays cheap.
 """
 
 from __future__ import annotations

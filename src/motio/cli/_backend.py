@@ -1,6 +1,6 @@
 """Turning command-line options into a checked, ready backend.
 
-Backends (and through them the openai SDK or llama.cpp) are imported here,
+Backends (and through them aiohttp or llama.cpp) are imported here,
 inside functions, so ``motio --help`` stays instant.
 """
 
