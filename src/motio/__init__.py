@@ -15,7 +15,7 @@ costs almost nothing until you touch them):
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_exports
 
 # Not `from typing import TYPE_CHECKING`: typing alone costs several ms.
 TYPE_CHECKING = False
@@ -81,14 +81,4 @@ if TYPE_CHECKING:
     from .backends import create_backend as create_backend
 
 
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'motio' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -142,3 +142,20 @@ def assert_clean(stderr: str) -> None:
     """No traceback, warning or swallowed exception in the command's stderr."""
     for marker in ("Traceback", "Warning", "Exception ignored", "Task was destroyed", "never retrieved"):
         assert marker not in stderr, stderr
+
+
+def signal_handled(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has installed a handler for ``signum`` (its ``SigCgt`` mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signum - 1)))
+
+
+#: `python -m motio`, and what the `motio` console script runs.
+ENTRY_POINTS = {
+    "module": ["-m", "motio"],
+    "console-script": ["-c", "import sys; from motio.cli import main; sys.exit(main())"],
+}

@@ -25,6 +25,7 @@ import pytest
 from tests.servers.scripted import running, stall_after
 
 from .conftest import (
+    ENTRY_POINTS,
     EVENT_TIMEOUT,
     REPO,
     assert_clean,
@@ -33,6 +34,7 @@ from .conftest import (
     ids_of,
     motio_env,
     run_motio,
+    signal_handled,
     start_motio,
     wait_for_results,
     write_prompts,
@@ -343,24 +345,7 @@ def test_an_unreachable_server_leaves_an_existing_results_file_byte_identical(
 # -- 7: Ctrl-C during start-up ---------------------------------------------------------
 
 
-def _sigint_handled(pid: int) -> bool:
-    """Whether the process has installed a SIGINT handler (Python's own, at start-up)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
-    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
-
-
-# `python -m motio`, and what the `motio` console script runs.
-_ENTRY_POINTS = {
-    "module": ["-m", "motio"],
-    "console-script": ["-c", "import sys; from motio.cli import main; sys.exit(main())"],
-}
-
-
-@pytest.mark.parametrize("entry", list(_ENTRY_POINTS))
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 # Not earlier than 30 ms: before that the interrupt lands in CPython's own
 # start-up (site, the warnings filters), which reports it and carries on.
 @pytest.mark.parametrize("delay", [0.03, 0.06, 0.1, 0.2, 0.4])
@@ -375,7 +360,7 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback(
     # here; every other warning still is.
     env["PYTHONWARNINGS"] += ",ignore::ResourceWarning"
     proc = subprocess.Popen(
-        [sys.executable, *_ENTRY_POINTS[entry], "run", str(prompts), "-o", str(out), "--backend", "llamacpp"],
+        [sys.executable, *ENTRY_POINTS[entry], "run", str(prompts), "-o", str(out), "--backend", "llamacpp"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -384,7 +369,7 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback(
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + EVENT_TIMEOUT
-    while not _sigint_handled(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+    while not signal_handled(proc.pid, signal.SIGINT) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)  # polling another process's state; bounded by the deadline
     time.sleep(delay)  # the instant under test, counted from Python's own start-up
     proc.send_signal(signal.SIGINT)

@@ -26,6 +26,7 @@ import pytest
 from tests.servers.scripted import RequestRecord, running, stall_after
 
 from .conftest import (
+    ENTRY_POINTS,
     EVENT_TIMEOUT,
     REPO,
     assert_clean,
@@ -33,6 +34,7 @@ from .conftest import (
     finish,
     motio_env,
     run_motio,
+    signal_handled,
     start_motio,
     wait_for_results,
     write_prompts,
@@ -209,24 +211,7 @@ def test_sigterm_while_the_server_check_waits_is_exit_143_and_the_rerun_complete
     each_id_once(out, 20)
 
 
-def _sigterm_handled(pid: int) -> bool:
-    """Whether the process has installed a SIGTERM handler (motio's own, first thing in main)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
-    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-
-
-# `python -m motio`, and what the `motio` console script runs.
-_ENTRY_POINTS = {
-    "module": ["-m", "motio"],
-    "console-script": ["-c", "import sys; from motio.cli import main; sys.exit(main())"],
-}
-
-
-@pytest.mark.parametrize("entry", list(_ENTRY_POINTS))
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
 def test_sigterm_at_any_instant_of_start_up_is_exit_143_without_traceback(
     tmp_path: Path, stopped: StoppedServer, delay: float, entry: str
@@ -238,7 +223,7 @@ def test_sigterm_at_any_instant_of_start_up_is_exit_143_without_traceback(
     # the interpreter's, not motio's; every other warning is still an error.
     env["PYTHONWARNINGS"] += ",ignore::ResourceWarning"
     proc = subprocess.Popen(
-        [sys.executable, *_ENTRY_POINTS[entry], "run", str(prompts), "-o", str(out)]
+        [sys.executable, *ENTRY_POINTS[entry], "run", str(prompts), "-o", str(out)]
         + ["--base-url", stopped.base_url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -246,7 +231,7 @@ def test_sigterm_at_any_instant_of_start_up_is_exit_143_without_traceback(
         env=env,
     )
     deadline = time.monotonic() + EVENT_TIMEOUT
-    while not _sigterm_handled(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+    while not signal_handled(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)  # polling another process's state; bounded by the deadline
     time.sleep(delay)  # the instant under test, counted from the handler's installation
     code, _, err = terminate(proc)

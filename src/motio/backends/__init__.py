@@ -19,9 +19,9 @@ only when a backend is built or used, so importing this package stays cheap.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_exports
 from ._registry import backend_class, backend_names
 
 __all__ = [
@@ -51,17 +51,7 @@ if TYPE_CHECKING:
     from ._openai import OpenAIBackend as OpenAIBackend
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'motio.backends' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 
 def create_backend(kind: str, **kwargs: Any) -> Backend:

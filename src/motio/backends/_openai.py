@@ -474,17 +474,18 @@ class OpenAIBackend(Backend):
 
     # -- models and lifecycle ----------------------------------------------------
 
-    async def _ask_model(self, client: HTTPClient, endpoint: Endpoint) -> str:
+    async def _ask_model(self, client: HTTPClient, endpoint: Endpoint) -> None:
+        """No model was given: take the first ``endpoint`` lists.
+
+        Raises:
+            NotFoundError: the server lists no models.
+        """
         ids = await self._list_models(client, endpoint)
-        with self._model_lock:
-            if self.model is None:
-                where = endpoint.where(self.provider, None)
-                if not ids:
-                    raise NotFoundError(
-                        f"{where.describe()}: the server lists no models; pass model=", **where.fields()
-                    )
-                self.model = ids[0]
-        return self.model
+        self._take_first_model(ids)
+        if self.model is None:
+            error = self._model_error(endpoint, ids)
+            assert error is not None  # with no model, there always is one
+            raise error
 
     async def _list_models(self, client: HTTPClient, endpoint: Endpoint) -> list[str]:
         where = endpoint.where(self.provider, self.model)
