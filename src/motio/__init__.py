@@ -39,7 +39,7 @@ _EXPORTS_BY_MODULE = {
         "BackendError", "BackendConnectionError", "BackendTimeoutError", "ConnectTimeoutError",
         "FirstTokenTimeoutError", "BackendChunkTimeoutError", "TotalTimeoutError", "StreamError",
         "APIStatusError", "BadRequestError", "AuthenticationError", "NotFoundError",
-        "RateLimitError", "ServerError", "UnsupportedOptionError",
+        "RateLimitError", "ServerError", "UnsupportedOptionError", "MissingColumn", "InvalidOutput",
     ),
     ".backends": ("OpenAIBackend", "LlamaCppBackend", "create_backend"),
 }  # fmt: skip
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     from ._exceptions import ConfigurationError as ConfigurationError
     from ._exceptions import ConnectTimeoutError as ConnectTimeoutError
     from ._exceptions import FirstTokenTimeoutError as FirstTokenTimeoutError
+    from ._exceptions import InvalidOutput as InvalidOutput
+    from ._exceptions import MissingColumn as MissingColumn
     from ._exceptions import MotioError as MotioError
     from ._exceptions import NotFoundError as NotFoundError
     from ._exceptions import RateLimitError as RateLimitError

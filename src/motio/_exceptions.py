@@ -3,7 +3,8 @@
     MotioError
     ├── ChunkTimeoutError (also a TimeoutError): a stream went quiet too long
     ├── ConfigurationError (also a ValueError): bad option, model file, URL...
-    │   └── UnsupportedOptionError: a request field this backend cannot honour
+    │   ├── UnsupportedOptionError: a request field this backend cannot honour
+    │   └── MissingColumn: a template names a column the dataset lacks
     ├── BackendClosedError (also a RuntimeError): a backend used after close()
     ├── BatchAborted: a batch cannot go on; ``cause`` says why (run-wide, not
     │   one prompt's failure)
@@ -12,6 +13,8 @@
     ├── NotAResultsFile: a file to resume holds lines that are not motio results
     ├── ClusterUnreachable: the Ray cluster named could not be joined
     ├── WorkerLost: a prompt's Ray worker died under it, MAX_LOSSES times
+    ├── InvalidOutput: an answer was still not valid JSON for the schema
+    │   after the re-asks allowed; carries the last answer and why
     ├── _RemoteFailure: a whole-run failure a Ray worker saw, carried to the
     │   driver as a BatchAborted's cause (internal)
     └── BackendError: a model backend failed; carries provider/model/base_url
@@ -34,7 +37,8 @@
 The batch errors are importable from ``motio.batch`` (``BatchAborted``,
 ``MixedFormats``, ``ResultsFileLocked``, ``NotAResultsFile``), and from
 ``motio.batch._ray``, which imports Ray, for the Ray ones (``ClusterUnreachable``,
-``WorkerLost``). Foreign errors (aiohttp's, the OS's, llama.cpp's) are
+``WorkerLost``). ``MissingColumn`` and ``InvalidOutput`` are defined here
+and importable from ``motio`` and ``motio.data``. Foreign errors (aiohttp's, the OS's, llama.cpp's) are
 translated at the backend boundary and chained with ``raise ... from exc`` so
 the original stays visible.
 Errors produced by the user's own callbacks or generators are passed through
@@ -43,6 +47,7 @@ unchanged: motio does not wrap what it did not cause.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -50,6 +55,8 @@ __all__ = [
     "ChunkTimeoutError",
     "ConfigurationError",
     "UnsupportedOptionError",
+    "MissingColumn",
+    "InvalidOutput",
     "BackendClosedError",
     "BackendError",
     "BackendConnectionError",
@@ -108,6 +115,45 @@ class UnsupportedOptionError(ConfigurationError):
         super().__init__(message)
         self.option = option
         self.backend = backend
+
+
+class MissingColumn(ConfigurationError):
+    """A prompt template (or ``--id-column``) names a column the dataset lacks.
+
+    Raised when the template is checked against the dataset's columns,
+    before any request is sent.
+
+    Attributes:
+        column: the column asked for.
+        columns: the columns the dataset has, in its order.
+    """
+
+    def __init__(self, column: str, columns: Sequence[str], *, what: str = "the template") -> None:
+        import difflib  # here: 10 ms to import, paid only when a column is missing
+
+        listed = ", ".join(repr(name) for name in columns) or "none"
+        close = difflib.get_close_matches(column, list(columns), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(f"{what} uses the column {column!r}, which is not in the data{hint}; its columns: {listed}")
+        self.column = column
+        self.columns = tuple(columns)
+
+
+class InvalidOutput(MotioError):
+    """An answer was not valid JSON, or broke the schema, on every try allowed.
+
+    Attributes:
+        output: the last answer, as the model wrote it.
+        message: why it is not valid (the JSON error or the schema's complaint).
+        attempts: how many answers were asked for (1 + the re-asks).
+    """
+
+    def __init__(self, output: str, message: str, *, attempts: int) -> None:
+        tries = "1 answer" if attempts == 1 else f"{attempts} answers"
+        super().__init__(f"no valid answer for the schema after {tries}; the last: {message}")
+        self.output = output
+        self.message = message
+        self.attempts = attempts
 
 
 class BackendClosedError(MotioError, RuntimeError):

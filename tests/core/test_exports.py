@@ -16,7 +16,7 @@ EXPECTED = {
     "BackendConnectionError", "BackendTimeoutError", "StreamError", "APIStatusError",
     "BadRequestError", "AuthenticationError", "NotFoundError", "RateLimitError", "ServerError",
     "ConnectTimeoutError", "FirstTokenTimeoutError", "BackendChunkTimeoutError", "TotalTimeoutError",
-    "UnsupportedOptionError",
+    "UnsupportedOptionError", "MissingColumn", "InvalidOutput",
 }  # fmt: skip
 
 
