@@ -149,6 +149,8 @@ def open_rows(
         ImportError: a Parquet file without pyarrow (``pip install 'motio[data]'``).
         OSError: the file cannot be opened.
     """
+    if columns is not None and id_column is not None:
+        columns = [*columns, id_column]
     if isinstance(source, (str, Path)):
         rows = _open_path(Path(source), columns)
     elif _is_arrow_table(source):
@@ -241,7 +243,8 @@ def _csv_items(reader: Iterator[list[str]], header: list[str], path: Path) -> It
             else:
                 yield _row(dict(zip(header, fields, strict=True)), number)
     except csv.Error as exc:
-        raise ConfigurationError(f"{path}: not readable as CSV near line {getattr(reader, "line_num", "?")}: {exc}") from exc
+        where = getattr(reader, "line_num", "?")
+        raise ConfigurationError(f"{path}: not readable as CSV near line {where}: {exc}") from exc
 
 
 def _allow_long_fields() -> None:
