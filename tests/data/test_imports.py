@@ -24,7 +24,7 @@ def loaded_after(code: str) -> list[str]:
 
 def test_the_public_names_are_exactly_these() -> None:
     assert set(motio.data.__all__) == {
-        "ExportReport", "Invalid", "InvalidOutput", "MissingColumn", "OutputSchema", "Parsed", "Prompt",
+        "DEFAULT_MAX_INVALID", "AnswerCheck", "ExportReport", "Invalid", "InvalidOutput", "MissingColumn", "OutputSchema", "Parsed", "Prompt",
         "ResponseCache", "Row", "RowProblem", "Rows", "Template", "default_cache_path", "export",
         "open_rows", "output_schema", "request_key",
     }  # fmt: skip

@@ -12,6 +12,8 @@ pydantic):
 - ``_schema``: :func:`output_schema`, an :class:`OutputSchema` from a JSON
   schema or a pydantic model: ``response_format`` bodies, validation
   (:class:`Parsed` / :class:`Invalid`) and the re-ask conversation;
+- ``_reask``: :class:`AnswerCheck`, one prompt's answers checked and
+  re-asked up to ``max_invalid``, then :class:`~motio.InvalidOutput`;
 - ``_cache``: :class:`ResponseCache`, answers by :func:`request_key` in a
   SQLite file shared by processes;
 - ``_export``: :func:`export`, a results file joined back onto its dataset,
@@ -24,11 +26,14 @@ with the other errors in ``motio/_exceptions.py``.
 from .._exceptions import InvalidOutput, MissingColumn
 from ._cache import ResponseCache, default_cache_path, request_key
 from ._export import ExportReport, export
+from ._reask import DEFAULT_MAX_INVALID, AnswerCheck
 from ._readers import Row, RowProblem, Rows, open_rows
 from ._schema import Invalid, OutputSchema, Parsed, output_schema
 from ._template import Prompt, Template
 
 __all__ = [
+    "DEFAULT_MAX_INVALID",
+    "AnswerCheck",
     "ExportReport",
     "Invalid",
     "InvalidOutput",
