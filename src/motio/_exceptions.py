@@ -118,7 +118,7 @@ class UnsupportedOptionError(ConfigurationError):
 
 
 class MissingColumn(ConfigurationError):
-    """A prompt template (or ``--id-column``) names a column the dataset lacks.
+    """A prompt template (or the id column) names a column the dataset lacks.
 
     Raised when the template is checked against the dataset's columns,
     before any request is sent.
@@ -126,6 +126,7 @@ class MissingColumn(ConfigurationError):
     Attributes:
         column: the column asked for.
         columns: the columns the dataset has, in its order.
+        what: who asked for it (``"the template"``, ``"id_column"``), for the message.
     """
 
     def __init__(self, column: str, columns: Sequence[str], *, what: str = "the template") -> None:
@@ -134,9 +135,10 @@ class MissingColumn(ConfigurationError):
         listed = ", ".join(repr(name) for name in columns) or "none"
         close = difflib.get_close_matches(column, list(columns), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        super().__init__(f"{what} uses the column {column!r}, which is not in the data{hint}; its columns: {listed}")
+        super().__init__(f"the column {column!r} named by {what} is not in the data{hint}; its columns: {listed}")
         self.column = column
         self.columns = tuple(columns)
+        self.what = what
 
 
 class InvalidOutput(MotioError):

@@ -69,7 +69,15 @@ def test_a_missing_id_column_is_named_with_the_columns_there(tmp_path: Path, suf
         open_rows(path, id_column="txt")
     assert caught.value.column == "txt" and caught.value.columns == ("text", "label")
     assert "'txt'" in str(caught.value) and "'text', 'label'" in str(caught.value)
-    assert "did you mean 'text'" in str(caught.value)
+    assert "did you mean 'text'" in str(caught.value) and str(caught.value).startswith("the column 'txt' named by id_column is not in the data")
+
+
+def test_columns_asked_for_that_are_missing_are_named_before_any_row(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "d.parquet", [{"text": "hello", "key": 1}])
+    with pytest.raises(MissingColumn, match="^the column 'txt' named by the template is not"):
+        open_rows(path, columns=["txt"], id_column="key")
+    with pytest.raises(MissingColumn, match="^the column 'id' named by id_column is not"):
+        open_rows(pa.table({"text": ["a"]}), columns=["text"], id_column="id")
 
 
 def test_csv_values_are_kept_as_text_with_quoted_newlines_a_bom_and_long_fields(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_check_names_the_missing_column_and_the_columns_there_before_any_row(tmp
     assert isinstance(caught.value, ConfigurationError)
     assert caught.value.column == "lable" and caught.value.columns == ("text", "label")
     assert str(caught.value) == (
-        "the template uses the column 'lable', which is not in the data (did you mean 'label'?); "
+        "the column 'lable' named by the template is not in the data (did you mean 'label'?); "
         "its columns: 'text', 'label'"
     )
     template.check(["text", "lable"])  # all there: nothing raised

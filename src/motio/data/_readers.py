@@ -150,11 +150,11 @@ def open_rows(
         OSError: the file cannot be opened.
     """
     if columns is not None and id_column is not None:
-        columns = [*columns, id_column]
+        columns = [id_column, *columns]  # first: a missing id column is named as that
     if isinstance(source, (str, Path)):
-        rows = _open_path(Path(source), columns)
+        rows = _open_path(Path(source), columns, id_column)
     elif _is_arrow_table(source):
-        rows = _arrow_rows(source, columns)
+        rows = _arrow_rows(source, columns, id_column)
     elif isinstance(source, (dict, bytes, bytearray)) or not isinstance(source, Iterable):
         raise ConfigurationError(
             f"cannot read rows from a {type(source).__name__}: give a path (.parquet, .csv, .tsv, "
@@ -170,7 +170,7 @@ def _with_ids(rows: Rows, id_column: str | None) -> Rows:
         return rows
     if rows.columns and id_column not in rows.columns:
         rows.close()
-        raise MissingColumn(id_column, rows.columns, what="--id-column")
+        raise MissingColumn(id_column, rows.columns, what="id_column")
     rows._items = (_identified(item, id_column) for item in rows._items)
     return rows
 
@@ -194,10 +194,10 @@ def _row(values: dict[str, Any], number: int) -> Row:
 # --- paths -------------------------------------------------------------------
 
 
-def _open_path(path: Path, columns: Sequence[str] | None) -> Rows:
+def _open_path(path: Path, columns: Sequence[str] | None, id_column: str | None) -> Rows:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return _parquet_rows(path, columns)
+        return _parquet_rows(path, columns, id_column)
     if suffix in (".csv", ".tsv"):
         return _csv_rows(path, "\t" if suffix == ".tsv" else ",")
     if suffix in (".jsonl", ".ndjson"):
@@ -208,12 +208,12 @@ def _open_path(path: Path, columns: Sequence[str] | None) -> Rows:
     )
 
 
-def _parquet_rows(path: Path, columns: Sequence[str] | None) -> Rows:
+def _parquet_rows(path: Path, columns: Sequence[str] | None, id_column: str | None) -> Rows:
     import pyarrow.parquet as pq  # here: pyarrow costs ~100 ms and is optional
 
     parquet = pq.ParquetFile(path)
     names = parquet.schema_arrow.names
-    wanted = _known_columns(columns, names, parquet.close)
+    wanted = _known_columns(columns, names, parquet.close, id_column)
     batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted)
     return Rows(names, _batch_rows(batches), total=parquet.metadata.num_rows, close=parquet.close)
 
@@ -288,9 +288,9 @@ def _is_arrow_table(source: object) -> bool:
     return type(source).__module__.startswith("pyarrow") and hasattr(source, "to_batches")
 
 
-def _arrow_rows(table: Any, columns: Sequence[str] | None) -> Rows:
+def _arrow_rows(table: Any, columns: Sequence[str] | None, id_column: str | None) -> Rows:
     names = list(table.column_names)
-    wanted = _known_columns(columns, names, None)
+    wanted = _known_columns(columns, names, None, id_column)
     if wanted is not None:
         table = table.select(wanted)
     return Rows(names, _batch_rows(table.to_batches(max_chunksize=BATCH_ROWS)), total=table.num_rows)
@@ -335,7 +335,7 @@ def _peeked(items: Iterator[Row | RowProblem], close: Callable[[], None] | None 
 
 
 def _known_columns(
-    columns: Sequence[str] | None, names: Sequence[str], close: Callable[[], None] | None
+    columns: Sequence[str] | None, names: Sequence[str], close: Callable[[], None] | None, id_column: str | None
 ) -> list[str] | None:
     if columns is None:
         return None
@@ -343,5 +343,5 @@ def _known_columns(
         if column not in names:
             if close is not None:
                 close()
-            raise MissingColumn(column, names)
+            raise MissingColumn(column, names, what="id_column" if column == id_column else "the template")
     return list(dict.fromkeys(columns))
