@@ -51,27 +51,27 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "MotioError",
+    "APIStatusError",
+    "AuthenticationError",
+    "BackendChunkTimeoutError",
+    "BackendClosedError",
+    "BackendConnectionError",
+    "BackendError",
+    "BackendTimeoutError",
+    "BadRequestError",
     "ChunkTimeoutError",
     "ConfigurationError",
-    "UnsupportedOptionError",
-    "MissingColumn",
-    "InvalidOutput",
-    "BackendClosedError",
-    "BackendError",
-    "BackendConnectionError",
-    "BackendTimeoutError",
     "ConnectTimeoutError",
     "FirstTokenTimeoutError",
-    "BackendChunkTimeoutError",
-    "TotalTimeoutError",
-    "StreamError",
-    "APIStatusError",
-    "BadRequestError",
-    "AuthenticationError",
+    "InvalidOutput",
+    "MissingColumn",
+    "MotioError",
     "NotFoundError",
     "RateLimitError",
     "ServerError",
+    "StreamError",
+    "TotalTimeoutError",
+    "UnsupportedOptionError",
 ]
 
 
@@ -135,7 +135,9 @@ class MissingColumn(ConfigurationError):
         listed = ", ".join(repr(name) for name in columns) or "none"
         close = difflib.get_close_matches(column, list(columns), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        super().__init__(f"the column {column!r} named by {what} is not in the data{hint}; its columns: {listed}")
+        super().__init__(
+            f"the column {column!r} named by {what} is not in the data{hint}; its columns: {listed}"
+        )
         self.column = column
         self.columns = tuple(columns)
         self.what = what

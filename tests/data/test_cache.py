@@ -48,7 +48,9 @@ def test_get_put_counts_and_the_first_answer_stays(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         again.get("k")
     again.close()  # twice is fine
-    assert sqlite3.connect(tmp_path / "sub" / "c.sqlite3").execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert sqlite3.connect(tmp_path / "sub" / "c.sqlite3").execute("PRAGMA journal_mode").fetchone() == (
+        "wal",
+    )
 
 
 def test_the_default_location_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

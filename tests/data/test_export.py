@@ -22,7 +22,9 @@ from tests.cli.conftest import COMMAND_TIMEOUT, motio_env
 from .conftest import write_jsonl, write_parquet
 
 
-def result(ident: Any, output: str | None, parsed: Any = None, error: dict[str, str] | None = None) -> dict[str, Any]:
+def result(
+    ident: Any, output: str | None, parsed: Any = None, error: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A result line as motio run writes it (the fields export reads, and some it ignores)."""
     line = {"id": ident, "output": output, "finish_reason": "stop", "usage": None, "latency_ms": 1.0}
     if parsed is not None:
@@ -53,7 +55,11 @@ def test_a_partial_run_joined_onto_its_parquet_in_input_order(tmp_path: Path) ->
     )
     report = export(results, tmp_path / "labeled.parquet", join=dataset, id_column="id")
     assert report == ExportReport(
-        rows=6, answered=3, failed=1, missing=2, columns=["id", "text", "stars", "output", "label", "score", "error"]
+        rows=6,
+        answered=3,
+        failed=1,
+        missing=2,
+        columns=["id", "text", "stars", "output", "label", "score", "error"],
     )
     table = pq.read_table(tmp_path / "labeled.parquet")
     assert table.schema.field("stars").type == pa.int64() and table.schema.field("score").type == pa.int64()
@@ -61,7 +67,13 @@ def test_a_partial_run_joined_onto_its_parquet_in_input_order(tmp_path: Path) ->
         {**rows[0], "output": '{"label": "neg", "score": 1}', "label": "neg", "score": 1, "error": None},
         {**rows[1], "output": None, "label": None, "score": None, "error": None},
         {**rows[2], "output": '{"label": "pos", "score": 4}', "label": "pos", "score": 4, "error": None},
-        {**rows[3], "output": None, "label": None, "score": None, "error": "InvalidOutput: $.label: 'meh' is not one of"},
+        {
+            **rows[3],
+            "output": None,
+            "label": None,
+            "score": None,
+            "error": "InvalidOutput: $.label: 'meh' is not one of",
+        },
         {**rows[4], "output": None, "label": None, "score": None, "error": None},
         {**rows[5], "output": '{"label": "pos", "score": 5}', "label": "pos", "score": 5, "error": None},
     ]
@@ -80,8 +92,12 @@ def test_csv_in_csv_out_with_line_ids(tmp_path: Path) -> None:
 
 
 def test_jsonl_in_parquet_out_takes_every_rows_keys(tmp_path: Path) -> None:
-    dataset = write_jsonl(tmp_path / "d.jsonl", [{"q": "a"}, "", {"q": "b", "extra": 2.5}, {"q": "c", "extra": 1}])
-    results = write_results(tmp_path / "out.jsonl", [result("line-1", "x"), result("line-3", "y"), result("line-4", "z")])
+    dataset = write_jsonl(
+        tmp_path / "d.jsonl", [{"q": "a"}, "", {"q": "b", "extra": 2.5}, {"q": "c", "extra": 1}]
+    )
+    results = write_results(
+        tmp_path / "out.jsonl", [result("line-1", "x"), result("line-3", "y"), result("line-4", "z")]
+    )
     export(results, tmp_path / "o.parquet", join=dataset)
     table = pq.read_table(tmp_path / "o.parquet")
     assert table.column_names == ["q", "extra", "output", "error"]
@@ -126,11 +142,22 @@ def test_answers_that_are_not_objects_go_to_one_parsed_column_as_json(tmp_path: 
 def test_the_schema_orders_the_parsed_columns_and_a_clash_is_prefixed(tmp_path: Path) -> None:
     dataset = write_parquet(tmp_path / "d.parquet", [{"text": "t", "label": "gold"}])
     results = write_results(tmp_path / "out.jsonl", [result("line-1", "{}", {"score": 1, "label": "pos"})])
-    schema = {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "integer"}, "why": {}}}
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}, "score": {"type": "integer"}, "why": {}},
+    }
     report = export(results, tmp_path / "o.jsonl", join=dataset, schema=schema)
     assert report.columns == ["text", "label", "output", "parsed.label", "score", "why", "error"]
     [line] = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert line == {"text": "t", "label": "gold", "output": "{}", "parsed.label": "pos", "score": 1, "why": None, "error": None}
+    assert line == {
+        "text": "t",
+        "label": "gold",
+        "output": "{}",
+        "parsed.label": "pos",
+        "score": 1,
+        "why": None,
+        "error": None,
+    }
 
 
 def test_an_input_column_named_like_an_added_one_is_refused(tmp_path: Path) -> None:
@@ -179,13 +206,26 @@ def test_openai_batch_results_are_exported_too(tmp_path: Path) -> None:
     results = write_results(
         tmp_path / "out.jsonl",
         [
-            {"id": "batch_req_1", "custom_id": "a", "response": {"status_code": 200, "body": body}, "error": None},
-            {"id": "batch_req_2", "custom_id": "b", "response": None, "error": {"code": "ServerError", "message": "boom"}},
+            {
+                "id": "batch_req_1",
+                "custom_id": "a",
+                "response": {"status_code": 200, "body": body},
+                "error": None,
+            },
+            {
+                "id": "batch_req_2",
+                "custom_id": "b",
+                "response": None,
+                "error": {"code": "ServerError", "message": "boom"},
+            },
         ],
     )
     export(results, tmp_path / "o.jsonl")
     lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert lines == [{"id": "a", "output": "hello", "error": None}, {"id": "b", "output": None, "error": "ServerError: boom"}]
+    assert lines == [
+        {"id": "a", "output": "hello", "error": None},
+        {"id": "b", "output": None, "error": "ServerError: boom"},
+    ]
 
 
 @pytest.mark.parametrize("ident", [1, "1", "line-3", "é", -7], ids=repr)
@@ -211,8 +251,23 @@ def _peak_kb(tmp_path: Path, rows: int) -> int:
     text = "a review of some length, " * 8
     write_parquet(folder / "d.parquet", [{"id": i, "text": text} for i in range(rows)], row_group_size=10_000)
     write_jsonl(folder / "out.jsonl", [result(i, f"answer {i} " * 10) for i in reversed(range(rows))])
-    argv = [sys.executable, "-c", _PEAK, folder / "out.jsonl", folder / "o.parquet", folder / "d.parquet", str(rows)]
-    done = subprocess.run(list(map(str, argv)), capture_output=True, text=True, env=motio_env(), timeout=COMMAND_TIMEOUT)
+    argv = [
+        sys.executable,
+        "-c",
+        _PEAK,
+        folder / "out.jsonl",
+        folder / "o.parquet",
+        folder / "d.parquet",
+        str(rows),
+    ]
+    done = subprocess.run(
+        list(map(str, argv)),
+        capture_output=True,
+        text=True,
+        env=motio_env(),
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert pq.ParquetFile(folder / "o.parquet").metadata.num_rows == rows
     return int(done.stdout)

@@ -16,7 +16,12 @@ def loaded_after(code: str) -> list[str]:
     """The optional dependencies in sys.modules after running ``code`` in a fresh interpreter."""
     probe = f"{code}\nimport sys, json\nprint(json.dumps([m for m in {OPTIONAL!r} if m in sys.modules]))"
     done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=motio_env(), timeout=EVENT_TIMEOUT
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=motio_env(),
+        timeout=EVENT_TIMEOUT,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout.splitlines()[-1]))

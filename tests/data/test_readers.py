@@ -49,7 +49,9 @@ def test_parquet_streams_by_batches_never_the_whole_file(tmp_path: Path) -> None
 
 
 def test_id_column_values_and_rows_whose_id_cannot_be_one(tmp_path: Path) -> None:
-    path = write_parquet(tmp_path / "d.parquet", [{"key": "a", "x": 1}, {"key": None, "x": 2}, {"key": "c", "x": 3}])
+    path = write_parquet(
+        tmp_path / "d.parquet", [{"key": "a", "x": 1}, {"key": None, "x": 2}, {"key": "c", "x": 3}]
+    )
     got = rows_of(path, id_column="key")
     assert got[0] == Row("a", 1, {"key": "a", "x": 1})
     assert isinstance(got[1], RowProblem) and got[1].number == 2
@@ -69,7 +71,9 @@ def test_a_missing_id_column_is_named_with_the_columns_there(tmp_path: Path, suf
         open_rows(path, id_column="txt")
     assert caught.value.column == "txt" and caught.value.columns == ("text", "label")
     assert "'txt'" in str(caught.value) and "'text', 'label'" in str(caught.value)
-    assert "did you mean 'text'" in str(caught.value) and str(caught.value).startswith("the column 'txt' named by id_column is not in the data")
+    assert "did you mean 'text'" in str(caught.value) and str(caught.value).startswith(
+        "the column 'txt' named by id_column is not in the data"
+    )
 
 
 def test_columns_asked_for_that_are_missing_are_named_before_any_row(tmp_path: Path) -> None:
@@ -83,14 +87,15 @@ def test_columns_asked_for_that_are_missing_are_named_before_any_row(tmp_path: P
 def test_csv_values_are_kept_as_text_with_quoted_newlines_a_bom_and_long_fields(tmp_path: Path) -> None:
     long = "y" * 200_000  # over csv's default 128 KiB field limit
     path = tmp_path / "d.csv"
-    path.write_bytes(
-        b"\xef\xbb\xbfzip,text\n" + b'00123,"two\nlines"\n' + b"\n" + f"42,{long}\n".encode()
-    )
+    path.write_bytes(b"\xef\xbb\xbfzip,text\n" + b'00123,"two\nlines"\n' + b"\n" + f"42,{long}\n".encode())
     with open_rows(path) as rows:
         assert rows.columns == ("zip", "text")
         assert rows.total is None
         got = list(rows)
-    assert got == [Row("line-1", 1, {"zip": "00123", "text": "two\nlines"}), Row("line-3", 3, {"zip": "42", "text": long})]
+    assert got == [
+        Row("line-1", 1, {"zip": "00123", "text": "two\nlines"}),
+        Row("line-3", 3, {"zip": "42", "text": long}),
+    ]
 
 
 def test_tsv_and_a_row_with_the_wrong_number_of_fields(tmp_path: Path) -> None:
@@ -126,11 +131,15 @@ def test_an_arrow_table_streams_in_batches_with_its_columns(tmp_path: Path) -> N
     table = pa.table({"text": ["a", "b", "c"], "id": [10, 11, 12]})
     with open_rows(table, id_column="id", columns=["text", "id"]) as rows:
         assert rows.columns == ("text", "id") and rows.total == 3
-        assert list(rows) == [Row(10, 1, {"text": "a", "id": 10}), Row(11, 2, {"text": "b", "id": 11}), Row(12, 3, {"text": "c", "id": 12})]
+        assert list(rows) == [
+            Row(10, 1, {"text": "a", "id": 10}),
+            Row(11, 2, {"text": "b", "id": 11}),
+            Row(12, 3, {"text": "c", "id": 12}),
+        ]
 
 
 def test_iterables_of_dicts_generators_included() -> None:
-    rows = open_rows(({"q": str(i)} for i in range(3)))
+    rows = open_rows({"q": str(i)} for i in range(3))
     assert rows.columns == ("q",) and rows.total is None
     assert [row.id for row in rows if isinstance(row, Row)] == ["line-1", "line-2", "line-3"]
     got = rows_of([{"q": "a"}, "not a dict"])
@@ -140,10 +149,14 @@ def test_iterables_of_dicts_generators_included() -> None:
 
 def test_a_hugging_face_dataset_is_read_as_it_is() -> None:
     import datasets  # in the dev extra: a missing one fails here rather than skip
+
     dataset = datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
     with open_rows(dataset) as rows:
         assert rows.columns == ("text", "label") and rows.total == 2
-        assert list(rows) == [Row("line-1", 1, {"text": "a", "label": 0}), Row("line-2", 2, {"text": "b", "label": 1})]
+        assert list(rows) == [
+            Row("line-1", 1, {"text": "a", "label": 0}),
+            Row("line-2", 2, {"text": "b", "label": 1}),
+        ]
 
 
 @pytest.mark.parametrize("source", [{"text": "a"}, b"bytes", 42], ids=["dict", "bytes", "int"])

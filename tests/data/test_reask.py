@@ -48,7 +48,9 @@ def test_past_the_bound_invalid_output_carries_the_last_answer() -> None:
 @pytest.mark.integration
 def test_on_the_embedded_model_valid_under_grammar_invalid_without_then_reported(smollm2_path: Path) -> None:
     schema = output_schema(LABEL)
-    messages = Template("Classify the sentiment of this review: {text}").render({"text": "I loved every minute."})
+    messages = Template("Classify the sentiment of this review: {text}").render(
+        {"text": "I loved every minute."}
+    )
     backend = LlamaCppBackend(smollm2_path)
     try:
         guided = AnswerCheck(schema, messages)
@@ -59,7 +61,9 @@ def test_on_the_embedded_model_valid_under_grammar_invalid_without_then_reported
         # Without the grammar, SmolLM2 answers in prose: re-asked once, then reported.
         free = AnswerCheck(schema, messages, max_invalid=1)
         with pytest.raises(InvalidOutput) as caught:
-            while free.check(backend.generate_sync(free.messages, max_tokens=24, temperature=0).value) is None:
+            while (
+                free.check(backend.generate_sync(free.messages, max_tokens=24, temperature=0).value) is None
+            ):
                 assert free.messages[-1]["role"] == "user" and "not valid" in free.messages[-1]["content"]
     finally:
         backend.close()

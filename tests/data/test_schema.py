@@ -42,7 +42,11 @@ def test_strict_is_sent_only_when_openai_would_accept_it() -> None:
     loose = {"type": "object", "properties": {"label": {"type": "string"}}}
     assert output_schema(loose).response_format()["json_schema"]["strict"] is False
     assert output_schema(loose, strict=True).strict is True
-    nested_open = {**LABEL, "properties": {"inner": {"type": "object", "properties": {}}}, "required": ["inner"]}
+    nested_open = {
+        **LABEL,
+        "properties": {"inner": {"type": "object", "properties": {}}},
+        "required": ["inner"],
+    }
     assert not strict_compatible(nested_open)
     assert strict_compatible({"type": "array", "items": LABEL})
 
@@ -69,16 +73,23 @@ def test_a_pydantic_model_names_the_schema_and_validates_answers() -> None:
     assert parsed == Parsed({"label": "pos", "score": 3}, Sentiment(label="pos", score=3))
     invalid = schema.validate('{"label": "maybe"}')
     assert isinstance(invalid, Invalid)
-    assert "$.label: Input should be 'pos' or 'neg'" in invalid.message and "$.score: Field required" in invalid.message
+    assert (
+        "$.label: Input should be 'pos' or 'neg'" in invalid.message
+        and "$.score: Field required" in invalid.message
+    )
     assert isinstance(schema.validate("not json"), Invalid)
 
 
 def test_validation_gives_the_value_or_says_what_is_wrong_and_where() -> None:
     schema = output_schema(LABEL)
     assert schema.validate(' {"label": "neg", "score": 1}\n') == Parsed({"label": "neg", "score": 1})
-    assert schema.validate('{"label": "pos"') == Invalid("not valid JSON: Expecting ',' delimiter at line 1 column 16")
+    assert schema.validate('{"label": "pos"') == Invalid(
+        "not valid JSON: Expecting ',' delimiter at line 1 column 16"
+    )
     wrong = schema.validate('{"label": "meh", "score": "high"}')
-    assert wrong == Invalid("$.label: 'meh' is not one of ['pos', 'neg']; $.score: 'high' is not of type 'integer'")
+    assert wrong == Invalid(
+        "$.label: 'meh' is not one of ['pos', 'neg']; $.score: 'high' is not of type 'integer'"
+    )
     assert schema.validate('{"label": "pos", "score": 1, "extra": 0}') == Invalid(
         "$: Additional properties are not allowed ('extra' was unexpected)"
     )
@@ -86,8 +97,12 @@ def test_validation_gives_the_value_or_says_what_is_wrong_and_where() -> None:
 
 def test_the_reask_appends_the_answer_and_the_reason() -> None:
     messages = [{"role": "user", "content": "Classify: great"}]
-    again = output_schema(LABEL).reask(messages, '{"label": "meh"}', "$.label: 'meh' is not one of ['pos', 'neg']")
-    assert again[:1] == messages and messages == [{"role": "user", "content": "Classify: great"}]  # not changed
+    again = output_schema(LABEL).reask(
+        messages, '{"label": "meh"}', "$.label: 'meh' is not one of ['pos', 'neg']"
+    )
+    assert again[:1] == messages and messages == [
+        {"role": "user", "content": "Classify: great"}
+    ]  # not changed
     assert again[1] == {"role": "assistant", "content": '{"label": "meh"}'}
     assert again[2]["role"] == "user"
     assert "$.label: 'meh' is not one of ['pos', 'neg']" in again[2]["content"]
@@ -98,12 +113,19 @@ def test_invalid_output_carries_the_last_answer_and_why() -> None:
     assert isinstance(error, MotioError)
     assert error.output == '{"label": "meh"}' and error.attempts == 3
     assert error.message == "$.label: 'meh' is not one of ['pos', 'neg']"
-    assert str(error) == "no valid answer for the schema after 3 answers; the last: $.label: 'meh' is not one of ['pos', 'neg']"
+    assert (
+        str(error)
+        == "no valid answer for the schema after 3 answers; the last: $.label: 'meh' is not one of ['pos', 'neg']"
+    )
 
 
 @pytest.mark.parametrize(
     ("spec", "complaint"),
-    [({"type": "nonsense"}, "not a valid JSON schema"), (42, "cannot use a int"), ([LABEL], "cannot use a list")],
+    [
+        ({"type": "nonsense"}, "not a valid JSON schema"),
+        (42, "cannot use a int"),
+        ([LABEL], "cannot use a list"),
+    ],
     ids=["bad-schema", "number", "list"],
 )
 def test_what_is_no_schema_is_refused_before_anything_is_sent(spec: Any, complaint: str) -> None:

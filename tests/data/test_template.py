@@ -29,7 +29,14 @@ def test_a_row_becomes_the_messages_sent_with_its_id() -> None:
 def test_values_render_as_text_null_empty_objects_json_and_format_specs_apply() -> None:
     template = Template("{title}|{score:.2f}|{tags}|{meta}|{missing_value}|{{literal}}|{review title!r}")
     rendered = template.render(
-        {"title": "T", "score": 0.5, "tags": ["a", "é"], "meta": {"k": 1}, "missing_value": None, "review title": "x"}
+        {
+            "title": "T",
+            "score": 0.5,
+            "tags": ["a", "é"],
+            "meta": {"k": 1},
+            "missing_value": None,
+            "review title": "x",
+        }
     )
     assert rendered[0]["content"] == 'T|0.50|["a", "é"]|{"k": 1}||{literal}|\'x\''
 
@@ -43,9 +50,8 @@ def test_the_system_message_is_sent_as_written_braces_included() -> None:
 def test_check_names_the_missing_column_and_the_columns_there_before_any_row(tmp_path: Path) -> None:
     path = write_parquet(tmp_path / "d.parquet", [{"text": "a", "label": "pos"}])
     template = Template("{text} {lable}")
-    with open_rows(path) as rows:
-        with pytest.raises(MissingColumn) as caught:
-            template.check(rows.columns)
+    with open_rows(path) as rows, pytest.raises(MissingColumn) as caught:
+        template.check(rows.columns)
     assert isinstance(caught.value, ConfigurationError)
     assert caught.value.column == "lable" and caught.value.columns == ("text", "label")
     assert str(caught.value) == (
@@ -56,7 +62,12 @@ def test_check_names_the_missing_column_and_the_columns_there_before_any_row(tmp
 
 
 def test_a_row_lacking_a_column_becomes_a_problem_and_the_others_run() -> None:
-    rows = [Row("line-1", 1, {"text": "a"}), Row("line-2", 2, {"other": "b"}), RowProblem(3, "bad"), Row(4, 4, {"text": "d"})]
+    rows = [
+        Row("line-1", 1, {"text": "a"}),
+        Row("line-2", 2, {"other": "b"}),
+        RowProblem(3, "bad"),
+        Row(4, 4, {"text": "d"}),
+    ]
     got = list(Template("{text}").prompts(rows))
     assert got[0] == Prompt("line-1", 1, [{"role": "user", "content": "a"}])
     assert got[1] == RowProblem(2, "has no column 'text', which the template uses")

@@ -26,8 +26,8 @@ with the other errors in ``motio/_exceptions.py``.
 from .._exceptions import InvalidOutput, MissingColumn
 from ._cache import ResponseCache, default_cache_path, request_key
 from ._export import ExportReport, export
-from ._reask import DEFAULT_MAX_INVALID, AnswerCheck
 from ._readers import Row, RowProblem, Rows, open_rows
+from ._reask import DEFAULT_MAX_INVALID, AnswerCheck
 from ._schema import Invalid, OutputSchema, Parsed, output_schema
 from ._template import Prompt, Template
 

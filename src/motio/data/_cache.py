@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["TRANSPORT_FIELDS", "ResponseCache", "default_cache_path", "request_key"]
 
@@ -118,7 +118,8 @@ class ResponseCache:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         with self._lock:
             self._open().execute(
-                "INSERT OR IGNORE INTO responses (key, value, created) VALUES (?, ?, ?)", (key, text, time.time())
+                "INSERT OR IGNORE INTO responses (key, value, created) VALUES (?, ?, ?)",
+                (key, text, time.time()),
             )
 
     def __len__(self) -> int:
@@ -132,7 +133,7 @@ class ResponseCache:
         if db is not None:
             db.close()
 
-    def __enter__(self) -> ResponseCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -113,10 +113,14 @@ def export(
 
 def _check_target(to: Path, inputs: list[Path | None]) -> None:
     if to.suffix.lower() not in OUT_SUFFIXES:
-        raise ConfigurationError(f"{to}: cannot write {to.suffix or 'a file without suffix'!r}; give one of {OUT_SUFFIXES}")
+        raise ConfigurationError(
+            f"{to}: cannot write {to.suffix or 'a file without suffix'!r}; give one of {OUT_SUFFIXES}"
+        )
     for given in inputs:
         if given is not None and _same_file(to, given):
-            raise ConfigurationError(f"{to} is the input {given}: refusing to overwrite it; give another --to")
+            raise ConfigurationError(
+                f"{to} is the input {given}: refusing to overwrite it; give another --to"
+            )
 
 
 def _same_file(one: Path, other: Path) -> bool:
@@ -188,7 +192,9 @@ class _ResultsIndex:
 
     def in_order(self) -> Iterator[tuple[Any, ...]]:
         """``(id, ok, output, parsed, error)`` per id, in order of first appearance."""
-        for ident, *rest in self._db.execute("SELECT id, ok, output, parsed, error FROM results ORDER BY seq"):
+        for ident, *rest in self._db.execute(
+            "SELECT id, ok, output, parsed, error FROM results ORDER BY seq"
+        ):
             yield (json.loads(ident), *rest)
 
     def close(self) -> None:
@@ -205,9 +211,13 @@ def _result_lines(path: Path) -> Iterator[dict[str, Any]]:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 if not raw.endswith(b"\n"):
                     return  # a torn last line: that prompt has no result yet
-                raise ConfigurationError(f"{path} line {number} is not JSON: not a motio results file") from None
+                raise ConfigurationError(
+                    f"{path} line {number} is not JSON: not a motio results file"
+                ) from None
             if not isinstance(line, dict) or "error" not in line or not ("id" in line or "custom_id" in line):
-                raise ConfigurationError(f"{path} line {number} is not a result line: not a motio results file")
+                raise ConfigurationError(
+                    f"{path} line {number} is not a result line: not a motio results file"
+                )
             yield line
 
 
@@ -257,7 +267,11 @@ class _Plan:
 
 
 def _write(
-    index: _ResultsIndex, to: Path, dataset: Path | None, id_column: str | None, fields: tuple[str, ...] | None
+    index: _ResultsIndex,
+    to: Path,
+    dataset: Path | None,
+    id_column: str | None,
+    fields: tuple[str, ...] | None,
 ) -> ExportReport:
     parquet = to.suffix.lower() == ".parquet"
     inputs, input_types = _input_columns(dataset, parquet, to, index)
@@ -304,7 +318,11 @@ def _all_text(columns: Iterable[str]) -> dict[str, Any]:
 
 
 def _plan(
-    index: _ResultsIndex, inputs: list[str], input_types: dict[str, Any], fields: tuple[str, ...] | None, parquet: bool
+    index: _ResultsIndex,
+    inputs: list[str],
+    input_types: dict[str, Any],
+    fields: tuple[str, ...] | None,
+    parquet: bool,
 ) -> _Plan:
     clash = [name for name in ADDED if name in inputs]
     if clash:
@@ -335,7 +353,9 @@ def _added_types(index: _ResultsIndex, parsed: dict[str, str]) -> dict[str, Any]
 Pair = tuple[dict[str, Any] | None, tuple[Any, ...] | None]
 
 
-def _joined(index: _ResultsIndex, dataset: Path, id_column: str | None, report: ExportReport) -> Iterator[Pair]:
+def _joined(
+    index: _ResultsIndex, dataset: Path, id_column: str | None, report: ExportReport
+) -> Iterator[Pair]:
     """Each dataset row (in order) with its result, looked up a chunk at a time."""
     with open_rows(dataset, id_column=id_column) as rows:
         for chunk in _chunks(_usable(rows, report)):
@@ -344,7 +364,9 @@ def _joined(index: _ResultsIndex, dataset: Path, id_column: str | None, report: 
                 yield values, found.get(key) if key is not None else None
 
 
-def _usable(rows: Iterable[Row | RowProblem], report: ExportReport) -> Iterator[tuple[dict[str, Any], str | None]]:
+def _usable(
+    rows: Iterable[Row | RowProblem], report: ExportReport
+) -> Iterator[tuple[dict[str, Any], str | None]]:
     for row in rows:
         if isinstance(row, Row):
             yield row.values, _id_key(row.id)
@@ -359,7 +381,9 @@ def _alone(index: _ResultsIndex) -> Iterator[Pair]:
         yield {"id": ident}, tuple(result)
 
 
-def _output_row(values: dict[str, Any] | None, result: tuple[Any, ...] | None, plan: _Plan, report: ExportReport) -> dict[str, Any]:
+def _output_row(
+    values: dict[str, Any] | None, result: tuple[Any, ...] | None, plan: _Plan, report: ExportReport
+) -> dict[str, Any]:
     row = dict(values or {})
     report.rows += 1
     if result is None:

@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .._exceptions import ConfigurationError, MissingColumn
 
@@ -116,7 +116,7 @@ class Rows:
         if close is not None:
             close()
 
-    def __enter__(self) -> Rows:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -221,7 +221,7 @@ def _parquet_rows(path: Path, columns: Sequence[str] | None, id_column: str | No
 def _csv_rows(path: Path, delimiter: str) -> Rows:
     _allow_long_fields()
     # utf-8-sig: a BOM (spreadsheets on Windows write one) is not part of the first column's name.
-    file = open(path, newline="", encoding="utf-8-sig")
+    file = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed by Rows.close)
     try:
         reader = csv.reader(file, delimiter=delimiter)
         header = next(reader, [])
@@ -255,7 +255,7 @@ def _allow_long_fields() -> None:
 
 
 def _jsonl_rows(path: Path) -> Rows:
-    file = open(path, "rb")
+    file = open(path, "rb")  # noqa: SIM115 (closed by Rows.close)
     try:
         return _peeked(_jsonl_items(file), close=file.close)
     except BaseException:
@@ -335,7 +335,10 @@ def _peeked(items: Iterator[Row | RowProblem], close: Callable[[], None] | None 
 
 
 def _known_columns(
-    columns: Sequence[str] | None, names: Sequence[str], close: Callable[[], None] | None, id_column: str | None
+    columns: Sequence[str] | None,
+    names: Sequence[str],
+    close: Callable[[], None] | None,
+    id_column: str | None,
 ) -> list[str] | None:
     if columns is None:
         return None

@@ -130,7 +130,9 @@ def _fields(text: str) -> tuple[str, ...]:
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
-        raise ConfigurationError(f"the template is not valid: {exc}; write {{{{ and }}}} for literal braces") from None
+        raise ConfigurationError(
+            f"the template is not valid: {exc}; write {{{{ and }}}} for literal braces"
+        ) from None
     fields: dict[str, None] = {}
     for _, field, spec, _ in parsed:
         if field is None:

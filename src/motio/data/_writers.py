@@ -113,7 +113,9 @@ def open_writer(path: Path, columns: Sequence[str], arrow_types: dict[str, Any] 
         return _CsvWriter(path, columns, "\t" if suffix == ".tsv" else ",")
     if suffix == ".jsonl":
         return _JsonlWriter(path, columns)
-    raise ConfigurationError(f"{path}: cannot write {suffix or 'a file without suffix'!r}; give one of {OUT_SUFFIXES}")
+    raise ConfigurationError(
+        f"{path}: cannot write {suffix or 'a file without suffix'!r}; give one of {OUT_SUFFIXES}"
+    )
 
 
 def _temporary(path: Path) -> Path:
@@ -135,7 +137,7 @@ class _FileWriter:
 class _JsonlWriter(_FileWriter):
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         super().__init__(path)
-        self._file = open(self._tmp, "w", encoding="utf-8")
+        self._file = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed by close/abort)
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:
@@ -154,7 +156,7 @@ class _JsonlWriter(_FileWriter):
 class _CsvWriter(_FileWriter):
     def __init__(self, path: Path, columns: Sequence[str], delimiter: str) -> None:
         super().__init__(path)
-        self._file = open(self._tmp, "w", encoding="utf-8", newline="")
+        self._file = open(self._tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed by close/abort)
         self._columns = list(columns)
         self._csv = csv.writer(self._file, delimiter=delimiter)
         self._csv.writerow(self._columns)
@@ -202,7 +204,9 @@ class _ParquetWriter(_FileWriter):
 
     def _flush(self) -> None:
         if self._pending:
-            self._writer.write_table(self._table(self._pending, schema=self._schema), row_group_size=ROW_GROUP_ROWS)
+            self._writer.write_table(
+                self._table(self._pending, schema=self._schema), row_group_size=ROW_GROUP_ROWS
+            )
         self._pending, self._pending_rows = [], 0
 
     def close(self) -> None:
