@@ -22,6 +22,10 @@ number of motio processes at once:
   committed; a power cut may lose the last answers, which are then asked
   again (a cache can afford that, a results file could not).
 
+The processes must share one machine's filesystem: WAL keeps its index in
+shared memory beside the file, which network filesystems (NFS) do not
+provide; Ray workers on several machines need one cache each, or none.
+
 Default location: ``$XDG_CACHE_HOME/motio/responses.sqlite3``, else
 ``~/.cache/motio/responses.sqlite3``.
 """
@@ -103,10 +107,10 @@ class ResponseCache:
         """The answer stored under ``key``, or None (counted as a hit or a miss)."""
         with self._lock:
             row = self._open().execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
+            if row is None:
+                self.misses += 1
+                return None
+            self.hits += 1
         return json.loads(row[0])
 
     def put(self, key: str, value: Any) -> None:
