@@ -168,6 +168,21 @@ def test_an_input_column_named_like_an_added_one_is_refused(tmp_path: Path) -> N
     assert not (tmp_path / "o.parquet").exists()
 
 
+def test_an_input_column_named_parsed_is_refused_when_answers_are_not_objects(tmp_path: Path) -> None:
+    dataset = write_parquet(tmp_path / "d.parquet", [{"text": "t", "parsed": "mine"}])
+    results = write_results(tmp_path / "out.jsonl", [result("line-1", "[1]", [1])])
+    with pytest.raises(ConfigurationError, match="already has a column 'parsed'"):
+        export(results, tmp_path / "o.csv", join=dataset)
+    objects = write_results(tmp_path / "objects.jsonl", [result("line-1", "{}", {"a": 1})])
+    assert export(objects, tmp_path / "o.csv", join=dataset).columns == [
+        "text",
+        "parsed",
+        "output",
+        "a",
+        "error",
+    ]
+
+
 def test_a_failed_export_leaves_nothing_under_the_name(tmp_path: Path) -> None:
     dataset = write_parquet(tmp_path / "d.parquet", [{"text": "t"}])
     results = write_results(tmp_path / "out.jsonl", [result("line-1", "x")])

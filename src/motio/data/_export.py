@@ -324,13 +324,14 @@ def _plan(
     fields: tuple[str, ...] | None,
     parquet: bool,
 ) -> _Plan:
-    clash = [name for name in ADDED if name in inputs]
+    one_column = index.parsed_seen and not index.parsed_objects and fields is None
+    clash = [name for name in (*ADDED, "parsed") if name in inputs and (name != "parsed" or one_column)]
     if clash:
         raise ConfigurationError(
             f"the dataset already has a column {clash[0]!r}, which export adds; rename it in the dataset"
         )
     parsed: dict[str, str] = {}
-    if index.parsed_seen and not index.parsed_objects and fields is None:
+    if one_column:
         parsed[""] = "parsed"
     else:
         for name in fields if fields is not None else index.fields:
