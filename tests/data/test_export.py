@@ -289,7 +289,9 @@ def _peak_kb(tmp_path: Path, rows: int) -> int:
 
 
 def test_memory_stays_flat_as_the_dataset_grows(tmp_path: Path) -> None:
-    # 10x the rows: held in memory, 100,000 results and rows would cost
-    # well over 100 MB more; streamed, the peak barely moves.
-    small, large = _peak_kb(tmp_path, 10_000), _peak_kb(tmp_path, 100_000)
-    assert large - small < 20_000, (small, large)  # kB
+    # 10x the rows: held in memory, 180,000 more results and rows would cost
+    # over 100 MB more; streamed, the peak moves by the fixed buffers filling
+    # up (a Parquet row group being written, SQLite's page cache), which
+    # stops before 100,000 rows: 20k -> 200k rows measured 178 -> 192 MB.
+    small, large = _peak_kb(tmp_path, 20_000), _peak_kb(tmp_path, 200_000)
+    assert large - small < 30_000 and large < 1.25 * small, (small, large)  # kB

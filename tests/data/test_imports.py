@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import subprocess
 import sys
@@ -35,6 +37,39 @@ def test_the_public_names_are_exactly_these() -> None:
     }  # fmt: skip
     assert all(getattr(motio.data, name) is not None for name in motio.data.__all__)
     assert motio.data.InvalidOutput is motio.InvalidOutput and motio.data.MissingColumn is motio.MissingColumn
+
+
+def test_the_type_checkers_imports_match_the_lazy_table() -> None:
+    # As for motio itself (tests/core/test_exports.py): the TYPE_CHECKING
+    # block spells exactly the lazy table, each name from the same module.
+    tree = ast.parse(inspect.getsource(motio.data))
+    [block] = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+    ]
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom)
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{alias.name} must be re-exported as itself"
+            seen[alias.name] = "." * node.level + (node.module or "")
+    assert seen == motio.data._EXPORTS
+
+
+def test_a_name_loads_only_its_own_module() -> None:
+    code = "import sys, motio.data; motio.data.Template"
+    probe = f"{code}; print(sorted(m for m in sys.modules if m.startswith('motio.data.')))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=motio_env(),
+        timeout=EVENT_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['motio.data._readers',", "'motio.data._template']"]
 
 
 def test_import_motio_loads_none_of_the_optional_dependencies() -> None:
