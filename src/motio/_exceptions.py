@@ -37,10 +37,11 @@
 The batch errors are importable from ``motio.batch`` (``BatchAborted``,
 ``MixedFormats``, ``ResultsFileLocked``, ``NotAResultsFile``), and from
 ``motio.batch._ray``, which imports Ray, for the Ray ones (``ClusterUnreachable``,
-``WorkerLost``). ``MissingColumn`` and ``InvalidOutput`` are defined here
-and importable from ``motio`` and ``motio.data``. Foreign errors (aiohttp's, the OS's, llama.cpp's) are
-translated at the backend boundary and chained with ``raise ... from exc`` so
-the original stays visible.
+``WorkerLost``). ``MissingColumn`` and ``InvalidOutput`` (datasets and
+structured outputs) are importable from ``motio`` and ``motio.data``.
+Foreign errors (aiohttp's, the OS's, llama.cpp's) are translated at the
+backend boundary and chained with ``raise ... from exc`` so the original
+stays visible.
 Errors produced by the user's own callbacks or generators are passed through
 unchanged: motio does not wrap what it did not cause.
 """
@@ -51,27 +52,27 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "APIStatusError",
-    "AuthenticationError",
-    "BackendChunkTimeoutError",
-    "BackendClosedError",
-    "BackendConnectionError",
-    "BackendError",
-    "BackendTimeoutError",
-    "BadRequestError",
+    "MotioError",
     "ChunkTimeoutError",
     "ConfigurationError",
+    "UnsupportedOptionError",
+    "MissingColumn",
+    "InvalidOutput",
+    "BackendClosedError",
+    "BackendError",
+    "BackendConnectionError",
+    "BackendTimeoutError",
     "ConnectTimeoutError",
     "FirstTokenTimeoutError",
-    "InvalidOutput",
-    "MissingColumn",
-    "MotioError",
+    "BackendChunkTimeoutError",
+    "TotalTimeoutError",
+    "StreamError",
+    "APIStatusError",
+    "BadRequestError",
+    "AuthenticationError",
     "NotFoundError",
     "RateLimitError",
     "ServerError",
-    "StreamError",
-    "TotalTimeoutError",
-    "UnsupportedOptionError",
 ]
 
 
