@@ -53,6 +53,7 @@ from .._fields import PLAIN_OPTIONS
 from .._source import abandon_source, close_source, contextualise_timeout
 from .._sync import run_sync
 from .._thunk import ModelOutputThunk
+from ._deadlines import Deadlines
 
 if TYPE_CHECKING:
     from ._gate import Gate
@@ -393,8 +394,10 @@ class Fold(Protocol):
         """
 
 
-class Request:
-    """One ``generate`` call's options, parsed once (``Backend._request``).
+class Request(Deadlines):
+    """One ``generate`` call's options, parsed once (``Backend._request``),
+    and its deadlines (``Deadlines``: the same object, so a generation
+    allocates one value for both).
 
     Attributes:
         messages: the chat messages.
@@ -405,7 +408,7 @@ class Request:
         options: the rest, for the backend (its generation fields).
     """
 
-    __slots__ = ("messages", "stream", "keep", "first_token", "chunk", "total", "options")
+    __slots__ = ("messages", "stream", "keep", "options")
 
     def __init__(
         self,
@@ -417,12 +420,10 @@ class Request:
         total: float | None,
         options: dict[str, Any],
     ) -> None:
+        Deadlines.__init__(self, first_token, chunk, total)
         self.messages = messages
         self.stream = stream
         self.keep = keep
-        self.first_token = first_token
-        self.chunk = chunk
-        self.total = total
         self.options = options
 
 

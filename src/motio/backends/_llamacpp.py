@@ -34,15 +34,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import (
     BackendChunkTimeoutError,
     BackendError,
     ChunkTimeoutError,
     ConfigurationError,
-    FirstTokenTimeoutError,
-    TotalTimeoutError,
     UnsupportedOptionError,
 )
 from .._feed import DEFAULT_CHUNK_TIMEOUT
@@ -52,6 +50,7 @@ from .._thunk import ModelOutputThunk
 from ._assemble import ResponseAssembler
 from ._base import COMMON_OPTIONS, DEFAULT_FIRST_TOKEN_TIMEOUT, Backend, Request, SlotStream, check_timeout
 from ._chat import fold_chunk
+from ._deadlines import Deadlines, chunk_timeout_error
 from ._errors import Where
 from ._gate import Gate
 
@@ -78,6 +77,7 @@ _OPTIONS = COMMON_OPTIONS | {
 # honour as asked: refused by name rather than dropped (a request that lost
 # its tools or its n would answer something else). ``model`` and ``n`` pass
 # when they ask for what this backend does anyway.
+_FIRST_TOKEN_HINT = "(prompt processing included); raise first_token_timeout="
 _REFUSED = (CHAT_FIELDS | {"extra_body"}) - _OPTIONS - {"max_completion_tokens"}
 _UNSET: Any = object()
 
@@ -166,7 +166,7 @@ class LlamaCppBackend(Backend):
             options["max_tokens"] = options.pop("max_completion_tokens")
 
     def _open(self, request: Request) -> tuple[Any, _LlamaFold]:
-        limits = _Limits(request.first_token, request.chunk, request.total, self._where)
+        limits = _Limits(request, self._where)
         kwargs = {key: value for key, value in request.options.items() if value is not None}
         kwargs["messages"] = request.messages
         fold = _LlamaFold(request.stream, request.keep)
@@ -194,7 +194,7 @@ class LlamaCppBackend(Backend):
 
     async def _run(self, kwargs: dict[str, Any], stream: bool, limits: _Limits, fold: _LlamaFold) -> Any:
         lease = await self._lease()
-        limits.start()
+        limits.deadlines.start()
         tokens = ThreadedIterator(_generate(lease, kwargs, self._where), asyncio.get_running_loop())
         # Read from the worker's iterator directly, close through the slot
         # wrapper: a read interrupted by a timeout must not wait for a stuck
@@ -361,22 +361,21 @@ def _has_content(chunk: dict[str, Any]) -> bool:
 
 
 class _Limits:
-    """One generation's first-token, chunk and total limits, as deadlines."""
+    """Reads from the model's worker under one generation's ``Deadlines``
+    (the shared limits and their errors, ``_deadlines.py``)."""
 
-    __slots__ = ("first", "chunk", "total", "where", "_total_at")
+    __slots__ = ("deadlines", "where")
 
-    def __init__(self, first: float | None, chunk: float | None, total: float | None, where: Where) -> None:
-        self.first, self.chunk, self.total, self.where = first, chunk, total, where
-        self._total_at: float | None = None
-
-    def start(self) -> None:
-        if self.total is not None:
-            self._total_at = asyncio.get_running_loop().time() + self.total
+    def __init__(self, deadlines: Deadlines, where: Where) -> None:
+        self.deadlines = deadlines
+        self.where = where
 
     async def read_until_content(self, chunks: ThreadedIterator) -> list[dict[str, Any]]:
         """Chunks up to and including the first with content (or the end)."""
         head: list[dict[str, Any]] = []
-        scope = self._scope(self.first)
+        limit = self.deadlines.first_token
+        since = asyncio.get_running_loop().time()
+        scope = self.deadlines.scope(limit, since)
         try:
             async with scope:
                 async for chunk in chunks:
@@ -384,7 +383,7 @@ class _Limits:
                     if _has_content(chunk):
                         break
         except TimeoutError:
-            raise self._expired(scope, "first") from None
+            raise self._expired(scope, "first_token", limit, since) from None
         return head
 
     async def read_rest(self, chunks: ThreadedIterator) -> list[dict[str, Any]]:
@@ -399,41 +398,27 @@ class _Limits:
         self, chunks: ThreadedIterator, seen: int, *, watched: bool = False
     ) -> dict[str, Any] | None:
         """The next chunk within the chunk limit (unless the core watches it) and the total."""
-        limit = None if watched else self.chunk
-        scope = self._scope(limit)
+        limit = None if watched else self.deadlines.chunk
+        since = asyncio.get_running_loop().time()
+        scope = self.deadlines.scope(limit, since)
         try:
             async with scope:
                 return await anext(chunks, None)
         except TimeoutError:
-            raise self._expired(scope, "chunk", seen) from None
+            raise self._expired(scope, "chunk", limit, since, seen) from None
 
-    def _scope(self, limit: float | None) -> asyncio.Timeout:
-        loop_time = asyncio.get_running_loop().time()
-        ends = [t for t in (None if limit is None else loop_time + limit, self._total_at) if t is not None]
-        return asyncio.timeout_at(min(ends) if ends else None)
-
-    def _expired(self, scope: asyncio.Timeout, which: str, seen: int = 0) -> BaseException:
+    def _expired(
+        self,
+        scope: asyncio.Timeout,
+        which: Literal["first_token", "chunk"],
+        limit: float | None,
+        since: float,
+        seen: int = 0,
+    ) -> BaseException:
         if not scope.expired():  # not ours: pass it on as it was
             return sys.exc_info()[1] or TimeoutError()
-        if self._total_at is not None and asyncio.get_running_loop().time() >= self._total_at - 1e-3:
-            return TotalTimeoutError(
-                f"{self.where.describe()}: the generation did not finish within total_timeout={self.total:g} s",
-                timeout=self.total,
-                **self.where.fields(),
-            )
-        if which == "first":
-            return FirstTokenTimeoutError(
-                f"{self.where.describe()}: no content within first_token_timeout={self.first:g} s "
-                "(prompt processing included); raise first_token_timeout=",
-                timeout=self.first,
-                **self.where.fields(),
-            )
-        return BackendChunkTimeoutError(
-            f"{self.where.describe()}: no chunk within chunk_timeout={self.chunk:g} s; raise chunk_timeout=",
-            timeout=self.chunk or 0.0,
-            chunks=seen,
-            **self.where.fields(),
-        )
+        hint = _FIRST_TOKEN_HINT if which == "first_token" else "no chunk within"
+        return self.deadlines.expired(which, limit, since, self.where, hint=hint, seen=seen)
 
 
 class _Stream:
@@ -486,13 +471,8 @@ class _Stream:
         await self._chunks.abandon()
 
     def timeout_error(self, error: ChunkTimeoutError) -> BackendChunkTimeoutError:
-        where = self._limits.where
-        return BackendChunkTimeoutError(
-            f"{where.describe()}: {error}",
-            timeout=error.timeout or 0.0,
-            chunks=error.chunks,
-            **where.fields(),
-        )
+        """The core's chunk timeout, with this backend's context."""
+        return chunk_timeout_error(error, self._limits.where)
 
 
 class _LlamaFold:

@@ -53,13 +53,13 @@ from ..._exceptions import (
     BackendChunkTimeoutError,
     BackendError,
     ChunkTimeoutError,
-    FirstTokenTimeoutError,
     MotioError,
     NotFoundError,
     StreamError,
     TotalTimeoutError,
 )
 from .._base import Fold
+from .._deadlines import Deadlines, chunk_timeout_error
 from .._errors import Where, copy_error
 from ._errors import ErrorAfterText, broken_stream_error, translate
 from ._retry import OVERLOAD_STATUSES, RETRYABLE_STATUSES, Attempts
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ..._thunk import GenerationMeta
-    from .._base import Request
     from ._endpoints import Endpoint, Endpoints
     from ._http import HTTPClient
     from ._loopclients import LoopClient
@@ -79,6 +78,11 @@ if TYPE_CHECKING:
 __all__ = ["Exchange", "HTTPFold", "Host"]
 
 _log = logging.getLogger("motio")
+_FIRST_TOKEN_HINT = (
+    "of sending the request (the server may be queueing or still reading the prompt); "
+    "raise first_token_timeout= or lower the concurrency"
+)
+_BODY_STALLED = "the answer's body stalled for"
 R = TypeVar("R")
 # Shared by every generation that has not failed on any server: no list each.
 _NONE_TRIED: list[Any] = []
@@ -194,12 +198,12 @@ class Exchange:
         host: whose clients, servers, rate limiter and retry policy to use.
         body: the JSON body (``model`` is filled in by the backend).
         fold: folds the answer into the thunk's text and metadata.
-        timeouts: this generation's limits (its ``Request``).
+        deadlines: this generation's limits (its ``Request``).
         tokens: the rate limiter's up-front estimate of tokens used.
     """
 
     __slots__ = (
-        "_host", "_body", "_fold", "_timeouts", "_tokens", "_deadline", "attempts",
+        "_host", "_body", "_fold", "_deadlines", "_tokens", "attempts",
         "_endpoint", "_tried", "_failovers", "_shun",
     )  # fmt: skip
 
@@ -208,15 +212,14 @@ class Exchange:
         host: Host,
         body: dict[str, Any],
         fold: HTTPFold,
-        timeouts: Request,
+        deadlines: Deadlines,
         tokens: int,
     ) -> None:
         self._host = host
         self._body = body
         self._fold = fold
-        self._timeouts = timeouts
+        self._deadlines = deadlines
         self._tokens = tokens
-        self._deadline: float | None = None
         self.attempts = Attempts()
         self._endpoint: Endpoint | None = None  # the server of the current attempt
         self._tried: list[Endpoint] = _NONE_TRIED  # servers this generation failed on
@@ -241,7 +244,7 @@ class Exchange:
     # -- attempts ----------------------------------------------------------------
 
     async def _with_retries(self, once: Callable[[], Awaitable[R]]) -> R:
-        self._start_total()
+        self._deadlines.start()
         self._fold.meta.attempts = self.attempts
         policy = self._host.retry_policy
         while True:
@@ -326,7 +329,7 @@ class Exchange:
         fold = self._fold
 
         async def whole_text(response: aiohttp.ClientResponse) -> str:
-            return fold.fold_whole(await _read_body(response, self._timeouts.chunk, fold.where))
+            return fold.fold_whole(await _read_body(response, self._deadlines, fold.where))
 
         held, text = await self._attempt(whole_text, stream=False)
         self._release(held, settle=True)
@@ -349,7 +352,7 @@ class Exchange:
                 host.ask_usage(self._body)
             entry.acquire()
             started = asyncio.get_running_loop().time()
-            async with self._first_token_scope(started) as scope:
+            async with self._deadlines.scope(self._deadlines.first_token, started) as scope:
                 try:
                     held.response = response = await host.send(entry.client, self._body, fold.where)
                     fold.meta.request_id = response.headers.get("x-request-id")
@@ -365,7 +368,9 @@ class Exchange:
                     self._classify_and_raise()
         except TimeoutError as exc:
             self._release(held)
-            raise self._expired(started) from exc
+            raise self._deadlines.expired(
+                "first_token", self._deadlines.first_token, started, self._fold.where, hint=_FIRST_TOKEN_HINT
+            ) from exc
         except BaseException:
             self._release(held)
             raise
@@ -437,47 +442,20 @@ class Exchange:
 
     # -- deadlines ---------------------------------------------------------------
 
-    def _start_total(self) -> None:
-        if self._deadline is None and self._timeouts.total is not None:
-            self._deadline = asyncio.get_running_loop().time() + self._timeouts.total
-
-    def _first_token_scope(self, started: float) -> asyncio.Timeout:
-        limit = self._timeouts.first_token
-        first = None if limit is None else started + limit
-        deadlines = [d for d in (first, self._deadline) if d is not None]
-        return asyncio.timeout_at(min(deadlines) if deadlines else None)
-
-    def _expired(self, started: float) -> BackendError:
-        limit = self._timeouts.first_token
-        first = None if limit is None else started + limit
-        if self._deadline is not None and (first is None or self._deadline <= first):
-            return self.total_expired()
-        where = self._fold.where
-        return FirstTokenTimeoutError(
-            f"{where.describe()}: no content within first_token_timeout={limit:g} s of sending "
-            "the request (the server may be queueing or still reading the prompt); raise "
-            "first_token_timeout= or lower the concurrency",
-            timeout=limit,
-            **where.fields(),
-        )
-
     def total_expired(self) -> TotalTimeoutError:
-        where = self._fold.where
-        limit = self._timeouts.total
-        return TotalTimeoutError(
-            f"{where.describe()}: the generation did not finish within total_timeout={limit:g} s "
-            f"(retries and their waits included; {self.attempts.count} attempt(s)); raise total_timeout=",
-            timeout=limit,
-            **where.fields(),
-        )
+        """The total limit passed, the attempts made said."""
+        attempts = f" (retries and their waits included; {self.attempts.count} attempt(s))"
+        return self._deadlines.total_error(self._fold.where, attempts)
 
     def _check_total_allows(self, wait: float, error: BackendError) -> None:
-        if self._deadline is not None and asyncio.get_running_loop().time() + wait >= self._deadline:
+        deadline = self._deadlines.total_at
+        if deadline is not None and asyncio.get_running_loop().time() + wait >= deadline:
             raise self.total_expired() from error
 
     @property
     def deadline(self) -> float | None:
-        return self._deadline
+        """The total deadline on the loop's clock (None: no limit)."""
+        return self._deadlines.total_at
 
 
 class _SSEStream:
@@ -591,13 +569,7 @@ class _SSEStream:
 
     def timeout_error(self, error: ChunkTimeoutError) -> BackendChunkTimeoutError:
         """The core's chunk timeout, with this backend's context (see ``_feed``)."""
-        where = self._fold.where
-        return BackendChunkTimeoutError(
-            f"{where.describe()}: {error}",
-            timeout=error.timeout or 0.0,
-            chunks=error.chunks,
-            **where.fields(),
-        )
+        return chunk_timeout_error(error, self._fold.where)
 
     async def aclose(self) -> None:
         """Stop early: drop the connection and give the slot back. Idempotent."""
@@ -645,21 +617,20 @@ def _is_json(response: aiohttp.ClientResponse) -> bool:
     return ctype is not None and ctype[:16].lower() == "application/json" and ctype[16:17] in ("", ";", " ")
 
 
-async def _read_body(response: aiohttp.ClientResponse, chunk_timeout: float | None, where: Where) -> bytes:
-    """A whole body, each gap between reads bounded by ``chunk_timeout``."""
+async def _read_body(response: aiohttp.ClientResponse, deadlines: Deadlines, where: Where) -> bytes:
+    """A whole body, each gap between reads bounded by the chunk timeout."""
     parts: list[bytes] = []
     read = response.content.readany
+    loop = asyncio.get_running_loop()
     while True:
+        since = loop.time()
         try:
-            async with asyncio.timeout(chunk_timeout):
+            # Not the total: the request's own scope bounds this read by it already.
+            async with asyncio.timeout(deadlines.chunk):
                 raw = await read()
         except TimeoutError as exc:
-            raise BackendChunkTimeoutError(
-                f"{where.describe()}: the answer's body stalled for chunk_timeout={chunk_timeout:g} s; "
-                "raise chunk_timeout=",
-                timeout=chunk_timeout or 0.0,
-                chunks=len(parts),
-                **where.fields(),
+            raise deadlines.expired(
+                "chunk", deadlines.chunk, since, where, hint=_BODY_STALLED, seen=len(parts)
             ) from exc
         if not raw:
             return b"".join(parts)
