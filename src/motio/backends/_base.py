@@ -89,7 +89,7 @@ class Backend(abc.ABC):
 
     Attributes:
         provider: the backend kind, such as ``"openai"`` or ``"llamacpp"``.
-        model: the model generations use (None until an OpenAI backend has
+        model: the model generations use (None until a server backend has
             asked its server, when no model was given).
     """
 
@@ -98,7 +98,11 @@ class Backend(abc.ABC):
     #: The server generations go to (None: no server; for errors and ``mot.generation``).
     base_url: str | None = None
     #: The options ``generate`` accepts, besides ``stream``; any other is a TypeError.
-    options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {"first_token_timeout", "total_timeout", "keep_response"}
+    options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
+        "first_token_timeout",
+        "total_timeout",
+        "keep_response",
+    }
     #: The defaults of ``generate``'s three timeouts (seconds, None: no limit);
     #: a backend's constructor sets them, checked by ``check_timeout``.
     first_token_timeout: float | None = DEFAULT_FIRST_TOKEN_TIMEOUT

@@ -2,7 +2,7 @@
 
 What a batch meets on real servers, and what this module does about it:
 
-- 429/5xx answers, reset connections, connect timeouts before any content:
+- 429/5xx/529 answers, reset connections, connect timeouts before any content:
   retried (``RetryPolicy``: exponential backoff with full jitter, or the
   server's ``Retry-After``/``retry-after-ms``), each retry logged at INFO on
   the ``motio`` logger and recorded in ``mot.generation.attempts``. Never
@@ -139,14 +139,20 @@ class Host(Protocol):
         """A concurrency slot on a server, then the rate limiter's go."""
 
     def give_slot(
-        self, endpoint: Endpoint, reservation: Reservation | None, usage: dict[str, Any] | None, finished: bool
+        self,
+        endpoint: Endpoint,
+        reservation: Reservation | None,
+        usage: dict[str, Any] | None,
+        finished: bool,
     ) -> None:
         """Give the slot back; correct the token budget from the answer's usage."""
 
     async def loop_client(self, endpoint: Endpoint) -> LoopClient:
         """``endpoint``'s client on the running loop."""
 
-    async def prepare(self, entry: LoopClient, body: dict[str, Any], fold: HTTPFold, endpoint: Endpoint) -> None:
+    async def prepare(
+        self, entry: LoopClient, body: dict[str, Any], fold: HTTPFold, endpoint: Endpoint
+    ) -> None:
         """Make ``body`` ready to send to ``endpoint`` (its model, the fold's server)."""
 
     def ask_usage(self, body: dict[str, Any]) -> None:
