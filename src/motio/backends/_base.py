@@ -424,7 +424,11 @@ class Request(Deadlines):
         total: float | None,
         options: dict[str, Any],
     ) -> None:
-        Deadlines.__init__(self, first_token, chunk, total)
+        # Deadlines' fields set here, not through its __init__: one call less per request.
+        self.first_token = first_token
+        self.chunk = chunk
+        self.total = total
+        self.total_at: float | None = None
         self.messages = messages
         self.stream = stream
         self.keep = keep

@@ -459,9 +459,9 @@ class Exchange:
             raise self.total_expired() from error
 
     @property
-    def deadline(self) -> float | None:
-        """The total deadline on the loop's clock (None: no limit)."""
-        return self._deadlines.total_at
+    def deadlines(self) -> Deadlines:
+        """This generation's limits (the total deadline once started)."""
+        return self._deadlines
 
 
 class _SSEStream:
@@ -474,7 +474,7 @@ class _SSEStream:
     It implements the core's ``Source`` protocol.
     """
 
-    __slots__ = ("_held", "_read", "_decoder", "_fold", "_first", "_exchange")
+    __slots__ = ("_held", "_read", "_decoder", "_fold", "_first", "_exchange", "_deadlines")
 
     def __init__(
         self,
@@ -492,6 +492,7 @@ class _SSEStream:
         # The first text; or, rarely, text then an error, or an error to raise next.
         self._first: str | ErrorAfterText | StreamError | None = first
         self._exchange = exchange
+        self._deadlines = exchange.deadlines
 
     def __aiter__(self) -> _SSEStream:
         return self
@@ -549,7 +550,7 @@ class _SSEStream:
         raise pending
 
     async def _next_read(self) -> bytes:
-        deadline = self._exchange.deadline
+        deadline = self._deadlines.total_at
         if deadline is None:
             return await self._read()
         try:
