@@ -28,7 +28,7 @@ What a batch meets on real servers, and what this module does about it:
   retry budget but recorded in ``attempts``; other retries prefer a server
   not yet failed on. Whatever server gave content keeps the generation.
   A 404 from one server while others remain is a server started with
-  another model: it leaves rotation (``model_missing``) and the request goes
+  another model: it leaves rotation (``Endpoints.mark_out``) and the request goes
   at once to another, as for a connection failure.
 - ``avoid_servers=`` (a batch running a prompt again after its stream broke
   on a server): those servers are taken only when no other is in rotation.
