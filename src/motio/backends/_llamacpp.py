@@ -422,7 +422,9 @@ class _Limits:
 
 
 class _Stream:
-    """The first chunks already read, then the rest under the total limit.
+    """The first chunks already read, then the rest under the total limit,
+    each folded into the thunk here (its text the item; ``""`` for a chunk
+    without text, still an item for the watchdog).
 
     Between chunks the core's watchdog applies ``chunk_timeout``; its error
     gets this backend's context through ``timeout_error``.
