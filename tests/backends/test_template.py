@@ -193,3 +193,22 @@ def test_529_is_an_overload_for_auto_concurrency(server: ScriptedServer) -> None
     assert mot.generation.attempts.statuses == [529]
     adaptive = backend.adaptive_concurrency
     assert adaptive is not None and adaptive.snapshot().overloads == 1
+
+
+# -- layers ------------------------------------------------------------------------------
+
+
+def test_the_http_package_knows_no_protocol() -> None:
+    # HTTPBackend and Exchange serve any protocol: nothing under http/ may
+    # import a protocol's package (the Exchange talks to its Host interface).
+    import ast
+    from pathlib import Path
+
+    import motio.backends.http
+
+    found = []
+    for path in sorted(Path(motio.backends.http.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and "openai" in (node.module or ""):
+                found.append(f"{path.name}:{node.lineno}: from {'.' * node.level}{node.module}")
+    assert found == []
