@@ -27,6 +27,30 @@ def test_public_names_are_exactly_these() -> None:
         assert getattr(motio.backends, name) is not None
 
 
+def test_the_http_packages_face_is_exactly_these() -> None:
+    # What other layers (the command, the Ray code) and protocols take from
+    # backends/http: its private modules stay private.
+    import motio.backends.http
+
+    assert sorted(motio.backends.http.__all__) == sorted(
+        [
+            "AdaptiveConcurrency",
+            "EndpointSnapshot",
+            "Gate",
+            "HTTPBackend",
+            "HTTPFold",
+            "RateLimiter",
+            "Reservation",
+            "SharedGate",
+            "mask_url",
+            "none_passed",
+            "short_reason",
+        ]
+    )
+    for name in motio.backends.http.__all__:
+        assert getattr(motio.backends.http, name) is not None
+
+
 def test_sdks_load_only_when_a_backend_is_used() -> None:
     code = (
         "import sys, motio, motio.backends; "

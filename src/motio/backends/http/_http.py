@@ -1,4 +1,4 @@
-"""The HTTP client under OpenAIBackend: one aiohttp session per event loop.
+"""The HTTP client under every HTTPBackend: one aiohttp session per event loop.
 
 Why aiohttp and not the openai SDK's httpx stack: at thousands of concurrent
 streams httpcore's pool costs grow with the number of open connections (each
@@ -37,7 +37,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._errors import Where, status_error
+from .._errors import Where
+from ._errors import status_error
 
 if TYPE_CHECKING:
     import aiohttp
