@@ -23,19 +23,22 @@ that source misbehave and how to see what it saw:
 
 Adding a backend is one entry. A backend that takes ``(model, *,
 base_url=..., <timeouts>, max_concurrency=...)`` and that the scripted server
-speaks (in a mode ``running(...)`` takes) is a subclass of
-:class:`ScriptedEntry` registered in :data:`ENTRIES`; the class comes from
-motio's registry by ``name``. For example, the Anthropic Messages API::
+speaks is a subclass of :class:`ScriptedEntry` added to :data:`ENTRIES`; the
+class comes from motio's registry by ``name``. For example, the Anthropic
+Messages API (the scripted server answers ``POST .../messages`` in its
+shapes)::
 
     class AnthropicEntry(ScriptedEntry):
         name = provider = "anthropic"
-        server_options = {"api": "anthropic"}  # however the server's Messages mode is asked for
         backend_options = {"api_key": "sk-scripted"}
 
-    ENTRIES["anthropic"] = AnthropicEntry  # in the literal below
+    ENTRIES = {..., "anthropic": AnthropicEntry}
 
-The behaviours used (``stall_after``, ``ok(chunks, delay)``, ``status(400)``)
-must then exist in that mode; override ``stall_after``/``pace``/``fail_next``
+``server_options`` (arguments of ``running()``) picks a server mode if one
+is needed; override ``base_url`` if the backend wants another form of the
+server's URL than ``server.base_url`` (``http://127.0.0.1:<port>/v1``). The
+behaviours used (``stall_after``, ``ok(chunks, delay)``, ``status(400)``)
+must exist on that wire; override ``stall_after``/``pace``/``fail_next``
 where it spells them otherwise. Any other kind of source subclasses
 :class:`Entry` and implements its abstract methods.
 ``test_every_registered_backend_is_under_the_contract`` fails until a new
@@ -169,7 +172,7 @@ class ScriptedEntry(Entry):
     """A backend that speaks HTTP, against its own scripted loopback server.
 
     The backend is motio's registered class called ``name``, built as
-    ``cls(MODEL, base_url=<the server>, **backend_options, **options)``.
+    ``cls(MODEL, base_url=self.base_url, **backend_options, **options)``.
     """
 
     #: Arguments of ``running()``: the server's mode for this backend.
@@ -184,11 +187,12 @@ class ScriptedEntry(Entry):
 
     @property
     def base_url(self) -> str | None:
+        """The URL the backend is given, and reports in errors and metadata."""
         return self.server.base_url
 
     def build(self, **options: Any) -> Backend:
         cls: Any = backend_class(self.name)  # Any: Backend's own constructor takes no model
-        backend: Backend = cls(MODEL, base_url=self.server.base_url, **self.backend_options, **options)
+        backend: Backend = cls(MODEL, base_url=self.base_url, **self.backend_options, **options)
         return backend
 
     def stall_after(self, chunks: int) -> None:
