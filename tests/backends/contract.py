@@ -332,7 +332,9 @@ def loaded_llama(path: Path) -> Iterator[LoadedLlama]:
     """A LlamaCppBackend on ``path`` with its model loaded and tapped (for a
     module- or session-scoped fixture: one load shared by the tests)."""
     backend = LlamaCppBackend(path)
-    backend.check_sync()
+    # Loaded and warmed: a new instance's first generation is slow (seconds
+    # on a loaded machine), which no test's timing should pay.
+    backend.generate_sync(PROMPT, max_tokens=1)
     tap = ModelTap()
     _tap_loaded(backend, tap)
     try:
