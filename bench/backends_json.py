@@ -81,7 +81,7 @@ def measure(n: int = 200_000, repeats: int = 5) -> dict[str, float]:
     for name, fn in _decoders().items():
         results[name] = _best(lambda: [fn(p) for p in payloads], repeats) / n * 1e9
     try:
-        from motio.backends._chat import batch_decoder
+        from motio.backends.openai._chat import batch_decoder
     except ImportError:
         return results
     decode = batch_decoder()

@@ -18,7 +18,7 @@ import pytest
 
 from motio import ConfigurationError
 from motio.backends import OpenAIBackend
-from motio.backends._adaptive import AdaptiveConcurrency
+from motio.backends.http._adaptive import AdaptiveConcurrency
 from tests.asyncutil import run
 from tests.servers.scripted import ScriptedServer, running
 

@@ -145,9 +145,9 @@ def test_the_registry_imports_a_backend_only_when_asked_for_it() -> None:
     code = (
         "import sys; from motio.backends._registry import backend_class, backend_names; "
         "names = backend_names(); loaded = lambda: sorted(m for m in sys.modules "
-        "if m.startswith('motio.backends._') and m != 'motio.backends._registry'); "
+        "if m.startswith('motio.backends.') and m != 'motio.backends._registry'); "
         "before = loaded(); backend_class('llamacpp'); "
-        "print(before, 'motio.backends._llamacpp' in loaded(), 'motio.backends._openai' in loaded())"
+        "print(before, 'motio.backends._llamacpp' in loaded(), 'motio.backends.openai' in loaded())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -1,4 +1,4 @@
-"""The aiohttp internals ``backends/_compat.py`` relies on are still there.
+"""The aiohttp internals ``backends/http/_compat.py`` relies on are still there.
 
 If an aiohttp release renames or reshapes them, these fail loudly instead of
 a dead loop's sockets leaking quietly.
@@ -12,7 +12,7 @@ import warnings
 
 import aiohttp
 
-from motio.backends._compat import close_connector_without_loop
+from motio.backends.http._compat import close_connector_without_loop
 from tests.servers.scripted import running
 
 

@@ -13,10 +13,10 @@ import re
 
 import pytest
 
-import motio.backends._endpoints as endpoints_module
-from motio.backends._endpoints import _TRANSITIONS, Endpoint, Endpoints, _Health
+import motio.backends.http._endpoints as endpoints_module
+from motio.backends.http._endpoints import _TRANSITIONS, Endpoint, Endpoints, _Health
 from motio.backends._gate import Gate
-from motio.backends._loopclients import LoopClients
+from motio.backends.http._loopclients import LoopClients
 from tests.asyncutil import run
 
 EDGE = re.compile(r"^\s+([A-Z_]+)\s+->\s+([A-Z_]+)\s", re.MULTILINE)

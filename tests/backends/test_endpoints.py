@@ -19,7 +19,7 @@ import pytest
 
 from motio import BackendConnectionError, ConfigurationError, NotFoundError, StreamError
 from motio.backends import EndpointSnapshot, OpenAIBackend
-from motio.backends._endpoints import Endpoint, Endpoints
+from motio.backends.http._endpoints import Endpoint, Endpoints
 from tests.asyncutil import run
 from tests.servers.scripted import ScriptedServer, running, stall_after, stall_before_headers, status
 
@@ -373,7 +373,7 @@ def test_check_passes_at_the_first_answer_and_keeps_a_slow_server_in_rotation() 
 
 def router(*limits: int) -> Endpoints:
     from motio.backends._gate import Gate
-    from motio.backends._loopclients import LoopClients
+    from motio.backends.http._loopclients import LoopClients
 
     async def never_probed(endpoint: Endpoint) -> None:
         raise AssertionError("no server is out of rotation here")

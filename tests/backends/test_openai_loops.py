@@ -20,8 +20,8 @@ import pytest
 from motio import run_sync
 from motio.backends import OpenAIBackend
 from motio.backends._errors import Where
-from motio.backends._http import HTTPClient
-from motio.backends._loopclients import LoopClient, LoopClients
+from motio.backends.http._http import HTTPClient
+from motio.backends.http._loopclients import LoopClient, LoopClients
 from tests.asyncutil import run
 from tests.servers.scripted import ScriptedServer
 

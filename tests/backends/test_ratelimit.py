@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from motio import ConfigurationError, run_sync
-from motio.backends._ratelimit import RateLimiter, estimate_tokens
+from motio.backends.http._ratelimit import RateLimiter, estimate_tokens
 from tests.asyncutil import run
 
 

@@ -62,7 +62,7 @@ def arrivals(server: ScriptedServer) -> list[float]:
 # -- retries before the first token ------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [408, 409, 429, 500, 502, 503, 504])
+@pytest.mark.parametrize("code", [408, 409, 429, 500, 502, 503, 504, 529])
 def test_retryable_statuses_are_retried_until_an_answer(server: ScriptedServer, code: int) -> None:
     server.script(status(code), status(code))
     mot = run(outcome(backend_for(server)))

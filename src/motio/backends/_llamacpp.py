@@ -34,26 +34,28 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import (
     BackendChunkTimeoutError,
     BackendError,
     ChunkTimeoutError,
     ConfigurationError,
-    FirstTokenTimeoutError,
-    TotalTimeoutError,
     UnsupportedOptionError,
 )
 from .._feed import DEFAULT_CHUNK_TIMEOUT
-from .._fields import CHAT_FIELDS, PLAIN_OPTIONS
+from .._fields import CHAT_FIELDS
 from .._threaded import ThreadedIterator
 from .._thunk import ModelOutputThunk
 from ._assemble import ResponseAssembler
-from ._base import COMMON_OPTIONS, Backend, Messages, SlotStream, check_options, to_messages
+from ._base import COMMON_OPTIONS, DEFAULT_FIRST_TOKEN_TIMEOUT, Backend, Request, SlotStream, check_timeout
 from ._chat import fold_chunk
+from ._deadlines import Deadlines, chunk_timeout_error
 from ._errors import Where
 from ._gate import Gate
+
+if TYPE_CHECKING:
+    from .._thunk import GenerationMeta
 
 __all__ = ["LlamaCppBackend", "default_model_path"]
 
@@ -75,6 +77,7 @@ _OPTIONS = COMMON_OPTIONS | {
 # honour as asked: refused by name rather than dropped (a request that lost
 # its tools or its n would answer something else). ``model`` and ``n`` pass
 # when they ask for what this backend does anyway.
+_FIRST_TOKEN_HINT = "(prompt processing included); raise first_token_timeout="
 _REFUSED = (CHAT_FIELDS | {"extra_body"}) - _OPTIONS - {"max_completion_tokens"}
 _UNSET: Any = object()
 
@@ -120,6 +123,7 @@ class LlamaCppBackend(Backend):
     provider = "llamacpp"
     remote = False
     default_concurrency = 1
+    options = _OPTIONS | _REFUSED | {"max_completion_tokens"}
 
     def __init__(
         self,
@@ -129,7 +133,7 @@ class LlamaCppBackend(Backend):
         n_threads: int | None = None,
         max_concurrency: int = 1,
         verbose: bool = False,
-        first_token_timeout: float | None = 300.0,
+        first_token_timeout: float | None = DEFAULT_FIRST_TOKEN_TIMEOUT,
         chunk_timeout: float | None = DEFAULT_CHUNK_TIMEOUT,
         total_timeout: float | None = None,
     ) -> None:
@@ -137,6 +141,8 @@ class LlamaCppBackend(Backend):
             raise ConfigurationError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
         if n_ctx < 16:
             raise ConfigurationError(f"n_ctx must be at least 16 tokens, got {n_ctx!r}")
+        for timeout in (first_token_timeout, chunk_timeout, total_timeout):
+            check_timeout(timeout)
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         self.model = self.model_path.stem
         self.max_concurrency = max_concurrency
@@ -144,38 +150,28 @@ class LlamaCppBackend(Backend):
         self._gate = Gate(max_concurrency)
         self._pool_lock = threading.Lock()
         self._free: list[Any] = []
-        self._timeouts = (first_token_timeout, chunk_timeout, total_timeout)
+        self.first_token_timeout = first_token_timeout
+        self.chunk_timeout = chunk_timeout
+        self.total_timeout = total_timeout
         self._where = Where(self.provider, self.model, None)
 
-    async def generate(
-        self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
-    ) -> ModelOutputThunk[Any]:
-        self._ensure_open()
-        check_options(options, _OPTIONS | _REFUSED | {"max_completion_tokens"}, type(self).__name__)
+    def _take_options(self, options: dict[str, Any]) -> None:
+        """Refuse what the embedded model would drop; ``max_completion_tokens`` is ``max_tokens``.
+
+        Raises:
+            UnsupportedOptionError: see ``_refuse_unsupported``.
+        """
         self._refuse_unsupported(options)
-        keep = options.pop("keep_response", None)
-        if keep is None:
-            keep = any(key not in PLAIN_OPTIONS for key in options)
         if "max_completion_tokens" in options:
             options["max_tokens"] = options.pop("max_completion_tokens")
-        first, chunk, total = (
-            options.pop(name, default) if name in options else default
-            for name, default in zip(
-                ("first_token_timeout", "chunk_timeout", "total_timeout"), self._timeouts
-            )
-        )
-        limits = _Limits(first, chunk, total, self._where)
-        kwargs = {key: value for key, value in options.items() if value is not None}
-        kwargs["messages"] = to_messages(prompt_or_messages)
-        fold = _LlamaFold(stream, bool(keep))
+
+    def _open(self, request: Request) -> tuple[Any, _LlamaFold]:
+        limits = _Limits(request, self._where)
+        kwargs = {key: value for key, value in request.options.items() if value is not None}
+        kwargs["messages"] = request.messages
+        fold = _LlamaFold(request.stream, request.keep)
         kwargs["logits_processor"] = fold.prompt_counter()
-        mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
-            self._run(kwargs, stream, limits), process=fold.process, post_process=fold.finish,
-            chunk_timeout=chunk if stream else None,
-        )  # fmt: skip
-        meta = mot.generation
-        meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
-        return mot
+        return self._run(kwargs, request.stream, limits, fold), fold
 
     def _refuse_unsupported(self, options: dict[str, Any]) -> None:
         """Raise for a field this backend would have to drop.
@@ -196,9 +192,9 @@ class LlamaCppBackend(Backend):
                 backend=name,
             )
 
-    async def _run(self, kwargs: dict[str, Any], stream: bool, limits: _Limits) -> Any:
+    async def _run(self, kwargs: dict[str, Any], stream: bool, limits: _Limits, fold: _LlamaFold) -> Any:
         lease = await self._lease()
-        limits.start()
+        limits.deadlines.start()
         tokens = ThreadedIterator(_generate(lease, kwargs, self._where), asyncio.get_running_loop())
         # Read from the worker's iterator directly, close through the slot
         # wrapper: a read interrupted by a timeout must not wait for a stuck
@@ -210,7 +206,7 @@ class LlamaCppBackend(Backend):
             # processing is the first-token timeout's to bound.
             head = await limits.read_until_content(tokens)
             if stream:
-                return _Stream(head, tokens, chunks, limits)
+                return _Stream(head, tokens, chunks, limits, fold)
             # Whole answer: still drained token by token, so closing the thunk
             # stops llama.cpp within one token here too.
             rest = await limits.read_rest(tokens)
@@ -221,7 +217,8 @@ class LlamaCppBackend(Backend):
             await chunks.abandon()  # a timeout or a failure: do not wait on the worker
             raise
         await chunks.aclose()
-        return head + rest
+        # "" for an answer without text: the answer is over all the same.
+        return fold.fold(head + rest) or ""
 
     async def _lease(self) -> _Lease:
         await self._gate.acquire()
@@ -364,22 +361,21 @@ def _has_content(chunk: dict[str, Any]) -> bool:
 
 
 class _Limits:
-    """One generation's first-token, chunk and total limits, as deadlines."""
+    """Reads from the model's worker under one generation's ``Deadlines``
+    (the shared limits and their errors, ``_deadlines.py``)."""
 
-    __slots__ = ("first", "chunk", "total", "where", "_total_at")
+    __slots__ = ("deadlines", "where")
 
-    def __init__(self, first: float | None, chunk: float | None, total: float | None, where: Where) -> None:
-        self.first, self.chunk, self.total, self.where = first, chunk, total, where
-        self._total_at: float | None = None
-
-    def start(self) -> None:
-        if self.total is not None:
-            self._total_at = asyncio.get_running_loop().time() + self.total
+    def __init__(self, deadlines: Deadlines, where: Where) -> None:
+        self.deadlines = deadlines
+        self.where = where
 
     async def read_until_content(self, chunks: ThreadedIterator) -> list[dict[str, Any]]:
         """Chunks up to and including the first with content (or the end)."""
         head: list[dict[str, Any]] = []
-        scope = self._scope(self.first)
+        limit = self.deadlines.first_token
+        since = asyncio.get_running_loop().time()
+        scope = self.deadlines.scope(limit, since)
         try:
             async with scope:
                 async for chunk in chunks:
@@ -387,7 +383,7 @@ class _Limits:
                     if _has_content(chunk):
                         break
         except TimeoutError:
-            raise self._expired(scope, "first") from None
+            raise self._expired(scope, "first_token", limit, since) from None
         return head
 
     async def read_rest(self, chunks: ThreadedIterator) -> list[dict[str, Any]]:
@@ -402,41 +398,27 @@ class _Limits:
         self, chunks: ThreadedIterator, seen: int, *, watched: bool = False
     ) -> dict[str, Any] | None:
         """The next chunk within the chunk limit (unless the core watches it) and the total."""
-        limit = None if watched else self.chunk
-        scope = self._scope(limit)
+        limit = None if watched else self.deadlines.chunk
+        since = asyncio.get_running_loop().time()
+        scope = self.deadlines.scope(limit, since)
         try:
             async with scope:
                 return await anext(chunks, None)
         except TimeoutError:
-            raise self._expired(scope, "chunk", seen) from None
+            raise self._expired(scope, "chunk", limit, since, seen) from None
 
-    def _scope(self, limit: float | None) -> asyncio.Timeout:
-        loop_time = asyncio.get_running_loop().time()
-        ends = [t for t in (None if limit is None else loop_time + limit, self._total_at) if t is not None]
-        return asyncio.timeout_at(min(ends) if ends else None)
-
-    def _expired(self, scope: asyncio.Timeout, which: str, seen: int = 0) -> BaseException:
+    def _expired(
+        self,
+        scope: asyncio.Timeout,
+        which: Literal["first_token", "chunk"],
+        limit: float | None,
+        since: float,
+        seen: int = 0,
+    ) -> BaseException:
         if not scope.expired():  # not ours: pass it on as it was
             return sys.exc_info()[1] or TimeoutError()
-        if self._total_at is not None and asyncio.get_running_loop().time() >= self._total_at - 1e-3:
-            return TotalTimeoutError(
-                f"{self.where.describe()}: the generation did not finish within total_timeout={self.total:g} s",
-                timeout=self.total,
-                **self.where.fields(),
-            )
-        if which == "first":
-            return FirstTokenTimeoutError(
-                f"{self.where.describe()}: no content within first_token_timeout={self.first:g} s "
-                "(prompt processing included); raise first_token_timeout=",
-                timeout=self.first,
-                **self.where.fields(),
-            )
-        return BackendChunkTimeoutError(
-            f"{self.where.describe()}: no chunk within chunk_timeout={self.chunk:g} s; raise chunk_timeout=",
-            timeout=self.chunk or 0.0,
-            chunks=seen,
-            **self.where.fields(),
-        )
+        hint = _FIRST_TOKEN_HINT if which == "first_token" else "no chunk within"
+        return self.deadlines.expired(which, limit, since, self.where, hint=hint, seen=seen)
 
 
 class _Stream:
@@ -446,24 +428,32 @@ class _Stream:
     gets this backend's context through ``timeout_error``.
     """
 
-    __slots__ = ("_head", "_tokens", "_chunks", "_limits", "_seen")
+    __slots__ = ("_head", "_tokens", "_chunks", "_limits", "_fold", "_seen")
 
     def __init__(
-        self, head: list[dict[str, Any]], tokens: ThreadedIterator, chunks: SlotStream, limits: _Limits
+        self,
+        head: list[dict[str, Any]],
+        tokens: ThreadedIterator,
+        chunks: SlotStream,
+        limits: _Limits,
+        fold: _LlamaFold,
     ) -> None:
         self._head = head
         self._tokens = tokens
         self._chunks = chunks
         self._limits = limits
+        self._fold = fold
         self._seen = 0
 
     def __aiter__(self) -> _Stream:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> str:
+        """The text of the next chunk; ``""`` for one without text (a role
+        chunk, the end's reason): every chunk is an item for the core's watchdog."""
         self._seen += 1
         if self._head:
-            return self._head.pop(0)
+            return self._fold.fold(self._head.pop(0)) or ""
         try:
             chunk = await self._limits.next_chunk(self._tokens, self._seen, watched=True)
         except TimeoutError:
@@ -472,7 +462,7 @@ class _Stream:
         if chunk is None:
             await self._chunks.aclose()  # the model instance goes back now
             raise StopAsyncIteration
-        return chunk
+        return self._fold.fold(chunk) or ""
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
@@ -481,22 +471,18 @@ class _Stream:
         await self._chunks.abandon()
 
     def timeout_error(self, error: ChunkTimeoutError) -> BackendChunkTimeoutError:
-        where = self._limits.where
-        return BackendChunkTimeoutError(
-            f"{where.describe()}: {error}",
-            timeout=error.timeout or 0.0,
-            chunks=error.chunks,
-            **where.fields(),
-        )
+        """The core's chunk timeout, with this backend's context."""
+        return chunk_timeout_error(error, self._limits.where)
 
 
 class _LlamaFold:
-    """Folds llama-cpp-python's chunk dicts into the thunk."""
+    """Folds llama-cpp-python's chunk dicts into the thunk (a ``Fold``)."""
 
-    __slots__ = ("_stream", "_pieces", "_prompt_tokens", "_assembler")
+    __slots__ = ("_stream", "_pieces", "_prompt_tokens", "_assembler", "_meta")
 
     def __init__(self, stream: bool, keep: bool = False) -> None:
         self._stream = stream
+        self._meta: GenerationMeta = None  # type: ignore[assignment]  # bind() sets it
         self._pieces = 0
         self._prompt_tokens: int | None = None
         self._assembler = ResponseAssembler() if keep else None
@@ -516,9 +502,14 @@ class _LlamaFold:
 
         return LogitsProcessorList([count])
 
-    def process(self, mot: ModelOutputThunk[Any], chunk: dict[str, Any] | list[dict[str, Any]]) -> str | None:
+    def bind(self, mot: ModelOutputThunk[Any]) -> None:
+        """Fold into ``mot``: called before its source first runs."""
+        self._meta = mot.generation
+
+    def fold(self, chunk: dict[str, Any] | list[dict[str, Any]]) -> str | None:
+        """Fold a chunk (or a whole answer's chunks); its text, if any."""
         chunks = chunk if isinstance(chunk, list) else (chunk,)
-        meta = mot.generation
+        meta = self._meta
         if self._assembler is not None:
             for each in chunks:
                 self._assembler.add({**each, "model": meta.model})

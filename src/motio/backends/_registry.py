@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_BACKEND", "SERVER_BACKEND", "backend_class", "backend_names"
 
 _CLASSES: dict[str, str] = {
     "llamacpp": "motio.backends._llamacpp:LlamaCppBackend",
-    "openai": "motio.backends._openai:OpenAIBackend",
+    "openai": "motio.backends.openai:OpenAIBackend",
 }
 
 #: The backend of the command without ``--backend`` nor a server: offline.

@@ -54,10 +54,8 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from .._exceptions import MotioError
-from ..backends._adaptive import AdaptiveConcurrency, SharedGate
-from ..backends._base import Backend
-from ..backends._endpoints import EndpointSnapshot
-from ..backends._ratelimit import RateLimiter, Reservation
+from ..backends import Backend
+from ..backends.http import AdaptiveConcurrency, EndpointSnapshot, RateLimiter, Reservation, SharedGate
 from ._engine import BatchAborted, Engine, OnResult, build_result
 from ._records import PromptRecord
 from ._share import SharePlan
@@ -338,7 +336,7 @@ class BatchWorker:
             self._gates = {url: SharedGate(plan.share(plan.initial), plan.bound) for url in plan.servers}
             gates = dict(self._gates)
         elif isinstance(plan.concurrency, int):
-            from ..backends._gate import Gate
+            from ..backends.http import Gate
 
             gates = {url: Gate(plan.share(plan.concurrency)) for url in plan.servers}
         backend.share_limits(limiter=limiter, gates=gates)

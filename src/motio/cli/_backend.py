@@ -161,7 +161,7 @@ def _read_endpoints(path: str) -> list[str]:
         if not url:
             continue
         if not url.startswith(("http://", "https://")) or " " in url:
-            from ..backends._urls import mask_url
+            from ..backends.http import mask_url
 
             raise CliError(
                 f"--endpoints {path}:{number}: expected one http(s) URL a line, got {mask_url(url)!r}",
@@ -274,7 +274,7 @@ async def _bounded_check(backend: Backend, spec: BackendSpec) -> None:
     except TimeoutError as exc:
         if isinstance(exc, MotioError):
             raise
-        from ..backends._urls import mask_url
+        from ..backends.http import mask_url
 
         raise CliError(
             f"the server at {mask_url(spec.base_url or '')} did not answer within {limit:g} s "
@@ -290,7 +290,7 @@ async def _check_several(backend: Backend, limit: float) -> None:
     Raises:
         MotioError: none answered (one line naming each, and why).
     """
-    from ..backends._endpoints import none_passed, short_reason
+    from ..backends.http import none_passed, short_reason
 
     report = await backend.check_each(timeout=limit)
     failed = [(url, error) for url, error in report if error is not None]

@@ -21,7 +21,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Union
 
-from .._exceptions import ConfigurationError
+from ..._exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     import ssl

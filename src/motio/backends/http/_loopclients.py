@@ -26,8 +26,8 @@ import weakref
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from .._cache import ClientCache
-from .._compat import finish_aclose_without_loop
+from ..._cache import ClientCache
+from ..._compat import finish_aclose_without_loop
 
 __all__ = ["LoopClients", "LoopClient", "loop_semaphore"]
 

@@ -1,7 +1,7 @@
 """When and how long to wait before trying a failed request again.
 
 - Which failures: ``RETRYABLE_STATUSES`` (408, 409, 429, 500, 502, 503,
-  504) and transient connection failures before any content (decided by the
+  504, and 529, Anthropic's "overloaded") and transient connection failures before any content (decided by the
   caller, who knows whether content was delivered).
 - How long: the server's own word first (``retry-after-ms``, then
   ``Retry-After`` in seconds or as an HTTP date), capped by
@@ -22,11 +22,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._exceptions import ConfigurationError
+from ..._exceptions import ConfigurationError
 
-__all__ = ["RETRYABLE_STATUSES", "Attempts", "RetryPolicy", "retry_after_seconds"]
+__all__ = ["OVERLOAD_STATUSES", "RETRYABLE_STATUSES", "Attempts", "RetryPolicy", "retry_after_seconds"]
 
-RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+#: The statuses of a server that says it is over its capacity: a congestion
+#: signal for ``max_concurrency="auto"`` besides a retry (529: Anthropic's
+#: ``overloaded_error``).
+OVERLOAD_STATUSES: frozenset[int] = frozenset({429, 503, 529})
 
 # A server's Retry-After is honoured with up to this much extra, so clients
 # told the same instant do not all come back in the same millisecond.

@@ -42,8 +42,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .._exceptions import ConfigurationError
-from ._gate import Gate
+from ..._exceptions import ConfigurationError
+from .._gate import Gate
 
 __all__ = ["AdaptiveConcurrency", "ConcurrencySnapshot", "SharedGate"]
 

@@ -69,8 +69,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._adaptive import AdaptiveConcurrency
-    from ._errors import Where
-    from ._gate import Gate
+    from .._errors import Where
+    from .._gate import Gate
     from ._loopclients import LoopClients
 
 __all__ = [
@@ -223,7 +223,7 @@ class Endpoint:
         """The error context for this server; one shared object while the model stays."""
         where = self._where
         if where is None or where.model != model:
-            from ._errors import Where
+            from .._errors import Where
 
             where = self._where = Where(provider, model, self.base_url)
         return where
@@ -508,7 +508,7 @@ async def each_checked(
         except TimeoutError as exc:
             if type(exc) is not TimeoutError:
                 return exc  # the check's own timeout error, with its context
-            from .._exceptions import BackendTimeoutError
+            from ..._exceptions import BackendTimeoutError
 
             return BackendTimeoutError(
                 f"{endpoint.base_url}: no answer to GET /models within {timeout:g} s",
@@ -525,7 +525,7 @@ async def each_checked(
 
 def none_passed(failures: Sequence[tuple[str, BaseException]]) -> Exception:
     """One error for servers that all failed their check, naming each."""
-    from .._exceptions import BackendConnectionError, BackendError, MotioError
+    from ..._exceptions import BackendConnectionError, BackendError, MotioError
 
     parts = "; ".join(f"{url}: {short_reason(url, error)}" for url, error in failures)
     message = f"none of the {len(failures)} servers answers ({parts})"
@@ -535,7 +535,7 @@ def none_passed(failures: Sequence[tuple[str, BaseException]]) -> Exception:
     kinds = {type(error) for _, error in failures}
     first = failures[0][1]
     if len(kinds) == 1 and isinstance(first, BackendError):
-        from ._errors import copy_error
+        from .._errors import copy_error
 
         return copy_error(first, message)
     if len(kinds) == 1 and isinstance(first, MotioError):

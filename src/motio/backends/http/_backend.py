@@ -1,4 +1,4 @@
-"""OpenAIBackend: any OpenAI-compatible chat server, streamed at raw-SSE speed.
+"""HTTPBackend: what every backend of HTTP servers shares; a protocol is a subclass.
 
 The transport is aiohttp (``_http.py``): one session per event loop, kept
 alive connections, no pool cap below ``max_concurrency``. The openai SDK is
@@ -9,12 +9,12 @@ concurrent streams was the whole budget.
 
 Data flow of one streamed generation::
 
-    generate() -> ModelOutputThunk.from_response(Exchange.open_stream())
-    Exchange:     (_request.py) per attempt: a concurrency slot and the rate
+    generate() -> _open(): request_body(), new_fold(), Exchange
+    Exchange:     (_exchange.py) per attempt: a concurrency slot and the rate
                   limiter, POST, read until the first content; retried
-                  before any content on 429/5xx/reset connections
+                  before any content on 429/5xx/529/reset connections
     _SSEStream:   one text item per network read that carried content
-    _ChatFold:    decodes and folds each read's payloads into text and metadata
+    the fold:     the protocol's: decodes and folds each read's events
 
 What the backend shares between generations (and event loops, and threads):
 per server, the per-loop HTTP clients and the concurrency gate (fixed or
@@ -25,54 +25,47 @@ one in rotation (``_endpoints.py``).
 
 from __future__ import annotations
 
+import abc
 import asyncio
-import enum
 import functools
 import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
-from .._exceptions import (
-    BadRequestError,
-    ConfigurationError,
-    MotioError,
-    NotFoundError,
-    UnsupportedOptionError,
+from ..._exceptions import ConfigurationError, MotioError, NotFoundError
+from .._base import (
+    COMMON_OPTIONS,
+    DEFAULT_FIRST_TOKEN_TIMEOUT,
+    Backend,
+    Messages,
+    Request,
+    SharedLimits,
+    check_timeout,
 )
-from .._feed import DEFAULT_CHUNK_TIMEOUT
-from .._fields import CHAT_FIELDS, PLAIN_OPTIONS
-from .._thunk import ModelOutputThunk
-from ._assemble import ResponseAssembler
-from ._base import COMMON_OPTIONS, Backend, Messages, SharedLimits, check_options, to_messages
-from ._chat import batch_decoder, fold_chunk, fold_structs
+from .._errors import Where
+from .._gate import Gate
+from ..._feed import DEFAULT_CHUNK_TIMEOUT
 from ._endpoints import Endpoint, Endpoints, EndpointSnapshot, each_checked, first_passing
-from ._errors import ErrorAfterText, Where, server_error_event, stream_error, translate
-from ._gate import Gate
+from ._errors import translate
+from ._exchange import Exchange, HTTPFold
 from ._http import HTTPClient, json_codec
 from ._loopclients import LoopClient, LoopClients
-from ._request import Exchange, Timeouts
 from ._retry import RetryPolicy
-from ._sse import ErrorEvent, data_as_json_array, parse_events
 from ._tls import TLS, TLSOption
 from ._urls import ServerURL, mask_url
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from .._thunk import GenerationMeta
     from ._adaptive import AdaptiveConcurrency
     from ._ratelimit import RateLimiter, Reservation
 
-__all__ = ["OpenAIBackend"]
+__all__ = ["DEFAULT_CONCURRENCY_BOUND", "HTTP_OPTIONS", "HTTPBackend"]
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The key sent when none is given: local servers (llama.cpp, vLLM, Ollama) ignore it.
 _PLACEHOLDER_KEY = "sk-no-key-required"
-#: Default ``first_token_timeout``: generous, since it covers the server's
-#: queue and prompt processing, which on a busy server take minutes.
-DEFAULT_FIRST_TOKEN_TIMEOUT = 300.0
 #: Upper bound of ``max_concurrency="auto"``.
 DEFAULT_CONCURRENCY_BOUND = 256
 # Where "auto" starts: low enough not to swamp a small server on the first
@@ -81,34 +74,62 @@ _AUTO_INITIAL = 16
 # Seconds a probe of a server out of rotation may take.
 _PROBE_TIMEOUT = 5.0
 
-_OPTIONS = COMMON_OPTIONS | CHAT_FIELDS | {"extra_body", "keep_response"}
-_OPTIONS |= {"first_token_timeout", "total_timeout", "avoid_servers"}
-_USAGE_PLEASE = {"include_usage": True}
+#: The options of ``generate`` every HTTP backend takes; a protocol adds its fields.
+HTTP_OPTIONS = COMMON_OPTIONS | {"keep_response", "first_token_timeout", "total_timeout", "avoid_servers"}
 
 
-class _TakeGenericPath(enum.Enum):
-    """The fast path cannot fold this read: take the generic one."""
+class HTTPBackend(Backend):
+    """A backend of HTTP servers: what every protocol over them shares.
 
-    TOKEN = 0
+    Everything but the protocol is here: several servers (``base_url=[...]``,
+    routed by load, failed over, rotated out and probed back), the
+    per-loop aiohttp clients, TLS and proxies, credentials in URLs, the
+    concurrency gate (fixed or ``"auto"``), the rate limiter, retries, the
+    four timeouts, checks (``GET <base_url>/models``), the limits Ray
+    workers share, the recipe of a copy and ``aclose``. A protocol is a
+    subclass that sets a few class attributes and implements three methods
+    (``OpenAIBackend`` in ``backends/openai/``):
 
+    Class attributes:
+        provider: the backend's name (the registry's), in errors and
+            ``mot.generation.provider``.
+        default_base_url: the API root when none is given nor in ``base_url_env``.
+        base_url_env: the environment variable of the default API root.
+        api_key_env: the environment variable of the API key.
+        options: ``generate``'s options (``HTTP_OPTIONS``: the common ones,
+            the timeouts, ``keep_response``, ``avoid_servers``; plus the
+            protocol's own fields).
+        chat_path: where generations are POSTed, under the API root.
+        models_path: what ``check()`` and probes GET: an answer
+            ``{"data": [{"id": model}, ...]}`` (an empty list passes).
 
-class _Unset(enum.Enum):
-    """No value given (None means "no limit" here)."""
+    Hooks:
+        auth_headers(api_key) -> dict[str, str]: the headers that carry the
+            key (default ``Authorization: Bearer <key>``); a server whose
+            URL carries credentials gets them as ``Authorization`` (Basic).
+        request_body(messages, stream, options) -> dict: the JSON body of a
+            generation, without the model (``prepare`` adds
+            ``body.setdefault("model", model)``). ``options`` are
+            ``generate``'s remaining ones (the protocol's fields).
+        new_fold(where, stream, keep) -> HTTPFold: the fold of one
+            generation's answer: SSE network reads (``fold``), a whole JSON
+            body (``fold_whole``), a whole body where a stream was asked
+            (``fold_whole_instead_of_stream``). It must set
+            ``meta.usage`` with ``total_tokens`` for ``tpm`` to be corrected.
+        ask_usage(body) -> None (optional): ask a streamed answer for its
+            usage where the protocol needs asking (OpenAI: ``stream_options``).
+        send(client, body, where) -> response (optional): POST the body
+            (default: to ``chat_path``); override to retry a refused option.
 
-    TOKEN = 0
+    Retries (429, 408, 409, 5xx and 529; reset connections), the server's
+    ``retry-after``, the error classes of statuses and broken streams are
+    the same for every protocol (``_exchange.py``, ``_retry.py``, ``_errors.py``).
 
-
-_TAKE_GENERIC_PATH: Final = _TakeGenericPath.TOKEN
-_UNSET: Final = _Unset.TOKEN
-
-
-class OpenAIBackend(Backend):
-    """Chat completions from an OpenAI-compatible server.
 
     Args:
         model: the model name; None asks the server (``GET /models``) and
             uses the first it lists.
-        base_url: the API root; default ``$OPENAI_BASE_URL`` or OpenAI's.
+        base_url: the API root; default ``$<base_url_env>`` or ``default_base_url``.
             A list of API roots spreads requests over several servers
             serving the same model: each attempt goes to the one with the
             fewest requests in flight (per slot of its own gate); an attempt
@@ -120,8 +141,8 @@ class OpenAIBackend(Backend):
             another. ``generate(..., avoid_servers=[url, ...])`` takes those
             servers only when no other is in rotation (it waits for room on
             another): a batch's re-run after a stream broke there.
-        api_key: default ``$OPENAI_API_KEY``, else a placeholder that local
-            servers accept. Sent as ``Authorization: Bearer <key>`` to every
+        api_key: default ``$<api_key_env>``, else a placeholder that local
+            servers accept. Sent as ``auth_headers`` says to every
             server whose URL carries no credentials: user and password in a
             URL (``http://user:pw@host/v1``) are sent to that server as HTTP
             Basic auth instead, and shown masked (``http://user:***@host/v1``)
@@ -148,7 +169,7 @@ class OpenAIBackend(Backend):
         total_timeout: seconds for the whole generation, retries and their
             waits included. None (default): no limit.
         max_retries: retries of a request that failed before any content
-            reached the thunk (429, 408, 409, 5xx, reset connections, connect
+            reached the thunk (429, 408, 409, 5xx, 529, reset connections, connect
             timeouts), with exponential backoff and full jitter, or the
             server's Retry-After. 0 disables. A refused connection is not
             retried. Given several servers, a connection failure is instead
@@ -168,9 +189,16 @@ class OpenAIBackend(Backend):
             would get, every URL carrying its own credentials.
     """
 
-    provider = "openai"
     remote = True
     default_concurrency = "auto"
+    default_base_url: ClassVar[str]
+    base_url_env: ClassVar[str]
+    api_key_env: ClassVar[str]
+    options: ClassVar[frozenset[str]] = HTTP_OPTIONS
+    chat_path: ClassVar[str] = "/chat/completions"
+    models_path: ClassVar[str] = "/models"
+    base_url: str
+    retry_policy: RetryPolicy
 
     def __init__(
         self,
@@ -190,15 +218,16 @@ class OpenAIBackend(Backend):
         tpm: float | None = None,
         ssl: TLSOption = None,
     ) -> None:
-        _check_timeouts(connect_timeout, first_token_timeout, chunk_timeout, total_timeout)
+        for timeout in (connect_timeout, first_token_timeout, chunk_timeout, total_timeout):
+            check_timeout(timeout)
         self.model = model
-        servers = [ServerURL.parse(url) for url in _base_urls(base_url)]
+        servers = [ServerURL.parse(url) for url in self._base_urls(base_url)]
         # Only the masked form is kept where anything may show it.
         self.base_urls = tuple(server.shown for server in servers)
         self.base_url = self.base_urls[0]
         _check_credentials(servers, api_key, headers)
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
-        self._headers = {"Authorization": f"Bearer {self._api_key}", "User-Agent": "motio", **(headers or {})}
+        self._api_key = api_key or os.environ.get(self.api_key_env) or _PLACEHOLDER_KEY
+        self._headers = {**self.auth_headers(self._api_key), "User-Agent": "motio", **(headers or {})}
         self._tls = TLS(ssl)
         self.max_concurrency = max_concurrency
         self.concurrency_bound = concurrency_bound
@@ -223,8 +252,6 @@ class OpenAIBackend(Backend):
         self._model_lock = threading.Lock()
         self._loads = json_codec()[1]
         self._last_where: Where | None = None
-        # Cleared the first time a server rejects stream_options (older servers).
-        self._ask_usage = True
 
     def _endpoint(
         self, server: ServerURL, max_concurrency: int | str | None, bound: int, connect_timeout: float
@@ -244,6 +271,80 @@ class OpenAIBackend(Backend):
         return where
 
     @property
+    def router(self) -> Endpoints:
+        """The servers, their health and the routing between them (for ``Exchange``)."""
+        return self._endpoints
+
+    # -- the protocol's hooks -----------------------------------------------------
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """The headers that carry ``api_key`` (here ``Authorization: Bearer``)."""
+        return {"Authorization": f"Bearer {api_key}"}
+
+    @abc.abstractmethod
+    def request_body(self, messages: Messages, stream: bool, options: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body of one generation, without its model.
+
+        Args:
+            messages: the chat messages (``to_messages``'s).
+            stream: whether the answer is streamed.
+            options: ``generate``'s remaining options (the protocol's fields;
+                the body may take them).
+
+        Raises:
+            UnsupportedOptionError, ConfigurationError: what the protocol
+                cannot send.
+        """
+
+    @abc.abstractmethod
+    def new_fold(self, where: Where, stream: bool, keep: bool) -> HTTPFold:
+        """The fold of one generation's answer (see ``HTTPFold``).
+
+        Args:
+            where: the error context (server, model) for its errors.
+            stream: whether the answer is streamed.
+            keep: keep the whole answer in ``mot.generation.response``.
+        """
+
+    def ask_usage(self, body: dict[str, Any]) -> None:
+        """Ask a streamed answer for its usage (nothing here: sent unasked)."""
+
+    async def send(self, client: HTTPClient, body: dict[str, Any], where: Where) -> aiohttp.ClientResponse:
+        """POST the body to ``chat_path``; return the response with its body unread.
+
+        Raises:
+            APIStatusError: the server's error status, with its message.
+            aiohttp.ClientError, OSError, TimeoutError: for the caller to classify.
+        """
+        return await client.post(self.chat_path, body, where)
+
+    # -- the template's step ------------------------------------------------------
+
+    def _open(self, request: Request) -> tuple[Any, HTTPFold]:
+        options = request.options
+        avoid = options.pop("avoid_servers", None)
+        body = self.request_body(request.messages, request.stream, options)
+        tokens = self._token_estimate(request.messages, options)
+        fold = self.new_fold(self._where(), request.stream, request.keep)
+        exchange = Exchange(self, body, fold, request, tokens)
+        if avoid:
+            exchange.shun(self._servers_named(avoid))
+        return (exchange.open_stream() if request.stream else exchange.complete()), fold
+
+    def _base_urls(self, base_url: str | Sequence[str] | None) -> tuple[str, ...]:
+        """The API roots, without trailing slashes; at least one, no repeats.
+
+        Raises:
+            ConfigurationError: an empty list, or a URL that is not a str.
+        """
+        if base_url is None or isinstance(base_url, str):
+            return ((base_url or os.environ.get(self.base_url_env) or self.default_base_url).rstrip("/"),)
+        urls = tuple(dict.fromkeys(_one_url(url) for url in base_url))
+        if not urls:
+            raise ConfigurationError("base_url: an empty list; give at least one server URL")
+        return urls
+
+    @property
     def adaptive_concurrency(self) -> AdaptiveConcurrency | None:
         """With ``max_concurrency="auto"`` and one server, the controller
         (``limit``, ``snapshot()``); with several, see ``endpoint_snapshot()``."""
@@ -254,7 +355,7 @@ class OpenAIBackend(Backend):
         in rotation, generations served and their tokens (a read-only copy)."""
         return self._endpoints.snapshot()
 
-    def recipe(self) -> Callable[[], OpenAIBackend]:
+    def recipe(self) -> Callable[[], HTTPBackend]:
         """As ``Backend.recipe``, with the API key as resolved here: a copy
         built in another process may not see this environment.
 
@@ -262,7 +363,7 @@ class OpenAIBackend(Backend):
             ConfigurationError: ``ssl=`` is an ``ssl.SSLContext``, which does
                 not pickle (give the CA bundle's path instead).
         """
-        constructor: Callable[..., OpenAIBackend] = super().recipe()  # type: ignore[assignment]
+        constructor: Callable[..., HTTPBackend] = super().recipe()  # type: ignore[assignment]
         self._tls.portable()
         if self._all_own_credentials:
             return constructor  # every server has its own: no key to carry
@@ -312,35 +413,6 @@ class OpenAIBackend(Backend):
                 raise ConfigurationError(f"share_limits: no server {shown!r} in {self.base_urls}")
             endpoint.gate = gate
             endpoint.adaptive = gate if isinstance(gate, AdaptiveConcurrency) else None
-
-    async def generate(
-        self, prompt_or_messages: str | Messages, *, stream: bool = True, **options: Any
-    ) -> ModelOutputThunk[Any]:
-        self._ensure_open()
-        check_options(options, _OPTIONS, type(self).__name__)
-        timeouts = Timeouts(
-            _option_timeout(options, "first_token_timeout", self.first_token_timeout),
-            _option_timeout(options, "chunk_timeout", self.chunk_timeout),
-            _option_timeout(options, "total_timeout", self.total_timeout),
-        )
-        keep = _keep_response(options, type(self).__name__)
-        avoid = options.pop("avoid_servers", None)
-        messages = to_messages(prompt_or_messages)
-        body = _request_body(messages, stream, options)
-        tokens = self._token_estimate(messages, options)
-        fold = _ChatFold(self._loads, self._where(), stream, keep)
-        exchange = Exchange(self, body, fold, timeouts, tokens)
-        if avoid:
-            exchange.shun(self._servers_named(avoid))
-        opener = exchange.open_stream() if stream else exchange.complete()
-        mot: ModelOutputThunk[Any] = ModelOutputThunk.from_response(
-            opener, post_process=fold.finish, chunk_timeout=timeouts.chunk if stream else None
-        )
-        fold.bind(mot)
-        meta = mot.generation
-        meta.provider, meta.model, meta.streaming = self.provider, self.model, stream
-        meta.base_url = self.base_url
-        return mot
 
     def _servers_named(self, urls: object) -> list[Endpoint]:
         """The servers among ``urls`` (``avoid_servers=``); others are ignored.
@@ -400,38 +472,6 @@ class OpenAIBackend(Backend):
         if reservation is not None:
             reservation.settle((usage or {}).get("total_tokens"))
 
-    @property
-    def several_servers(self) -> bool:
-        return self._endpoints.several
-
-    def can_fail_over(self, tried: Sequence[Endpoint]) -> bool:
-        return self._endpoints.can_fail_over(tried)
-
-    def answered(self, endpoint: Endpoint) -> None:
-        self._endpoints.answered(endpoint)
-
-    def connection_failed(self, endpoint: Endpoint, *, refused: bool) -> None:
-        self._endpoints.failed(endpoint, refused=refused)
-
-    def model_missing(self, endpoint: Endpoint, model: object) -> None:
-        """``endpoint`` answered 404 for ``model``: if that is the backend's
-        model, the server serves another one, so it leaves rotation until a
-        probe finds the model in its ``/models`` again. A model only one
-        request names (an OpenAI Batch line's own) says nothing of the server."""
-        if model == self.model:
-            self._endpoints.mark_out(endpoint)
-
-    def concurrency_sample(self, endpoint: Endpoint, seconds: float) -> None:
-        if endpoint.adaptive is not None:
-            endpoint.adaptive.record_first_token(seconds)
-
-    def concurrency_overloaded(self, endpoint: Endpoint) -> None:
-        if endpoint.adaptive is not None:
-            endpoint.adaptive.record_overload()
-
-    def busy(self, endpoint: Endpoint) -> bool:
-        return endpoint.adaptive is None or endpoint.adaptive.in_flight > 1
-
     async def loop_client(self, endpoint: Endpoint) -> LoopClient:
         # Checked again here: a generation may have waited for its slot while
         # the backend was closed, and must not open a new client then.
@@ -439,7 +479,7 @@ class OpenAIBackend(Backend):
         return await endpoint.clients.get()
 
     async def prepare(
-        self, entry: LoopClient, body: dict[str, Any], fold: _ChatFold, endpoint: Endpoint
+        self, entry: LoopClient, body: dict[str, Any], fold: HTTPFold, endpoint: Endpoint
     ) -> None:
         if self.model is None:
             await self._ask_model(entry.client, endpoint)
@@ -449,28 +489,6 @@ class OpenAIBackend(Backend):
             fold.meta.base_url = endpoint.base_url
         # A model the caller named (a Batch line's own) is sent as given.
         body.setdefault("model", self.model)
-
-    def ask_usage(self, body: dict[str, Any]) -> None:
-        if self._ask_usage:
-            body["stream_options"] = _USAGE_PLEASE
-
-    async def send(self, client: HTTPClient, body: dict[str, Any], where: Where) -> aiohttp.ClientResponse:
-        """POST the body; return the response with its body unread.
-
-        Raises:
-            APIStatusError: the server's error status, with its message.
-            aiohttp.ClientError, OSError, TimeoutError: for the caller to classify.
-        """
-        try:
-            return await client.post("/chat/completions", body, where)
-        except BadRequestError as exc:
-            if "stream_options" not in body or "stream_options" not in str(exc):
-                raise
-        # An older server that rejects stream_options: ask once more
-        # without it and count the chunks for usage instead.
-        self._ask_usage = False
-        del body["stream_options"]
-        return await client.post("/chat/completions", body, where)
 
     # -- models and lifecycle ----------------------------------------------------
 
@@ -490,7 +508,7 @@ class OpenAIBackend(Backend):
     async def _list_models(self, client: HTTPClient, endpoint: Endpoint) -> list[str]:
         where = endpoint.where(self.provider, self.model)
         try:
-            return _model_ids(await client.get_json("/models", where))
+            return _model_ids(await client.get_json(self.models_path, where))
         except MotioError:
             raise
         except Exception as exc:
@@ -616,40 +634,6 @@ class OpenAIBackend(Backend):
             await endpoint.clients.aclose()
 
 
-def _error_event_body(data: bytes, loads: Callable[[bytes], Any]) -> Any:
-    """What an SSE event named ``error`` says: its ``error`` object, the
-    object itself, or its text."""
-    try:
-        decoded = loads(data)
-    except ValueError:
-        return data.decode("utf-8", "replace")
-    if isinstance(decoded, dict):
-        return decoded.get("error", decoded)
-    return decoded
-
-
-def _generated_besides_text(chunk: dict[str, Any]) -> bool:
-    """Whether a streamed chunk carries generated output other than ``content``."""
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if any(value for key, value in delta.items() if key not in ("role", "content")):
-            return True
-    return False
-
-
-def _base_urls(base_url: str | Sequence[str] | None) -> tuple[str, ...]:
-    """The API roots, without trailing slashes; at least one, no repeats.
-
-    Raises:
-        ConfigurationError: an empty list, or a URL that is not a str.
-    """
-    if base_url is None or isinstance(base_url, str):
-        return ((base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),)
-    urls = tuple(dict.fromkeys(_one_url(url) for url in base_url))
-    if not urls:
-        raise ConfigurationError("base_url: an empty list; give at least one server URL")
-    return urls
-
 
 def _check_credentials(
     servers: Sequence[ServerURL], api_key: str | None, headers: Mapping[str, str] | None
@@ -700,45 +684,6 @@ def _model_ids(listing: Any) -> list[str]:
     return [m["id"] for m in data or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
-def _request_body(messages: Messages, stream: bool, options: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"messages": messages, "stream": stream}
-    extra = options.pop("extra_body", None)
-    for key, value in options.items():
-        if value is not None:
-            body[key] = value
-    if extra:
-        # As the openai SDK does: merged into the JSON body, where a server
-        # such as vLLM reads its own fields (top_k, guided_json...).
-        body.update(extra)
-    return body
-
-
-def _keep_response(options: dict[str, Any], backend: str) -> bool:
-    """Whether to keep the whole answer (``mot.generation.response``).
-
-    By default, whenever an option may shape more than the text (``tools``,
-    ``logprobs``, ``n``, ``response_format``, ``extra_body``...): what the
-    server answered for them must not be dropped.
-
-    Raises:
-        UnsupportedOptionError: ``n`` > 1 with ``keep_response=False``: the
-            thunk holds one text, the other choices would be lost.
-    """
-    keep = options.pop("keep_response", None)
-    if keep is None:
-        keep = any(key not in PLAIN_OPTIONS for key in options)
-    n = options.get("n")
-    if n is not None and n != 1 and not keep:
-        raise UnsupportedOptionError(
-            f"{backend}.generate(n={n!r}) with keep_response=False: the thunk holds one text "
-            "(choice 0); keep the whole answer (keep_response=True, the default with n) to get "
-            "every choice in mot.generation.response",
-            option="n",
-            backend=backend,
-        )
-    return bool(keep)
-
-
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
@@ -768,162 +713,3 @@ def _make_limiter(rpm: float | None, tpm: float | None) -> RateLimiter | None:
     return RateLimiter(rpm, tpm)
 
 
-def _check_timeouts(connect: float, *others: float | None) -> None:
-    for value in (connect, *others):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
-        ):
-            raise ConfigurationError(
-                f"timeouts must be positive numbers of seconds (or None where allowed), got {value!r}"
-            )
-
-
-def _option_timeout(options: dict[str, Any], name: str, default: float | None) -> float | None:
-    value: float | None | _Unset = options.pop(name, _UNSET)
-    if value is _UNSET:
-        return default
-    _check_timeouts(1.0, value)
-    return value
-
-
-class _ChatFold:
-    """Folds chat completion payloads (streamed chunks or one whole answer)
-    into the thunk's text and metadata. Runs on the producer task, so every
-    error here becomes the thunk's error: foreign ones are turned into
-    :class:`StreamError` first.
-    """
-
-    __slots__ = (
-        "_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot", "_keep", "_assembler",
-    )  # fmt: skip
-
-    def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool, keep: bool = False) -> None:
-        self._loads = loads
-        # Keeping the whole answer needs every field of every chunk: the
-        # generic path (dicts), never the fast one (structs with text only).
-        self._batch = None if keep else batch_decoder()
-        self._keep = keep
-        self._assembler = ResponseAssembler() if keep and stream else None
-        self.where = where
-        self._stream = stream
-        self._done = False
-        self._pieces = 0
-        self.meta: GenerationMeta = None  # type: ignore[assignment]  # bind() sets it
-        self._mot: ModelOutputThunk[Any] | None = None
-
-    def bind(self, mot: ModelOutputThunk[Any]) -> None:
-        """Fold into ``mot``: called before its producer first runs."""
-        self._mot = mot
-        self.meta = mot.generation
-
-    def text_so_far(self) -> str:
-        return "" if self._mot is None else self._mot.text
-
-    def process_events(self, block: bytes) -> str | None:
-        """Fold a block of SSE events (one network read's worth); its text, if any."""
-        if (batch := self._batch) is not None and (plain := data_as_json_array(block)) is not None:
-            text = self._process_batch(batch, self.meta, *plain)
-            if text is not _TAKE_GENERIC_PATH:
-                return text
-        return self._process_each(self.meta, parse_events(block))
-
-    def process_whole(self, body: bytes) -> str:
-        """Fold a non-streamed completion; its text."""
-        return self._process_each(self.meta, [body]) or ""
-
-    def process_whole_instead_of_stream(self, body: bytes) -> str | None:
-        """Fold a whole ``chat.completion`` that came where a stream was asked
-        (a server or proxy that ignores ``stream``): the complete answer, at
-        once. Its text, if any."""
-        # Kept as it came (nothing to assemble), and no [DONE] to wait for.
-        self._stream = False
-        self._assembler = None
-        return self._process_each(self.meta, [body])
-
-    def _process_batch(
-        self, batch: Callable[[bytes], list[Any]], meta: GenerationMeta, array: bytes, done: bool
-    ) -> str | None | _TakeGenericPath:
-        """The fast path: all of a read's chunks decoded by one msgspec call."""
-        try:
-            chunks = batch(array)
-        except ValueError:
-            # Malformed JSON or an unexpected type (content as a list of
-            # parts, say): the generic path pinpoints or copes with it.
-            return _TAKE_GENERIC_PATH
-        texts: list[str] = []
-        error = fold_structs(meta, chunks, texts)
-        if error is not None:
-            raise self._error_after(texts, error)
-        self._done = self._done or done
-        self._pieces += len(texts)
-        return "".join(texts) if texts else None
-
-    def _process_each(self, meta: GenerationMeta, payloads: list[bytes | ErrorEvent]) -> str | None:
-        """The generic path: one payload at a time, into dicts.
-
-        Returns:
-            The text; or, keeping the whole answer, ``""`` for a read that
-            generated something else (tool-call deltas, reasoning): the
-            model is producing, so it counts for the first-token and chunk
-            timeouts and for ``ttfb_ms``; else None.
-        """
-        texts: list[str] = []
-        generated = False
-        for payload in payloads:
-            if payload == b"[DONE]":
-                self._done = True
-                continue
-            chunk = self._decode(payload, texts)
-            try:
-                if self._keep:
-                    self._keep_chunk(meta, chunk)
-                    generated = generated or _generated_besides_text(chunk)
-                text = fold_chunk(meta, chunk)
-            except (KeyError, TypeError, AttributeError, IndexError) as exc:
-                raise stream_error(f"unexpected chunk {payload!r:.200}", self.where) from exc
-            if text:
-                texts.append(text)
-        self._pieces += len(texts)
-        return "".join(texts) if texts else ("" if generated else None)
-
-    def _keep_chunk(self, meta: GenerationMeta, chunk: dict[str, Any]) -> None:
-        if self._assembler is not None:
-            self._assembler.add(chunk)
-        else:
-            meta.response = chunk  # a non-streamed answer: kept exactly as it came
-
-    def _decode(self, payload: bytes | ErrorEvent, texts: list[str]) -> dict[str, Any]:
-        """A payload as a chunk; a server's error in it raised after ``texts``
-        (this read's text so far)."""
-        if isinstance(payload, ErrorEvent):
-            raise self._error_after(texts, _error_event_body(payload.data, self._loads))
-        try:
-            chunk = self._loads(payload)
-        except ValueError as exc:
-            raise stream_error(f"a chunk is not JSON: {payload[:200]!r}", self.where) from exc
-        if type(chunk) is not dict:
-            raise stream_error(f"a chunk is not a JSON object: {payload[:200]!r}", self.where)
-        if "error" in chunk:
-            raise self._error_after(texts, chunk["error"])
-        return chunk
-
-    def _error_after(self, texts: list[str], error: Any) -> Exception:
-        """The server's error event, raised once the text of the same read
-        that came before it has reached the thunk (the rare path)."""
-        exc = server_error_event(error, self.where)
-        text = "".join(texts)
-        self._pieces += len(texts)
-        if self._stream:
-            exc.partial_text = self.text_so_far() + text
-        return ErrorAfterText(text, exc) if text else exc
-
-    def finish(self, mot: ModelOutputThunk[Any]) -> None:
-        meta = mot.generation
-        if self._stream and not self._done and not meta.finish_reasons:
-            raise stream_error("the stream ended before [DONE] or a finish_reason", self.where)
-        if self._assembler is not None:
-            meta.response = self._assembler.result()
-        if meta.usage is None and self._stream:
-            # The server ignored stream_options: one content chunk per token
-            # is what llama.cpp, vLLM and Ollama send; the prompt is unknown.
-            meta.usage = {"prompt_tokens": None, "completion_tokens": self._pieces, "total_tokens": None}

@@ -45,47 +45,115 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
-from .._exceptions import (
+from ..._exceptions import (
     APIStatusError,
     BackendChunkTimeoutError,
     BackendError,
     ChunkTimeoutError,
-    FirstTokenTimeoutError,
     MotioError,
     NotFoundError,
     StreamError,
     TotalTimeoutError,
 )
-from ._errors import ErrorAfterText, Where, broken_stream_error, copy_error, translate
-from ._retry import RETRYABLE_STATUSES, Attempts
+from .._base import Fold
+from .._deadlines import Deadlines, chunk_timeout_error
+from .._errors import Where, copy_error
+from ._errors import ErrorAfterText, broken_stream_error, translate
+from ._retry import OVERLOAD_STATUSES, RETRYABLE_STATUSES, Attempts
 from ._sse import SSEDecoder
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from ._endpoints import Endpoint
-    from ._openai import OpenAIBackend, _ChatFold
+    from ..._thunk import GenerationMeta
+    from ._endpoints import Endpoint, Endpoints
+    from ._http import HTTPClient
+    from ._loopclients import LoopClient
+    from ._ratelimit import Reservation
+    from ._retry import RetryPolicy
 
-__all__ = ["Exchange", "Timeouts"]
+__all__ = ["Exchange", "HTTPFold", "Host"]
 
 _log = logging.getLogger("motio")
+_FIRST_TOKEN_HINT = (
+    "of sending the request (the server may be queueing or still reading the prompt); "
+    "raise first_token_timeout= or lower the concurrency"
+)
+_BODY_STALLED = "the answer's body stalled for"
 R = TypeVar("R")
 # Shared by every generation that has not failed on any server: no list each.
 _NONE_TRIED: list[Any] = []
 
 
-class Timeouts:
-    """The limits of one generation, in seconds (None: no limit)."""
+class HTTPFold(Fold, Protocol):
+    """A ``Fold`` of an HTTP answer, as an ``Exchange`` drives it.
 
-    __slots__ = ("first_token", "chunk", "total")
+    ``fold`` takes a block of SSE events (one network read's worth, whole
+    events only) and returns its text: None for a read without output, ``""``
+    for output that is not text (it counts as content all the same). It
+    raises ``ErrorAfterText`` for a server's error event that came after some
+    text of the same read, and ``StreamError`` for a malformed stream.
 
-    def __init__(self, first_token: float | None, chunk: float | None, total: float | None) -> None:
-        self.first_token = first_token
-        self.chunk = chunk
-        self.total = total
+    Attributes:
+        where: the error context (the Exchange sets it to the server of the
+            attempt that answers).
+        meta: the thunk's ``generation`` (set by ``bind``).
+    """
+
+    where: Where
+    meta: GenerationMeta
+
+    def fold_whole(self, body: bytes) -> str:
+        """Fold a whole (non-streamed) answer's JSON body; its text."""
+
+    def fold_whole_instead_of_stream(self, body: bytes) -> str | None:
+        """Fold a whole JSON answer that came where a stream was asked (a
+        server or proxy that ignores ``stream``); its text, if any."""
+
+    def text_so_far(self) -> str:
+        """The text the thunk holds (kept as a broken stream's ``partial_text``)."""
+
+
+class Host(Protocol):
+    """What an ``Exchange`` asks of the backend it serves (``HTTPBackend``).
+
+    Attributes:
+        model: the backend's model (None until asked of a server).
+        retry_policy: how many retries, how long between them.
+        router: the servers, their health and routing (``Endpoints``).
+    """
+
+    model: str | None
+    retry_policy: RetryPolicy
+
+    @property
+    def router(self) -> Endpoints:
+        """The servers, their health and routing."""
+
+    async def take_slot(
+        self, tokens: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]
+    ) -> tuple[Endpoint, Reservation | None]:
+        """A concurrency slot on a server, then the rate limiter's go."""
+
+    def give_slot(
+        self, endpoint: Endpoint, reservation: Reservation | None, usage: dict[str, Any] | None, finished: bool
+    ) -> None:
+        """Give the slot back; correct the token budget from the answer's usage."""
+
+    async def loop_client(self, endpoint: Endpoint) -> LoopClient:
+        """``endpoint``'s client on the running loop."""
+
+    async def prepare(self, entry: LoopClient, body: dict[str, Any], fold: HTTPFold, endpoint: Endpoint) -> None:
+        """Make ``body`` ready to send to ``endpoint`` (its model, the fold's server)."""
+
+    def ask_usage(self, body: dict[str, Any]) -> None:
+        """Ask a streamed answer for its usage, where the protocol must be asked."""
+
+    async def send(self, client: HTTPClient, body: dict[str, Any], where: Where) -> aiohttp.ClientResponse:
+        """POST ``body``; the response with its body unread."""
 
 
 class _Held:
@@ -127,32 +195,31 @@ class Exchange:
     """The request of one generation, from the first attempt to the last byte.
 
     Args:
-        backend: whose clients, gate, rate limiter and retry policy to use.
+        host: whose clients, servers, rate limiter and retry policy to use.
         body: the JSON body (``model`` is filled in by the backend).
         fold: folds the answer into the thunk's text and metadata.
-        timeouts: this generation's limits.
+        deadlines: this generation's limits (its ``Request``).
         tokens: the rate limiter's up-front estimate of tokens used.
     """
 
     __slots__ = (
-        "_backend", "_body", "_fold", "_timeouts", "_tokens", "_deadline", "attempts",
+        "_host", "_body", "_fold", "_deadlines", "_tokens", "attempts",
         "_endpoint", "_tried", "_failovers", "_shun",
     )  # fmt: skip
 
     def __init__(
         self,
-        backend: OpenAIBackend,
+        host: Host,
         body: dict[str, Any],
-        fold: _ChatFold,
-        timeouts: Timeouts,
+        fold: HTTPFold,
+        deadlines: Deadlines,
         tokens: int,
     ) -> None:
-        self._backend = backend
+        self._host = host
         self._body = body
         self._fold = fold
-        self._timeouts = timeouts
+        self._deadlines = deadlines
         self._tokens = tokens
-        self._deadline: float | None = None
         self.attempts = Attempts()
         self._endpoint: Endpoint | None = None  # the server of the current attempt
         self._tried: list[Endpoint] = _NONE_TRIED  # servers this generation failed on
@@ -177,17 +244,17 @@ class Exchange:
     # -- attempts ----------------------------------------------------------------
 
     async def _with_retries(self, once: Callable[[], Awaitable[R]]) -> R:
-        self._start_total()
+        self._deadlines.start()
         self._fold.meta.attempts = self.attempts
-        policy = self._backend.retry_policy
+        policy = self._host.retry_policy
         while True:
             try:
                 return await once()
             except _Retry as failure:
                 self.attempts.record_failure(failure.error)
                 if failure.overload:
-                    self._backend.concurrency_overloaded(self._failed_endpoint())
-                if self._backend.several_servers and self._fail_over(failure):
+                    _overloaded(self._failed_endpoint())
+                if self._host.router.several and self._fail_over(failure):
                     continue
                 if self.attempts.retries - self._failovers >= policy.max_retries:
                     self._give_up(failure.error)
@@ -219,7 +286,7 @@ class Exchange:
         self._tried.append(self._failed_endpoint())
         if not failure.failover:
             return False  # a status: retried as usual, on another server if there is one
-        if self._backend.can_fail_over(self._tried):
+        if self._host.router.can_fail_over(self._tried):
             _log.info(
                 "%s: trying another server (attempt %d) after %s",
                 self._fold.where.base_url,
@@ -243,7 +310,7 @@ class Exchange:
         """A server's slot and the rate-limit place, the wait recorded in ``queued_ms``."""
         loop = asyncio.get_running_loop()
         waited = loop.time()
-        endpoint, reservation = await self._backend.take_slot(self._tokens, self._tried, self._shun)
+        endpoint, reservation = await self._host.take_slot(self._tokens, self._tried, self._shun)
         self._endpoint = endpoint
         meta = self._fold.meta
         meta.queued_ms = (meta.queued_ms or 0.0) + (loop.time() - waited) * 1000.0
@@ -262,7 +329,7 @@ class Exchange:
         fold = self._fold
 
         async def whole_text(response: aiohttp.ClientResponse) -> str:
-            return fold.process_whole(await _read_body(response, self._timeouts.chunk, fold.where))
+            return fold.fold_whole(await _read_body(response, self._deadlines, fold.where))
 
         held, text = await self._attempt(whole_text, stream=False)
         self._release(held, settle=True)
@@ -274,22 +341,22 @@ class Exchange:
         """One request: a slot, the POST, and ``read`` of its answer up to the
         first content, under the first-token and total limits. Failures come
         out classified: ``_Retry`` for what another attempt may cure."""
-        backend, fold = self._backend, self._fold
+        host, fold = self._host, self._fold
         held = await self._take_slot()
         endpoint = held.endpoint
         started = asyncio.get_running_loop().time()
         try:
-            held.entry = entry = await backend.loop_client(endpoint)
-            await backend.prepare(entry, self._body, fold, endpoint)
+            held.entry = entry = await host.loop_client(endpoint)
+            await host.prepare(entry, self._body, fold, endpoint)
             if stream:
-                backend.ask_usage(self._body)
+                host.ask_usage(self._body)
             entry.acquire()
             started = asyncio.get_running_loop().time()
-            async with self._first_token_scope(started) as scope:
+            async with self._deadlines.scope(self._deadlines.first_token, started) as scope:
                 try:
-                    held.response = response = await backend.send(entry.client, self._body, fold.where)
+                    held.response = response = await host.send(entry.client, self._body, fold.where)
                     fold.meta.request_id = response.headers.get("x-request-id")
-                    backend.answered(endpoint)
+                    host.router.answered(endpoint)
                     result = await read(held.response)
                 except TimeoutError:
                     if scope.expired():
@@ -301,11 +368,14 @@ class Exchange:
                     self._classify_and_raise()
         except TimeoutError as exc:
             self._release(held)
-            raise self._expired(started) from exc
+            raise self._deadlines.expired(
+                "first_token", self._deadlines.first_token, started, self._fold.where, hint=_FIRST_TOKEN_HINT
+            ) from exc
         except BaseException:
             self._release(held)
             raise
-        backend.concurrency_sample(endpoint, asyncio.get_running_loop().time() - started)
+        if endpoint.adaptive is not None:
+            endpoint.adaptive.record_first_token(asyncio.get_running_loop().time() - started)
         return held, result
 
     def _release(self, held: _Held, *, settle: bool = False, keep_connection: bool = False) -> None:
@@ -322,22 +392,27 @@ class Exchange:
                 held.response.close()
         if held.entry is not None:
             held.entry.release()
-        self._backend.give_slot(
+        self._host.give_slot(
             held.endpoint, held.reservation, self._fold.meta.usage if settle else None, settle
         )
 
     # -- classification ----------------------------------------------------------
 
     def _classify_motio(self, exc: MotioError) -> NoReturn:
-        if isinstance(exc, NotFoundError) and self._backend.several_servers:
+        router = self._host.router
+        if isinstance(exc, NotFoundError) and router.several:
             # One server of several without the model (started with another):
             # the others may have it, and nothing was sent to the thunk yet.
-            self._backend.model_missing(self._failed_endpoint(), self._body.get("model"))
+            # It leaves rotation (until a probe finds the model listed again)
+            # only for the backend's model: a model only this request names
+            # (an OpenAI Batch line's own) says nothing of the server.
+            if self._body.get("model") == self._host.model:
+                router.mark_out(self._failed_endpoint())
             raise _Retry(exc, None, overload=False, failover=True, same_server=False) from None
         if isinstance(exc, APIStatusError):
-            self._backend.answered(self._failed_endpoint())  # an answer: that server is up
+            router.answered(self._failed_endpoint())  # an answer: that server is up
         if isinstance(exc, APIStatusError) and exc.status_code in RETRYABLE_STATUSES:
-            overload = exc.status_code in (429, 503)
+            overload = exc.status_code in OVERLOAD_STATUSES
             raise _Retry(exc, exc.retry_after, overload) from None
         raise exc
 
@@ -353,12 +428,13 @@ class Exchange:
         error.__cause__ = exc
         transient, refused = _transient(exc), _refused(exc)
         endpoint = self._failed_endpoint()
-        if refused and self._backend.busy(endpoint):
+        if refused and (endpoint.adaptive is None or endpoint.adaptive.in_flight > 1):
             # A server that refuses connections while others are in flight
             # is at its limit (a full accept queue): a congestion signal.
-            self._backend.concurrency_overloaded(endpoint)
-        if (transient or refused) and self._backend.several_servers:
-            self._backend.connection_failed(endpoint, refused=refused)
+            _overloaded(endpoint)
+        router = self._host.router
+        if (transient or refused) and router.several:
+            router.failed(endpoint, refused=refused)
             raise _Retry(error, None, overload=False, failover=True, same_server=transient) from exc
         if transient:
             raise _Retry(error, None, overload=False) from exc
@@ -366,47 +442,20 @@ class Exchange:
 
     # -- deadlines ---------------------------------------------------------------
 
-    def _start_total(self) -> None:
-        if self._deadline is None and self._timeouts.total is not None:
-            self._deadline = asyncio.get_running_loop().time() + self._timeouts.total
-
-    def _first_token_scope(self, started: float) -> asyncio.Timeout:
-        limit = self._timeouts.first_token
-        first = None if limit is None else started + limit
-        deadlines = [d for d in (first, self._deadline) if d is not None]
-        return asyncio.timeout_at(min(deadlines) if deadlines else None)
-
-    def _expired(self, started: float) -> BackendError:
-        limit = self._timeouts.first_token
-        first = None if limit is None else started + limit
-        if self._deadline is not None and (first is None or self._deadline <= first):
-            return self.total_expired()
-        where = self._fold.where
-        return FirstTokenTimeoutError(
-            f"{where.describe()}: no content within first_token_timeout={limit:g} s of sending "
-            "the request (the server may be queueing or still reading the prompt); raise "
-            "first_token_timeout= or lower the concurrency",
-            timeout=limit,
-            **where.fields(),
-        )
-
     def total_expired(self) -> TotalTimeoutError:
-        where = self._fold.where
-        limit = self._timeouts.total
-        return TotalTimeoutError(
-            f"{where.describe()}: the generation did not finish within total_timeout={limit:g} s "
-            f"(retries and their waits included; {self.attempts.count} attempt(s)); raise total_timeout=",
-            timeout=limit,
-            **where.fields(),
-        )
+        """The total limit passed, the attempts made said."""
+        attempts = f" (retries and their waits included; {self.attempts.count} attempt(s))"
+        return self._deadlines.total_error(self._fold.where, attempts)
 
     def _check_total_allows(self, wait: float, error: BackendError) -> None:
-        if self._deadline is not None and asyncio.get_running_loop().time() + wait >= self._deadline:
+        deadline = self._deadlines.total_at
+        if deadline is not None and asyncio.get_running_loop().time() + wait >= deadline:
             raise self.total_expired() from error
 
     @property
     def deadline(self) -> float | None:
-        return self._deadline
+        """The total deadline on the loop's clock (None: no limit)."""
+        return self._deadlines.total_at
 
 
 class _SSEStream:
@@ -425,7 +474,7 @@ class _SSEStream:
         self,
         held: _Held,
         decoder: SSEDecoder,
-        fold: _ChatFold,
+        fold: HTTPFold,
         first: str | ErrorAfterText | None,
         exchange: Exchange,
     ) -> None:
@@ -457,7 +506,7 @@ class _SSEStream:
                 return self._last(self._decoder.flush())
             if block := self._decoder.feed(raw):
                 try:
-                    text = fold.process_events(block)
+                    text = fold.fold(block)
                 except ErrorAfterText as pending:
                     return self._deliver(pending)
                 except BaseException:
@@ -471,7 +520,7 @@ class _SSEStream:
     def _last(self, block: bytes) -> str:
         """The stream's end: the text of an unterminated last event, if any."""
         try:
-            text = self._fold.process_events(block) if block else None
+            text = self._fold.fold(block) if block else None
         except ErrorAfterText as pending:
             return self._deliver(pending)
         except BaseException:
@@ -520,13 +569,7 @@ class _SSEStream:
 
     def timeout_error(self, error: ChunkTimeoutError) -> BackendChunkTimeoutError:
         """The core's chunk timeout, with this backend's context (see ``_feed``)."""
-        where = self._fold.where
-        return BackendChunkTimeoutError(
-            f"{where.describe()}: {error}",
-            timeout=error.timeout or 0.0,
-            chunks=error.chunks,
-            **where.fields(),
-        )
+        return chunk_timeout_error(error, self._fold.where)
 
     async def aclose(self) -> None:
         """Stop early: drop the connection and give the slot back. Idempotent."""
@@ -538,7 +581,7 @@ class _SSEStream:
 
 
 async def _first_content(
-    response: aiohttp.ClientResponse, decoder: SSEDecoder, fold: _ChatFold
+    response: aiohttp.ClientResponse, decoder: SSEDecoder, fold: HTTPFold
 ) -> str | ErrorAfterText | None:
     """Read until a read carries content; that text, or None if the answer ended first.
 
@@ -551,16 +594,16 @@ async def _first_content(
             foreign errors for the caller to classify.
     """
     if _is_json(response):
-        return fold.process_whole_instead_of_stream(await response.read()) or None
+        return fold.fold_whole_instead_of_stream(await response.read()) or None
     read = response.content.readany
     try:
         while True:
             raw = await read()
             if not raw:
                 block = decoder.flush()
-                return (fold.process_events(block) if block else None) or None
+                return (fold.fold(block) if block else None) or None
             if block := decoder.feed(raw):
-                text = fold.process_events(block)
+                text = fold.fold(block)
                 if text is not None:
                     return text
     except ErrorAfterText as pending:
@@ -574,25 +617,30 @@ def _is_json(response: aiohttp.ClientResponse) -> bool:
     return ctype is not None and ctype[:16].lower() == "application/json" and ctype[16:17] in ("", ";", " ")
 
 
-async def _read_body(response: aiohttp.ClientResponse, chunk_timeout: float | None, where: Where) -> bytes:
-    """A whole body, each gap between reads bounded by ``chunk_timeout``."""
+async def _read_body(response: aiohttp.ClientResponse, deadlines: Deadlines, where: Where) -> bytes:
+    """A whole body, each gap between reads bounded by the chunk timeout."""
     parts: list[bytes] = []
     read = response.content.readany
+    loop = asyncio.get_running_loop()
     while True:
+        since = loop.time()
         try:
-            async with asyncio.timeout(chunk_timeout):
+            # Not the total: the request's own scope bounds this read by it already.
+            async with asyncio.timeout(deadlines.chunk):
                 raw = await read()
         except TimeoutError as exc:
-            raise BackendChunkTimeoutError(
-                f"{where.describe()}: the answer's body stalled for chunk_timeout={chunk_timeout:g} s; "
-                "raise chunk_timeout=",
-                timeout=chunk_timeout or 0.0,
-                chunks=len(parts),
-                **where.fields(),
+            raise deadlines.expired(
+                "chunk", deadlines.chunk, since, where, hint=_BODY_STALLED, seen=len(parts)
             ) from exc
         if not raw:
             return b"".join(parts)
         parts.append(raw)
+
+
+def _overloaded(endpoint: Endpoint) -> None:
+    """A congestion signal from ``endpoint``, for its adaptive controller if it has one."""
+    if endpoint.adaptive is not None:
+        endpoint.adaptive.record_overload()
 
 
 def _transient(exc: BaseException) -> bool:

@@ -53,8 +53,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._exceptions import ConfigurationError
-from .._loops import wake
+from ..._exceptions import ConfigurationError
+from ..._loops import wake
 
 __all__ = ["RateLimiter", "Reservation", "estimate_tokens"]
 

@@ -37,7 +37,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._errors import Where, status_error
+from .._errors import Where
+from ._errors import status_error
 
 if TYPE_CHECKING:
     import aiohttp

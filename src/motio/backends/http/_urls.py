@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from .._exceptions import ConfigurationError
+from ..._exceptions import ConfigurationError
 
 __all__ = ["ServerURL", "mask_url"]
 

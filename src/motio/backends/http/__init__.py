@@ -1,0 +1,67 @@
+"""Backends of HTTP servers: the shared parts, and their public face.
+
+    HTTPBackend           the base of a protocol over HTTP servers (its hooks
+                          in its docstring); OpenAIBackend is one
+    HTTPFold              what a protocol's fold offers an Exchange
+    EndpointSnapshot      one server's load and health
+    Gate, AdaptiveConcurrency, SharedGate
+                          concurrency: fixed, "auto", a Ray worker's share
+    RateLimiter, Reservation
+                          rpm/tpm, shared by every loop (or every Ray worker)
+    mask_url, none_passed, short_reason
+                          URLs and server failures as the command shows them
+
+Inside: ``_exchange`` (one generation's attempts), ``_endpoints`` (routing
+and health), ``_http``/``_loopclients``/``_tls``/``_urls``/``_compat`` (the
+aiohttp client), ``_sse``, ``_errors``, ``_retry``, ``_adaptive``,
+``_ratelimit``. Names load on first use, so a module here imports cheaply.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..._lazy import lazy_exports
+
+__all__ = [
+    "AdaptiveConcurrency",
+    "EndpointSnapshot",
+    "Gate",
+    "HTTPBackend",
+    "HTTPFold",
+    "RateLimiter",
+    "Reservation",
+    "SharedGate",
+    "mask_url",
+    "none_passed",
+    "short_reason",
+]
+
+_LAZY = {
+    "AdaptiveConcurrency": "._adaptive",
+    "EndpointSnapshot": "._endpoints",
+    "Gate": ".._gate",
+    "HTTPBackend": "._backend",
+    "HTTPFold": "._exchange",
+    "RateLimiter": "._ratelimit",
+    "Reservation": "._ratelimit",
+    "SharedGate": "._adaptive",
+    "mask_url": "._urls",
+    "none_passed": "._endpoints",
+    "short_reason": "._endpoints",
+}
+
+if TYPE_CHECKING:
+    from .._gate import Gate as Gate
+    from ._adaptive import AdaptiveConcurrency as AdaptiveConcurrency
+    from ._adaptive import SharedGate as SharedGate
+    from ._backend import HTTPBackend as HTTPBackend
+    from ._endpoints import EndpointSnapshot as EndpointSnapshot
+    from ._endpoints import none_passed as none_passed
+    from ._endpoints import short_reason as short_reason
+    from ._exchange import HTTPFold as HTTPFold
+    from ._ratelimit import RateLimiter as RateLimiter
+    from ._ratelimit import Reservation as Reservation
+    from ._urls import mask_url as mask_url
+
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
