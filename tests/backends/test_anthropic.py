@@ -77,15 +77,15 @@ def arrivals(server: ScriptedServer) -> list[float]:
 
 
 def test_the_body_moves_system_messages_and_renames_openai_fields() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "Be brief."},
         {"role": "developer", "content": [{"type": "text", "text": "No lists."}]},
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello"},
         {"role": "user", "content": [{"type": "text", "text": "again"}]},
     ]
-    options = {"temperature": 0.2, "top_p": 0.9, "top_k": 5, "stop": "END", "metadata": {"k": "v"},
-               "user": "u1", "extra_body": {"thinking": {"type": "disabled"}}, "seed": None}  # fmt: skip
+    options: dict[str, Any] = {"temperature": 0.2, "top_p": 0.9, "top_k": 5, "stop": "END",
+               "metadata": {"k": "v"}, "user": "u1", "extra_body": {"thinking": {"type": "disabled"}}, "seed": None}  # fmt: skip
     body = messages_body(messages, True, options)
     assert body == {
         "max_tokens": DEFAULT_MAX_TOKENS, "system": "Be brief.\n\nNo lists.", "stream": True,
