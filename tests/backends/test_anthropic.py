@@ -10,6 +10,7 @@ client got.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -32,13 +33,15 @@ from motio import (
     UnsupportedOptionError,
 )
 from motio.backends import AnthropicBackend
-from motio.backends._anthropic import DEFAULT_MAX_TOKENS, messages_body, openai_usage
+from motio.backends._anthropic import DEFAULT_MAX_TOKENS, MessagesFold, messages_body, openai_usage
+from motio.backends._errors import Where
 from motio.backends._registry import backend_class
 from tests.asyncutil import run
 from tests.servers.scripted import (
     ScriptedServer,
     error_event,
     hold_after,
+    ignore_stream,
     ok,
     running,
     stall_after,
@@ -378,3 +381,53 @@ def test_an_early_close_is_seen_by_the_server(server: ScriptedServer) -> None:
     assert mot.cancelled and mot.error is None and text == "echo:|echo: again"
     server.wait_for(lambda s: s.disconnects == 1, timeout=10)
     assert server.chat_requests[0].disconnected
+
+
+def test_a_whole_message_where_a_stream_was_asked_is_the_answer(server: ScriptedServer) -> None:
+    server.script(ignore_stream())
+    mot = run(outcome(backend_for(server)))
+    assert mot.value == "echo: hello there" and mot.generation.finish_reasons == ["stop"]
+    assert mot.generation.usage == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+
+
+def _event(kind: str, **fields: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+
+def test_thinking_and_a_tool_call_are_kept_whole() -> None:
+    # Blocks the scripted server never sends (it answers text only), in the
+    # shapes of Anthropic's streaming documentation.
+    fold = MessagesFold(json.loads, Where("anthropic", MODEL, "http://x/v1"), stream=True, keep=True)
+    mot: ModelOutputThunk[Any] = ModelOutputThunk()
+    fold.bind(mot)
+    start = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL, "content": [],
+             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 1}}  # fmt: skip
+    reads = [
+        _event("message_start", message=start)
+        + _event("content_block_start", index=0, content_block={"type": "thinking", "thinking": ""}),
+        _event("content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "Let me see."}),
+        _event("content_block_stop", index=0)
+        + _event("content_block_start", index=1, content_block={"type": "text", "text": ""})
+        + _event("content_block_delta", index=1, delta={"type": "text_delta", "text": "Checking."})
+        + _event("content_block_stop", index=1),
+        _event("content_block_start", index=2,
+               content_block={"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}})
+        + _event("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": '{"city": '})
+        + _event("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": '"Paris"}'}),
+        _event("content_block_stop", index=2)
+        + _event("message_delta", delta={"stop_reason": "tool_use", "stop_sequence": None},
+                 usage={"output_tokens": 30})
+        + _event("message_stop"),
+    ]  # fmt: skip
+    assert [fold.fold(read) for read in reads] == [None, "", "Checking.", "", None]
+    fold.finish(mot)
+    meta = mot.generation
+    assert meta.finish_reasons == ["tool_calls"] and meta.response_id == "msg_1"
+    assert meta.usage == {"prompt_tokens": 9, "completion_tokens": 30, "total_tokens": 39}
+    assert meta.response is not None and meta.response["stop_reason"] == "tool_use"
+    assert meta.response["content"] == [
+        {"type": "thinking", "thinking": "Let me see."},
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}},
+    ]
+    assert meta.response["usage"] == {"input_tokens": 9, "output_tokens": 30}

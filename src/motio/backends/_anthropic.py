@@ -272,7 +272,7 @@ class MessagesFold:
         meta.response_id = message.get("id")
         meta.model = message.get("model") or meta.model
         self._count(message.get("usage"))
-        if self._keep:
+        if self._keep and self._stream:  # a whole message is kept as it came (fold_whole)
             self._message = {**message, "content": list(message.get("content") or ())}
 
     def _end(self, delta: dict[str, Any], usage: Any) -> None:
