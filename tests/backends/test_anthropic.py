@@ -87,8 +87,9 @@ def test_the_body_moves_system_messages_and_renames_openai_fields() -> None:
         {"role": "assistant", "content": "hello"},
         {"role": "user", "content": [{"type": "text", "text": "again"}]},
     ]
-    options: dict[str, Any] = {"temperature": 0.2, "top_p": 0.9, "top_k": 5, "stop": "END",
-               "metadata": {"k": "v"}, "user": "u1", "extra_body": {"thinking": {"type": "disabled"}}, "seed": None}  # fmt: skip
+    extra = {"thinking": {"type": "disabled"}}
+    options: dict[str, Any] = {"temperature": 0.2, "top_p": 0.9, "top_k": 5, "stop": "END", "seed": None,
+                               "metadata": {"k": "v"}, "user": "u1", "extra_body": extra}  # fmt: skip
     body = messages_body(messages, True, options)
     assert body == {
         "max_tokens": DEFAULT_MAX_TOKENS, "system": "Be brief.\n\nNo lists.", "stream": True,
@@ -400,8 +401,9 @@ def test_thinking_and_a_tool_call_are_kept_whole() -> None:
     fold = MessagesFold(json.loads, Where("anthropic", MODEL, "http://x/v1"), stream=True, keep=True)
     mot: ModelOutputThunk[Any] = ModelOutputThunk()
     fold.bind(mot)
-    start = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL, "content": [],
-             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 1}}  # fmt: skip
+    usage = {"input_tokens": 9, "output_tokens": 1}
+    start: dict[str, Any] = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+                             "content": [], "stop_reason": None, "usage": usage}  # fmt: skip
     reads = [
         _event("message_start", message=start)
         + _event("content_block_start", index=0, content_block={"type": "thinking", "thinking": ""}),
@@ -412,8 +414,8 @@ def test_thinking_and_a_tool_call_are_kept_whole() -> None:
         + _event("content_block_stop", index=1),
         _event("content_block_start", index=2,
                content_block={"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}})
-        + _event("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": '{"city": '})
-        + _event("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": '"Paris"}'}),
+        + _event("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": '{"ci'})
+        + _event("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": 'ty": 1}'}),
         _event("content_block_stop", index=2)
         + _event("message_delta", delta={"stop_reason": "tool_use", "stop_sequence": None},
                  usage={"output_tokens": 30})
@@ -428,6 +430,6 @@ def test_thinking_and_a_tool_call_are_kept_whole() -> None:
     assert meta.response["content"] == [
         {"type": "thinking", "thinking": "Let me see."},
         {"type": "text", "text": "Checking."},
-        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": 1}},
     ]
     assert meta.response["usage"] == {"input_tokens": 9, "output_tokens": 30}
