@@ -402,6 +402,7 @@ def test_thinking_and_a_tool_call_are_kept_whole() -> None:
     mot: ModelOutputThunk[Any] = ModelOutputThunk()
     fold.bind(mot)
     usage = {"input_tokens": 9, "output_tokens": 1}
+    piece = {"type": "input_json_delta"}
     start: dict[str, Any] = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
                              "content": [], "stop_reason": None, "usage": usage}  # fmt: skip
     reads = [
@@ -414,8 +415,8 @@ def test_thinking_and_a_tool_call_are_kept_whole() -> None:
         + _event("content_block_stop", index=1),
         _event("content_block_start", index=2,
                content_block={"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}})
-        + _event("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": '{"c'})
-        + _event("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": 'ity":1}'}),
+        + _event("content_block_delta", index=2, delta={**piece, "partial_json": '{"c'})
+        + _event("content_block_delta", index=2, delta={**piece, "partial_json": 'ity":1}'}),
         _event("content_block_stop", index=2)
         + _event("message_delta", delta={"stop_reason": "tool_use", "stop_sequence": None},
                  usage={"output_tokens": 30})
