@@ -4,7 +4,7 @@ Each helper names the version it was written against; ``tests/core/
 test_compat.py`` checks every internal used here, so a Python upgrade that
 changes one fails that test loudly instead of hanging a consumer or leaking
 a client. The HTTP stack's internals (aiohttp) have their own home,
-``backends/_compat.py``, tested in ``tests/backends/test_compat.py``.
+``backends/http/_compat.py``, tested in ``tests/backends/test_compat.py``.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import re
 import pytest
 
 import motio.backends.http._endpoints as endpoints_module
-from motio.backends.http._endpoints import _TRANSITIONS, Endpoint, Endpoints, _Health
 from motio.backends._gate import Gate
+from motio.backends.http._endpoints import _TRANSITIONS, Endpoint, Endpoints, _Health
 from motio.backends.http._loopclients import LoopClients
 from tests.asyncutil import run
 

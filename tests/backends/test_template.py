@@ -104,7 +104,12 @@ def test_the_template_refuses_unknown_options_before_the_step() -> None:
 
 
 def _bad_timeouts() -> list[dict[str, Any]]:
-    return [{"chunk_timeout": -1}, {"first_token_timeout": 0}, {"total_timeout": "3"}, {"chunk_timeout": True}]
+    return [
+        {"chunk_timeout": -1},
+        {"first_token_timeout": 0},
+        {"total_timeout": "3"},
+        {"chunk_timeout": True},
+    ]
 
 
 @pytest.mark.parametrize("kwargs", _bad_timeouts(), ids=str)

@@ -38,30 +38,31 @@ __all__ = ["Deadlines", "chunk_timeout_error"]
 
 class Deadlines:
     """The first-token, chunk and total limits of one generation, in seconds
-    (None: no limit), and the total one as a deadline once started."""
+    (None: no limit), and the total one as a deadline once started.
 
-    __slots__ = ("first_token", "chunk", "total", "_total_at")
+    Attributes:
+        total_at: the total deadline on the loop's clock, once ``start()``
+            ran (None: no limit, or not started). A plain attribute: a
+            stream reads it on every network read.
+    """
+
+    __slots__ = ("first_token", "chunk", "total", "total_at")
 
     def __init__(self, first_token: float | None, chunk: float | None, total: float | None) -> None:
         self.first_token = first_token
         self.chunk = chunk
         self.total = total
-        self._total_at: float | None = None
+        self.total_at: float | None = None
 
     def start(self) -> None:
         """Start the total limit's clock, once (later calls keep the first start)."""
-        if self._total_at is None and self.total is not None:
-            self._total_at = asyncio.get_running_loop().time() + self.total
-
-    @property
-    def total_at(self) -> float | None:
-        """The total deadline on the loop's clock (None: no limit, or not started)."""
-        return self._total_at
+        if self.total_at is None and self.total is not None:
+            self.total_at = asyncio.get_running_loop().time() + self.total
 
     def scope(self, limit: float | None, since: float) -> asyncio.Timeout:
         """A timeout at the sooner of ``since + limit`` and the total deadline."""
         end = None if limit is None else since + limit
-        total_at = self._total_at
+        total_at = self.total_at
         if total_at is not None and (end is None or total_at < end):
             end = total_at
         return asyncio.timeout_at(end)
@@ -87,7 +88,7 @@ class Deadlines:
             hint: what the limit covered and what to do, after its value.
             seen: chunks received before a chunk timeout.
         """
-        total_at = self._total_at
+        total_at = self.total_at
         if total_at is not None and (limit is None or total_at <= since + limit):
             return self.total_error(where)
         if which == "first_token":

@@ -17,7 +17,7 @@ whole token per ``next()``. So each generation:
 ``max_concurrency`` instances of the model (default 1) are loaded lazily,
 each on first need, in a thread.
 
-Timeouts mean what they mean for OpenAIBackend: ``first_token_timeout``
+Timeouts mean what they mean for every backend (``_deadlines.py``): ``first_token_timeout``
 from the start of generation (after the wait for a model instance) to the
 first content, prompt processing included; ``chunk_timeout`` between
 content chunks; ``total_timeout`` for the whole generation. They bound

@@ -4,7 +4,7 @@ A stock vLLM never answers 429: it queues without limit, so sending more at
 once only shows up as a longer time to first token (TTFT). Hosted APIs and
 proxies do answer 429/503. So the controller listens to both signals:
 
-- **Overload** (429, 503, or a refused connection while others are in
+- **Overload** (429, 503, 529, or a refused connection while others are in
   flight): halve the limit, at most once per round, and remember the level
   where it happened (``ceiling``), lowered by one for every further refusal
   of the same burst: a server of capacity C refuses about L - C of L sent.
@@ -123,7 +123,7 @@ class AdaptiveConcurrency(Gate):
                 self._admit()
 
     def record_overload(self) -> None:
-        """The server pushed back (429, 503, refused under load): halve, once per round."""
+        """The server pushed back (429, 503, 529, refused under load): halve, once per round."""
         if not self.adaptive:
             return
         with self._lock:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from ..._exceptions import ConfigurationError, MotioError, NotFoundError
+from ..._feed import DEFAULT_CHUNK_TIMEOUT
 from .._base import (
     COMMON_OPTIONS,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
@@ -46,7 +47,6 @@ from .._base import (
 )
 from .._errors import Where
 from .._gate import Gate
-from ..._feed import DEFAULT_CHUNK_TIMEOUT
 from ._endpoints import Endpoint, Endpoints, EndpointSnapshot, each_checked, first_passing
 from ._errors import translate
 from ._exchange import Exchange, HTTPFold
@@ -87,8 +87,8 @@ class HTTPBackend(Backend):
     concurrency gate (fixed or ``"auto"``), the rate limiter, retries, the
     four timeouts, checks (``GET <base_url>/models``), the limits Ray
     workers share, the recipe of a copy and ``aclose``. A protocol is a
-    subclass that sets a few class attributes and implements three methods
-    (``OpenAIBackend`` in ``backends/openai/``):
+    subclass that sets a few class attributes and implements two methods,
+    ``request_body`` and ``new_fold`` (``OpenAIBackend`` in ``backends/openai/``):
 
     Class attributes:
         provider: the backend's name (the registry's), in errors and
@@ -125,7 +125,6 @@ class HTTPBackend(Backend):
     ``retry-after``, the error classes of statuses and broken streams are
     the same for every protocol (``_exchange.py``, ``_retry.py``, ``_errors.py``).
 
-
     Args:
         model: the model name; None asks the server (``GET /models``) and
             uses the first it lists.
@@ -155,9 +154,9 @@ class HTTPBackend(Backend):
             ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``.
         max_concurrency: requests in flight at once, across every event loop
             and thread using this backend (per server, given several); the
-            rest wait without holding a connection. An int, ``"auto"`` (adapt to what the server serves:
-            see ``_adaptive.py``; between 1 and ``concurrency_bound``), or
-            None for no cap.
+            rest wait without holding a connection. An int, ``"auto"``
+            (adapt to what the server serves: see ``_adaptive.py``; between
+            1 and ``concurrency_bound``), or None for no cap.
         concurrency_bound: the upper bound of ``"auto"``.
         connect_timeout: seconds to establish a TCP (and TLS) connection.
         first_token_timeout: seconds from sending a request to its first
@@ -169,8 +168,8 @@ class HTTPBackend(Backend):
         total_timeout: seconds for the whole generation, retries and their
             waits included. None (default): no limit.
         max_retries: retries of a request that failed before any content
-            reached the thunk (429, 408, 409, 5xx, 529, reset connections, connect
-            timeouts), with exponential backoff and full jitter, or the
+            reached the thunk (429, 408, 409, 5xx, 529, reset connections,
+            connect timeouts), with exponential backoff and full jitter, or the
             server's Retry-After. 0 disables. A refused connection is not
             retried. Given several servers, a connection failure is instead
             sent at once to a server this generation has not failed on
@@ -634,7 +633,6 @@ class HTTPBackend(Backend):
             await endpoint.clients.aclose()
 
 
-
 def _check_credentials(
     servers: Sequence[ServerURL], api_key: str | None, headers: Mapping[str, str] | None
 ) -> None:
@@ -711,5 +709,3 @@ def _make_limiter(rpm: float | None, tpm: float | None) -> RateLimiter | None:
     from ._ratelimit import RateLimiter
 
     return RateLimiter(rpm, tpm)
-
-

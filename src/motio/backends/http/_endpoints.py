@@ -16,7 +16,7 @@ share anyway, and every prompt sent to a dead one fails).
   picked less often.
 - **Failover**: an attempt that failed before any content reached the thunk
   (refused, reset, connect timeout; a retryable status; a 404 from a server
-  started with another model) goes to another server (``_request.py``
+  started with another model) goes to another server (``_exchange.py``
   decides when; this module only avoids the servers the attempt already
   failed on). A generation may also *shun* servers (a batch re-running a
   stream that broke there): it waits for room on another server in
@@ -68,9 +68,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._adaptive import AdaptiveConcurrency
     from .._errors import Where
     from .._gate import Gate
+    from ._adaptive import AdaptiveConcurrency
     from ._loopclients import LoopClients
 
 __all__ = [

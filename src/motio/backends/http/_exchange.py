@@ -2,7 +2,7 @@
 
 What a batch meets on real servers, and what this module does about it:
 
-- 429/5xx answers, reset connections, connect timeouts before any content:
+- 429/5xx/529 answers, reset connections, connect timeouts before any content:
   retried (``RetryPolicy``: exponential backoff with full jitter, or the
   server's ``Retry-After``/``retry-after-ms``), each retry logged at INFO on
   the ``motio`` logger and recorded in ``mot.generation.attempts``. Never
@@ -139,14 +139,20 @@ class Host(Protocol):
         """A concurrency slot on a server, then the rate limiter's go."""
 
     def give_slot(
-        self, endpoint: Endpoint, reservation: Reservation | None, usage: dict[str, Any] | None, finished: bool
+        self,
+        endpoint: Endpoint,
+        reservation: Reservation | None,
+        usage: dict[str, Any] | None,
+        finished: bool,
     ) -> None:
         """Give the slot back; correct the token budget from the answer's usage."""
 
     async def loop_client(self, endpoint: Endpoint) -> LoopClient:
         """``endpoint``'s client on the running loop."""
 
-    async def prepare(self, entry: LoopClient, body: dict[str, Any], fold: HTTPFold, endpoint: Endpoint) -> None:
+    async def prepare(
+        self, entry: LoopClient, body: dict[str, Any], fold: HTTPFold, endpoint: Endpoint
+    ) -> None:
         """Make ``body`` ready to send to ``endpoint`` (its model, the fold's server)."""
 
     def ask_usage(self, body: dict[str, Any]) -> None:
@@ -453,9 +459,9 @@ class Exchange:
             raise self.total_expired() from error
 
     @property
-    def deadline(self) -> float | None:
-        """The total deadline on the loop's clock (None: no limit)."""
-        return self._deadlines.total_at
+    def deadlines(self) -> Deadlines:
+        """This generation's limits (the total deadline once started)."""
+        return self._deadlines
 
 
 class _SSEStream:
@@ -468,7 +474,7 @@ class _SSEStream:
     It implements the core's ``Source`` protocol.
     """
 
-    __slots__ = ("_held", "_read", "_decoder", "_fold", "_first", "_exchange")
+    __slots__ = ("_held", "_read", "_decoder", "_fold", "_first", "_exchange", "_deadlines")
 
     def __init__(
         self,
@@ -486,6 +492,7 @@ class _SSEStream:
         # The first text; or, rarely, text then an error, or an error to raise next.
         self._first: str | ErrorAfterText | StreamError | None = first
         self._exchange = exchange
+        self._deadlines = exchange.deadlines
 
     def __aiter__(self) -> _SSEStream:
         return self
@@ -543,7 +550,7 @@ class _SSEStream:
         raise pending
 
     async def _next_read(self) -> bytes:
-        deadline = self._exchange.deadline
+        deadline = self._deadlines.total_at
         if deadline is None:
             return await self._read()
         try:

@@ -1,4 +1,4 @@
-"""The HTTP client under OpenAIBackend: one aiohttp session per event loop.
+"""The HTTP client under every HTTPBackend: one aiohttp session per event loop.
 
 Why aiohttp and not the openai SDK's httpx stack: at thousands of concurrent
 streams httpcore's pool costs grow with the number of open connections (each

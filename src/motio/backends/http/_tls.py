@@ -1,6 +1,6 @@
-"""TLS for OpenAIBackend: which certificates a server's must chain to.
+"""TLS for HTTPBackend: which certificates a server's must chain to.
 
-``OpenAIBackend(ssl=...)`` takes what the ecosystem's clients take:
+``HTTPBackend(ssl=...)`` (``OpenAIBackend``'s) takes what the ecosystem's clients take:
 
 - None or True (default): verify against the system store, which OpenSSL
   reads from its default paths or, when set, ``SSL_CERT_FILE`` and
