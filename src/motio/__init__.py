@@ -41,7 +41,7 @@ _EXPORTS_BY_MODULE = {
         "APIStatusError", "BadRequestError", "AuthenticationError", "NotFoundError",
         "RateLimitError", "ServerError", "UnsupportedOptionError", "MissingColumn", "InvalidOutput",
     ),
-    ".backends": ("OpenAIBackend", "LlamaCppBackend", "create_backend"),
+    ".backends": ("OpenAIBackend", "AnthropicBackend", "LlamaCppBackend", "create_backend"),
 }  # fmt: skip
 
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from ._thunk import GenerationMeta as GenerationMeta
     from ._thunk import ModelOutputThunk as ModelOutputThunk
     from ._wait import wait_for_all_mots as wait_for_all_mots
+    from .backends import AnthropicBackend as AnthropicBackend
     from .backends import LlamaCppBackend as LlamaCppBackend
     from .backends import OpenAIBackend as OpenAIBackend
     from .backends import create_backend as create_backend

@@ -125,11 +125,11 @@ def test_batch_refuses_what_is_neither_a_backend_nor_builds_one(given: object) -
         list(batch.run(["x"], given))
 
 
-_UNKNOWN = "unknown backend kind 'vllm'; choose one of: llamacpp, openai$"
+_UNKNOWN = "unknown backend kind 'vllm'; choose one of: anthropic, llamacpp, openai$"
 
 
 def test_the_registry_maps_every_name_to_its_class() -> None:
-    assert backend_names() == ("llamacpp", "openai")
+    assert backend_names() == ("anthropic", "llamacpp", "openai")
     assert backend_class("openai") is OpenAIBackend
     assert backend_class("llamacpp") is LlamaCppBackend
     assert backend_class(SERVER_BACKEND).remote and not backend_class(DEFAULT_BACKEND).remote
@@ -180,7 +180,7 @@ _CAPABILITIES = (
     | set(Backend.__annotations__)
     | {"concurrency_bound", "base_urls", "base_url", "rpm", "tpm", "several_servers", "retry_policy"}
 ) - {"model"}
-_KIND_CLASSES = {"OpenAIBackend", "LlamaCppBackend"}
+_KIND_CLASSES = {"OpenAIBackend", "LlamaCppBackend", "AnthropicBackend"}
 
 
 def _modules() -> list[Path]:

@@ -15,6 +15,7 @@ from motio.backends import create_backend
 def test_public_names_are_exactly_these() -> None:
     assert sorted(motio.backends.__all__) == sorted(
         [
+            "AnthropicBackend",
             "Backend",
             "COMMON_OPTIONS",
             "EndpointSnapshot",

@@ -11,7 +11,7 @@ import motio.helpers.async_helpers as helpers
 EXPECTED = {
     "send_to_queue", "wait_for_all_mots", "get_current_event_loop", "ClientCache",
     "DEFAULT_CHUNK_TIMEOUT", "ModelOutputThunk", "GenerationMeta", "run_sync",
-    "OpenAIBackend", "LlamaCppBackend", "create_backend", "__version__",
+    "OpenAIBackend", "AnthropicBackend", "LlamaCppBackend", "create_backend", "__version__",
     "MotioError", "ChunkTimeoutError", "ConfigurationError", "BackendClosedError", "BackendError",
     "BackendConnectionError", "BackendTimeoutError", "StreamError", "APIStatusError",
     "BadRequestError", "AuthenticationError", "NotFoundError", "RateLimitError", "ServerError",

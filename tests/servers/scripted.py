@@ -1,4 +1,4 @@
-"""A scripted, fault-injecting OpenAI-compatible server for the test suite.
+"""A scripted, fault-injecting OpenAI-compatible (and Anthropic) server for the test suite.
 
 Without it, every test of retries, timeouts, rate limits and adaptive
 concurrency would need its own half-built fake, and each fake would misbehave
@@ -33,7 +33,9 @@ Endpoints
   one chunk per content token, a finish chunk with ``finish_reason``, a usage
   chunk (``choices: []``) when ``stream_options.include_usage``, then
   ``data: [DONE]``. The answer's ``model`` is the request's.
-- Anything else: 404 with an OpenAI-style error body.
+- ``POST /v1/messages``: Anthropic's Messages API (below).
+- Anything else: 404 with an OpenAI-style error body (Anthropic's with an
+  ``anthropic-version`` header).
 
 Tools and logprobs
 ------------------
@@ -53,6 +55,55 @@ compare the two.
 
 With ``api_key`` set, every request without ``Authorization: Bearer <key>``
 gets 401 (``basic_auth=("user", "password")``: without that Basic auth).
+
+Anthropic's Messages API
+------------------------
+``POST /v1/messages`` is a chat request like the others (same choice of
+behaviour, capacity, records, counters: ``chat_requests`` holds both kinds,
+``record.anthropic`` tells them apart) answered in Anthropic's shapes.
+Streamed, one named SSE event per HTTP chunk (``event: <type>`` then
+``data: {"type": <type>, ...}``): ``message_start`` (``message`` with ``id``
+``"msg_scripted"``, ``model``, empty ``content``, ``usage.input_tokens``, and
+``output_tokens: 1`` as Anthropic sends it), ``content_block_start`` (a
+``text`` block, index 0), ``ping``, one ``content_block_delta`` per token
+(``delta: {"type": "text_delta", "text": ...}``), ``content_block_stop``,
+``message_delta`` (``delta.stop_reason`` ``"end_turn"``, ``"max_tokens"`` or
+``"stop_sequence"`` with ``delta.stop_sequence``; ``usage.output_tokens``)
+and ``message_stop``; no ``[DONE]``. Non-streamed: one ``message`` JSON
+(``content: [{"type": "text", "text": ...}]``, ``stop_reason``,
+``stop_sequence``, ``usage: {"input_tokens", "output_tokens"}``). The
+default answer is the same echo; prompt tokens count the ``system`` field
+too; a token (whitespace-stripped) equal to one of ``stop_sequences`` ends
+the answer before it, with ``stop_reason: "stop_sequence"``. ``ok``'s
+``finish_reason`` "stop"/"length" become "end_turn"/"max_tokens", any other
+value is sent as the stop_reason itself. ``GET /v1/models`` with an
+``anthropic-version`` header answers Anthropic's list
+(``{"data": [{"type": "model", "id": ...}], "has_more": false, "first_id",
+"last_id"}``).
+
+Refusals, in this order: a body that is not a JSON object gets 400; with
+``api_key`` set, a request without ``x-api-key: <key>`` gets 401
+``authentication_error`` (a Bearer token does not count); without an
+``anthropic-version`` header, 400; without an integer ``max_tokens``, 400
+``invalid_request_error``. Every error body has Anthropic's shape,
+``{"type": "error", "error": {"type": ..., "message": ...}}`` with the type
+of the status (400 ``invalid_request_error``, 401 ``authentication_error``,
+404 ``not_found_error``, 429 ``rate_limit_error``, 500 ``api_error``, 529
+``overloaded_error``...), so ``status(529, {"retry-after": "1"})`` is
+Anthropic's overload answer. Every answer names its request in
+``request-id`` (OpenAI's: ``x-request-id``).
+
+The behaviours below apply as they do to OpenAI requests, in Anthropic's
+events: "the role chunk" is ``message_start``, ``content_block_start`` and
+``ping``; a content chunk is a ``content_block_delta``; ``[DONE]`` is
+``message_stop``. ``trickle_chunks`` sends ``ping`` events;
+``malformed_after`` a ``content_block_delta`` whose data is not JSON;
+``error_event`` an ``event: error`` with ``{"type": "error", "error":
+<error>}`` (default ``{"type": "overloaded_error", "message":
+"Overloaded"}``), after which the stream ends (no ``message_stop``), as
+Anthropic's does; ``no_done`` ends without ``message_delta`` and
+``message_stop`` [``stop_reason: null``, no usage]. Tool calls and logprobs
+are OpenAI's only.
 
 TLS
 ---
@@ -141,7 +192,8 @@ Capacity (server-wide; ``configure()`` changes it at run time)
 --------------------------------------------------------------
 ``capacity=N`` admits at most N chat requests at once. Beyond that,
 ``overflow="reject"`` answers 429 (with ``Retry-After: <retry_after>`` unless
-it is None, and ``retry-after-ms`` if ``retry_after_ms`` is set);
+it is None, and ``retry-after-ms`` if ``retry_after_ms`` is set; an
+Anthropic request gets 529 ``overloaded_error`` with the same headers);
 ``overflow="queue"`` holds the rest in FIFO order before their first byte,
 so time to first token grows with the queue, as vLLM's does. A request
 leaves its slot just *before* its last bytes are written, so a client that
@@ -309,7 +361,7 @@ class MalformedAfter(Behaviour):
 @dataclass(frozen=True)
 class ErrorEvent(Behaviour):
     after: int = 1
-    error: str = '{"message": "scripted mid-stream failure", "type": "server_error", "code": 500}'
+    error: str | None = None  # the error object's JSON; None: the wire's default (see the docstring)
     coalesce: bool = False
     gap: float = 0.0
     named: bool = False
@@ -415,12 +467,15 @@ def error_event(
 ) -> ErrorEvent:
     """``after`` content chunks, then a ``{"error": error}`` event and [DONE].
 
+    On Anthropic's wire: ``event: error`` with ``{"type": "error", "error":
+    error}`` (default ``overloaded_error``), and the stream ends there.
+
     ``coalesce``: the role chunk, the content chunks and the error event in
     one HTTP chunk, one write. ``gap``: each event its own write, ``gap`` s
     after the one before (the client reads them apart). ``named``: the
     event is ``event: error`` (an SSE event name) as well.
     """
-    text = ErrorEvent.error if error is None else json.dumps(dict(error))
+    text = None if error is None else json.dumps(dict(error))
     return ErrorEvent(after, text, coalesce, gap, named)
 
 
@@ -474,7 +529,16 @@ class RequestRecord:
 
     @property
     def chat(self) -> bool:
-        return self.method == "POST" and self.path.split("?")[0].endswith("/chat/completions")
+        """A chat request: OpenAI's ``/chat/completions`` or Anthropic's ``/messages``."""
+        return self.method == "POST" and self.path.split("?")[0].endswith(("/chat/completions", "/messages"))
+
+    @property
+    def anthropic(self) -> bool:
+        """Anthropic's API: ``POST .../messages``, or any other non-chat request with ``anthropic-version``."""
+        path = self.path.split("?")[0]
+        if self.method == "POST" and path.endswith("/messages"):
+            return True
+        return not self.chat and "anthropic-version" in self.headers
 
     @property
     def model(self) -> str | None:
@@ -576,6 +640,7 @@ class _Answer:
     prompt_tokens: int
     tool_call: tuple[str, str] | None = None  # (name, arguments): the answer is this call
     logprobs: int | None = None  # logprobs asked for, with this many top_logprobs
+    stop_sequence: str | None = None  # the Anthropic stop sequence that ended it
 
     @property
     def usage(self) -> dict[str, int]:
@@ -632,6 +697,110 @@ def _completion(answer: _Answer, model: str, finish: bool = True) -> dict[str, A
     if finish:
         body["usage"] = answer.usage
     return body
+
+
+# ---------------------------------------------------------------- Anthropic's wire format
+
+ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version the Messages API documents
+_OPENAI_STREAM_ERROR = '{"message": "scripted mid-stream failure", "type": "server_error", "code": 500}'
+_ANTHROPIC_STREAM_ERROR = '{"type": "overloaded_error", "message": "Overloaded"}'
+_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                          403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                          429: "rate_limit_error", 500: "api_error", 504: "timeout_error",
+                          529: "overloaded_error"}  # fmt: skip
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}  # OpenAI's finish_reason -> stop_reason
+
+
+def _a_error_body(code: int, message: str | None = None) -> bytes:
+    kind = _ANTHROPIC_ERROR_TYPES.get(code, "api_error" if code >= 500 else "invalid_request_error")
+    error = {"type": kind, "message": message or f"scripted {code}"}
+    return json.dumps({"type": "error", "error": error}).encode()
+
+
+def _a_event(obj: dict[str, Any]) -> bytes:
+    """One named SSE event, as Anthropic sends them: ``event: <type>`` then its data."""
+    return _a_event_raw(obj["type"], json.dumps(obj).encode())
+
+
+def _a_event_raw(name: str, data: bytes) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _a_prompt_tokens(body: dict[str, Any]) -> int:
+    system = body.get("system")
+    return _prompt_tokens(body) + len(_TOKEN.findall(_text_of(system)))
+
+
+def _a_stop_sequence(tokens: tuple[str, ...], body: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
+    """The tokens before the first one (whitespace-stripped) in ``stop_sequences``, and that one."""
+    stops = body.get("stop_sequences") or ()
+    for i, token in enumerate(tokens):
+        if token.strip() in stops:
+            return tokens[:i], token.strip()
+    return tokens, None
+
+
+def _a_message(answer: _Answer, model: str, finish: bool = True) -> dict[str, Any]:
+    """The non-streamed ``message`` (``finish=False``: no stop_reason nor usage, as cut short)."""
+    body: dict[str, Any] = {
+        "id": "msg_scripted", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "".join(answer.tokens)}],
+        "stop_reason": _STOP_REASONS.get(answer.finish, answer.finish) if finish else None,
+        "stop_sequence": answer.stop_sequence if finish else None,
+    }  # fmt: skip
+    if finish:
+        body["usage"] = {"input_tokens": answer.prompt_tokens, "output_tokens": len(answer.tokens)}
+    return body
+
+
+def _a_opening(answer: _Answer, model: str) -> list[bytes]:
+    """``message_start`` (the message without content), ``content_block_start``, ``ping``."""
+    usage = {"input_tokens": answer.prompt_tokens, "cache_creation_input_tokens": 0,
+             "cache_read_input_tokens": 0, "output_tokens": 1}  # fmt: skip
+    message = {**_a_message(answer, model, finish=False), "content": [], "usage": usage}
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    return [
+        _a_event({"type": "message_start", "message": message}),
+        _a_event(block),
+        _a_event({"type": "ping"}),
+    ]
+
+
+def _a_delta(token: str) -> bytes:
+    return _a_event(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}}
+    )
+
+
+def _a_tail(answer: _Answer, usage: bool) -> list[bytes]:
+    """``content_block_stop``, ``message_delta`` (stop_reason, output_tokens), ``message_stop``."""
+    stop = {
+        "stop_reason": _STOP_REASONS.get(answer.finish, answer.finish),
+        "stop_sequence": answer.stop_sequence,
+    }
+    delta: dict[str, Any] = {"type": "message_delta", "delta": stop}
+    if usage:
+        delta["usage"] = {"output_tokens": len(answer.tokens)}
+    return [_a_event({"type": "content_block_stop", "index": 0}), _a_event(delta), _A_STOP]
+
+
+_A_STOP = _a_event({"type": "message_stop"})
+_A_PING = _a_event({"type": "ping"})
+
+
+@lru_cache(maxsize=256)
+def _a_whole_stream(answer: _Answer, model: str, usage: bool) -> bytes:
+    events = [*_a_opening(answer, model), *map(_a_delta, answer.tokens), *_a_tail(answer, usage)]
+    return b"".join(map(_http_chunk, events)) + b"0\r\n\r\n"
+
+
+def _a_models(models: Sequence[str]) -> bytes:
+    data = [
+        {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in models
+    ]
+    page = {"data": data, "has_more": False, "first_id": models[0] if models else None,
+            "last_id": models[-1] if models else None}  # fmt: skip
+    return json.dumps(page).encode()
 
 
 # ---------------------------------------------------------------- HTTP requests
@@ -786,7 +955,9 @@ class _Exchange:
         body = record.body if isinstance(record.body, dict) else {}
         self.body: dict[str, Any] = body
         self.model = str(body.get("model") or server.models[0])
-        self.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.anthropic = record.anthropic
+        # Anthropic always streams its usage; OpenAI only when asked.
+        self.include_usage = self.anthropic or bool((body.get("stream_options") or {}).get("include_usage"))
         self.pending: list[bytes] = []
         self.client_left = False
         self.finished = False  # the last bytes are buffered
@@ -797,8 +968,9 @@ class _Exchange:
 
     def head(self, code: int, headers: Iterable[tuple[str, str]] = ()) -> None:
         self.server._update(self.record, status=code)
-        # As OpenAI's API does: every answer names its request.
-        headers = [*headers, ("x-request-id", f"req_scripted_{self.record.index}")]
+        # As both APIs do: every answer names its request.
+        name = "request-id" if self.anthropic else "x-request-id"
+        headers = [*headers, (name, f"req_scripted_{self.record.index}")]
         if self.close_after:
             headers = [*headers, ("connection", "close")]
         self.pending.append(_head(code, headers))
@@ -817,6 +989,9 @@ class _Exchange:
         self.event(data, content=bool(delta.get("content")))
 
     def role(self) -> None:
+        if self.anthropic:
+            self.pending.extend(map(_http_chunk, _a_opening(self.answer(), self.model)))
+            return
         self.chunk({"role": "assistant", "content": ""})
 
     async def flush(self) -> bool:
@@ -861,15 +1036,17 @@ class _Exchange:
     # The answer.
 
     def answer(self, chunks: tuple[str, ...] | None = None) -> _Answer:
-        prompt = _prompt_tokens(self.body)
+        prompt = _a_prompt_tokens(self.body) if self.anthropic else _prompt_tokens(self.body)
         limit = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
         if chunks is None and self.server.chunks is not None:
             chunks = tuple(f" tok{i}" for i in range(self.server.chunks))
         if chunks is None:
             chunks = tuple(_TOKEN.findall("echo: " + _last_user_text(self.body)))
-        tokens = chunks
+        tokens, stop_sequence = _a_stop_sequence(chunks, self.body) if self.anthropic else (chunks, None)
+        if stop_sequence is not None:
+            return _Answer(tokens, "stop_sequence", prompt, stop_sequence=stop_sequence)
         logprobs = int(self.body.get("top_logprobs") or 0) if self.body.get("logprobs") else None
-        if _first_tool(self.body) is not None:
+        if _first_tool(self.body) is not None and not self.anthropic:
             return self._tool_answer(prompt, logprobs)
         if isinstance(limit, int) and 0 <= limit < len(tokens):
             return _Answer(tokens[:limit], "length", prompt, None, logprobs)
@@ -883,7 +1060,9 @@ class _Exchange:
 
     def content(self, tokens: Iterable[str], answer: _Answer | None = None) -> None:
         for token in tokens:
-            if answer is None or (answer.tool_call is None and answer.logprobs is None):
+            if self.anthropic:
+                self.event(_a_delta(token), content=bool(token))
+            elif answer is None or (answer.tool_call is None and answer.logprobs is None):
                 self.chunk({"content": token})
             else:
                 self.rich_chunk(answer, token)
@@ -905,14 +1084,48 @@ class _Exchange:
         self.server._update(self.record, chunks=self.record.chunks + 1)
 
     def rich_role(self, answer: _Answer) -> None:
+        if self.anthropic:
+            self.role()
+            return
         self.chunk({"role": "assistant", "content": None if answer.tool_call else ""})
 
     def tail(self, answer: _Answer, usage: bool) -> bytes:
+        if self.anthropic:
+            return b"".join(map(_http_chunk, _a_tail(answer, usage))) + b"0\r\n\r\n"
         events = [_event(_chunk("chatcmpl-scripted", self.model, {}, answer.finish))]
         if usage and self.include_usage:
             events.append(_event(_usage_chunk(self.model, answer)))
         events.append(b"data: [DONE]\n\n")
         return b"".join(map(_http_chunk, events)) + b"0\r\n\r\n"
+
+    def whole_stream(self, answer: _Answer, usage: bool) -> bytes:
+        if self.anthropic:
+            return _a_whole_stream(answer, self.model, usage)
+        return _whole_stream(answer, self.model, usage and self.include_usage)
+
+    def completion(self, answer: _Answer, finish: bool = True) -> bytes:
+        """The non-streamed answer's body: a ``chat.completion`` or an Anthropic ``message``."""
+        make = _a_message if self.anthropic else _completion
+        return json.dumps(make(answer, self.model, finish)).encode()
+
+    def error_body(self, code: int, message: str | None = None) -> bytes:
+        return (_a_error_body if self.anthropic else _error_body)(code, message)
+
+    def end_of_stream(self) -> bytes:
+        """The last event and the terminating HTTP chunk: ``[DONE]``, or Anthropic's ``message_stop``."""
+        return _http_chunk(_A_STOP if self.anthropic else b"data: [DONE]\n\n") + b"0\r\n\r\n"
+
+    def error_data(self, b: ErrorEvent) -> bytes:
+        """The error object of ``b`` wrapped as this wire wraps it."""
+        if self.anthropic:
+            return b'{"type": "error", "error": ' + (b.error or _ANTHROPIC_STREAM_ERROR).encode() + b"}"
+        return b'{"error": ' + (b.error or _OPENAI_STREAM_ERROR).encode() + b"}"
+
+    def error_event(self, b: ErrorEvent) -> bytes:
+        """The mid-stream error event of ``b`` (Anthropic's is always named ``error``)."""
+        if self.anthropic:
+            return _a_event_raw("error", self.error_data(b))
+        return (b"event: error\n" if b.named else b"") + b"data: " + self.error_data(b) + b"\n\n"
 
 
 # ---------------------------------------------------------------- behaviours played
@@ -933,13 +1146,13 @@ async def _answer(x: _Exchange, b: Ok, answer: _Answer, *, started: bool = False
         # As long as the stream would take, all of it before the first byte.
         if not await x.pause(delay * len(answer.tokens)):
             return False
-        return await x.json(200, json.dumps(_completion(answer, x.model)).encode())
+        return await x.json(200, x.completion(answer))
     rich = answer.tool_call is not None or answer.logprobs is not None
     if delay <= 0 and not started and not rich:
         # Every chunk in one write: the benchmarks' fast path.
         x.server._update(x.record, chunks=len(answer.tokens))
         x.sse_head()
-        return await x.finish(_whole_stream(answer, x.model, b.usage and x.include_usage))
+        return await x.finish(x.whole_stream(answer, b.usage))
     if not started:
         x.sse_head()
         x.rich_role(answer)
@@ -951,7 +1164,7 @@ async def _answer(x: _Exchange, b: Ok, answer: _Answer, *, started: bool = False
 
 
 async def _play_status(x: _Exchange, b: Status) -> bool:
-    body = b.body if b.body is not None else _error_body(b.code)
+    body = b.body if b.body is not None else x.error_body(b.code)
     return await x.json(b.code, body, b.headers)
 
 
@@ -985,7 +1198,8 @@ async def _play_stall_after(x: _Exchange, b: StallAfter) -> bool:
 async def _play_trickle(x: _Exchange, b: Trickle) -> bool:
     if x.record.stream:
         _start_stream(x, b.after)
-        keepalive = _http_chunk(b.keepalive)
+        # On Anthropic's wire a chunk without content is its ping event.
+        keepalive = _http_chunk(_A_PING if x.anthropic and not b.keepalive.startswith(b":") else b.keepalive)
     else:
         x.head(200, [("content-type", "application/json"), ("transfer-encoding", "chunked")])
         keepalive = _http_chunk(b" ")
@@ -1002,7 +1216,7 @@ async def _play_drop_after(x: _Exchange, b: DropAfter) -> bool:
     if x.record.stream:
         _start_stream(x, b.k)
     else:
-        body = json.dumps(_completion(x.answer(), x.model)).encode()
+        body = x.completion(x.answer())
         x.head(200, [("content-type", "application/json"), ("content-length", str(len(body)))])
         x.pending.append(body[: len(body) // 2])
     if await x.flush():
@@ -1014,26 +1228,30 @@ async def _play_malformed_after(x: _Exchange, b: MalformedAfter) -> bool:
     if not x.record.stream:
         return await x.json(200, b'{"id": "chatcmpl-scripted", "choices": [{"mess')
     _start_stream(x, b.k)
-    x.event(b.line)
-    return await x.finish(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    x.event(b"event: content_block_delta\n" + b.line if x.anthropic else b.line)
+    return await x.finish(x.end_of_stream())
 
 
 async def _play_error_event(x: _Exchange, b: ErrorEvent) -> bool:
-    error = b'{"error": ' + b.error.encode() + b"}"
     if not x.record.stream:
-        return await x.json(200, error)
+        return await x.json(200, x.error_data(b))
     if b.gap > 0:
-        return await _play_error_event_spread(x, b, error)
+        return await _play_error_event_spread(x, b)
     _start_stream(x, b.after)
-    x.event((b"event: error\n" if b.named else b"") + b"data: " + error + b"\n\n")
+    x.event(x.error_event(b))
     if b.coalesce:
         # The head, then every event's bytes as one HTTP chunk.
         head, events = x.pending[0], [_chunk_data(c) for c in x.pending[1:]]
         x.pending = [head, _http_chunk(b"".join(events))]
-    return await x.finish(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    return await x.finish(_after_error(x))
 
 
-async def _play_error_event_spread(x: _Exchange, b: ErrorEvent, error: bytes) -> bool:
+def _after_error(x: _Exchange) -> bytes:
+    """OpenAI-style servers still send [DONE]; Anthropic's stream ends at its error event."""
+    return b"0\r\n\r\n" if x.anthropic else _http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+
+
+async def _play_error_event_spread(x: _Exchange, b: ErrorEvent) -> bool:
     answer = x.answer()
     x.sse_head()
     x.role()
@@ -1043,8 +1261,8 @@ async def _play_error_event_spread(x: _Exchange, b: ErrorEvent, error: bytes) ->
         x.content([token])
     if not await x.pause(b.gap):
         return False
-    x.event((b"event: error\n" if b.named else b"") + b"data: " + error + b"\n\n")
-    return await x.finish(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    x.event(x.error_event(b))
+    return await x.finish(_after_error(x))
 
 
 def _chunk_data(http_chunk: bytes) -> bytes:
@@ -1055,14 +1273,13 @@ def _chunk_data(http_chunk: bytes) -> bytes:
 async def _play_ignore_stream(x: _Exchange, b: IgnoreStream) -> bool:
     if not await x.pause(x.server.service_time):
         return False
-    answer = x.answer(b.chunks)
-    return await x.json(200, json.dumps(_completion(answer, x.model)).encode())
+    return await x.json(200, x.completion(x.answer(b.chunks)))
 
 
 async def _play_no_done(x: _Exchange, b: NoDone) -> bool:
     answer = x.answer()
     if not x.record.stream:
-        return await x.json(200, json.dumps(_completion(answer, x.model, finish=False)).encode())
+        return await x.json(200, x.completion(answer, finish=False))
     _start_stream(x, len(answer.tokens))
     return await x.finish(b"0\r\n\r\n")
 
@@ -1154,7 +1371,8 @@ class ScriptedServer:
         port: the port to listen on; 0 picks a free one.
         models: the model names ``GET /v1/models`` lists (the first answers
             requests that name none).
-        api_key: when set, requests need ``Authorization: Bearer <api_key>``.
+        api_key: when set, requests need ``Authorization: Bearer <api_key>``
+            (Anthropic's: ``x-api-key: <api_key>``).
         capacity: chat requests admitted at once; None for no limit.
         overflow: beyond ``capacity``, "reject" (429) or "queue" (FIFO).
         retry_after: seconds in the capacity 429's ``Retry-After``; None omits it.
@@ -1373,7 +1591,7 @@ class ScriptedServer:
     max_serving = _counter("max_serving", "The most chat requests admitted at once (at most the capacity).")
     queued = _counter("queued", "Chat requests waiting in the capacity queue now.")
     max_queued = _counter("max_queued", "The longest the capacity queue has been.")
-    rejected = _counter("rejected", "Chat requests the capacity limit answered with 429.")
+    rejected = _counter("rejected", "Chat requests the capacity limit answered with 429 (Anthropic's: 529).")
     disconnects = _counter("disconnects", "Chat requests whose client left before their answer ended.")
     completed = _counter("completed", "Chat requests whose answer was written to its end.")
 
@@ -1392,7 +1610,11 @@ class ScriptedServer:
         self._loop.set_exception_handler(lambda _loop, ctx: self._note_error(str(ctx)))
         self._stopping = asyncio.Event()
         listener = await asyncio.start_server(
-            self._serve_connection, "127.0.0.1", self._requested_port, backlog=4096, limit=1 << 20,
+            self._serve_connection,
+            "127.0.0.1",
+            self._requested_port,
+            backlog=4096,
+            limit=1 << 20,
             ssl=self.tls,
         )
         self.port = listener.sockets[0].getsockname()[1]
@@ -1492,13 +1714,15 @@ class ScriptedServer:
             self._settle(x)
 
     async def _route_other(self, x: _Exchange, request: _Parsed) -> bool:
-        if not self._authorised(request):
-            return await _play_status(x, status(401, body=_error_body(401, "Incorrect API key provided")))
+        if not self._authorised(request, x.anthropic):
+            return await _play_status(x, status(401, body=x.error_body(401, "Incorrect API key provided")))
         if request.method == "GET" and request.path.split("?")[0].rstrip("/").endswith("/models"):
+            if x.anthropic:
+                return await x.json(200, _a_models(self.models))
             data = [{"id": m, "object": "model", "created": _CREATED, "owned_by": "scripted"}
                     for m in self.models]  # fmt: skip
             return await x.json(200, json.dumps({"object": "list", "data": data}).encode())
-        return await x.json(404, _error_body(404, f"no route {request.method} {request.path}"))
+        return await x.json(404, x.error_body(404, f"no route {request.method} {request.path}"))
 
     def _arrive(self, conn: _Connection, request: _Parsed) -> RequestRecord:
         try:
@@ -1530,38 +1754,55 @@ class ScriptedServer:
             self._release(x)
             self._settle(x)
 
-    def _authorised(self, request: _Parsed) -> bool:
+    def _authorised(self, request: _Parsed, anthropic: bool = False) -> bool:
         given = request.headers.get("authorization")
         if self.basic_auth is not None:
             token = base64.b64encode(":".join(self.basic_auth).encode()).decode()
             return given == f"Basic {token}"
+        if anthropic:  # Anthropic takes its key in x-api-key only, never as a Bearer token
+            return self.api_key is None or request.headers.get("x-api-key") == self.api_key
         return self.api_key is None or given == f"Bearer {self.api_key}"
 
-    def _gate(self, x: _Exchange, request: _Parsed) -> Behaviour | None:
-        """What must happen before any choice: 400, 401, a capacity 429, or admission."""
+    def _refusal(self, x: _Exchange, request: _Parsed) -> Status | None:
+        """The 400 or 401 a request gets before anything else, if any."""
         if not isinstance(x.record.body, dict):
-            return status(400, body=_error_body(400, "the body is not a JSON object"))
-        if not self._authorised(request):
-            return status(401, body=_error_body(401, "Incorrect API key provided"))
+            return status(400, body=x.error_body(400, "the body is not a JSON object"))
+        if not self._authorised(request, x.anthropic):
+            message = "invalid x-api-key" if x.anthropic else "Incorrect API key provided"
+            return status(401, body=x.error_body(401, message))
+        if not x.anthropic:
+            return None
+        if "anthropic-version" not in request.headers:
+            return status(400, body=x.error_body(400, "anthropic-version: header is required"))
+        if not isinstance(x.record.body.get("max_tokens"), int):
+            return status(400, body=x.error_body(400, "max_tokens: Field required"))
+        return None
+
+    def _gate(self, x: _Exchange, request: _Parsed) -> Behaviour | None:
+        """What must happen before any choice: 400, 401, a capacity 429 (529), or admission."""
+        refusal = self._refusal(x, request)
+        if refusal is not None:
+            return refusal
         with self._cond:
             if self._waiters or (self.capacity is not None and self._count["serving"] >= self.capacity):
                 if self.overflow == "queue":
                     return None
                 self._bump("rejected")
                 x.record.rejected = True
-                return self._capacity_429()
+                return self._capacity_429(x)
             self._bump("serving")
             x.slot = True
         return self._choose(x.record)
 
-    def _capacity_429(self) -> Status:
+    def _capacity_429(self, x: _Exchange) -> Status:
         headers = {}
         if self.retry_after is not None:
             headers["Retry-After"] = f"{self.retry_after:g}"
         if self.retry_after_ms is not None:
             headers["retry-after-ms"] = f"{self.retry_after_ms:g}"
         message = f"scripted capacity of {self.capacity} concurrent requests reached"
-        return status(429, headers, _error_body(429, message))
+        code = 529 if x.anthropic else 429  # Anthropic says "overloaded" when it is out of capacity
+        return status(code, headers, x.error_body(code, message))
 
     async def _queue(self, x: _Exchange) -> bool:
         """Wait in FIFO order for a slot; False if the client left meanwhile."""

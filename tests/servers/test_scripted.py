@@ -107,10 +107,15 @@ class Wire:
     # HTTP.
 
     def post(
-        self, body: dict[str, Any], headers: dict[str, str] | None = None, *, chunked: bool = False
+        self,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        *,
+        chunked: bool = False,
+        path: str = "/v1/chat/completions",
     ) -> None:
         data = json.dumps(body).encode()
-        lines = ["POST /v1/chat/completions HTTP/1.1", "host: 127.0.0.1", "content-type: application/json"]
+        lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "content-type: application/json"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if chunked:
             lines.append("transfer-encoding: chunked")
@@ -915,3 +920,233 @@ def test_without_records_it_is_fast() -> None:
         elapsed = time.monotonic() - started
         assert codes == [200] * 504 and server.completed == 504 and server.requests == []
     assert elapsed < 5.0, f"{elapsed:.1f} s for 504 streams"
+
+
+# ---------------------------------------------------------------- Anthropic's Messages API
+
+ANTHROPIC = {"anthropic-version": "2023-06-01"}
+
+
+def messages(prompt: str = "hello there friend", *, stream: bool = True, **extra: Any) -> dict[str, Any]:
+    body = {
+        "model": "m",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": stream,
+    }
+    return {**body, **extra}
+
+
+def post_messages(wire: Wire, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    wire.post(body, ANTHROPIC if headers is None else headers, path="/v1/messages")
+
+
+def named_events(answer: Response) -> list[tuple[str, dict[str, Any]]]:
+    """Each SSE event as (its ``event:`` name, its parsed data); the two must agree."""
+    out = []
+    for event in answer.events:
+        name, data = event.split(b"\n")
+        parsed = json.loads(data.removeprefix(b"data: "))
+        assert name == b"event: " + parsed["type"].encode()
+        out.append((parsed["type"], parsed))
+    return out
+
+
+def text_of(events: list[tuple[str, dict[str, Any]]]) -> str:
+    return "".join(e["delta"]["text"] for name, e in events if name == "content_block_delta")
+
+
+@pytest.mark.parametrize("max_tokens", [64, 2], ids=["whole", "cut"])
+def test_messages_stream_has_anthropic_shape(server: ScriptedServer, wire: Wire, max_tokens: int) -> None:
+    post_messages(wire, messages(max_tokens=max_tokens))
+    answer = wire.response()
+    assert answer.status == 200 and answer.headers["content-type"] == "text/event-stream"
+    assert answer.headers["request-id"] == "req_scripted_0" and b"[DONE]" not in answer.body
+    events = named_events(answer)
+    names = [name for name, _ in events]
+    tokens = ["echo:", " hello", " there", " friend"][:max_tokens]
+    assert names == ["message_start", "content_block_start", "ping", *["content_block_delta"] * len(tokens),
+                     "content_block_stop", "message_delta", "message_stop"]  # fmt: skip
+    message = events[0][1]["message"]
+    assert message["type"] == "message" and message["role"] == "assistant" and message["model"] == "m"
+    assert message["id"].startswith("msg_") and message["content"] == [] and message["stop_reason"] is None
+    assert message["usage"]["input_tokens"] == 3
+    assert events[1][1] == {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    assert events[3][1] == {"type": "content_block_delta", "index": 0,
+                            "delta": {"type": "text_delta", "text": "echo:"}}  # fmt: skip
+    assert text_of(events) == "".join(tokens)
+    delta = events[-2][1]
+    assert delta["delta"] == {
+        "stop_reason": "max_tokens" if max_tokens == 2 else "end_turn",
+        "stop_sequence": None,
+    }
+    assert delta["usage"] == {"output_tokens": len(tokens)}
+    [record] = server.chat_requests
+    assert (
+        record.anthropic
+        and record.chunks == len(tokens)
+        and record.headers["anthropic-version"] == "2023-06-01"
+    )
+
+
+def test_messages_plain_answer_is_the_streams_concatenation(wire: Wire) -> None:
+    body = messages("be brief", system="You are terse.", stop_sequences=["brief"])
+    post_messages(wire, body)
+    streamed = named_events(wire.response())
+    post_messages(wire, {**body, "stream": False})
+    answer = wire.response()
+    whole = answer.json()
+    assert answer.headers["content-type"] == "application/json"
+    assert whole["type"] == "message" and whole["role"] == "assistant" and whole["model"] == "m"
+    assert (
+        whole["content"]
+        == [{"type": "text", "text": text_of(streamed)}]
+        == [{"type": "text", "text": "echo: be"}]
+    )
+    assert whole["stop_reason"] == "stop_sequence" == streamed[-2][1]["delta"]["stop_reason"]
+    assert whole["stop_sequence"] == "brief" == streamed[-2][1]["delta"]["stop_sequence"]
+    # Prompt tokens count the system field ("You are terse." is 3) and the message (2).
+    assert whole["usage"] == {"input_tokens": 5, "output_tokens": 2}
+    assert streamed[0][1]["message"]["usage"]["input_tokens"] == 5
+
+
+def test_messages_refusals_in_anthropic_shape() -> None:
+    with running(api_key="sk-ant") as server, Wire(server) as wire:
+        key = {**ANTHROPIC, "x-api-key": "sk-ant"}
+        cases = [
+            ({}, messages(), 401, "authentication_error"),  # no key, no version: the key is asked first
+            ({**ANTHROPIC, "authorization": "Bearer sk-ant"}, messages(), 401, "authentication_error"),
+            ({"x-api-key": "sk-ant"}, messages(), 400, "invalid_request_error"),
+            (key, {k: v for k, v in messages().items() if k != "max_tokens"}, 400, "invalid_request_error"),
+        ]  # fmt: skip
+        for headers, body, code, kind in cases:
+            post_messages(wire, body, headers)
+            answer = wire.response()
+            assert answer.status == code and answer.json()["type"] == "error"
+            assert answer.json()["error"]["type"] == kind and answer.json()["error"]["message"]
+        post_messages(wire, messages(), key)
+        assert wire.response().status == 200
+        wire.get("/v1/models", key)
+        listed = wire.response().json()
+        assert listed["data"] == [{"type": "model", "id": "scripted-model", "display_name": "scripted-model",
+                                   "created_at": "2025-01-01T00:00:00Z"}]  # fmt: skip
+        assert listed["has_more"] is False and listed["first_id"] == listed["last_id"] == "scripted-model"
+        wire.get("/v1/models", ANTHROPIC)
+        assert wire.response().json()["error"]["type"] == "authentication_error"
+        assert [r.status for r in server.chat_requests] == [401, 401, 400, 400, 200]
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"), [(429, "rate_limit_error"), (529, "overloaded_error"), (500, "api_error")],
+    ids=["429", "529", "500"],
+)  # fmt: skip
+def test_messages_status_in_anthropic_shape(server: ScriptedServer, wire: Wire, code: int, kind: str) -> None:
+    server.script(status(code, {"retry-after": "2"}))
+    post_messages(wire, messages())
+    answer = wire.response()
+    assert answer.status == code and answer.headers["retry-after"] == "2"
+    assert answer.json() == {"type": "error", "error": {"type": kind, "message": f"scripted {code}"}}
+    post_messages(wire, messages())  # the connection is still good
+    assert wire.response().status == 200
+
+
+def test_messages_beyond_capacity_are_overloaded_529() -> None:
+    with running(capacity=1, retry_after=1) as server, Wire(server) as first, Wire(server) as second:
+        server.script(stall_after(1))
+        post_messages(first, messages())
+        server.wait_for(lambda s: s.serving == 1, BOUND)
+        post_messages(second, messages())
+        answer = second.response()
+        assert answer.status == 529 and answer.headers["retry-after"] == "1"
+        assert answer.json()["error"]["type"] == "overloaded_error"
+        first.close()
+        server.wait_for(lambda s: s.disconnects == 1 and s.rejected == 1, BOUND)
+
+
+def test_messages_error_event_ends_the_stream(server: ScriptedServer, wire: Wire) -> None:
+    server.script(error_event(after=2), error_event(error={"type": "api_error", "message": "boom"}))
+    post_messages(wire, messages())
+    events = named_events(wire.response())
+    assert text_of(events) == "echo: hello" and events[-1] == (
+        "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})  # fmt: skip
+    post_messages(wire, messages(stream=False))
+    assert wire.response().json() == {"type": "error", "error": {"type": "api_error", "message": "boom"}}
+
+
+def test_messages_error_event_coalesced_is_one_http_chunk(server: ScriptedServer, wire: Wire) -> None:
+    server.script(error_event(after=1, coalesce=True))
+    post_messages(wire, messages())
+    wire.head()
+    events = [e for e in wire.chunk().split(b"\n\n") if e]
+    assert [e.split(b"\n")[0] for e in events] == [b"event: message_start", b"event: content_block_start",
+                                                   b"event: ping", b"event: content_block_delta",
+                                                   b"event: error"]  # fmt: skip
+    assert wire.chunk() == b""
+
+
+def test_messages_stall_trickle_and_drop_are_seen(server: ScriptedServer, wire: Wire) -> None:
+    server.script(stall_after(1), trickle_chunks(0.05), drop_after(1))
+    post_messages(wire, messages())
+    wire.head()
+    assert [wire.chunk().split(b"\n")[0] for _ in range(4)][-1] == b"event: content_block_delta"
+    assert wire.quiet_for(QUIET)
+    wire.close()
+    server.wait_for(lambda s: s.disconnects == 1, BOUND)
+    with Wire(server) as other:
+        post_messages(other, messages())
+        other.head()
+        assert [other.chunk() for _ in range(5)][3:] == [b'event: ping\ndata: {"type": "ping"}\n\n'] * 2
+    server.wait_for(lambda s: s.disconnects == 2, BOUND)
+    with Wire(server) as third:
+        post_messages(third, messages())
+        third.head()
+        for _ in range(4):
+            third.chunk()
+        with pytest.raises(EOFError):
+            third.chunk()
+    assert [r.disconnected for r in server.chat_requests] == [True, True, False]
+
+
+def test_messages_malformed_and_no_done(server: ScriptedServer, wire: Wire) -> None:
+    server.script(malformed_after(1), no_done())
+    post_messages(wire, messages())
+    events = wire.response().events
+    assert events[-1] == b'event: message_stop\ndata: {"type": "message_stop"}'
+    assert events[-2].startswith(b"event: content_block_delta\ndata: ")
+    with pytest.raises(ValueError):
+        json.loads(events[-2].split(b"data: ", 1)[1])
+    post_messages(wire, messages())
+    names = [name for name, _ in named_events(wire.response())]
+    assert names[-1] == "content_block_delta" and "message_stop" not in names
+    server.script(no_done())
+    post_messages(wire, messages(stream=False))
+    whole = wire.response().json()
+    assert whole["stop_reason"] is None and "usage" not in whole
+
+
+def test_the_anthropic_sdk_reads_both_shapes_and_its_errors(server: ScriptedServer) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    root = server.base_url.removesuffix("/v1")  # the SDK adds /v1 itself
+    with anthropic.Anthropic(base_url=root, api_key="k", max_retries=0, timeout=BOUND) as client:
+        asked = {"model": "m", "max_tokens": 64, "system": "be kind",
+                 "messages": [{"role": "user", "content": "via the sdk"}]}  # fmt: skip
+        with client.messages.stream(**asked) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        whole = client.messages.create(**asked)
+        models = [m.id for m in client.models.list()]
+        server.script(status(529), error_event())
+        with pytest.raises(anthropic.APIStatusError) as overloaded:
+            client.messages.create(**asked)
+        with pytest.raises(anthropic.APIStatusError), client.messages.stream(**asked) as failing:
+            list(failing.text_stream)
+    assert text == whole.content[0].text == "echo: via the sdk"
+    assert final.stop_reason == whole.stop_reason == "end_turn"
+    assert final.usage.output_tokens == whole.usage.output_tokens == 4
+    assert final.usage.input_tokens == whole.usage.input_tokens == 5
+    assert models == ["scripted-model"] and overloaded.value.status_code == 529
+    assert server.chat_requests[0].body["system"] == "be kind"

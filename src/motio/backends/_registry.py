@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BACKEND", "SERVER_BACKEND", "backend_class", "backend_names"]
 
 _CLASSES: dict[str, str] = {
+    "anthropic": "motio.backends._anthropic:AnthropicBackend",
     "llamacpp": "motio.backends._llamacpp:LlamaCppBackend",
     "openai": "motio.backends.openai:OpenAIBackend",
 }

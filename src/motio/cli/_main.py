@@ -246,7 +246,8 @@ def _backend_options() -> argparse.ArgumentParser:
         "--backend",
         choices=_backend_names(),
         help="llamacpp: embedded model, offline (default); "
-        "openai: any OpenAI-compatible server (implied by --base-url)",
+        "openai: any OpenAI-compatible server (implied by --base-url); "
+        "anthropic: Anthropic's Messages API",
     )
     options.add_argument(
         "--model",
