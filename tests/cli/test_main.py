@@ -9,8 +9,9 @@ from importlib.metadata import version
 import pytest
 
 import motio.cli
+from motio.cli._args import BackendArgs, GenerationArgs
 from motio.cli._backend import BackendSpec, generation_options
-from motio.cli._main import build_parser, main
+from motio.cli._main import build_parser, main, parse_args
 
 from .conftest import motio_env, run_motio
 
@@ -90,21 +91,31 @@ def test_api_key_on_the_command_line_is_refused_without_echoing_it(
     assert "--api-key-env VAR" in err and "sk-secret" not in err
 
 
+def _backend_args(argv: list[str]) -> BackendArgs:
+    args = parse_args(argv)
+    assert args is not None
+    return args.backend
+
+
 def test_base_url_implies_the_openai_backend_and_its_default_concurrency() -> None:
-    args = build_parser().parse_args(["run", "p", "-o", "o", "--base-url", "http://h/v1"])
-    spec = BackendSpec.from_args(args)
-    assert spec == BackendSpec("openai", None, "http://h/v1", None, "auto") and spec.workers == 256
-    args = build_parser().parse_args(["run", "p", "-o", "o", "--base-url", "http://h/v1", "-c", "auto:64"])
-    assert BackendSpec.from_args(args).workers == 64
-    args = build_parser().parse_args(["run", "p", "-o", "o"])
+    spec = BackendSpec.from_args(_backend_args(["run", "p", "-o", "o", "--base-url", "http://h/v1"]))
+    assert spec == BackendSpec("openai", None, "http://h/v1", None, "auto") and spec.in_flight == 256
+    args = _backend_args(["run", "p", "-o", "o", "--base-url", "http://h/v1", "-c", "auto:64"])
+    assert BackendSpec.from_args(args).in_flight == 64
+    args = _backend_args(["run", "p", "-o", "o"])
     assert BackendSpec.from_args(args).kind == "llamacpp"
     assert BackendSpec.from_args(args).concurrency == 1
 
 
+def _generation_args(argv: list[str]) -> GenerationArgs:
+    args = parse_args(argv)
+    assert args is not None
+    return args.generation
+
+
 def test_generation_options_pass_only_what_was_set() -> None:
-    parse = build_parser().parse_args
-    assert generation_options(parse(["chat", "x"])) == {"max_tokens": 512}
-    args = parse(["chat", "x", "--temperature", "0", "--seed", "3", "--chunk-timeout", "0"])
+    assert generation_options(_generation_args(["chat", "x"])) == {"max_tokens": 512}
+    args = _generation_args(["chat", "x", "--temperature", "0", "--seed", "3", "--chunk-timeout", "0"])
     assert generation_options(args, {"max_tokens": 9}) == {
         "max_tokens": 9,
         "temperature": 0.0,

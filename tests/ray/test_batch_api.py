@@ -93,7 +93,7 @@ def test_a_bad_prompt_is_a_clear_error() -> None:
 
 
 def test_the_coordinator_sets_one_limit_from_every_workers_signals() -> None:
-    plan = SharePlan(workers=2, servers=("http://s/v1",), concurrency="auto", bound=64, initial=8)
+    plan = SharePlan(actors=2, servers=("http://s/v1",), concurrency="auto", bound=64, initial=8)
     coordinator = Coordinator(plan)
     gates = [SharedGate(plan.share(plan.initial), plan.bound) for _ in range(2)]
     assert [g.limit for g in gates] == [4, 4]
@@ -120,7 +120,7 @@ def test_the_progress_line_lists_every_server_before_any_worker_reports(ray_addr
 
     pool = RayPool(functools.partial(OpenAIBackend, base_url=["http://a:1/v1", "http://b:1/v1"]), 1)
     try:
-        pool.share(SharePlan(workers=1, servers=("http://a:1/v1", "http://b:1/v1"), concurrency=4))
+        pool.share(SharePlan(actors=1, servers=("http://a:1/v1", "http://b:1/v1"), concurrency=4))
         loads = server_loads(pool)
         assert loads is not None
         assert loads() == "a:1 0  b:1 0"  # none in flight yet, on either
