@@ -70,7 +70,8 @@ class BatchJob:
             None: enough to fill the backend's limit on every server
             (:func:`fill`). With ``ray``, the workers' shares decide.
         stats: the counters to add to (the command's, counted while it
-            planned); a fresh ``RunStats`` when not given.
+            planned); None: nothing counted (a batch of millions from
+            Python would otherwise keep every latency in memory).
     """
 
     def __init__(
@@ -84,7 +85,7 @@ class BatchJob:
     ) -> None:
         self.options, self.defaults = dict(options or {}), dict(defaults or {})
         self.in_flight = in_flight
-        self.stats = RunStats() if stats is None else stats
+        self.stats = stats
         self.results: ResultsFile | ResultsStream | None = None
         self.runner: Runner | None = None
         self.pool: RayPool | None = None if ray is None else self._start_pool(ray)
@@ -123,7 +124,8 @@ class BatchJob:
 
         The run's clock (``stats.started``) starts here.
         """
-        self.stats.started = time.perf_counter()
+        if self.stats is not None:
+            self.stats.started = time.perf_counter()
         if self.pool is None:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
             self.runner = Engine(backend, tasks=tasks, options=self.options, defaults=self.defaults)
@@ -141,11 +143,11 @@ class BatchJob:
         *,
         blocking: bool = False,
         write_failed: Callable[[OSError], BaseException] | None = None,
-    ) -> RunStats:
+    ) -> RunStats | None:
         """Run every record the results do not hold yet; each result once.
 
         Each result is appended to the results (if opened), counted in
-        :attr:`stats`, then handed to ``on_result``.
+        :attr:`stats` (if kept), then handed to ``on_result``.
 
         Args:
             records: the prompts, read lazily (a generator of millions is fine).
@@ -154,6 +156,9 @@ class BatchJob:
                 so that a slow producer never stalls the streams in flight.
             write_failed: the error to raise when appending fails (the
                 ``OSError`` itself when not given).
+
+        Returns:
+            :attr:`stats`, every result of this run counted.
 
         Raises:
             RuntimeError: :meth:`start` did not come first.
@@ -189,10 +194,11 @@ class BatchJob:
                     if write_failed is None:
                         raise
                     raise write_failed(exc) from exc
-            stats.record(result, attempts)
-            limit = runner.adaptive_limit()
-            if limit is not None:
-                stats.concurrency = limit
+            if stats is not None:
+                stats.record(result, attempts)
+                limit = runner.adaptive_limit()
+                if limit is not None:
+                    stats.concurrency = limit
             if on_result is not None:
                 on_result(result, attempts)
 
