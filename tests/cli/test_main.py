@@ -144,3 +144,42 @@ def test_the_start_up_check_limit_is_10_s_unless_the_environment_says_otherwise(
     with pytest.raises(CliError, match="MOTIO_STARTUP_TIMEOUT") as caught:
         startup_timeout()
     assert caught.value.exit_code == EXIT_USAGE
+
+
+def test_the_command_line_is_parsed_once_into_frozen_typed_values() -> None:
+    import dataclasses
+
+    from motio.cli._args import ChatArgs, RunArgs
+
+    argv = ["run", "p.jsonl", "-o", "o.jsonl", "--base-url", "http://a/v1", "--base-url", "http://b/v1"]
+    args = parse_args([*argv, "-c", "auto:8", "--rpm", "60", "--extra-body", '{"top_k": 2}', "-q"])
+    assert isinstance(args, RunArgs)
+    assert (args.prompts, args.output, args.quiet, args.retry_errors) == ("p.jsonl", "o.jsonl", True, False)
+    assert args.backend.base_urls == ("http://a/v1", "http://b/v1")
+    assert (args.backend.concurrency, args.backend.rpm) == ("auto:8", 60.0)
+    assert args.generation.extra_body == {"top_k": 2} and args.ray is None and args.ray_workers is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        args.quiet = False  # type: ignore[misc]
+    chat = parse_args(["chat", "hi", "--system", "be brief", "--seed", "3"])
+    assert isinstance(chat, ChatArgs) and (chat.prompt, chat.system) == ("hi", "be brief")
+    assert chat.backend.concurrency is None and chat.generation.seed == 3  # chat has no --concurrency
+    assert parse_args([]) is None
+
+
+def test_nothing_below_main_sees_argparse() -> None:
+    import ast
+    from pathlib import Path
+
+    cli = Path(motio.cli.__file__).parent
+    for path in sorted(cli.glob("*.py")):
+        if path.name == "_main.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert "args: Any" not in text and "Namespace" not in text, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+                assert "argparse" not in names, f"{path.name}:{node.lineno}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr":
+                first = node.args[0]
+                assert not (isinstance(first, ast.Name) and first.id == "args"), f"{path.name}:{node.lineno}"
