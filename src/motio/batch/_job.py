@@ -6,13 +6,13 @@ The steps, in the order that writes nothing before it must:
    their start-up (a process each, the backend's imports) overlaps the
    driver's own check of the servers;
 2. :meth:`BatchJob.open_results`: lock, create or repair the results file
-   (or take a stream), and take out the failures to run again;
+   (or take a stream); what it holds is what the run skips;
 3. :meth:`BatchJob.start`: pick the runner for the driver's backend: the
    engine on it in this process, or the Ray workers, given the limits it
    found (``Backend.limits_to_share``);
 4. :meth:`BatchJob.run`: the prompts not answered yet (:func:`pending`)
    through the runner (``Runner``: the engine and the workers alike), each
-   result appended once and counted; returns the stats;
+   result appended once and counted (when the job keeps stats);
 5. :meth:`BatchJob.close`: stop the workers, release the results file.
 
 Whether the backend is remote (a server, which can vanish mid-run) is
