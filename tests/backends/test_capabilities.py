@@ -256,10 +256,13 @@ def test_the_commands_help_imports_no_backend_module() -> None:
 
 @pytest.mark.parametrize("argv", [[], ["--base-url", "http://127.0.0.1:1/v1"]], ids=["default", "base-url"])
 def test_the_command_decides_remote_and_concurrency_from_the_backends_class(argv: list[str]) -> None:
+    from motio.cli._args import ChatArgs
     from motio.cli._backend import BackendSpec
-    from motio.cli._main import build_parser
+    from motio.cli._main import parse_args
 
-    spec = BackendSpec.from_args(build_parser().parse_args(["chat", "x", *argv]))
+    args = parse_args(["chat", "x", *argv])
+    assert isinstance(args, ChatArgs)
+    spec = BackendSpec.from_args(args.backend)
     cls = backend_class(spec.kind)
     assert spec.kind == (SERVER_BACKEND if argv else DEFAULT_BACKEND)
     assert spec.remote is cls.remote

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from motio import BadRequestError
+from motio.backends import LlamaCppBackend
 from motio.batch import (
     Engine,
     InputProblem,
@@ -103,8 +104,8 @@ def test_a_batch_body_is_sent_as_given_and_the_command_line_only_fills_in() -> N
 
 
 def test_engine_defaults_apply_to_own_lines_only() -> None:
-    backend: Any = object()  # never asked to generate here
-    engine = Engine(backend, options={"seed": 1}, defaults={"max_tokens": 512}, remote=False)
+    backend = LlamaCppBackend("/nowhere.gguf")  # builds no model: never asked to generate here
+    engine = Engine(backend, options={"seed": 1}, defaults={"max_tokens": 512})
     own = PromptRecord("a", 1, "hi", {"temperature": 0})
     batch = PromptRecord("b", 2, [], {}, PromptFormat.OPENAI_BATCH, {"messages": [], "model": "m"})
     assert engine.options_for(own) == {"max_tokens": 512, "seed": 1, "temperature": 0}

@@ -150,17 +150,20 @@ def test_the_run_stops_only_when_every_server_is_gone(tmp_path: Path) -> None:
 
 
 def test_spec_counts_servers_and_concurrency_per_server() -> None:
+    from motio.cli._args import RunArgs
     from motio.cli._backend import BackendSpec
-    from motio.cli._main import build_parser
+    from motio.cli._main import parse_args
 
     argv = ["run", "p", "-o", "o", "--base-url", "http://a/v1", "--base-url", "http://b/v1/", "-c", "8"]
-    spec = BackendSpec.from_args(build_parser().parse_args(argv))
+    args = parse_args(argv)
+    assert isinstance(args, RunArgs)
+    spec = BackendSpec.from_args(args.backend)
     assert spec.base_url == "http://a/v1" and spec.base_urls == ("http://a/v1", "http://b/v1")
-    assert (spec.servers, spec.per_server, spec.workers) == (2, 8, 16)
-    one = BackendSpec.from_args(
-        build_parser().parse_args(["run", "p", "-o", "o", "--base-url", "http://a/v1"])
-    )
-    assert one.base_urls == () and one.workers == 256
+    assert (spec.servers, spec.per_server, spec.in_flight) == (2, 8, 16)
+    args = parse_args(["run", "p", "-o", "o", "--base-url", "http://a/v1"])
+    assert isinstance(args, RunArgs)
+    one = BackendSpec.from_args(args.backend)
+    assert one.base_urls == () and one.in_flight == 256
 
 
 def test_the_progress_line_shows_each_servers_load() -> None:

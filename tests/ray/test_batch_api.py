@@ -49,8 +49,10 @@ def test_run_on_ray_yields_every_result_once_and_resumes(tmp_path: Path, ray_add
 
 def test_run_in_this_process_takes_strings_and_records(ray_address: str) -> None:
     items: list[object] = ["Say the number 0.", PromptRecord("r1", 2, "Say the number 1.", {"max_tokens": 2})]
-    with running() as a:
-        results = {r["id"]: r for r in batch.run(items, OpenAIBackend(base_url=a.base_url))}
+    # A backend given stays the caller's to close: the batch ran on run_sync's
+    # loop, where the backend's client lives on for its next call.
+    with running() as a, OpenAIBackend(base_url=a.base_url) as backend:
+        results = {r["id"]: r for r in batch.run(items, backend)}
     assert results["line-1"]["output"] == "echo: Say the number 0."
     assert results["r1"]["output"] == "echo: Say" and results["r1"]["finish_reason"] == "length"
 
@@ -87,13 +89,14 @@ def test_a_recipe_pickles_and_builds_a_fresh_copy() -> None:
 def test_a_bad_prompt_is_a_clear_error() -> None:
     with (
         running() as a,
+        OpenAIBackend(base_url=a.base_url) as backend,
         pytest.raises(ConfigurationError, match="prompt 2: 'prompt' must be a non-empty string"),
     ):
-        list(batch.run([{"prompt": "ok"}, {"prompt": ""}], OpenAIBackend(base_url=a.base_url)))
+        list(batch.run([{"prompt": "ok"}, {"prompt": ""}], backend))
 
 
 def test_the_coordinator_sets_one_limit_from_every_workers_signals() -> None:
-    plan = SharePlan(workers=2, servers=("http://s/v1",), concurrency="auto", bound=64, initial=8)
+    plan = SharePlan(actors=2, servers=("http://s/v1",), concurrency="auto", bound=64, initial=8)
     coordinator = Coordinator(plan)
     gates = [SharedGate(plan.share(plan.initial), plan.bound) for _ in range(2)]
     assert [g.limit for g in gates] == [4, 4]
@@ -120,7 +123,7 @@ def test_the_progress_line_lists_every_server_before_any_worker_reports(ray_addr
 
     pool = RayPool(functools.partial(OpenAIBackend, base_url=["http://a:1/v1", "http://b:1/v1"]), 1)
     try:
-        pool.share(SharePlan(workers=1, servers=("http://a:1/v1", "http://b:1/v1"), concurrency=4))
+        pool.share(SharePlan(actors=1, servers=("http://a:1/v1", "http://b:1/v1"), concurrency=4))
         loads = server_loads(pool)
         assert loads is not None
         assert loads() == "a:1 0  b:1 0"  # none in flight yet, on either

@@ -57,15 +57,15 @@ def test_workers_without_ray_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_a_prompts_file_right_after_ray_is_the_prompts_not_an_address(tmp_path: Path) -> None:
-    from motio.cli._main import _ray_took_the_prompts, build_parser
+    from motio.cli._args import RunArgs
+    from motio.cli._main import parse_args
 
     prompts = write_prompts(tmp_path / "p.jsonl", 1)
-    parser = build_parser()
-    args = parser.parse_args(["run", "--ray", str(prompts), "-o", "out.jsonl"])
-    _ray_took_the_prompts(args)
+    args = parse_args(["run", "--ray", str(prompts), "-o", "out.jsonl"])
+    assert isinstance(args, RunArgs)
     assert (args.prompts, args.ray) == (str(prompts), "local")
-    args = parser.parse_args(["run", "--ray", "auto", str(prompts), "-o", "out.jsonl"])
-    _ray_took_the_prompts(args)
+    args = parse_args(["run", "--ray", "auto", str(prompts), "-o", "out.jsonl"])
+    assert isinstance(args, RunArgs)
     assert (args.prompts, args.ray) == (str(prompts), "auto")
     missing = run_motio("run", "--ray", "10.0.0.1:6379", "-o", tmp_path / "out.jsonl")
     assert missing.returncode == 2 and "required: PROMPTS.jsonl" in missing.stderr

@@ -10,6 +10,9 @@ rather than reach into each other:
   (or a stream, for ``-o -``);
 - :mod:`._formats`: the two shapes of result line, built and recognised;
 - :mod:`._engine`: records through one backend at a fixed concurrency;
+- :mod:`._runner`: the ``Runner`` protocol the engine and Ray's pool share;
+- :mod:`._job`: ``BatchJob``, the batch the command and :func:`run` both
+  run (results file, what is done, which runner, shared limits);
 - :mod:`._stats`: counters and the end summary;
 - :mod:`._api`: :func:`run` / :func:`arun`, the batch from Python;
 - :mod:`._ray`, :mod:`._share`: the batch on Ray workers, limits shared

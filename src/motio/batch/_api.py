@@ -15,8 +15,10 @@ on this process or on Ray workers, with results handed back as they finish::
         print(result["id"], result["output"])
 
 ``run`` works where an event loop is already running (Jupyter): the batch
-runs on a thread of its own, and results cross over through a queue.
-``arun`` is the same for code that is already async.
+runs on motio's background loop (the one ``motio.run_sync`` uses), and the
+results cross over in bunches, as they finish. ``arun`` is the same for
+code that is already async. Both run the batch job of ``_job.py``, as
+``motio run`` does.
 """
 
 from __future__ import annotations
@@ -24,17 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import queue
-import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
-from ._engine import Engine
+from .._sync import run_sync
+from ._job import BatchJob, OnRay
 from ._records import InputProblem, PromptRecord, default_id, parse_line, scan_prompts
-from ._results import ResultsFile
-from ._share import SharePlan
+from ._runner import OnResult
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["arun", "run"]
 
 Prompts = str | Path | Iterable[str | dict[str, Any] | PromptRecord]
-#: How long the consumer waits for the next result before it checks the batch is still alive.
-_POLL_SECONDS = 0.5
 #: How long a batch stopped early may take to stop its workers and close its file.
 _STOP_TIMEOUT = 60.0
 
@@ -85,58 +84,17 @@ def run(
         BatchAborted: the run could not go on (server gone, key refused);
             the results already yielded (and written) stand.
     """
-    results: queue.Queue[tuple[str, Any]] = queue.Queue()
-    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
     if ray not in (None, False):
         _join(ray)  # on the caller's thread: Ray wants its main thread for signals
-
-    async def produce() -> None:
-        running.append((asyncio.get_running_loop(), asyncio.current_task()))  # type: ignore[arg-type]
-        batch = arun(
-            prompts,
-            backend,
-            ray=ray,
-            workers=workers,
-            concurrency=concurrency,
-            options=options,
-            output=output,
-        )
-        try:
-            # Closed here, not left to asyncio.run's shutdown: a consumer that
-            # stopped early must see the batch stopped and its file closed.
-            async with contextlib.aclosing(batch):
-                async for result in batch:
-                    results.put(("result", result))
-        except asyncio.CancelledError:
-            return  # the consumer stopped iterating: the end it asked for, at the top of this thread
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who raises it
-            results.put(("error", exc))
-        else:
-            results.put(("end", None))
-
-    thread = threading.Thread(target=asyncio.run, args=(produce(),), name="motio-batch", daemon=True)
-    thread.start()
+    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output))
     try:
-        while True:
-            try:
-                kind, value = results.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                if not thread.is_alive():
-                    return
-                continue
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
+        while results := run_sync(batch.next_results()):
+            yield from results
     finally:
-        if thread.is_alive() and running:
-            # Stopped early: cancel the batch now (its workers, its file lock)
-            # and wait for it, so that a rerun right after finds the file free.
-            loop, task = running[0]
-            with contextlib.suppress(RuntimeError):  # its loop ended meanwhile
-                loop.call_soon_threadsafe(task.cancel)
-        thread.join(timeout=_STOP_TIMEOUT)
+        # Stopped early (or done): the batch stops now (its workers, its file
+        # lock) and is waited for, so that a rerun right after finds the file free.
+        with contextlib.suppress(TimeoutError):
+            run_sync(batch.aclose(), timeout=_STOP_TIMEOUT)
 
 
 async def arun(
@@ -154,69 +112,102 @@ async def arun(
     With ``ray``, joining the cluster blocks this loop for the seconds it
     takes, once.
     """
-    finished: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    results = ResultsFile.open(output) if output is not None else None
-    records = _pending(_records(prompts), results)
-
-    def on_result(result: dict[str, Any], attempts: Any) -> None:
-        if results is not None:
-            results.append(result)
-        finished.put_nowait(result)
-
+    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output))
     try:
-        async with _runner(backend, ray, workers, options) as (runner, remote_concurrency):
-            if isinstance(runner, Engine):
-                work = runner.run(records, concurrency or remote_concurrency, on_result)
-            else:
-                work = runner.run(records, on_result)
-            task = asyncio.ensure_future(work)
-            try:
-                while not (task.done() and finished.empty()):
-                    getter = asyncio.ensure_future(finished.get())
-                    await asyncio.wait((getter, task), return_when=asyncio.FIRST_COMPLETED)
-                    if getter.done():
-                        yield getter.result()
-                    else:
-                        getter.cancel()
-                task.result()  # a whole-run failure, raised after every result it let through
-            finally:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+        while results := await batch.next_results():
+            for result in results:
+                yield result
     finally:
-        if results is not None:
-            results.close()
+        await batch.aclose()
 
 
-@contextlib.asynccontextmanager
-async def _runner(
-    backend: Any, ray: bool | str | None, workers: int | None, options: dict[str, Any] | None
-) -> Any:
-    # A function builds the backend (ours to close); a backend is the caller's.
-    owned = not _is_backend(backend)
-    local: Backend = _built(backend) if owned else backend
-    try:
-        remote = local.remote
-        if ray in (None, False):
-            yield Engine(local, options=options, remote=remote), _fill(local)
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """One call's arguments, as the batch job takes them."""
+
+    prompts: Prompts
+    backend: Any
+    ray: bool | str | None
+    actors: int | None
+    in_flight: int | None
+    options: dict[str, Any] | None
+    output: str | Path | None
+
+
+class _Batch:
+    """A batch running as a task of its own, its results taken in bunches.
+
+    One bunch per call, not one call per result: from sync code each call
+    is a round trip to motio's loop, and a batch answers thousands a second.
+    """
+
+    def __init__(self, settings: _Settings) -> None:
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+        self._finished: list[dict[str, Any]] = []
+        self._arrived = asyncio.Event()
+
+    async def next_results(self) -> list[dict[str, Any]]:
+        """What finished since the last call, waiting for at least one; [] at the end.
+
+        Raises:
+            Exception: what stopped the batch, once every result it let through was taken.
+        """
+        task = self._task
+        if task is None:
+            task = self._task = asyncio.ensure_future(_job(self._settings, self._put))
+            task.add_done_callback(lambda _: self._arrived.set())
+        while not self._finished and not task.done():
+            self._arrived.clear()
+            await self._arrived.wait()
+        finished, self._finished = self._finished, []
+        if not finished:
+            task.result()  # a whole-run failure, raised after every result it let through
+        return finished
+
+    def _put(self, result: dict[str, Any], attempts: Any) -> None:
+        self._finished.append(result)
+        self._arrived.set()
+
+    async def aclose(self) -> None:
+        """Stop the batch (its workers, its results file) and wait until it stopped."""
+        task = self._task
+        if task is None:
             return
-        # Each worker builds its own copy: connections and models never cross processes.
-        build: Callable[[], Any] = backend if owned else local.recipe()
-        from ._ray import RayPool, worker_count
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))  # our own cancellation still raises here
+        if not task.cancelled():
+            task.exception()  # seen: its error was raised to the consumer, or was not wanted
 
-        _join(ray)
-        pool = RayPool(build, workers or worker_count(), options=options, remote=remote)
-        try:
-            if remote:
-                await local.check()  # fails fast, and names the model once for every worker
-            pool.share(SharePlan.of(local, pool.plan.workers))
-            yield pool, 0
-        finally:
-            pool.close()
+
+async def _job(settings: _Settings, on_result: OnResult) -> None:
+    """The batch job for one call: the backend built (if given a function) and closed."""
+    # A function builds the backend (ours to close); a backend is the caller's.
+    owned = not _is_backend(settings.backend)
+    local: Backend = _built(settings.backend) if owned else settings.backend
+    job: BatchJob | None = None
+    try:
+        ray = _on_ray(settings, local, owned)
+        job = BatchJob(options=settings.options, ray=ray, in_flight=settings.in_flight)
+        if settings.output is not None:
+            job.open_results(settings.output)
+        await job.start(local, checked=False)
+        await job.run(_records(settings.prompts), on_result)
     finally:
+        if job is not None:
+            job.close()
         if owned:
             await local.aclose()
+
+
+def _on_ray(settings: _Settings, local: Backend, owned: bool) -> OnRay | None:
+    if settings.ray in (None, False):
+        return None
+    _join(settings.ray)
+    # Each worker builds its own copy: connections and models never cross processes.
+    build: Callable[[], Any] = settings.backend if owned else local.recipe()
+    return OnRay(build, settings.actors)
 
 
 def _is_backend(backend: object) -> bool:
@@ -247,15 +238,6 @@ def _join(ray: bool | str) -> None:
     connect(ray if isinstance(ray, str) else None)
 
 
-def _fill(backend: Backend) -> int:
-    """Prompts in flight that fill the backend's limit on every server."""
-    plan = SharePlan.of(backend, 1)
-    if plan.servers:
-        return plan.in_flight_per_worker()
-    limit = backend.max_concurrency
-    return limit if isinstance(limit, int) and limit > 0 else 1
-
-
 def _records(prompts: Prompts) -> Iterator[PromptRecord]:
     if isinstance(prompts, (str, Path)):
         for line in scan_prompts(prompts):
@@ -263,8 +245,13 @@ def _records(prompts: Prompts) -> Iterator[PromptRecord]:
                 raise ConfigurationError(f"{prompts}: {line}")
             yield line
         return
+    seen: set[str] = set()
     for number, item in enumerate(prompts, start=1):
-        yield _record(item, number)
+        record = _record(item, number)
+        if record.key in seen:
+            raise ConfigurationError(f"prompt {record.line}: duplicate id {record.key}")
+        seen.add(record.key)
+        yield record
 
 
 def _record(item: Any, number: int) -> PromptRecord:
@@ -280,14 +267,3 @@ def _record(item: Any, number: int) -> PromptRecord:
     raise ConfigurationError(
         f"prompt {number}: expected a string, a dict or a PromptRecord, got {type(item).__name__}"
     )
-
-
-def _pending(records: Iterator[PromptRecord], results: ResultsFile | None) -> Iterator[PromptRecord]:
-    seen: set[str] = set()
-    for record in records:
-        if record.key in seen:
-            raise ConfigurationError(f"prompt {record.line}: duplicate id {record.key}")
-        seen.add(record.key)
-        # As the command: answered or failed before, it is not run again.
-        if results is None or not (record.key in results.state.done or record.key in results.state.failed):
-            yield record

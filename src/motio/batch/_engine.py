@@ -7,7 +7,7 @@ stop the whole batch, without recording anything, when a failure is not one
 prompt's but the run's (the server is gone, the key was refused). This module
 is that, and nothing about files, terminals or processes.
 
-Only ``workers`` tasks ever exist, however long the iterator is, so a batch
+Only ``tasks`` tasks ever exist, however long the iterator is, so a batch
 of millions of prompts costs memory for the prompts in flight only.
 
 A prompt whose stream broke after content had started (the connection
@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import (
@@ -39,16 +39,13 @@ from .._exceptions import (
 from .._fields import CHAT_FIELDS, MOTIO_FIELDS
 from ._formats import batch_line
 from ._records import OPENAI_BATCH, PromptRecord
+from ._runner import OnResult, Records
 
 if TYPE_CHECKING:
     from .._thunk import ModelOutputThunk
-    from ..backends import Backend
+    from ..backends import Backend, EndpointSnapshot
 
 __all__ = ["BatchAborted", "Engine", "OnResult", "build_result"]
-
-#: Called with each finished prompt's result line and its ``Attempts`` (or
-#: None); it may raise to stop the batch (for example when a write fails).
-OnResult = Callable[[dict[str, Any], Any], None]
 
 # A mid-run check of a server that may have died: it either answers at once or is gone.
 _CHECK_TIMEOUT = 10.0
@@ -80,10 +77,16 @@ class BatchAborted(MotioError):
 
 
 class Engine:
-    """Generates results for prompt records on one backend.
+    """Generates results for prompt records on one backend (a ``Runner``).
 
     Args:
-        backend: an opened backend; the engine never closes it.
+        backend: an opened backend; the engine never closes it. A server
+            backend (``backend.remote``) can vanish mid-run: a
+            connection-class failure then triggers a check of the server,
+            and a failed check aborts the batch. Only then are prompts
+            whose stream broke mid-answer run again (``backend.max_reruns``
+            times at most).
+        tasks: how many prompts :meth:`run` keeps in flight (one task each).
         options: ``generate`` keyword options for every record; a record's
             own fields take precedence (an OpenAI Batch body's included:
             these options fill only what it leaves out). ``extra_body``
@@ -91,62 +94,54 @@ class Engine:
         defaults: options for motio's own lines only, under ``options``
             (``max_tokens=512`` for the command): a Batch body is sent as
             the Batch API would send it, without motio's defaults.
-        remote: the backend is a server, which can vanish mid-run; a
-            connection-class failure then triggers a check of the server,
-            and a failed check aborts the batch. Only then are prompts
-            whose stream broke mid-answer run again (``backend.max_reruns``
-            times at most).
     """
 
     def __init__(
         self,
         backend: Backend,
         *,
+        tasks: int = 1,
         options: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
-        remote: bool,
     ) -> None:
         self.backend = backend
+        self.tasks = tasks
         self.options = dict(options or {})
         self.defaults = {**(defaults or {}), **self.options}
-        self.remote = remote
-        self.max_reruns = backend.max_reruns if remote else 0
+        # Only a server can vanish; the embedded model's failures are its prompts'.
+        self.remote = backend.remote
+        self.max_reruns = backend.max_reruns if self.remote else 0
 
-    async def run(
-        self,
-        records: Iterator[PromptRecord] | AsyncIterator[PromptRecord],
-        workers: int,
-        on_result: OnResult,
-    ) -> None:
-        """Run every record with ``workers`` in flight, calling ``on_result`` for each.
+    async def run(self, records: Records, on_result: OnResult) -> None:
+        """Run every record with ``tasks`` in flight, calling ``on_result`` for each.
 
         ``records`` may be an async iterator: one whose source blocks (a pipe
         on stdin, read in a thread) must not be read on the event loop, where
         a slow producer upstream would stall every stream in flight.
 
         Raises:
-            BatchAborted: a run-wide failure; the other workers were cancelled
+            BatchAborted: a run-wide failure; the other tasks were cancelled
                 and none of the abandoned prompts reached ``on_result``.
             Exception: whatever ``on_result`` raised, after cancelling the others.
         """
-        if workers < 1:
+        if self.tasks < 1:
             return
         lock = asyncio.Lock()
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(workers):
+                for _ in range(self.tasks):
                     if isinstance(records, AsyncIterator):
                         group.create_task(self._work_async(records, lock, on_result))
                     else:
                         group.create_task(self._work(records, on_result))
         except* Exception as failed:
-            # One worker's failure cancelled the rest; the first is the cause,
+            # One task's failure cancelled the rest; the first is the cause,
             # the others are only its echo (the same server, the same disk).
             raise failed.exceptions[0] from None
 
     async def _work(self, records: Iterator[PromptRecord], on_result: OnResult) -> None:
         # One shared synchronous iterator is safe across tasks: next() never
-        # awaits, so no two workers are ever inside it at once.
+        # awaits, so no two tasks are ever inside it at once.
         for record in records:
             result, attempts = await self.generate(record)
             on_result(result, attempts)
@@ -164,6 +159,15 @@ class Engine:
                     return
             result, attempts = await self.generate(record)
             on_result(result, attempts)
+
+    def endpoint_snapshot(self) -> list[EndpointSnapshot]:
+        """The backend's servers (``Backend.endpoint_snapshot``)."""
+        return self.backend.endpoint_snapshot()
+
+    def adaptive_limit(self) -> int | None:
+        """Where the backend's adaptive concurrency stands now (None: a fixed limit)."""
+        adaptive = self.backend.adaptive_concurrency
+        return None if adaptive is None else adaptive.limit
 
     async def generate(self, record: PromptRecord) -> tuple[dict[str, Any], Any]:
         """One record's result line and its ``Attempts`` (None if no request was made).

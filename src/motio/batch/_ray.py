@@ -46,7 +46,7 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from itertools import islice
 from typing import Any, cast
 
@@ -58,6 +58,7 @@ from ..backends import Backend
 from ..backends.http import AdaptiveConcurrency, EndpointSnapshot, RateLimiter, Reservation, SharedGate
 from ._engine import BatchAborted, Engine, OnResult, build_result
 from ._records import PromptRecord
+from ._runner import Records
 from ._share import SharePlan
 
 __all__ = [
@@ -65,9 +66,9 @@ __all__ = [
     "ClusterUnreachable",
     "RayPool",
     "WorkerLost",
+    "actor_count",
     "connect",
     "disconnect",
-    "worker_count",
 ]
 
 #: How often a prompt may be in flight on a worker that died before it is recorded as failed.
@@ -138,8 +139,8 @@ def disconnect() -> None:
         ray.shutdown()
 
 
-def worker_count() -> int:
-    """One worker per CPU of the cluster (at least one)."""
+def actor_count() -> int:
+    """How many Ray workers (actors) by default: one per CPU of the cluster (at least one)."""
     resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
     return max(1, int(resources.get("CPU", 1)))
 
@@ -244,13 +245,12 @@ class BatchWorker:
         self,
         factory: BackendFactory,
         options: tuple[dict[str, Any], dict[str, Any]],
-        remote: bool,
         coordinator: str,
     ) -> None:
         # Built now, while the driver still checks the servers: the imports
         # and set-up overlap with it instead of delaying the first shard.
         self._backend = factory()
-        self._options, self._remote, self._coordinator_name = options, remote, coordinator
+        self._options, self._coordinator_name = options, coordinator
         self._coordinator: Any = None
         self._plan = SharePlan(1)
         self._engine: Engine | None = None
@@ -319,7 +319,7 @@ class BatchWorker:
             self._coordinator = ray.get_actor(self._coordinator_name)
         self._share(self._backend)
         options, defaults = self._options
-        self._engine = Engine(self._backend, options=options, defaults=defaults, remote=self._remote)
+        self._engine = Engine(self._backend, options=options, defaults=defaults)
         if self._plan.adaptive and self._gates:
             self._sync = asyncio.ensure_future(self._sync_limits())
 
@@ -389,7 +389,7 @@ def _whole_run_failure(work: asyncio.Future[None]) -> str | None:
 # -- the driver --------------------------------------------------------------------------
 
 
-class _Worker:
+class _Actor:
     __slots__ = ("dead", "gone", "handle", "loads", "revival")
 
     def __init__(self, handle: Any) -> None:
@@ -420,26 +420,27 @@ class RayPool:
     constructor starts the workers; :meth:`share` gives them the limits
     that check found, before :meth:`run`.
 
+    It is a ``Runner`` (``_runner.py``), as the in-process :class:`Engine` is.
+
     Args:
-        factory: builds the backend in each worker (picklable, no arguments).
-        workers: how many workers.
+        factory: builds the backend in each worker (picklable, no arguments);
+            each worker's engine asks its own backend whether it is remote.
+        actors: how many workers (Ray actors).
         options: ``generate`` options for every prompt (a line's own win).
         defaults: options for motio's own lines only (see :class:`Engine`).
-        remote: the backend is a server (see :class:`Engine`).
         env: environment variables the workers need (an API key).
     """
 
     def __init__(
         self,
         factory: BackendFactory,
-        workers: int,
+        actors: int,
         *,
-        options: dict[str, Any] | None = None,
-        defaults: dict[str, Any] | None = None,
-        remote: bool = True,
-        env: dict[str, str] | None = None,
+        options: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        self.plan = SharePlan(workers)
+        self.plan = SharePlan(actors)
         self.shard_size = 1
         self.rerun = 0
         # Found by name, not handed over: an actor handle among a restartable
@@ -447,18 +448,18 @@ class RayPool:
         self._coordinator_name = f"motio-coordinator-{uuid.uuid4().hex}"
         self._coordinator: Any = None
         self._shared = False
-        worker = _WorkerActor.options(
-            num_cpus=min(1.0, worker_count() / workers),
+        actor_class = _WorkerActor.options(
+            num_cpus=min(1.0, actor_count() / actors),
             scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": env} if env else None,
+            runtime_env={"env_vars": dict(env)} if env else None,
         )
-        self._workers = [
-            _Worker(
-                worker.remote(
-                    factory, (dict(options or {}), dict(defaults or {})), remote, self._coordinator_name
+        self._actors = [
+            _Actor(
+                actor_class.remote(
+                    factory, (dict(options or {}), dict(defaults or {})), self._coordinator_name
                 )
             )
-            for _ in range(workers)
+            for _ in range(actors)
         ]
         self._source: Iterator[PromptRecord] = iter(())
         self._arrivals: asyncio.Queue[PromptRecord | None] | None = None
@@ -481,8 +482,8 @@ class RayPool:
         """Per server, the sum over workers of their last report (the same
         shape as ``OpenAIBackend.endpoint_snapshot``, for the progress line)."""
         merged: dict[str, EndpointSnapshot] = {}
-        for worker in self._workers:
-            for loads in worker.loads.values():
+        for actor in self._actors:
+            for loads in actor.loads.values():
                 for s in loads:
                     m = merged.get(s.base_url)
                     merged[s.base_url] = s if m is None else _added(m, s)
@@ -492,9 +493,11 @@ class RayPool:
         # at zero until a worker reports it.
         return [merged.get(url) or EndpointSnapshot(url, 0, None, True, 0, 0, 0) for url in self.plan.servers]
 
-    async def run(
-        self, records: Iterator[PromptRecord] | AsyncIterator[PromptRecord], on_result: OnResult
-    ) -> None:
+    def adaptive_limit(self) -> int | None:
+        """None: each worker's gates hold their share of the limit, not this process."""
+        return None
+
+    async def run(self, records: Records, on_result: OnResult) -> None:
         """Run every record on the workers; ``on_result`` once per id, on this loop.
 
         Raises:
@@ -506,23 +509,23 @@ class RayPool:
         try:
             async with asyncio.TaskGroup() as group:
                 if isinstance(records, AsyncIterator):
-                    self._arrivals = asyncio.Queue(self.shard_size * len(self._workers) * _SHARDS_AHEAD)
+                    self._arrivals = asyncio.Queue(self.shard_size * len(self._actors) * _SHARDS_AHEAD)
                     group.create_task(self._pump(records, self._arrivals))
                 else:
                     self._source = records
-                for worker in self._workers:
+                for actor in self._actors:
                     for _ in range(_SHARDS_AHEAD):
-                        group.create_task(self._feed(worker, on_result))
+                        group.create_task(self._feed(actor, on_result))
         except* Exception as failed:
             raise failed.exceptions[0] from None
         finally:
-            for worker in self._workers:
-                if worker.revival is not None:
-                    worker.revival.cancel()
+            for actor in self._actors:
+                if actor.revival is not None:
+                    actor.revival.cancel()
 
     def close(self) -> None:
         """Stop the workers and the coordinator (their in-flight requests end)."""
-        handles = [w.handle for w in self._workers]
+        handles = [w.handle for w in self._actors]
         if self._coordinator is not None:
             handles.append(self._coordinator)
         for handle in handles:
@@ -531,7 +534,7 @@ class RayPool:
 
     # -- feeding ------------------------------------------------------------------------
 
-    async def _feed(self, worker: _Worker, on_result: OnResult) -> None:
+    async def _feed(self, actor: _Actor, on_result: OnResult) -> None:
         while True:
             shard = await self._take()
             if shard is None:
@@ -546,15 +549,15 @@ class RayPool:
                 continue
             self._running += 1
             try:
-                answered = await self._run_shard(worker, shard, on_result)
+                answered = await self._run_shard(actor, shard, on_result)
             finally:
                 self._running -= 1
                 self._changed.set()
-            if not answered and not await self._revived(worker):
+            if not answered and not await self._revived(actor):
                 return
 
-    async def _revived(self, worker: _Worker) -> bool:
-        """After ``worker`` died: wait until it answers again (Ray restarts it).
+    async def _revived(self, actor: _Actor) -> bool:
+        """After ``actor`` died: wait until it answers again (Ray restarts it).
 
         Its shards went back to the queue, for any live worker; sending this
         one more before it is back would only be refused.
@@ -567,19 +570,19 @@ class RayPool:
         Raises:
             BatchAborted: no worker is left.
         """
-        if worker.revival is None or worker.revival.done():
-            worker.revival = asyncio.ensure_future(_probe(worker.handle))
+        if actor.revival is None or actor.revival.done():
+            actor.revival = asyncio.ensure_future(_probe(actor.handle))
         finished = asyncio.ensure_future(self._finished.wait())
         try:
-            await asyncio.wait((worker.revival, finished), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((actor.revival, finished), return_when=asyncio.FIRST_COMPLETED)
         finally:
             finished.cancel()
         if self._finished.is_set():
             return False
-        if worker.revival.result():
+        if actor.revival.result():
             return True
-        worker.gone = True
-        if all(w.gone for w in self._workers):
+        actor.gone = True
+        if all(w.gone for w in self._actors):
             raise BatchAborted(
                 MotioError(f"every Ray worker died and none came back within {_REVIVE_TIMEOUT:.0f} s")
             )
@@ -616,15 +619,15 @@ class RayPool:
             await arrivals.put(record)  # bounded: a fast pipe waits for the workers
         await arrivals.put(None)
 
-    async def _run_shard(self, worker: _Worker, shard: list[PromptRecord], on_result: OnResult) -> bool:
-        """Run ``shard`` on ``worker``, delivering its results.
+    async def _run_shard(self, actor: _Actor, shard: list[PromptRecord], on_result: OnResult) -> bool:
+        """Run ``shard`` on ``actor``, delivering its results.
 
         Returns:
             True if the worker answered the shard; False if it died or
             refused it (its unanswered prompts are queued again).
         """
         waiting = {record.key: record for record in shard}
-        stream = worker.handle.run_shard.options(num_returns="streaming").remote(shard, self.plan)
+        stream = actor.handle.run_shard.options(num_returns="streaming").remote(shard, self.plan)
         pid: int | None = None  # the worker's process, once it started the shard
         ended = False
         try:
@@ -637,7 +640,7 @@ class RayPool:
                     raise BatchAborted(_RemoteFailure(item[1]))
                 batch, loads = item
                 if pid is not None:  # always: the worker sends _STARTED first
-                    worker.report(pid, loads)
+                    actor.report(pid, loads)
                 for key, result, attempts in batch:
                     if waiting.pop(key, None) is not None and key not in self._delivered:
                         self._delivered.add(key)
@@ -645,7 +648,7 @@ class RayPool:
             ended = True
         except RayActorError:  # ActorUnavailableError too: what a dying worker's streams raise
             if pid is not None:
-                worker.died(pid)
+                actor.died(pid)
             self._unanswered(list(waiting.values()), on_result, lost=pid is not None)
             return False
         except RayTaskError as exc:

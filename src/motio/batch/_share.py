@@ -35,7 +35,7 @@ class SharePlan:
     """What a batch's workers share, read once from the driver's backend.
 
     Attributes:
-        workers: how many workers share the limits.
+        actors: how many Ray workers (actors) share the limits.
         servers: the servers' base URLs (empty: not a server backend, nothing to share).
         rpm, tpm: the cluster-wide rate limits (None: none).
         concurrency: per server, the cluster-wide limit (an int), ``"auto"``, or None (no cap).
@@ -46,7 +46,7 @@ class SharePlan:
             then would fail that request instead of sending it elsewhere).
     """
 
-    workers: int
+    actors: int
     servers: tuple[str, ...] = ()
     rpm: float | None = None
     tpm: float | None = None
@@ -56,14 +56,14 @@ class SharePlan:
     model: str | None = None
 
     @classmethod
-    def of(cls, backend: Backend, workers: int) -> SharePlan:
-        """The plan for ``workers`` copies of ``backend`` (any backend; only
+    def of(cls, backend: Backend, actors: int) -> SharePlan:
+        """The plan for ``actors`` copies of ``backend`` (any backend; only
         one whose ``limits_to_share()`` names some has anything to share)."""
         limits = backend.limits_to_share()
         if limits is None:
-            return cls(workers)
+            return cls(actors)
         return cls(
-            workers,
+            actors,
             tuple(limits.servers),
             limits.rpm,
             limits.tpm,
@@ -83,10 +83,10 @@ class SharePlan:
 
     def share(self, cluster_limit: float) -> int:
         """One worker's part of a cluster-wide limit: never 0, and the parts
-        add up to at most the limit (or one each, if it is below ``workers``)."""
-        return max(1, math.floor(cluster_limit / self.workers))
+        add up to at most the limit (or one each, if it is below ``actors``)."""
+        return max(1, math.floor(cluster_limit / self.actors))
 
     def in_flight_per_worker(self) -> int:
         """Prompts a worker keeps running so that its gates can be full."""
         per_server = self.bound if self.concurrency in (None, "auto") else int(self.concurrency)
-        return max(1, math.ceil(per_server * max(1, len(self.servers)) / self.workers))
+        return max(1, math.ceil(per_server * max(1, len(self.servers)) / self.actors))

@@ -2,9 +2,11 @@
 
 Map of the package (everything below ``main`` is private):
 
-- ``_main``: argument parsing, dispatch, exit statuses on error
-- ``_run``: ``motio run``: paths, resume plan, locking, exit statuses, around
-  the batch engine of :mod:`motio.batch` (prompts, results file, stats)
+- ``_main``: argument parsing (once, into ``_args``), dispatch, exit statuses on error
+- ``_args``: the command line as typed values (``RunArgs``, ``ChatArgs``)
+- ``_run``: ``motio run``: paths, resume plan, exit statuses, progress,
+  around the batch job of :mod:`motio.batch` (prompts, results file, stats)
+- ``_run_ray``: ``motio run --ray``: joining the cluster, the workers' backend
 - ``_chat``: ``motio chat``, one answer streamed to stdout
 - ``_progress``: the optional rich progress bar on stderr
 - ``_backend``: options to a checked backend, errors to one line

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError, MotioError, NotFoundError
+from ._args import BackendArgs, GenerationArgs
 from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
@@ -62,32 +63,38 @@ class BackendSpec:
     ca_bundle: str | None = None
 
     @classmethod
-    def from_args(cls, args: Any) -> BackendSpec:
+    def from_args(cls, args: BackendArgs) -> BackendSpec:
+        """The backend the command line names, its flags checked.
+
+        Raises:
+            CliError: server flags for a backend that runs in this process,
+                an unreadable ``--endpoints`` or ``--ca-bundle`` file (usage errors).
+        """
         from ..backends._registry import DEFAULT_BACKEND, SERVER_BACKEND, backend_class
 
         urls = server_urls(args)
         # --base-url only makes sense for a server, so it implies the server backend.
         kind = args.backend or (SERVER_BACKEND if urls else DEFAULT_BACKEND)
         backend = backend_class(kind)
-        ca_bundle = getattr(args, "ca_bundle", None)
-        if not backend.remote and (urls or args.api_key_env or ca_bundle):
+        if not backend.remote and (urls or args.api_key_env or args.ca_bundle):
             raise CliError(
-                f"--base-url, --endpoints, --api-key-env and --ca-bundle need --backend {SERVER_BACKEND} "
+                f"--base-url, --endpoints, --api-key-env and --ca-bundle need --backend {_server_backends()} "
                 f"(the {kind} backend runs the model in this process)",
                 EXIT_USAGE,
             )
         # The backend's own default: "auto" finds a server's capacity (see
         # motio/backends/_adaptive.py); the embedded model serves one
         # generation at a time, so more would only inflate every latency figure.
-        concurrency = getattr(args, "concurrency", None) or backend.default_concurrency
+        concurrency = args.concurrency or backend.default_concurrency
         if not backend.remote and isinstance(concurrency, str):
             concurrency = 1  # one model instance; "auto" is for servers
-        options = {name: getattr(args, name, None) for name in _SERVER_OPTIONS}
         first = urls[0] if urls else None
         several = urls if len(urls) > 1 else ()
         return cls(
-            kind, args.model, first, args.api_key_env, concurrency, **options, base_urls=several,
-            ca_bundle=None if ca_bundle is None else _readable_ca_bundle(ca_bundle),
+            kind, args.model, first, args.api_key_env, concurrency,
+            args.max_retries, args.rpm, args.tpm, args.first_token_timeout, args.total_timeout,
+            base_urls=several,
+            ca_bundle=None if args.ca_bundle is None else _readable_ca_bundle(args.ca_bundle),
         )  # fmt: skip
 
     @property
@@ -110,13 +117,21 @@ class BackendSpec:
         return _auto_bound(self.concurrency)
 
     @property
-    def workers(self) -> int:
+    def in_flight(self) -> int:
         """How many prompts the run keeps in flight (the gates may admit fewer):
         enough to fill every server's limit."""
         return self.per_server * self.servers
 
 
-def server_urls(args: Any) -> tuple[str, ...]:
+def _server_backends() -> str:
+    """The backends that talk to servers, by name (the one ``--base-url`` implies first)."""
+    from ..backends._registry import SERVER_BACKEND, backend_class, backend_names
+
+    others = [name for name in backend_names() if name != SERVER_BACKEND and backend_class(name).remote]
+    return " or ".join([SERVER_BACKEND, *others])
+
+
+def server_urls(args: BackendArgs) -> tuple[str, ...]:
     """The servers from ``--base-url`` (repeatable) and ``--endpoints FILE``, in
     order, each once.
 
@@ -124,13 +139,9 @@ def server_urls(args: Any) -> tuple[str, ...]:
         CliError: an unreadable endpoints file, one without any URL, or a line
             that is not an http(s) URL (usage errors).
     """
-    given = getattr(args, "base_url", None) or []
-    if isinstance(given, str):
-        given = [given]
-    urls = [url.strip().rstrip("/") for url in given]
-    path = getattr(args, "endpoints", None)
-    if path is not None:
-        urls += _read_endpoints(path)
+    urls = [url.strip().rstrip("/") for url in args.base_urls]
+    if args.endpoints is not None:
+        urls += _read_endpoints(args.endpoints)
     return tuple(dict.fromkeys(urls))
 
 
@@ -220,7 +231,7 @@ def build_backend(spec: BackendSpec) -> Backend:
             **options,
         )
     # Each extra slot is one more model instance generating in parallel.
-    return cls(spec.model, max_concurrency=spec.workers)
+    return cls(spec.model, max_concurrency=spec.in_flight)
 
 
 async def open_backend(spec: BackendSpec) -> Backend:
@@ -327,7 +338,7 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def generation_options(args: Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def generation_options(args: GenerationArgs, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Keyword options for ``backend.generate`` from the command line.
 
     Only options the user set are passed, so each backend keeps its own
@@ -337,7 +348,7 @@ def generation_options(args: Any, overrides: dict[str, Any] | None = None) -> di
     return {**defaults, **options, **(overrides or {})}
 
 
-def run_options(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_options(args: GenerationArgs) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(options, defaults)`` for ``motio run``'s engine.
 
     ``options``: what the command line gave (it fills what a prompt line
@@ -349,7 +360,7 @@ def run_options(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "seed": args.seed,
-        "extra_body": getattr(args, "extra_body", None),
+        "extra_body": args.extra_body,
     }
     options = {name: value for name, value in given.items() if value is not None}
     if args.chunk_timeout is not None:

@@ -8,6 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from .._exceptions import MotioError
+from ._args import ChatArgs
 from ._backend import BackendSpec, generation_options, one_line, open_backend
 from ._errors import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, CliError
 from ._signals import stop_status
@@ -15,15 +16,15 @@ from ._signals import stop_status
 __all__ = ["chat_command"]
 
 
-def chat_command(args: Any) -> int:
+def chat_command(args: ChatArgs) -> int:
     """Run ``motio chat`` and return its exit status.
 
     Raises:
         CliError: an empty prompt, a failing backend or a failed generation.
     """
     messages = _messages(args.system, _read_prompt(args.prompt))
-    spec = BackendSpec.from_args(args)
-    options = generation_options(args)
+    spec = BackendSpec.from_args(args.backend)
+    options = generation_options(args.generation)
     try:
         asyncio.run(_chat(spec, messages, options, sys.stdout))
     except KeyboardInterrupt:

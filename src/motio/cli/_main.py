@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from ._args import BackendArgs, ChatArgs, GenerationArgs, RunArgs
 from ._errors import EXIT_USAGE, CliError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_args"]
 
 _DESCRIPTION = """\
 Concurrent LLM generation from the command line.
@@ -104,46 +105,114 @@ examples:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``motio`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
     try:
-        if args.command == "run":
-            _ray_took_the_prompts(args)
-        return _handler(args.command)(args)
+        args = parse_args(argv, parser)
+        if args is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return _command(args)
     except CliError as exc:
         print(f"motio: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
 
 
-def _ray_took_the_prompts(args: Any) -> None:
+def parse_args(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> RunArgs | ChatArgs | None:
+    """The command line as typed values; None when it names no command.
+
+    Raises:
+        SystemExit: argparse refused the command line (exit 2, its message on stderr).
+        CliError: ``motio run`` without a prompts file (a usage error, exit 2).
+    """
+    namespace = (parser or build_parser()).parse_args(argv)
+    if namespace.command == "run":
+        return _run_args(namespace)
+    if namespace.command == "chat":
+        return _chat_args(namespace)
+    return None
+
+
+def _run_args(namespace: argparse.Namespace) -> RunArgs:
+    prompts, ray = _ray_took_the_prompts(namespace.prompts, namespace.ray)
+    return RunArgs(
+        prompts,
+        namespace.output,
+        _backend_args(namespace, namespace.concurrency),
+        _generation_args(namespace, namespace.extra_body),
+        retry_errors=namespace.retry_errors,
+        quiet=namespace.quiet,
+        ray=ray,
+        ray_workers=namespace.workers,
+    )
+
+
+def _chat_args(namespace: argparse.Namespace) -> ChatArgs:
+    # motio chat has no --concurrency nor --extra-body: the backend's defaults.
+    return ChatArgs(
+        namespace.prompt,
+        _backend_args(namespace, None),
+        _generation_args(namespace, None),
+        system=namespace.system,
+    )
+
+
+def _backend_args(namespace: argparse.Namespace, concurrency: int | str | None) -> BackendArgs:
+    return BackendArgs(
+        backend=namespace.backend,
+        model=namespace.model,
+        base_urls=tuple(namespace.base_url or ()),
+        endpoints=namespace.endpoints,
+        api_key_env=namespace.api_key_env,
+        ca_bundle=namespace.ca_bundle,
+        concurrency=concurrency,
+        max_retries=namespace.max_retries,
+        rpm=namespace.rpm,
+        tpm=namespace.tpm,
+        first_token_timeout=namespace.first_token_timeout,
+        total_timeout=namespace.total_timeout,
+    )
+
+
+def _generation_args(namespace: argparse.Namespace, extra_body: dict[str, Any] | None) -> GenerationArgs:
+    return GenerationArgs(
+        max_tokens=namespace.max_tokens,
+        temperature=namespace.temperature,
+        seed=namespace.seed,
+        chunk_timeout=namespace.chunk_timeout,
+        extra_body=extra_body,
+    )
+
+
+def _ray_took_the_prompts(prompts: str | None, ray: str | None) -> tuple[str, str | None]:
     """``motio run --ray PROMPTS.jsonl ...``: the file is the prompts, not an address.
 
     ``--ray`` takes an optional address, so argparse gives it the word after
     it; when that word is the prompts file (or ``-``) and no other prompts
     were given, it was meant as ``--ray`` alone.
 
+    Returns:
+        The prompts and ``--ray``'s address, as meant.
+
     Raises:
         CliError: no prompts file at all (a usage error, exit 2).
     """
-    if args.prompts is not None:
-        return
-    if args.ray is not None and (args.ray == "-" or os.path.isfile(args.ray)):
-        args.prompts, args.ray = args.ray, "local"
-        return
+    if prompts is not None:
+        return prompts, ray
+    if ray is not None and (ray == "-" or os.path.isfile(ray)):
+        return ray, "local"
     raise CliError("the following arguments are required: PROMPTS.jsonl", EXIT_USAGE)
 
 
-def _handler(command: str) -> Callable[[Any], int]:
+def _command(args: RunArgs | ChatArgs) -> int:
     # Imported on demand: `motio --help` should not pay for asyncio and co.
-    if command == "run":
+    if isinstance(args, RunArgs):
         from ._run import run_command
 
-        return run_command
+        return run_command(args)
     from ._chat import chat_command
 
-    return chat_command
+    return chat_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

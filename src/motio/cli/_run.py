@@ -8,8 +8,9 @@ Flow, ordered so that nothing is written before it must be:
    file, or one with nothing left to run, stops here (no model is loaded);
 4. open and check the backend (a server's check is bounded in time);
 5. only now lock, create or repair the results file;
-6. stream the prompts a second time through the batch engine
-   (``motio.batch``), which keeps a fixed number of them in flight.
+6. stream the prompts a second time through the batch job
+   (``motio.batch``'s ``BatchJob``: the engine keeps a fixed number of them
+   in flight, or Ray workers run them), which writes each result once.
 
 A whole-run failure (the server gone, the key refused) stops the run and
 records nothing for the prompts it abandoned: they were not answered, so the
@@ -30,15 +31,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._threaded import ThreadedIterator
 from ..batch import (
     BatchAborted,
-    Engine,
     InputProblem,
     MixedFormats,
     NotAResultsFile,
@@ -55,7 +53,9 @@ from ..batch import (
     scan_lines,
     scan_prompts,
 )
+from ..batch._job import BatchJob
 from . import _signals
+from ._args import RunArgs
 from ._backend import BackendSpec, one_line, open_backend, run_options
 from ._errors import (
     EXIT_BACKEND,
@@ -64,10 +64,7 @@ from ._errors import (
     EXIT_USAGE,
     CliError,
 )
-from ._progress import Progress, make_progress, server_loads, servers_summary
-
-if TYPE_CHECKING:
-    from ..backends import Backend
+from ._progress import Progress, Servers, make_progress, server_loads, servers_summary
 
 __all__ = ["run_command"]
 
@@ -75,7 +72,7 @@ __all__ = ["run_command"]
 _MAX_PROBLEMS_SHOWN = 20
 
 
-def run_command(args: Any) -> int:
+def run_command(args: RunArgs) -> int:
     """Run ``motio run`` and return its exit status.
 
     Raises:
@@ -83,9 +80,9 @@ def run_command(args: Any) -> int:
     """
     prompts, out = _check_paths(args.prompts, args.output)
     _check_pipes(args)
-    if getattr(args, "workers", None) is not None and getattr(args, "ray", None) is None:
+    if args.ray_workers is not None and args.ray is None:
         raise CliError("--workers needs --ray (without it the run is one process)", EXIT_USAGE)
-    spec = BackendSpec.from_args(args)
+    spec = BackendSpec.from_args(args.backend)
     stats = RunStats(streaming_input=prompts is None)
     state = ResumeState() if out is None else _inspect(out)
     if prompts is None:
@@ -105,7 +102,7 @@ def run_command(args: Any) -> int:
     _tune_gc()
     joined = False
     try:
-        if getattr(args, "ray", None) is not None:
+        if args.ray is not None:
             from ._run_ray import join_cluster
 
             joined = join_cluster(args.ray)
@@ -138,7 +135,7 @@ def run_command(args: Any) -> int:
     return _exit_status(stats)
 
 
-def _check_pipes(args: Any) -> None:
+def _check_pipes(args: RunArgs) -> None:
     if args.output == "-" and args.retry_errors:
         raise CliError(
             "--retry-errors needs a results file to resume from: with -o - (stdout) there is no "
@@ -225,12 +222,13 @@ class _Run:
     """The part of a run that needs the backend and the (locked) results file."""
 
     def __init__(
-        self, args: Any, spec: BackendSpec, prompts: Path | None, out: Path | None, stats: RunStats
+        self, args: RunArgs, spec: BackendSpec, prompts: Path | None, out: Path | None, stats: RunStats
     ) -> None:
         self.args, self.spec, self.prompts, self.out, self.stats = args, spec, prompts, out, stats
         self.results: ResultsFile | ResultsStream | None = None
         self.running = False
-        self.cluster: Any = None  # the Ray workers, with --ray
+        self.job: BatchJob | None = None
+        self.progress: Progress | None = None
 
     async def main(self, retry: set[str]) -> None:
         task = asyncio.current_task()
@@ -243,63 +241,105 @@ class _Run:
                 _signals.hold(True)
 
     async def _main(self, retry: set[str]) -> None:
-        if getattr(self.args, "ray", None) is not None:
-            from ._run_ray import start_pool
-
-            self.cluster = start_pool(self.args, self.spec)
+        # With --ray, the workers start now: they build their backends while
+        # this process checks its own.
+        self.job = job = self._job()
         try:
-            await self._run(retry)
+            await self._run(job, retry)
         finally:
-            if self.cluster is not None:
-                self.cluster.close()
+            job.stop_workers()
 
-    async def _run(self, retry: set[str]) -> None:
+    def _job(self) -> BatchJob:
+        options, defaults = run_options(self.args.generation)
+        in_flight = self.spec.in_flight
+        if self.prompts is not None:
+            in_flight = min(in_flight, self.stats.to_run)
+        ray = None
+        if self.args.ray is not None:
+            from ._run_ray import on_ray
+
+            ray = on_ray(self.args, self.spec)
+        return BatchJob(options=options, defaults=defaults, ray=ray, in_flight=in_flight, stats=self.stats)
+
+    async def _run(self, job: BatchJob, retry: set[str]) -> None:
         backend = await open_backend(self.spec)
         # Everything loaded so far (modules, the backend, a model) lives as
         # long as the run: out of the collector's way for good.
         gc.freeze()
         try:
-            self.results = _open_results(self.out)
+            self.results = _open_results(job, self.out)
             self.results.drop_failed(retry)
-            self.stats.started = time.perf_counter()
             self.running = True
-            runner = self._runner(backend)
-            loads = runner if self.cluster is not None else backend
-            progress = make_progress(self.stats, quiet=self.args.quiet, servers=server_loads(loads))
+            # The engine on this backend, or the Ray workers sharing its limits.
+            runner = await job.start(backend)
+            progress = make_progress(self.stats, quiet=self.args.quiet, servers=server_loads(runner))
+            self.progress = progress
             progress.start()
             try:
-                pool = _Pool(runner, self.results, self.stats, progress)
-                await pool.run(self.prompts, self.spec.workers)
+                await self._run_job(job)
             finally:
                 progress.stop()
-                self._say_servers(loads)
+                self._say_servers(runner)
         finally:
             await backend.aclose()
 
-    def _runner(self, backend: Backend) -> Any:
-        """The batch engine on ``backend``, or Ray workers (``--ray``) sharing its limits."""
-        if self.cluster is not None:
-            from ._run_ray import share_limits
+    async def _run_job(self, job: BatchJob) -> None:
+        if self.prompts is None:
+            # Read in a thread: a pipe's producer may be slow, and a read
+            # blocking the loop would stall every stream in flight.
+            records = _streamed(self._written().state, self.stats, self.out)
+        else:
+            records = _prompt_records(self.prompts)
+        try:
+            await job.run(
+                records, self._report, blocking=self.prompts is None, write_failed=self._write_failed
+            )
+        except BatchAborted as aborted:
+            # The engine found the whole run unable to go on (the server went
+            # away, the key was revoked) and cancelled the other prompts
+            # unrecorded: the rerun the hint names runs them.
+            raise CliError(f"{one_line(aborted.cause)}; {_saved(self._written())}", EXIT_BACKEND) from aborted
 
-            share_limits(self.cluster, backend)
-            return self.cluster
-        # Only a server can vanish; the embedded model's failures are its prompts'.
-        options, defaults = run_options(self.args)
-        return Engine(backend, options=options, defaults=defaults, remote=backend.remote)
+    def _written(self) -> ResultsFile | ResultsStream:
+        assert self.results is not None, "the results are opened before the job runs"
+        return self.results
 
-    def _say_servers(self, loads: Any) -> None:
+    def _write_failed(self, exc: OSError) -> CliError:
+        """The command's error for a result line it could not write."""
+        results = self._written()
+        if isinstance(exc, BrokenPipeError) and isinstance(results, ResultsStream):
+            _quiet_stdout()
+            return CliError(
+                f"stdout was closed (the next command of the pipe exited); {_saved(results)}", EXIT_FAILURES
+            )
+        return CliError(f"cannot write {results.path}: {exc.strerror}", EXIT_FAILURES)
+
+    def _report(self, result: dict[str, Any], attempts: Any) -> None:
+        """After each result was written and counted: the progress line, and failures noted."""
+        assert self.progress is not None
+        self.progress.update()
+        own = own_view(result)
+        if own["error"] is not None:
+            self._note_failure(own, self.progress)
+
+    def _note_failure(self, result: dict[str, Any], progress: Progress) -> None:
+        if self.stats.failed > _MAX_PROBLEMS_SHOWN:
+            return
+        error = result["error"]
+        progress.note(f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}")
+        if self.stats.failed == _MAX_PROBLEMS_SHOWN:
+            progress.note("motio: further failures are not shown; see the results file")
+
+    def _say_servers(self, loads: Servers) -> None:
         if self.args.quiet:
             return
         summary = servers_summary(loads)
         if summary is not None:
             _say(summary)
-        if self.cluster is not None:
-            rerun = (
-                f"; {self.cluster.rerun:,} prompts ran again after a worker died"
-                if self.cluster.rerun
-                else ""
-            )
-            _say(f"ray: {self.cluster.plan.workers} workers{rerun}")
+        pool = None if self.job is None else self.job.pool
+        if pool is not None:
+            rerun = f"; {pool.rerun:,} prompts ran again after a worker died" if pool.rerun else ""
+            _say(f"ray: {pool.plan.actors} workers{rerun}")
 
     def interrupted(self) -> int:
         """Report a run stopped by Ctrl-C (exit 130) or SIGTERM (143): what it kept, how to go on."""
@@ -312,8 +352,8 @@ class _Run:
         return status
 
     def close(self) -> None:
-        if self.results is not None:
-            self.results.close()
+        if self.job is not None:
+            self.job.close()
 
 
 def _saved(results: ResultsFile | ResultsStream) -> str:
@@ -326,11 +366,11 @@ def _saved(results: ResultsFile | ResultsStream) -> str:
     return f"{results.written} new results saved in {results.path}; run the same command again to resume"
 
 
-def _open_results(out: Path | None) -> ResultsFile | ResultsStream:
+def _open_results(job: BatchJob, out: Path | None) -> ResultsFile | ResultsStream:
     if out is None:
-        return ResultsStream(sys.stdout.buffer)
+        return job.open_results(sys.stdout.buffer)
     try:
-        results = ResultsFile.open(out)
+        results = job.open_results(out)
     except ResultsFileLocked as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     except NotAResultsFile as exc:
@@ -389,19 +429,16 @@ def _read_prompts(prompts: Path | None) -> Iterator[PromptRecord | InputProblem]
         raise CliError(f"{where}: {exc}", EXIT_USAGE) from exc
 
 
-def _pending(prompts: Path, state: ResumeState) -> Iterator[PromptRecord]:
-    """Second pass: the prompts still to run, read lazily.
-
-    ``state`` grows while the run writes results; that never hides a pending
-    prompt, because each id occurs once (duplicates are problems, skipped).
-    """
+def _prompt_records(prompts: Path) -> Iterator[PromptRecord]:
+    """Second pass: the prompts file's records, read lazily (its problems were reported by the first)."""
     for item in _read_prompts(prompts):
-        if isinstance(item, PromptRecord) and not (item.key in state.done or item.key in state.failed):
+        if isinstance(item, PromptRecord):
             yield item
 
 
 def _streamed(state: ResumeState, stats: RunStats, out: Path | None) -> Iterator[PromptRecord]:
-    """stdin's one pass: bad lines reported and prompts counted as they come."""
+    """stdin's one pass: bad lines reported and prompts counted as they come
+    (the batch job skips those the results file holds)."""
     for item in _read_prompts(None):
         if isinstance(item, InputProblem):
             _bad_line(stats, None, item)
@@ -414,76 +451,8 @@ def _streamed(state: ResumeState, stats: RunStats, out: Path | None) -> Iterator
             stats.already_done += 1
         elif item.key in state.failed:
             stats.already_failed += 1
-        else:
-            yield item
+        yield item
     _more_bad_lines(stats, None)
-
-
-class _Pool:
-    """Feeds the pending prompts to the batch engine and writes what it answers."""
-
-    def __init__(
-        self, runner: Any, results: ResultsFile | ResultsStream, stats: RunStats, progress: Progress
-    ) -> None:
-        self._runner = runner
-        self._results = results
-        self._stats = stats
-        self._progress = progress
-
-    async def run(self, prompts: Path | None, concurrency: int) -> None:
-        if prompts is None:
-            out = self._results.path if isinstance(self._results, ResultsFile) else None
-            # Read in a thread: a pipe's producer may be slow, and a read
-            # blocking the loop would stall every stream in flight.
-            lines = _streamed(self._results.state, self._stats, out)
-            pending: Any = ThreadedIterator(lines, asyncio.get_running_loop())
-        else:
-            pending = _pending(prompts, self._results.state)
-            concurrency = min(concurrency, self._stats.to_run)
-        try:
-            if isinstance(self._runner, Engine):
-                await self._runner.run(pending, concurrency, self._write)
-            else:  # Ray workers: their concurrency is theirs
-                await self._runner.run(pending, self._write)
-        except BatchAborted as aborted:
-            # The engine found the whole run unable to go on (the server went
-            # away, the key was revoked) and cancelled the other prompts
-            # unrecorded: the rerun the hint names runs them.
-            raise CliError(f"{one_line(aborted.cause)}; {_saved(self._results)}", EXIT_BACKEND) from aborted
-        finally:
-            if isinstance(pending, ThreadedIterator):
-                await pending.abandon()  # a reader blocked on stdin exits with its read
-
-    def _write(self, result: dict[str, Any], attempts: Any) -> None:
-        try:
-            self._results.append(result)
-        except BrokenPipeError as exc:
-            if not isinstance(self._results, ResultsStream):
-                raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
-            _quiet_stdout()
-            raise CliError(
-                f"stdout was closed (the next command of the pipe exited); {_saved(self._results)}",
-                EXIT_FAILURES,
-            ) from exc
-        except OSError as exc:
-            raise CliError(f"cannot write {self._results.path}: {exc.strerror}", EXIT_FAILURES) from exc
-        self._stats.record(result, attempts)
-        # Ray workers' controllers are theirs: only the engine's backend is here.
-        adaptive = self._runner.backend.adaptive_concurrency if isinstance(self._runner, Engine) else None
-        if adaptive is not None:
-            self._stats.concurrency = adaptive.limit
-        self._progress.update()
-        own = own_view(result)
-        if own["error"] is not None:
-            self._note_failure(own)
-
-    def _note_failure(self, result: dict[str, Any]) -> None:
-        if self._stats.failed > _MAX_PROBLEMS_SHOWN:
-            return
-        error = result["error"]
-        self._progress.note(f"motio: id {result['id']}: {error['type']}: {_first_line(error['message'])}")
-        if self._stats.failed == _MAX_PROBLEMS_SHOWN:
-            self._progress.note("motio: further failures are not shown; see the results file")
 
 
 def _quiet_stdout() -> None:

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
 
-from ._backend import BackendSpec, build_backend, run_options
+from ..batch._job import OnRay
+from ._args import RunArgs
+from ._backend import BackendSpec, build_backend
 from ._errors import EXIT_BACKEND, EXIT_USAGE, CliError
 from ._signals import keep_sigterm
 
-if TYPE_CHECKING:
-    from ..backends import Backend
-    from ..batch._ray import RayPool
-
-__all__ = ["join_cluster", "leave_cluster", "share_limits", "start_pool"]
+__all__ = ["join_cluster", "leave_cluster", "on_ray"]
 
 
 def join_cluster(address: str) -> bool:
@@ -52,26 +49,9 @@ def leave_cluster() -> None:
     disconnect()
 
 
-def start_pool(args: Any, spec: BackendSpec) -> RayPool:
-    """Start this run's workers (they build their backends while the driver checks)."""
-    from ..batch._ray import RayPool, worker_count
-
+def on_ray(args: RunArgs, spec: BackendSpec) -> OnRay:
+    """How this run's Ray workers build their backends, and how many there are."""
     env = {}
     if spec.api_key_env and os.environ.get(spec.api_key_env):
         env[spec.api_key_env] = os.environ[spec.api_key_env]
-    options, defaults = run_options(args)
-    return RayPool(
-        functools.partial(build_backend, spec),
-        args.workers or worker_count(),
-        options=options,
-        defaults=defaults,
-        remote=spec.remote,
-        env=env,
-    )
-
-
-def share_limits(pool: RayPool, backend: Backend) -> None:
-    """Give the workers the limits of the driver's checked ``backend``."""
-    from ..batch._share import SharePlan
-
-    pool.share(SharePlan.of(backend, pool.plan.workers))
+    return OnRay(functools.partial(build_backend, spec), args.ray_workers, env)

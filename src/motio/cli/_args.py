@@ -1,0 +1,77 @@
+"""The command line as typed values: what ``_main`` parses argv into, once.
+
+Everything below ``_main`` reads these frozen dataclasses, never argparse's
+namespace: a flag's name and type are written once (here), and a command
+cannot ask for a flag it does not have. Values are as given (``None`` when
+a flag was not); checking and resolving them (the backend's registry,
+files, the environment) is each command's, in its own order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BackendArgs", "ChatArgs", "GenerationArgs", "RunArgs"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendArgs:
+    """The backend group's flags (and ``--concurrency``), resolved by ``BackendSpec.from_args``.
+
+    ``base_urls``: every ``--base-url``, in order; ``concurrency``: None
+    when not given (and always for ``motio chat``, which has no such flag).
+    """
+
+    backend: str | None = None
+    model: str | None = None
+    base_urls: tuple[str, ...] = ()
+    endpoints: str | None = None
+    api_key_env: str | None = None
+    ca_bundle: str | None = None
+    concurrency: int | str | None = None
+    max_retries: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    first_token_timeout: float | None = None
+    total_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationArgs:
+    """The generation group's flags (``--extra-body`` is ``motio run``'s only)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    chunk_timeout: float | None = None
+    extra_body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunArgs:
+    """``motio run``.
+
+    ``ray``: the cluster's address (``"local"`` for ``--ray`` alone), None
+    without ``--ray``; ``ray_workers``: ``--workers`` (Ray workers), None
+    when not given.
+    """
+
+    prompts: str
+    output: str
+    backend: BackendArgs
+    generation: GenerationArgs
+    retry_errors: bool = False
+    quiet: bool = False
+    ray: str | None = None
+    ray_workers: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatArgs:
+    """``motio chat``."""
+
+    prompt: str
+    backend: BackendArgs
+    generation: GenerationArgs
+    system: str | None = None
