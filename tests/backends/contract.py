@@ -68,6 +68,7 @@ __all__ = [
     "LONG_PROMPT",
     "MODEL",
     "PROMPT",
+    "AnthropicEntry",
     "Entry",
     "LlamaEntry",
     "LoadedLlama",
@@ -224,6 +225,13 @@ class ScriptedEntry(Entry):
 
 class OpenAIEntry(ScriptedEntry):
     name = provider = "openai"
+
+
+class AnthropicEntry(ScriptedEntry):
+    """The Messages API: the scripted server answers ``POST .../messages`` in its shapes."""
+
+    name = provider = "anthropic"
+    backend_options = {"api_key": "sk-scripted"}
 
 
 # -------------------------------------------------------------------- embedded model
@@ -422,5 +430,6 @@ class LlamaEntry(Entry):
 #: The backends under the contract, by name: ``backend_kind``'s params.
 ENTRIES: dict[str, type[Entry]] = {
     "openai": OpenAIEntry,
+    "anthropic": AnthropicEntry,
     "llamacpp": LlamaEntry,
 }
