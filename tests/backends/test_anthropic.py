@@ -166,6 +166,8 @@ def test_text_usage_finish_reason_and_the_system_field(server: ScriptedServer, s
     assert meta.finish_reasons == ["stop"] and meta.response_id == "msg_scripted"
     assert meta.base_url == server.base_url and meta.response is None
     [request] = server.chat_requests
+    # Anthropic names its request in request-id (OpenAI in x-request-id).
+    assert meta.request_id == f"req_scripted_{request.index}"
     assert request.anthropic and request.path == "/v1/messages" and request.status == 200
     assert request.body == {"max_tokens": DEFAULT_MAX_TOKENS, "system": "You are terse.",
                             "messages": [{"role": "user", "content": "hello there"}], "stream": stream,
@@ -223,6 +225,8 @@ def test_a_wrong_key_is_an_authentication_error_not_retried() -> None:
         mot = run(outcome(backend_for(server, api_key="wrong")))
         assert isinstance(mot.error, AuthenticationError) and mot.error.status_code == 401
         assert "invalid x-api-key" in str(mot.error) and len(server.chat_requests) == 1
+        # The hint names this backend's key variable, not OpenAI's.
+        assert "ANTHROPIC_API_KEY" in str(mot.error) and "OPENAI" not in str(mot.error)
 
 
 # -- retries and errors --------------------------------------------------------------

@@ -180,7 +180,7 @@ _CAPABILITIES = (
     | set(Backend.__annotations__)
     | {"concurrency_bound", "base_urls", "base_url", "rpm", "tpm", "several_servers", "retry_policy"}
 ) - {"model"}
-_KIND_CLASSES = {"OpenAIBackend", "LlamaCppBackend", "AnthropicBackend"}
+_KIND_CLASSES = {"OpenAIBackend", "LlamaCppBackend", "AnthropicBackend", "HTTPBackend"}
 
 
 def _modules() -> list[Path]:

@@ -8,7 +8,7 @@ coordinator (a Ray actor, see ``_ray.py``), and a worker holds only:
 - for requests and tokens per minute: a proxy to the coordinator's
   ``RateLimiter``, asked once per request (requests are paced by the limit
   itself, so these calls are never more frequent than the limit allows);
-- per server, a ``SharedGate`` (``backends/_adaptive.py``): a local gate whose limit is this
+- per server, a ``SharedGate`` (``backends/http/_adaptive.py``): a local gate whose limit is this
   worker's share of the server's cluster-wide limit. With ``"auto"`` it
   forwards its signals (time to first token, overloads) to the coordinator's
   one controller per server, which sets the cluster-wide limit; a fixed

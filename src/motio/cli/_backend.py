@@ -83,7 +83,7 @@ class BackendSpec:
                 EXIT_USAGE,
             )
         # The backend's own default: "auto" finds a server's capacity (see
-        # motio/backends/_adaptive.py); the embedded model serves one
+        # motio/backends/http/_adaptive.py); the embedded model serves one
         # generation at a time, so more would only inflate every latency figure.
         concurrency = args.concurrency or backend.default_concurrency
         if not backend.remote and isinstance(concurrency, str):

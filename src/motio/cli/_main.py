@@ -308,15 +308,19 @@ def _backend_names() -> list[str]:
     return list(backend_names())
 
 
+def _backend_help() -> str:
+    from ..backends._registry import backend_help
+
+    return backend_help()
+
+
 def _backend_options() -> argparse.ArgumentParser:
     group = argparse.ArgumentParser(add_help=False)
     options = group.add_argument_group("backend")
     options.add_argument(
         "--backend",
         choices=_backend_names(),
-        help="llamacpp: embedded model, offline (default); "
-        "openai: any OpenAI-compatible server (implied by --base-url); "
-        "anthropic: Anthropic's Messages API",
+        help=_backend_help(),
     )
     options.add_argument(
         "--model",

@@ -36,7 +36,9 @@ __all__ = [
 
 _HINTS: dict[int, tuple[type[APIStatusError], str]] = {
     400: (BadRequestError, "check the generation options and the messages"),
-    401: (AuthenticationError, "check the API key (api_key= or OPENAI_API_KEY)"),
+    # The variable is each backend's api_key_env; by convention <PROVIDER>_API_KEY
+    # (filled in by status_error), so the hint names the right one for each.
+    401: (AuthenticationError, "check the API key (api_key= or {key_env})"),
     403: (AuthenticationError, "check that the API key may use this model"),
     404: (
         NotFoundError,
@@ -72,6 +74,7 @@ def status_error(
         cls, hint = ServerError, _SERVER_HINT
     else:
         cls, hint = _HINTS.get(status, (APIStatusError, "check the request"))
+    hint = hint.replace("{key_env}", f"{where.provider.upper()}_API_KEY")
     message = f"{where.describe()}: HTTP {status}: {_shorten(detail)}; {hint}"
     error = cls(message, status_code=status, **where.fields())
     error.retry_after = retry_after
@@ -82,7 +85,7 @@ def stream_error(detail: str, where: Where) -> StreamError:
     """A malformed or truncated stream."""
     return StreamError(
         f"{where.describe()}: bad stream: {_shorten(detail)}; check that base_url points "
-        "at an OpenAI-compatible server and that no proxy alters the response",
+        f"at a server of the {where.provider} API and that no proxy alters the response",
         **where.fields(),
     )
 
@@ -108,7 +111,7 @@ def broken_stream_error(exc: BaseException, where: Where, *, delivered: int | No
         f"{where.describe()}: the connection broke mid-stream ({_shorten(_describe(exc))}){after}; "
         "likely causes, most likely first: the server restarted or crashed (check its logs), "
         "a proxy or load balancer cut the stream (check its timeouts), "
-        f"or base_url does not point at an OpenAI-compatible server{kept}",
+        f"or base_url does not point at a server of the {where.provider} API{kept}",
         **where.fields(),
     )
 

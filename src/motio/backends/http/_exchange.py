@@ -361,7 +361,7 @@ class Exchange:
             async with self._deadlines.scope(self._deadlines.first_token, started) as scope:
                 try:
                     held.response = response = await host.send(entry.client, self._body, fold.where)
-                    fold.meta.request_id = response.headers.get("x-request-id")
+                    fold.meta.request_id = _request_id(response)
                     host.router.answered(endpoint)
                     result = await read(held.response)
                 except TimeoutError:
@@ -671,3 +671,9 @@ def _refused(exc: BaseException) -> bool:
 def _short(error: BaseException) -> str:
     status = getattr(error, "status_code", None)
     return f"HTTP {status}" if status else type(error).__name__
+
+
+def _request_id(response: aiohttp.ClientResponse) -> str | None:
+    # OpenAI and vLLM send x-request-id; Anthropic sends request-id.
+    headers = response.headers
+    return headers.get("x-request-id") or headers.get("request-id")
