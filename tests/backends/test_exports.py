@@ -35,6 +35,16 @@ def test_the_http_packages_face_is_exactly_these() -> None:
 
     assert sorted(motio.backends.http.__all__) == sorted(
         [
+            "DEFAULT_CONCURRENCY_BOUND",
+            "HTTP_OPTIONS",
+            "ErrorAfterText",
+            "ErrorEvent",
+            "HTTPClient",
+            "TLSOption",
+            "data_as_json_array",
+            "parse_events",
+            "server_error_event",
+            "stream_error",
             "AdaptiveConcurrency",
             "EndpointSnapshot",
             "Gate",
@@ -89,3 +99,19 @@ def test_create_backend_by_kind() -> None:
 def test_bad_constructor_arguments_are_configuration_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         motio.backends.OpenAIBackend("m", **kwargs)  # type: ignore[arg-type]
+
+
+def test_protocols_take_the_http_parts_from_the_packages_face() -> None:
+    # A protocol on HTTPBackend (openai/, _anthropic.py) is a second layer:
+    # it imports motio.backends.http, never that package's private modules.
+    import ast
+    from pathlib import Path
+
+    import motio.backends
+
+    root = Path(motio.backends.__file__).parent
+    protocols = [root / "_anthropic.py", *sorted((root / "openai").glob("*.py"))]
+    for path in protocols:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and "http." in node.module:
+                raise AssertionError(f"{path.name} imports {node.module}: use motio.backends.http")

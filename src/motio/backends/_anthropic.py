@@ -28,16 +28,16 @@ from .._feed import DEFAULT_CHUNK_TIMEOUT
 from .._fields import CHAT_FIELDS
 from ._base import DEFAULT_FIRST_TOKEN_TIMEOUT, Messages
 from ._errors import Where
-from .http._backend import DEFAULT_CONCURRENCY_BOUND, HTTP_OPTIONS, HTTPBackend
-from .http._errors import ErrorAfterText, server_error_event, stream_error
-from .http._sse import ErrorEvent, parse_events
+from .http import DEFAULT_CONCURRENCY_BOUND, HTTP_OPTIONS, HTTPBackend
+from .http import ErrorAfterText, server_error_event, stream_error
+from .http import ErrorEvent, parse_events
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .._exceptions import StreamError
     from .._thunk import GenerationMeta, ModelOutputThunk
-    from .http._tls import TLSOption
+    from .http import TLSOption
 
 __all__ = [
     "ANTHROPIC_VERSION",

@@ -11,6 +11,16 @@
     mask_url, none_passed, short_reason
                           URLs and server failures as the command shows them
 
+For the protocols built on ``HTTPBackend`` (``openai/``, ``_anthropic.py``):
+
+    HTTP_OPTIONS, DEFAULT_CONCURRENCY_BOUND
+                          generate()'s options every HTTP backend takes; "auto"'s bound
+    parse_events, data_as_json_array, ErrorEvent
+                          SSE: the events of one network read
+    ErrorAfterText, server_error_event, stream_error
+                          the errors a fold raises
+    HTTPClient, TLSOption the client a ``send`` override posts with; ``ssl=``
+
 Inside: ``_exchange`` (one generation's attempts), ``_endpoints`` (routing
 and health), ``_http``/``_loopclients``/``_tls``/``_urls``/``_compat`` (the
 aiohttp client), ``_sse``, ``_errors``, ``_retry``, ``_adaptive``,
@@ -24,7 +34,17 @@ from typing import TYPE_CHECKING
 from ..._lazy import lazy_exports
 
 __all__ = [
+    "DEFAULT_CONCURRENCY_BOUND",
+    "HTTP_OPTIONS",
     "AdaptiveConcurrency",
+    "ErrorAfterText",
+    "ErrorEvent",
+    "HTTPClient",
+    "TLSOption",
+    "data_as_json_array",
+    "parse_events",
+    "server_error_event",
+    "stream_error",
     "EndpointSnapshot",
     "Gate",
     "HTTPBackend",
@@ -38,6 +58,16 @@ __all__ = [
 ]
 
 _LAZY = {
+    "DEFAULT_CONCURRENCY_BOUND": "._backend",
+    "HTTP_OPTIONS": "._backend",
+    "ErrorAfterText": "._errors",
+    "ErrorEvent": "._sse",
+    "HTTPClient": "._http",
+    "TLSOption": "._tls",
+    "data_as_json_array": "._sse",
+    "parse_events": "._sse",
+    "server_error_event": "._errors",
+    "stream_error": "._errors",
     "AdaptiveConcurrency": "._adaptive",
     "EndpointSnapshot": "._endpoints",
     "Gate": ".._gate",
@@ -52,6 +82,16 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from ._backend import DEFAULT_CONCURRENCY_BOUND as DEFAULT_CONCURRENCY_BOUND
+    from ._backend import HTTP_OPTIONS as HTTP_OPTIONS
+    from ._errors import ErrorAfterText as ErrorAfterText
+    from ._errors import server_error_event as server_error_event
+    from ._errors import stream_error as stream_error
+    from ._http import HTTPClient as HTTPClient
+    from ._sse import ErrorEvent as ErrorEvent
+    from ._sse import data_as_json_array as data_as_json_array
+    from ._sse import parse_events as parse_events
+    from ._tls import TLSOption as TLSOption
     from .._gate import Gate as Gate
     from ._adaptive import AdaptiveConcurrency as AdaptiveConcurrency
     from ._adaptive import SharedGate as SharedGate

@@ -14,13 +14,13 @@ from ..._exceptions import BadRequestError
 from ..._fields import CHAT_FIELDS
 from .._base import Messages
 from .._errors import Where
-from ..http._backend import HTTP_OPTIONS, HTTPBackend
+from ..http import HTTP_OPTIONS, HTTPBackend
 from ._chat import ChatFold
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from ..http._http import HTTPClient
+    from ..http import HTTPClient
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIBackend"]
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Final, Optional
 from .._assemble import ResponseAssembler
 from .._chat import USAGE_KEYS, fold_chunk
 from .._errors import Where
-from ..http._errors import ErrorAfterText, server_error_event, stream_error
-from ..http._sse import ErrorEvent, data_as_json_array, parse_events
+from ..http import ErrorAfterText, server_error_event, stream_error
+from ..http import ErrorEvent, data_as_json_array, parse_events
 
 if TYPE_CHECKING:
     from ..._thunk import GenerationMeta, ModelOutputThunk
