@@ -18,6 +18,8 @@ def test_public_names_are_exactly_these() -> None:
             "AnthropicBackend",
             "Backend",
             "COMMON_OPTIONS",
+            "Fold",
+            "Request",
             "EndpointSnapshot",
             "OpenAIBackend",
             "LlamaCppBackend",

