@@ -39,6 +39,7 @@ def test_the_http_packages_face_is_exactly_these() -> None:
         [
             "DEFAULT_CONCURRENCY_BOUND",
             "HTTP_OPTIONS",
+            "BoundFold",
             "ErrorAfterText",
             "ErrorEvent",
             "HTTPClient",

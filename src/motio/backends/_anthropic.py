@@ -30,13 +30,13 @@ from ._base import DEFAULT_FIRST_TOKEN_TIMEOUT, Messages
 from ._errors import Where
 from .http import DEFAULT_CONCURRENCY_BOUND, HTTP_OPTIONS, HTTPBackend
 from .http import ErrorAfterText, server_error_event, stream_error
-from .http import ErrorEvent, parse_events
+from .http import BoundFold, ErrorEvent, parse_events
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .._exceptions import StreamError
-    from .._thunk import GenerationMeta, ModelOutputThunk
+    from .._thunk import ModelOutputThunk
     from .http import TLSOption
 
 __all__ = [
@@ -177,7 +177,7 @@ def _rename(options: dict[str, Any]) -> None:
 # -- the answer -------------------------------------------------------------------
 
 
-class MessagesFold:
+class MessagesFold(BoundFold):
     """Folds a Messages API answer (named SSE events, or one ``message``)
     into the thunk's text and ``generation`` metadata (an ``HTTPFold``).
 
@@ -186,12 +186,12 @@ class MessagesFold:
     """
 
     __slots__ = (
-        "_loads", "where", "_stream", "_keep", "_done", "_pieces", "_usage", "_message", "meta", "_mot",
+        "_loads", "_stream", "_keep", "_done", "_pieces", "_usage", "_message",
     )  # fmt: skip
 
     def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool, keep: bool = False) -> None:
+        super().__init__(where)
         self._loads = loads
-        self.where = where
         self._stream = stream
         self._keep = keep
         self._done = False
@@ -200,16 +200,6 @@ class MessagesFold:
         # Keeping the whole answer: the message as message_start opened it,
         # its blocks grown by their deltas.
         self._message: dict[str, Any] | None = None
-        self.meta: GenerationMeta = None  # type: ignore[assignment]  # bind() sets it
-        self._mot: ModelOutputThunk[Any] | None = None
-
-    def bind(self, mot: ModelOutputThunk[Any]) -> None:
-        """Fold into ``mot``: called before its producer first runs."""
-        self._mot = mot
-        self.meta = mot.generation
-
-    def text_so_far(self) -> str:
-        return "" if self._mot is None else self._mot.text
 
     def fold(self, block: bytes) -> str | None:
         """Fold one network read's SSE events; their text, if any.

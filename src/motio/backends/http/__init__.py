@@ -15,6 +15,7 @@ For the protocols built on ``HTTPBackend`` (``openai/``, ``_anthropic.py``):
 
     HTTP_OPTIONS, DEFAULT_CONCURRENCY_BOUND
                           generate()'s options every HTTP backend takes; "auto"'s bound
+    BoundFold             the base of a protocol's fold (where, meta, bind)
     parse_events, data_as_json_array, ErrorEvent
                           SSE: the events of one network read
     ErrorAfterText, server_error_event, stream_error
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY_BOUND",
     "HTTP_OPTIONS",
     "AdaptiveConcurrency",
+    "BoundFold",
     "ErrorAfterText",
     "ErrorEvent",
     "HTTPClient",
@@ -60,6 +62,7 @@ __all__ = [
 _LAZY = {
     "DEFAULT_CONCURRENCY_BOUND": "._backend",
     "HTTP_OPTIONS": "._backend",
+    "BoundFold": "._exchange",
     "ErrorAfterText": "._errors",
     "ErrorEvent": "._sse",
     "HTTPClient": "._http",
@@ -85,6 +88,7 @@ if TYPE_CHECKING:
     from ._backend import DEFAULT_CONCURRENCY_BOUND as DEFAULT_CONCURRENCY_BOUND
     from ._backend import HTTP_OPTIONS as HTTP_OPTIONS
     from ._errors import ErrorAfterText as ErrorAfterText
+    from ._exchange import BoundFold as BoundFold
     from ._errors import server_error_event as server_error_event
     from ._errors import stream_error as stream_error
     from ._http import HTTPClient as HTTPClient

@@ -68,7 +68,7 @@ from ._sse import SSEDecoder
 if TYPE_CHECKING:
     import aiohttp
 
-    from ..._thunk import GenerationMeta
+    from ..._thunk import GenerationMeta, ModelOutputThunk
     from ._endpoints import Endpoint, Endpoints
     from ._http import HTTPClient
     from ._loopclients import LoopClient
@@ -115,6 +115,31 @@ class HTTPFold(Fold, Protocol):
 
     def text_so_far(self) -> str:
         """The text the thunk holds (kept as a broken stream's ``partial_text``)."""
+
+
+class BoundFold:
+    """What every ``HTTPFold`` holds alike: the server it speaks for and the
+    thunk it folds into (``bind``). A protocol's fold subclasses it and sets
+    ``where`` in its constructor."""
+
+    __slots__ = ("where", "meta", "_mot")
+
+    where: Where
+    meta: GenerationMeta
+
+    def __init__(self, where: Where) -> None:
+        self.where = where
+        self.meta = None  # type: ignore[assignment]  # bind() sets it
+        self._mot: ModelOutputThunk[Any] | None = None
+
+    def bind(self, mot: ModelOutputThunk[Any]) -> None:
+        """Fold into ``mot``: called before its producer first runs."""
+        self._mot = mot
+        self.meta = mot.generation
+
+    def text_so_far(self) -> str:
+        """The text the thunk holds (kept as a broken stream's ``partial_text``)."""
+        return "" if self._mot is None else self._mot.text
 
 
 class Host(Protocol):

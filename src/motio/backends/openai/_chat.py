@@ -19,7 +19,7 @@ from .._assemble import ResponseAssembler
 from .._chat import USAGE_KEYS, fold_chunk
 from .._errors import Where
 from ..http import ErrorAfterText, server_error_event, stream_error
-from ..http import ErrorEvent, data_as_json_array, parse_events
+from ..http import BoundFold, ErrorEvent, data_as_json_array, parse_events
 
 if TYPE_CHECKING:
     from ..._thunk import GenerationMeta, ModelOutputThunk
@@ -117,7 +117,7 @@ def fold_structs(meta: Any, chunks: list[Any], texts: list[str]) -> Any:
     return None
 
 
-class ChatFold:
+class ChatFold(BoundFold):
     """Folds chat completion payloads (streamed chunks or one whole answer)
     into the thunk's text and metadata. Runs on the producer task, so every
     error here becomes the thunk's error: foreign ones are turned into
@@ -125,30 +125,20 @@ class ChatFold:
     """
 
     __slots__ = (
-        "_loads", "_batch", "where", "_stream", "_done", "_pieces", "meta", "_mot", "_keep", "_assembler",
+        "_loads", "_batch", "_stream", "_done", "_pieces", "_keep", "_assembler",
     )  # fmt: skip
 
     def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool, keep: bool = False) -> None:
+        super().__init__(where)
         self._loads = loads
         # Keeping the whole answer needs every field of every chunk: the
         # generic path (dicts), never the fast one (structs with text only).
         self._batch = None if keep else batch_decoder()
         self._keep = keep
         self._assembler = ResponseAssembler() if keep and stream else None
-        self.where = where
         self._stream = stream
         self._done = False
         self._pieces = 0
-        self.meta: GenerationMeta = None  # type: ignore[assignment]  # bind() sets it
-        self._mot: ModelOutputThunk[Any] | None = None
-
-    def bind(self, mot: ModelOutputThunk[Any]) -> None:
-        """Fold into ``mot``: called before its producer first runs."""
-        self._mot = mot
-        self.meta = mot.generation
-
-    def text_so_far(self) -> str:
-        return "" if self._mot is None else self._mot.text
 
     def fold(self, block: bytes) -> str | None:
         """Fold a block of SSE events (one network read's worth); its text, if any."""
