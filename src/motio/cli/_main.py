@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._args import BackendArgs, ChatArgs, GenerationArgs, RunArgs
+from ._args import BackendArgs, ChatArgs, DatasetArgs, GenerationArgs, RunArgs
 from ._errors import EXIT_USAGE, CliError
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -144,6 +144,7 @@ def _run_args(namespace: argparse.Namespace) -> RunArgs:
         quiet=namespace.quiet,
         ray=ray,
         ray_workers=namespace.workers,
+        dataset=_dataset_args(namespace),
     )
 
 
@@ -284,6 +285,7 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="no progress bar and no summary; problems are still reported",
     )
     _add_ray_options(run)
+    _add_dataset_options(run)
 
 
 def _add_chat(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -495,4 +497,39 @@ def _add_ray_options(run: argparse.ArgumentParser) -> None:
         metavar="N",
         help="Ray workers (async actors, hundreds of prompts in flight each); default: one per "
         "CPU of the cluster. --concurrency, --rpm and --tpm hold for all of them together",
+    )
+
+
+def _add_dataset_options(run: argparse.ArgumentParser) -> None:
+    data = run.add_argument_group(
+        "datasets (.parquet, .csv, .tsv, .jsonl rows; pip install 'motio[data]' for Parquet)"
+    )
+    template = data.add_mutually_exclusive_group()
+    template.add_argument(
+        "--template",
+        metavar="TEXT",
+        help="read the input as a dataset and make each row's prompt from TEXT, {column} "
+        "placeholders filled from the row (Python str.format: {{ and }} for literal braces), "
+        "e.g. 'Classify the sentiment of: {text}'",
+    )
+    template.add_argument(
+        "--template-file", metavar="PATH", help="as --template, the text read from PATH (one final newline dropped)"
+    )
+    data.add_argument(
+        "--system", metavar="TEXT", help="a system message sent, as written, before each row's prompt"
+    )
+    data.add_argument(
+        "--id-column",
+        metavar="COL",
+        help="the column holding each row's id (strings or integers; a repeated id is reported and "
+        "skipped); default: line-N, N the row's number",
+    )
+
+
+def _dataset_args(namespace: argparse.Namespace) -> DatasetArgs:
+    return DatasetArgs(
+        template=namespace.template,
+        template_file=namespace.template_file,
+        system=namespace.system,
+        id_column=namespace.id_column,
     )
