@@ -71,7 +71,8 @@ class Quantiles:
         """The ``q``-th percentile (0-100), or None if empty.
 
         Exact (NumPy's linear interpolation) while :attr:`exact`; then the
-        value of the bucket holding that rank, within 1% of the true one.
+        value of the bucket holding the value at that rank (rounded down),
+        within 1% of it.
 
         Raises:
             ValueError: ``q`` outside 0..100.
