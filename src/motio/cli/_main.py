@@ -47,6 +47,14 @@ OpenAI Batch files (the format vLLM's run_batch reads too):
   would have returned without streaming. A file holds one format (a mixed
   file is refused, naming the line); other urls are reported per line.
 
+datasets (--template or --template-file; pip install 'motio[data]' for Parquet):
+  motio run reviews.parquet -o out.jsonl --template 'Classify the sentiment of: {text}'
+  .parquet, .csv, .tsv or .jsonl rows, any columns, streamed; {column} is
+  Python str.format (a missing column is exit 2 before anything is sent).
+  Ids: --id-column COL, or "line-N" from the row's number (stable while the
+  rows keep their order; resume goes by them). Without a template a .jsonl
+  is prompt lines and a .parquet/.csv/.tsv is refused.
+
 pipes:
   motio run - -o - ... reads prompts from stdin (once, as they come) and
   writes results to stdout (flushed per line; then no lock and no resume:
@@ -248,7 +256,8 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "prompts",
         nargs="?",  # required; see _ray_took_the_prompts for why it is checked by hand
         metavar="PROMPTS.jsonl",
-        help="one JSON object per line: motio's own lines or OpenAI Batch request lines; - reads stdin",
+        help="one JSON object per line: motio's own lines or OpenAI Batch request lines; - reads stdin. "
+        "With --template: a dataset (.parquet, .csv, .tsv, .jsonl rows)",
     )
     run.add_argument(
         "-o",
