@@ -640,6 +640,14 @@ class ModelOutputThunk(Generic[T]):
         self._settle()
 
     def _settle(self) -> None:
+        extra = self._extra
+        if extra is not None:
+            # Never called again once settled; and a backend's post_process is
+            # often its fold's bound method, whose fold holds this thunk: left
+            # here, every answered request would be a reference cycle that
+            # waits for a full collection (rare in `motio run`, see its
+            # _tune_gc), and a run's memory would grow with its length.
+            extra.process = extra.post_process = None
         self._notify()
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:

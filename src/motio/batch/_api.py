@@ -14,6 +14,16 @@ on this process or on Ray workers, with results handed back as they finish::
                             output="results.jsonl"):
         print(result["id"], result["output"])
 
+A dataset goes in with a template, each row made a prompt (the same as
+``motio run DATA --template ...``)::
+
+    batch.run("reviews.parquet", backend, template="Classify the sentiment of: {text}",
+              system="Answer with one word.", id_column="review_id", output="labels.jsonl")
+
+``prompts`` is then any dataset :func:`motio.data.open_rows` reads: a path
+(``.parquet``, ``.csv``, ``.tsv``, ``.jsonl``), an iterable of dicts, a
+``pyarrow.Table`` or a ``datasets.Dataset``.
+
 ``run`` works where an event loop is already running (Jupyter): the batch
 runs on motio's background loop (the one ``motio.run_sync`` uses), and the
 results cross over in bunches, as they finish. ``arun`` is the same for
@@ -26,23 +36,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
 from .._sync import run_sync
+from ._ids import IdSet
 from ._job import BatchJob, OnRay
 from ._records import InputProblem, PromptRecord, default_id, parse_line, scan_prompts
 from ._runner import OnResult
 
 if TYPE_CHECKING:
     from ..backends import Backend
+    from ..data import Template
 
 __all__ = ["arun", "run"]
 
-Prompts = str | Path | Iterable[str | dict[str, Any] | PromptRecord]
+#: Prompt lines (a file or an iterable); with a template, any dataset ``open_rows`` reads.
+Prompts = str | Path | Iterable[str | dict[str, Any] | PromptRecord] | Any
 #: How long a batch stopped early may take to stop its workers and close its file.
 _STOP_TIMEOUT = 60.0
 
@@ -56,6 +69,9 @@ def run(
     concurrency: int | None = None,
     options: dict[str, Any] | None = None,
     output: str | Path | None = None,
+    template: str | Template | None = None,
+    system: str | None = None,
+    id_column: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generate for every prompt; yield each result line as it finishes.
 
@@ -78,15 +94,27 @@ def run(
         options: ``generate`` options for every prompt (a line's own win).
         output: a results file: each result is appended as it finishes,
             and prompts already answered there are skipped (resume).
+        template: read ``prompts`` as a dataset (a path to a ``.parquet``,
+            ``.csv``, ``.tsv`` or ``.jsonl`` file, an iterable of dicts, a
+            ``pyarrow.Table``, a ``datasets.Dataset``), each row's prompt
+            made from this ``str.format`` text of ``{column}`` placeholders
+            (or a :class:`motio.data.Template`).
+        system: with ``template``, a system message sent before each row's prompt.
+        id_column: with ``template``, the column of each row's id
+            (default: ``line-N``, N the row's number from 1).
 
     Raises:
-        ConfigurationError: a prompt that is not one (raised when reached).
+        ConfigurationError: a prompt that is not one, or a bad row (raised
+            when reached); ``system``/``id_column`` without ``template``.
+        MissingColumn: the template or ``id_column`` names a column the
+            dataset lacks (raised before anything is sent).
         BatchAborted: the run could not go on (server gone, key refused);
             the results already yielded (and written) stand.
     """
     if ray not in (None, False):
         _join(ray)  # on the caller's thread: Ray wants its main thread for signals
-    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output))
+    dataset = _Dataset.of(template, system, id_column)
+    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output, dataset))
     try:
         while results := run_sync(batch.next_results()):
             yield from results
@@ -106,13 +134,17 @@ async def arun(
     concurrency: int | None = None,
     options: dict[str, Any] | None = None,
     output: str | Path | None = None,
+    template: str | Template | None = None,
+    system: str | None = None,
+    id_column: str | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """:func:`run` for async code: an async iterator of result lines as they finish.
 
     With ``ray``, joining the cluster blocks this loop for the seconds it
     takes, once.
     """
-    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output))
+    dataset = _Dataset.of(template, system, id_column)
+    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output, dataset))
     try:
         while results := await batch.next_results():
             for result in results:
@@ -132,6 +164,38 @@ class _Settings:
     in_flight: int | None
     options: dict[str, Any] | None
     output: str | Path | None
+    dataset: _Dataset | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Dataset:
+    """How a dataset's rows become prompts: ``template=``, ``id_column=``."""
+
+    template: Template
+    id_column: str | None
+
+    @classmethod
+    def of(cls, template: str | Template | None, system: str | None, id_column: str | None) -> _Dataset | None:
+        """The dataset reading asked for; None for prompt lines.
+
+        Raises:
+            ConfigurationError: ``system`` or ``id_column`` without a
+                template, or a template that is not valid.
+        """
+        if template is None:
+            if system is not None or id_column is not None:
+                raise ConfigurationError(
+                    "system= and id_column= apply to a dataset: give template= too "
+                    "(prompt lines carry their own messages and ids)"
+                )
+            return None
+        from ..data import Template
+
+        if isinstance(template, str):
+            template = Template(template, system=system)
+        elif system is not None:
+            template = Template(template.text, system=system)
+        return cls(template, id_column)
 
 
 class _Batch:
@@ -188,12 +252,14 @@ async def _job(settings: _Settings, on_result: OnResult) -> None:
     local: Backend = _built(settings.backend) if owned else settings.backend
     job: BatchJob | None = None
     try:
+        # Opened first: a missing column stops the batch before any worker starts or request goes out.
+        records = _records(settings.prompts, settings.dataset)
         ray = _on_ray(settings, local, owned)
         job = BatchJob(options=settings.options, ray=ray, in_flight=settings.in_flight)
         if settings.output is not None:
             job.open_results(settings.output)
         await job.start(local, checked=False)
-        await job.run(_records(settings.prompts), on_result)
+        await job.run(records, on_result)
     finally:
         if job is not None:
             job.close()
@@ -238,14 +304,44 @@ def _join(ray: bool | str) -> None:
     connect(ray if isinstance(ray, str) else None)
 
 
-def _records(prompts: Prompts) -> Iterator[PromptRecord]:
+def _records(prompts: Prompts, dataset: _Dataset | None = None) -> Iterator[PromptRecord]:
+    if dataset is not None:
+        return _dataset_records(prompts, dataset)
+    if isinstance(prompts, (str, Path)) and Path(prompts).suffix.lower() in (".parquet", ".csv", ".tsv"):
+        raise ConfigurationError(f"{prompts} is a dataset: give template= to say how a row becomes a prompt")
+    if hasattr(prompts, "column_names"):  # a pyarrow.Table, a datasets.Dataset
+        raise ConfigurationError(
+            f"a {type(prompts).__name__} is a dataset: give template= to say how a row becomes a prompt"
+        )
+    return _line_records(prompts)
+
+
+def _dataset_records(source: Any, dataset: _Dataset) -> Iterator[PromptRecord]:
+    """The dataset's records; opened (and its columns checked) now, read lazily."""
+    from ._dataset import open_dataset
+
+    _, records = open_dataset(source, dataset.template, id_column=dataset.id_column)
+    return _strict(records)
+
+
+def _strict(items: Generator[PromptRecord | InputProblem, None, None]) -> Iterator[PromptRecord]:
+    try:
+        for item in items:
+            if isinstance(item, InputProblem):
+                raise ConfigurationError(f"row {item.line}: {item.message}")
+            yield item
+    finally:
+        items.close()  # a batch stopped early closes the file now
+
+
+def _line_records(prompts: Prompts) -> Iterator[PromptRecord]:
     if isinstance(prompts, (str, Path)):
         for line in scan_prompts(prompts):
             if isinstance(line, InputProblem):
                 raise ConfigurationError(f"{prompts}: {line}")
             yield line
         return
-    seen: set[str] = set()
+    seen = IdSet()  # 8 bytes an id (see _ids)
     for number, item in enumerate(prompts, start=1):
         record = _record(item, number)
         if record.key in seen:

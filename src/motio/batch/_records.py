@@ -1,7 +1,8 @@
 """Streaming parser for the prompts file of ``motio run``.
 
 The file is read one line at a time, never whole, so a file of millions of
-prompts costs memory only for the ids seen so far (needed to catch duplicates).
+prompts costs memory only for the ids seen so far (needed to catch duplicates),
+kept as 8-byte digests (``_ids.IdSet``).
 Each non-blank line becomes either a :class:`PromptRecord` or an
 :class:`InputProblem` that names the line, so one bad line never stops the
 others from running.
@@ -30,6 +31,7 @@ from typing import Any
 
 from .._exceptions import MotioError
 from .._fields import CHAT_FIELDS
+from ._ids import IdSet
 
 __all__ = [
     "MOTIO",
@@ -152,7 +154,7 @@ def scan_prompts(path: str | Path) -> Iterator[PromptRecord | InputProblem]:
 
 def scan_lines(lines: Iterable[bytes]) -> Iterator[PromptRecord | InputProblem]:
     """:func:`scan_prompts` over lines already open (stdin, say), read once."""
-    first_line_of: dict[str, int] = {}
+    first_line_of = IdSet(lines=True)  # 12 bytes an id, not a dict of strings (see _ids)
     shape: tuple[int, PromptFormat] | None = None  # (line, format) of the first line with a shape
     for number, raw in enumerate(lines, start=1):
         parsed = _decode_and_parse(raw, number)
@@ -182,8 +184,8 @@ def _decode_and_parse(
     return _parse(text, number)
 
 
-def _check_unique(record: PromptRecord, first_line_of: dict[str, int]) -> PromptRecord | InputProblem:
-    first = first_line_of.setdefault(record.key, record.line)
+def _check_unique(record: PromptRecord, first_line_of: IdSet) -> PromptRecord | InputProblem:
+    first = first_line_of.first_line(record.key, record.line)
     if first != record.line:
         return InputProblem(record.line, f"duplicate id {record.key} (first used on line {first}); skipped")
     return record

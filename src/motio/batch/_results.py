@@ -33,6 +33,7 @@ from typing import Any
 
 from .._exceptions import MotioError
 from ._formats import result_outcome
+from ._ids import IdSet
 
 try:
     import fcntl
@@ -78,7 +79,7 @@ class ResumeState:
     """What an existing results file already holds.
 
     Attributes:
-        done: id keys with a successful result.
+        done: id keys with a successful result (as 8-byte digests: ``_ids.IdSet``).
         failed: id keys whose result is an error (and none succeeded).
         torn_bytes: size of a torn last line (cut off on open; 0 if none).
         tail: ``(offset, valid)`` of a last line without its newline:
@@ -87,8 +88,8 @@ class ResumeState:
         formats: the shapes of result seen (``"motio"``, ``"openai-batch"``).
     """
 
-    done: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
+    done: IdSet = field(default_factory=IdSet)
+    failed: IdSet = field(default_factory=IdSet)
     torn_bytes: int = 0
     tail: tuple[int, bool] | None = None
     formats: set[str] = field(default_factory=set)
@@ -154,7 +155,7 @@ class ResultsFile:
             self._dirty = False
         self._last_sync = time.monotonic()
 
-    def drop_failed(self, keys: set[str]) -> int:
+    def drop_failed(self, keys: set[str] | IdSet) -> int:
         """Remove the error lines of ``keys`` so they can be re-run.
 
         The file is rewritten to a temporary file and atomically renamed over
@@ -224,7 +225,7 @@ class ResultsStream:
         self._stream.flush()
         self.written += 1
 
-    def drop_failed(self, keys: set[str]) -> int:
+    def drop_failed(self, keys: set[str] | IdSet) -> int:
         return 0
 
     def sync(self) -> None:
@@ -355,7 +356,7 @@ def _parse_result(raw: bytes) -> tuple[str, bool] | None:
     return None if outcome is None else outcome[:2]
 
 
-def _copy_without(path: Path, fd: int, keys: set[str]) -> int:
+def _copy_without(path: Path, fd: int, keys: set[str] | IdSet) -> int:
     dropped = 0
     with open(path, "rb") as lines:
         for raw in lines:

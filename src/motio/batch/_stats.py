@@ -1,4 +1,9 @@
-"""Counters and percentiles for ``motio run``'s progress line and end summary."""
+"""Counters and percentiles for ``motio run``'s progress line and end summary.
+
+Latencies are kept in a :class:`~._sketch.Quantiles` (exact for a small
+run, a 1% sketch past a few thousand), so the counters stay a few KB
+however many prompts run.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,19 @@ from typing import Any
 
 from ._formats import own_view
 from ._records import PromptFormat
+from ._sketch import Quantiles
 
 __all__ = ["RunStats", "format_summary", "percentile"]
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
+def percentile(values: Sequence[float] | Quantiles, q: float) -> float | None:
     """The ``q``-th percentile (0-100) by linear interpolation, or None if empty.
 
-    Same definition as NumPy's default, so figures compare with other tools.
+    Same definition as NumPy's default, so figures compare with other tools
+    (a :class:`Quantiles` past its exact size answers within 1%).
     """
+    if isinstance(values, Quantiles):
+        return values.percentile(q)
     if not 0 <= q <= 100:
         raise ValueError(f"percentile must be within 0..100, got {q}")
     if not values:
@@ -58,8 +67,8 @@ class RunStats:
     ok: int = 0
     failed: int = 0
     completion_tokens: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    ttfb_ms: list[float] = field(default_factory=list)
+    latencies_ms: Quantiles = field(default_factory=Quantiles)
+    ttfb_ms: Quantiles = field(default_factory=Quantiles)
     retries: int = 0
     rate_limited: int = 0
     reruns: int = 0
@@ -150,7 +159,7 @@ def _skipped_note(stats: RunStats) -> str:
     return "skipped: " + ", ".join(parts) if parts else ""
 
 
-def _p50_p95(values: Sequence[float]) -> str:
+def _p50_p95(values: Quantiles) -> str:
     p50, p95 = percentile(values, 50), percentile(values, 95)
     return f"p50 {_ms(p50)}, p95 {_ms(p95)}"
 

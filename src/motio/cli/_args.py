@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BackendArgs", "ChatArgs", "GenerationArgs", "RunArgs"]
+__all__ = ["BackendArgs", "ChatArgs", "DatasetArgs", "GenerationArgs", "RunArgs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,25 @@ class GenerationArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class DatasetArgs:
+    """``motio run``'s dataset group: how a row becomes a prompt (``cli/_dataset.py``).
+
+    ``template``: ``--template``'s text; ``template_file``: ``--template-file``'s
+    path (at most one of them is given; with either, the input is a dataset).
+    """
+
+    template: str | None = None
+    template_file: str | None = None
+    system: str | None = None
+    id_column: str | None = None
+
+    @property
+    def given(self) -> bool:
+        """Whether the input is to be read as a dataset (a template was given)."""
+        return self.template is not None or self.template_file is not None
+
+
+@dataclass(frozen=True, slots=True)
 class RunArgs:
     """``motio run``.
 
@@ -65,6 +84,7 @@ class RunArgs:
     quiet: bool = False
     ray: str | None = None
     ray_workers: int | None = None
+    dataset: DatasetArgs = DatasetArgs()
 
 
 @dataclass(frozen=True, slots=True)

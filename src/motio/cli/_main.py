@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._args import BackendArgs, ChatArgs, GenerationArgs, RunArgs
+from ._args import BackendArgs, ChatArgs, DatasetArgs, GenerationArgs, RunArgs
 from ._errors import EXIT_USAGE, CliError
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -46,6 +46,14 @@ OpenAI Batch files (the format vLLM's run_batch reads too):
   "request_id", "body"}, "error"}, body being the chat.completion the server
   would have returned without streaming. A file holds one format (a mixed
   file is refused, naming the line); other urls are reported per line.
+
+datasets (--template or --template-file; pip install 'motio[data]' for Parquet):
+  motio run reviews.parquet -o out.jsonl --template 'Classify the sentiment of: {text}'
+  .parquet, .csv, .tsv or .jsonl rows, any columns, streamed; {column} is
+  Python str.format (a missing column is exit 2 before anything is sent).
+  Ids: --id-column COL, or "line-N" from the row's number (stable while the
+  rows keep their order; resume goes by them). Without a template a .jsonl
+  is prompt lines and a .parquet/.csv/.tsv is refused.
 
 pipes:
   motio run - -o - ... reads prompts from stdin (once, as they come) and
@@ -144,6 +152,7 @@ def _run_args(namespace: argparse.Namespace) -> RunArgs:
         quiet=namespace.quiet,
         ray=ray,
         ray_workers=namespace.workers,
+        dataset=_dataset_args(namespace),
     )
 
 
@@ -247,7 +256,8 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "prompts",
         nargs="?",  # required; see _ray_took_the_prompts for why it is checked by hand
         metavar="PROMPTS.jsonl",
-        help="one JSON object per line: motio's own lines or OpenAI Batch request lines; - reads stdin",
+        help="one JSON object per line: motio's own lines or OpenAI Batch request lines; - reads stdin. "
+        "With --template: a dataset (.parquet, .csv, .tsv, .jsonl rows)",
     )
     run.add_argument(
         "-o",
@@ -284,6 +294,7 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="no progress bar and no summary; problems are still reported",
     )
     _add_ray_options(run)
+    _add_dataset_options(run)
 
 
 def _add_chat(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -499,4 +510,39 @@ def _add_ray_options(run: argparse.ArgumentParser) -> None:
         metavar="N",
         help="Ray workers (async actors, hundreds of prompts in flight each); default: one per "
         "CPU of the cluster. --concurrency, --rpm and --tpm hold for all of them together",
+    )
+
+
+def _add_dataset_options(run: argparse.ArgumentParser) -> None:
+    data = run.add_argument_group(
+        "datasets (.parquet, .csv, .tsv, .jsonl rows; pip install 'motio[data]' for Parquet)"
+    )
+    template = data.add_mutually_exclusive_group()
+    template.add_argument(
+        "--template",
+        metavar="TEXT",
+        help="read the input as a dataset and make each row's prompt from TEXT, {column} "
+        "placeholders filled from the row (Python str.format: {{ and }} for literal braces), "
+        "e.g. 'Classify the sentiment of: {text}'",
+    )
+    template.add_argument(
+        "--template-file", metavar="PATH", help="as --template, the text read from PATH (one final newline dropped)"
+    )
+    data.add_argument(
+        "--system", metavar="TEXT", help="a system message sent, as written, before each row's prompt"
+    )
+    data.add_argument(
+        "--id-column",
+        metavar="COL",
+        help="the column holding each row's id (strings or integers; a repeated id is reported and "
+        "skipped); default: line-N, N the row's number",
+    )
+
+
+def _dataset_args(namespace: argparse.Namespace) -> DatasetArgs:
+    return DatasetArgs(
+        template=namespace.template,
+        template_file=namespace.template_file,
+        system=namespace.system,
+        id_column=namespace.id_column,
     )

@@ -53,10 +53,12 @@ from ..batch import (
     scan_lines,
     scan_prompts,
 )
+from ..batch._ids import IdSet
 from ..batch._job import BatchJob
 from . import _signals
 from ._args import RunArgs
 from ._backend import BackendSpec, one_line, open_backend, run_options
+from ._dataset import DatasetSource, dataset_source
 from ._errors import (
     EXIT_BACKEND,
     EXIT_FAILURES,
@@ -80,6 +82,7 @@ def run_command(args: RunArgs) -> int:
     """
     prompts, out = _check_paths(args.prompts, args.output)
     _check_pipes(args)
+    dataset = dataset_source(args.dataset, prompts)  # None: prompt lines
     if args.ray_workers is not None and args.ray is None:
         raise CliError("--workers needs --ray (without it the run is one process)", EXIT_USAGE)
     spec = BackendSpec.from_args(args.backend)
@@ -88,9 +91,9 @@ def run_command(args: RunArgs) -> int:
     if prompts is None:
         # Read once as it comes: failed lines cannot be matched to the input
         # ahead, so --retry-errors takes every failed line out first.
-        retry = set(state.failed) if args.retry_errors else set()
+        retry = state.failed.copy() if args.retry_errors else IdSet()
     else:
-        retry = _plan(prompts, state, stats, retry_errors=args.retry_errors)
+        retry = _plan(prompts, state, stats, retry_errors=args.retry_errors, dataset=dataset)
         _check_shapes(stats.fmt, state, out)
         if stats.total == 0 and stats.bad_lines == 0:
             _say(f"{prompts}: the prompts file is empty; nothing to do")
@@ -98,7 +101,7 @@ def run_command(args: RunArgs) -> int:
         if stats.to_run == 0 and not retry:
             _print_end(stats, args.quiet)  # everything done, failed before, or bad
             return _exit_status(stats)
-    run = _Run(args, spec, prompts, out, stats)
+    run = _Run(args, spec, prompts, out, stats, dataset)
     _tune_gc()
     joined = False
     try:
@@ -222,15 +225,22 @@ class _Run:
     """The part of a run that needs the backend and the (locked) results file."""
 
     def __init__(
-        self, args: RunArgs, spec: BackendSpec, prompts: Path | None, out: Path | None, stats: RunStats
+        self,
+        args: RunArgs,
+        spec: BackendSpec,
+        prompts: Path | None,
+        out: Path | None,
+        stats: RunStats,
+        dataset: DatasetSource | None = None,
     ) -> None:
         self.args, self.spec, self.prompts, self.out, self.stats = args, spec, prompts, out, stats
+        self.dataset = dataset
         self.results: ResultsFile | ResultsStream | None = None
         self.running = False
         self.job: BatchJob | None = None
         self.progress: Progress | None = None
 
-    async def main(self, retry: set[str]) -> None:
+    async def main(self, retry: IdSet) -> None:
         task = asyncio.current_task()
         assert task is not None
         with _signals.cancel_on_sigterm(task):
@@ -240,7 +250,7 @@ class _Run:
             finally:
                 _signals.hold(True)
 
-    async def _main(self, retry: set[str]) -> None:
+    async def _main(self, retry: IdSet) -> None:
         # With --ray, the workers start now: they build their backends while
         # this process checks its own.
         self.job = job = self._job()
@@ -261,7 +271,7 @@ class _Run:
             ray = on_ray(self.args, self.spec)
         return BatchJob(options=options, defaults=defaults, ray=ray, in_flight=in_flight, stats=self.stats)
 
-    async def _run(self, job: BatchJob, retry: set[str]) -> None:
+    async def _run(self, job: BatchJob, retry: IdSet) -> None:
         backend = await open_backend(self.spec)
         # Everything loaded so far (modules, the backend, a model) lives as
         # long as the run: out of the collector's way for good.
@@ -289,7 +299,7 @@ class _Run:
             # blocking the loop would stall every stream in flight.
             records = _streamed(self._written().state, self.stats, self.out)
         else:
-            records = _prompt_records(self.prompts)
+            records = _prompt_records(self.prompts, self.dataset)
         try:
             await job.run(
                 records, self._report, blocking=self.prompts is None, write_failed=self._write_failed
@@ -385,10 +395,12 @@ def _open_results(job: BatchJob, out: Path | None) -> ResultsFile | ResultsStrea
     return results
 
 
-def _plan(prompts: Path, state: ResumeState, stats: RunStats, *, retry_errors: bool) -> set[str]:
+def _plan(
+    prompts: Path, state: ResumeState, stats: RunStats, *, retry_errors: bool, dataset: DatasetSource | None
+) -> IdSet:
     """First pass: report bad lines and count the work. Returns the ids to retry."""
-    retry: set[str] = set()
-    for item in _read_prompts(prompts):
+    retry = IdSet()
+    for item in _read_prompts(prompts, dataset):
         if isinstance(item, InputProblem):
             _bad_line(stats, prompts, item)
             continue
@@ -416,10 +428,14 @@ def _more_bad_lines(stats: RunStats, prompts: Path | None) -> None:
         _say(f"{prompts or 'stdin'}: ... and {stats.bad_lines - _MAX_PROBLEMS_SHOWN} more bad lines")
 
 
-def _read_prompts(prompts: Path | None) -> Iterator[PromptRecord | InputProblem]:
+def _read_prompts(
+    prompts: Path | None, dataset: DatasetSource | None = None
+) -> Iterator[PromptRecord | InputProblem]:
     where = str(prompts) if prompts is not None else "stdin"
     try:
-        if prompts is None:
+        if dataset is not None:
+            yield from dataset.records()
+        elif prompts is None:
             yield from scan_lines(sys.stdin.buffer)
         else:
             yield from scan_prompts(prompts)
@@ -429,9 +445,9 @@ def _read_prompts(prompts: Path | None) -> Iterator[PromptRecord | InputProblem]
         raise CliError(f"{where}: {exc}", EXIT_USAGE) from exc
 
 
-def _prompt_records(prompts: Path) -> Iterator[PromptRecord]:
+def _prompt_records(prompts: Path, dataset: DatasetSource | None) -> Iterator[PromptRecord]:
     """Second pass: the prompts file's records, read lazily (its problems were reported by the first)."""
-    for item in _read_prompts(prompts):
+    for item in _read_prompts(prompts, dataset):
         if isinstance(item, PromptRecord):
             yield item
 
