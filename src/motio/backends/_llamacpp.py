@@ -123,6 +123,7 @@ class LlamaCppBackend(Backend):
     provider = "llamacpp"
     remote = False
     default_concurrency = 1
+    response_format_style = "llamacpp"  # a JSON schema becomes the sampler's grammar
     options = _OPTIONS | _REFUSED | {"max_completion_tokens"}
 
     def __init__(

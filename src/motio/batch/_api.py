@@ -33,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
 from .._sync import run_sync
+from ..data._reask import DEFAULT_MAX_INVALID
 from ._job import BatchJob, OnRay
 from ._records import InputProblem, PromptRecord, default_id, parse_line, scan_prompts
 from ._runner import OnResult
+from ._structured import Answering, open_answering
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -56,6 +58,10 @@ def run(
     concurrency: int | None = None,
     options: dict[str, Any] | None = None,
     output: str | Path | None = None,
+    response_format: Any = None,
+    max_invalid: int = DEFAULT_MAX_INVALID,
+    reask: bool = True,
+    cache: str | Path | bool | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generate for every prompt; yield each result line as it finishes.
 
@@ -78,6 +84,17 @@ def run(
         options: ``generate`` options for every prompt (a line's own win).
         output: a results file: each result is appended as it finishes,
             and prompts already answered there are skipped (resume).
+        response_format: ask for JSON and check every answer: a JSON
+            schema (dict), a ``response_format`` dict, a pydantic model
+            class (pydantic is imported only by the class itself) or a
+            schema file's path. Each line gets ``parsed``, or an
+            ``InvalidOutput`` error once ``max_invalid`` re-asks are spent.
+        max_invalid: invalid answers asked again before ``InvalidOutput``.
+        reask: append the invalid answer and what is wrong to the re-ask
+            (False: the same messages again).
+        cache: a response cache (SQLite file) to answer a request asked
+            before without sending it; True for the default location.
+            Cached lines carry ``"cached": true``.
 
     Raises:
         ConfigurationError: a prompt that is not one (raised when reached).
@@ -86,7 +103,9 @@ def run(
     """
     if ray not in (None, False):
         _join(ray)  # on the caller's thread: Ray wants its main thread for signals
-    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output))
+    batch = _Batch(_Settings(
+        prompts, backend, ray, workers, concurrency, options, output, response_format, max_invalid, reask, cache
+    ))
     try:
         while results := run_sync(batch.next_results()):
             yield from results
@@ -106,13 +125,19 @@ async def arun(
     concurrency: int | None = None,
     options: dict[str, Any] | None = None,
     output: str | Path | None = None,
+    response_format: Any = None,
+    max_invalid: int = DEFAULT_MAX_INVALID,
+    reask: bool = True,
+    cache: str | Path | bool | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """:func:`run` for async code: an async iterator of result lines as they finish.
 
     With ``ray``, joining the cluster blocks this loop for the seconds it
     takes, once.
     """
-    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output))
+    batch = _Batch(_Settings(
+        prompts, backend, ray, workers, concurrency, options, output, response_format, max_invalid, reask, cache
+    ))
     try:
         while results := await batch.next_results():
             for result in results:
@@ -132,6 +157,10 @@ class _Settings:
     in_flight: int | None
     options: dict[str, Any] | None
     output: str | Path | None
+    response_format: Any = None
+    max_invalid: int = DEFAULT_MAX_INVALID
+    reask: bool = True
+    cache: str | Path | bool | None = None
 
 
 class _Batch:
@@ -187,9 +216,13 @@ async def _job(settings: _Settings, on_result: OnResult) -> None:
     owned = not _is_backend(settings.backend)
     local: Backend = _built(settings.backend) if owned else settings.backend
     job: BatchJob | None = None
+    answering: Answering | None = None
     try:
         ray = _on_ray(settings, local, owned)
-        job = BatchJob(options=settings.options, ray=ray, in_flight=settings.in_flight)
+        answering = open_answering(
+            settings.response_format, settings.cache, max_invalid=settings.max_invalid, reask=settings.reask
+        )
+        job = BatchJob(options=settings.options, ray=ray, in_flight=settings.in_flight, answering=answering)
         if settings.output is not None:
             job.open_results(settings.output)
         await job.start(local, checked=False)
@@ -197,6 +230,8 @@ async def _job(settings: _Settings, on_result: OnResult) -> None:
     finally:
         if job is not None:
             job.close()
+        if answering is not None:
+            answering.close()
         if owned:
             await local.aclose()
 

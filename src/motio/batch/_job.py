@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .._exceptions import ConfigurationError
 from .._threaded import ThreadedIterator
 from ._engine import Engine
 from ._records import PromptRecord
@@ -40,6 +41,7 @@ from ._stats import RunStats
 if TYPE_CHECKING:
     from ..backends import Backend
     from ._ray import RayPool
+    from ._structured import Answering
 
 __all__ = ["BatchJob", "OnRay", "fill", "pending"]
 
@@ -72,6 +74,11 @@ class BatchJob:
         stats: the counters to add to (the command's, counted while it
             planned); None: nothing counted (a batch of millions from
             Python would otherwise keep every latency in memory).
+        answering: the output schema and the response cache around each
+            prompt (``_structured.py``); None: neither. Not with ``ray``.
+
+    Raises:
+        ConfigurationError: ``answering`` with ``ray``.
     """
 
     def __init__(
@@ -82,8 +89,15 @@ class BatchJob:
         ray: OnRay | None = None,
         in_flight: int | None = None,
         stats: RunStats | None = None,
+        answering: Answering | None = None,
     ) -> None:
+        if answering is not None and ray is not None:
+            raise ConfigurationError(
+                "an output schema or a response cache runs in this process only, not on Ray workers yet: "
+                "leave out ray, or the schema and the cache"
+            )
         self.options, self.defaults = dict(options or {}), dict(defaults or {})
+        self.answering = answering
         self.in_flight = in_flight
         self.stats = stats
         self.results: ResultsFile | ResultsStream | None = None
@@ -123,12 +137,19 @@ class BatchJob:
                 need its findings (the model) before they share its limits.
 
         The run's clock (``stats.started``) starts here.
+
+        Raises:
+            UnsupportedOptionError: an output schema the backend cannot ask for.
         """
         if self.stats is not None:
             self.stats.started = time.perf_counter()
         if self.pool is None:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
-            self.runner = Engine(backend, tasks=tasks, options=self.options, defaults=self.defaults)
+            if self.answering is not None:
+                self.answering.check_backend(backend)
+            self.runner = Engine(
+                backend, tasks=tasks, options=self.options, defaults=self.defaults, answering=self.answering
+            )
             return self.runner
         if backend.remote and not checked:
             await backend.check()  # fails fast, and names the model once for every worker

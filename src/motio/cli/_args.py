@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BackendArgs", "ChatArgs", "GenerationArgs", "RunArgs"]
+__all__ = ["AnswerArgs", "BackendArgs", "ChatArgs", "GenerationArgs", "RunArgs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,22 @@ class GenerationArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerArgs:
+    """``motio run``'s structured-output and cache flags.
+
+    ``json_schema``: ``--json-schema``'s file; ``max_invalid``: None when
+    not given; ``reask_feedback``: False with ``--no-reask-feedback``;
+    ``cache``: ``--cache``'s path, ``""`` for ``--cache`` alone (the
+    default location), None without it.
+    """
+
+    json_schema: str | None = None
+    max_invalid: int | None = None
+    reask_feedback: bool = True
+    cache: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunArgs:
     """``motio run``.
 
@@ -65,6 +81,7 @@ class RunArgs:
     quiet: bool = False
     ray: str | None = None
     ray_workers: int | None = None
+    answers: AnswerArgs = AnswerArgs()
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ from ..batch import (
 )
 from ..batch._job import BatchJob
 from . import _signals
+from ._answers import AnswerPlan
 from ._args import RunArgs
 from ._backend import BackendSpec, one_line, open_backend, run_options
 from ._errors import (
@@ -83,7 +84,10 @@ def run_command(args: RunArgs) -> int:
     if args.ray_workers is not None and args.ray is None:
         raise CliError("--workers needs --ray (without it the run is one process)", EXIT_USAGE)
     spec = BackendSpec.from_args(args.backend)
-    stats = RunStats(streaming_input=prompts is None)
+    answers = AnswerPlan.check(args.answers, spec, ray=args.ray is not None)
+    stats = RunStats(
+        streaming_input=prompts is None, schema=answers.schema is not None, cache=answers.cache_path()
+    )
     state = ResumeState() if out is None else _inspect(out)
     if prompts is None:
         # Read once as it comes: failed lines cannot be matched to the input
@@ -92,13 +96,14 @@ def run_command(args: RunArgs) -> int:
     else:
         retry = _plan(prompts, state, stats, retry_errors=args.retry_errors)
         _check_shapes(stats.fmt, state, out)
+        answers.check_format(stats.fmt)
         if stats.total == 0 and stats.bad_lines == 0:
             _say(f"{prompts}: the prompts file is empty; nothing to do")
             return EXIT_OK
         if stats.to_run == 0 and not retry:
             _print_end(stats, args.quiet)  # everything done, failed before, or bad
             return _exit_status(stats)
-    run = _Run(args, spec, prompts, out, stats)
+    run = _Run(args, spec, prompts, out, stats, answers)
     _tune_gc()
     joined = False
     try:
@@ -222,9 +227,16 @@ class _Run:
     """The part of a run that needs the backend and the (locked) results file."""
 
     def __init__(
-        self, args: RunArgs, spec: BackendSpec, prompts: Path | None, out: Path | None, stats: RunStats
+        self,
+        args: RunArgs,
+        spec: BackendSpec,
+        prompts: Path | None,
+        out: Path | None,
+        stats: RunStats,
+        answers: AnswerPlan,
     ) -> None:
         self.args, self.spec, self.prompts, self.out, self.stats = args, spec, prompts, out, stats
+        self.answers = answers
         self.results: ResultsFile | ResultsStream | None = None
         self.running = False
         self.job: BatchJob | None = None
@@ -259,7 +271,14 @@ class _Run:
             from ._run_ray import on_ray
 
             ray = on_ray(self.args, self.spec)
-        return BatchJob(options=options, defaults=defaults, ray=ray, in_flight=in_flight, stats=self.stats)
+        return BatchJob(
+            options=options,
+            defaults=defaults,
+            ray=ray,
+            in_flight=in_flight,
+            stats=self.stats,
+            answering=self.answers.open(),
+        )
 
     async def _run(self, job: BatchJob, retry: set[str]) -> None:
         backend = await open_backend(self.spec)
@@ -354,6 +373,7 @@ class _Run:
     def close(self) -> None:
         if self.job is not None:
             self.job.close()
+        self.answers.close()
 
 
 def _saved(results: ResultsFile | ResultsStream) -> str:
