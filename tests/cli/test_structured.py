@@ -1,0 +1,230 @@
+"""``motio run --json-schema``: answers checked, re-asked, parsed; the summary's counts.
+
+Against the scripted server's JSON rules (tests/servers/scripted.py): one
+answers each prompt first with text that is not JSON, then valid JSON; the
+other never answers JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.servers.scripted import JsonAnswers, invalid_json_then_valid, never_valid_json, running
+
+from .conftest import assert_clean, complete_lines, run_motio, write_prompts
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+def schema_file(tmp_path: Path, schema: dict[str, Any] = SCHEMA) -> Path:
+    path = tmp_path / "answer.json"
+    path.write_text(json.dumps(schema))
+    return path
+
+
+def prompt_of(i: int) -> str:
+    return f"Say the number {i}."
+
+
+def test_one_reask_each_then_parsed(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+    with running(rule=invalid_json_then_valid()) as server:
+        done = run_motio(
+            "run", prompts, "-o", out, "--base-url", server.base_url, "--json-schema", schema_file(tmp_path)
+        )
+        requests = server.chat_requests
+    assert done.returncode == 0, done.stderr
+    assert_clean(done.stderr)
+    assert len(requests) == 10  # one re-ask each
+    by_id = {line["id"]: line for line in complete_lines(out)}
+    for i in range(5):
+        line = by_id[f"p{i}"]
+        assert line["error"] is None
+        assert line["parsed"] == JsonAnswers.valid(prompt_of(i))
+        assert json.loads(line["output"]) == line["parsed"]
+        assert line["reasks"] == 1
+    # Each prompt's first request asks for the schema; its re-ask carries the
+    # invalid answer and the complaint after the prompt.
+    for record in requests:
+        assert record.body["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
+        }
+    reasks = [r.body["messages"] for r in requests if len(r.body["messages"]) > 1]
+    assert len(reasks) == 5
+    for messages in reasks:
+        assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+        assert messages[1]["content"].startswith("not JSON: ")
+        assert "not valid JSON" in messages[2]["content"]
+    assert "invalid answers: 5 (5 re-asks; 0 prompts left with InvalidOutput)" in done.stderr
+    assert "5 of 5 prompts" in done.stderr and "5 ok, 0 failed" in done.stderr
+
+
+def test_usage_adds_up_every_answer(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    with running(rule=invalid_json_then_valid()) as server:
+        done = run_motio(
+            "run", prompts, "-o", out, "--base-url", server.base_url, "--json-schema", schema_file(tmp_path)
+        )
+    assert done.returncode == 0, done.stderr
+    [line] = complete_lines(out)
+    # Two answers of two chunks each: the re-ask is paid for, and counted.
+    assert line["usage"]["completion_tokens"] == 4
+    model = line["model"]
+    prompt_tokens = line["usage"]["prompt_tokens"]
+    assert f"{model}: {prompt_tokens:,} prompt + 4 completion tokens" in done.stderr
+
+
+def test_invalid_output_after_the_bound(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    with running(rule=never_valid_json()) as server:
+        done = run_motio(
+            "run", prompts, "-o", out, "--base-url", server.base_url,
+            "--json-schema", schema_file(tmp_path), "--max-invalid", "3",
+        )  # fmt: skip
+        requests = len(server.chat_requests)
+    assert done.returncode == 1, done.stderr
+    assert_clean(done.stderr)
+    assert requests == 3 * 4  # the answer and 3 re-asks each
+    for line in complete_lines(out):
+        assert line["error"]["type"] == "InvalidOutput"
+        assert "not valid JSON" in line["error"]["message"]
+        assert line["output"].startswith("not JSON: ")  # the last answer, kept
+        assert line["parsed"] is None
+        assert line["reasks"] == 3
+    assert "invalid answers: 12 (9 re-asks; 3 prompts left with InvalidOutput)" in done.stderr
+    assert "InvalidOutput" in done.stderr
+
+
+def test_default_bound_is_two_reasks(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    with running(rule=never_valid_json()) as server:
+        done = run_motio(
+            "run", prompts, "-o", out, "--base-url", server.base_url, "--json-schema", schema_file(tmp_path)
+        )
+        assert len(server.chat_requests) == 3
+    assert done.returncode == 1, done.stderr
+    [line] = complete_lines(out)
+    assert line["error"]["type"] == "InvalidOutput" and line["reasks"] == 2
+
+
+def test_max_invalid_zero_never_reasks(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    with running(rule=invalid_json_then_valid()) as server:
+        done = run_motio(
+            "run", prompts, "-o", out, "--base-url", server.base_url,
+            "--json-schema", schema_file(tmp_path), "--max-invalid", "0",
+        )  # fmt: skip
+        assert len(server.chat_requests) == 2
+    assert done.returncode == 1
+    assert {line["error"]["type"] for line in complete_lines(out)} == {"InvalidOutput"}
+
+
+def test_no_reask_feedback_sends_the_same_messages(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    with running(rule=invalid_json_then_valid()) as server:
+        done = run_motio(
+            "run", prompts, "-o", out, "--base-url", server.base_url,
+            "--json-schema", schema_file(tmp_path), "--no-reask-feedback",
+        )  # fmt: skip
+        requests = server.chat_requests
+    assert done.returncode == 0, done.stderr
+    assert len(requests) == 4
+    assert all(len(r.body["messages"]) == 1 for r in requests)
+    assert all(line["reasks"] == 1 and line["parsed"] for line in complete_lines(out))
+
+
+def test_a_schema_breach_is_invalid_too(tmp_path: Path) -> None:
+    # Valid JSON, but the schema wants an integer: every answer breaks it.
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    with running(rule=invalid_json_then_valid(0)) as server:
+        done = run_motio(
+            "run", prompts, "-o", out, "--base-url", server.base_url,
+            "--json-schema", schema_file(tmp_path, schema), "--max-invalid", "1",
+        )  # fmt: skip
+        [first, again] = server.chat_requests
+    assert done.returncode == 1
+    [line] = complete_lines(out)
+    assert line["error"]["type"] == "InvalidOutput"
+    assert "$.answer" in line["error"]["message"] and "integer" in line["error"]["message"]
+    assert "$.answer" in again.body["messages"][-1]["content"]
+    # Not strict: an object without additionalProperties false (OpenAI would refuse it strict).
+    assert first.body["response_format"]["json_schema"]["strict"] is False
+
+
+def test_without_a_schema_lines_are_unchanged(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    with running() as server:
+        done = run_motio("run", prompts, "-o", out, "--base-url", server.base_url)
+        assert all("response_format" not in r.body for r in server.chat_requests)
+    assert done.returncode == 0
+    for line in complete_lines(out):
+        assert not {"parsed", "reasks", "cached"} & line.keys()
+    assert "invalid answers" not in done.stderr and "from the cache" not in done.stderr
+
+
+def test_bad_schema_files_are_usage_errors(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    not_json = tmp_path / "bad.json"
+    not_json.write_text("{nope")
+    not_a_schema = schema_file(tmp_path, {"type": 12})
+    for schema, expected in (
+        (not_json, "not a JSON file"),
+        (not_a_schema, "not a valid JSON schema"),
+        (tmp_path / "missing.json", "cannot read"),
+    ):
+        done = run_motio("run", prompts, "-o", out, "--base-url", "http://127.0.0.1:9/v1", "--json-schema", schema)
+        assert done.returncode == 2, done.stderr
+        assert "--json-schema" in done.stderr and expected in done.stderr
+    assert not out.exists()
+
+
+def test_flags_that_need_a_schema(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
+    for flag in (("--max-invalid", "1"), ("--no-reask-feedback",)):
+        done = run_motio("run", prompts, "-o", tmp_path / "out.jsonl", "--base-url", "http://127.0.0.1:9/v1", *flag)
+        assert done.returncode == 2
+        assert "need --json-schema" in done.stderr
+
+
+def test_anthropic_is_refused_at_start_up(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    with running() as server:
+        done = run_motio(
+            "run", prompts, "-o", out, "--backend", "anthropic", "--base-url", server.base_url,
+            "--json-schema", schema_file(tmp_path),
+        )  # fmt: skip
+        assert server.chat_requests == []
+    assert done.returncode == 2
+    assert "anthropic backend has no way to ask for a JSON schema" in done.stderr
+    assert not out.exists()
+
+
+def test_an_openai_batch_file_is_refused(tmp_path: Path) -> None:
+    prompts = tmp_path / "batch.jsonl"
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    prompts.write_text(json.dumps({"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body}))
+    done = run_motio(
+        "run", prompts, "-o", tmp_path / "out.jsonl", "--base-url", "http://127.0.0.1:9/v1",
+        "--json-schema", schema_file(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "OpenAI Batch body is sent as written" in done.stderr
