@@ -102,7 +102,8 @@ def test_cache_without_a_path_uses_the_default_location(tmp_path: Path, server: 
     env = motio_env(XDG_CACHE_HOME=str(tmp_path / "xdg"))
     for out in ("a.jsonl", "b.jsonl"):
         # --cache alone before the prompts: the word after it is the prompts file.
-        done = run_motio("run", "--cache", prompts, "-o", tmp_path / out, "--base-url", server.base_url, env=env)
+        url = server.base_url
+        done = run_motio("run", "--cache", prompts, "-o", tmp_path / out, "--base-url", url, env=env)
         assert done.returncode == 0, done.stderr
     assert len(server.chat_requests) == 2
     default = tmp_path / "xdg" / "motio" / "responses.sqlite3"
@@ -115,7 +116,8 @@ def test_failures_are_not_cached(tmp_path: Path, server: ScriptedServer) -> None
     prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
     cache = tmp_path / "cache.sqlite3"
     server.rule = lambda record: status(400)
-    done = run_motio("run", prompts, "-o", tmp_path / "a.jsonl", "--base-url", server.base_url, "--cache", cache)
+    url = server.base_url
+    done = run_motio("run", prompts, "-o", tmp_path / "a.jsonl", "--base-url", url, "--cache", cache)
     assert done.returncode == 1
     server.rule = None
     run_cached(server, prompts, tmp_path / "b.jsonl", cache)

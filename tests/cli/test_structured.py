@@ -13,8 +13,11 @@ from typing import Any
 
 from tests.servers.scripted import JsonAnswers, invalid_json_then_valid, never_valid_json, running
 
+from tests.data.test_imports import loaded_after
+
 from .conftest import assert_clean, complete_lines, run_motio, write_prompts
 
+NOWHERE = "http://127.0.0.1:9/v1"  # never reached: these runs stop before sending
 SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "string"}},
@@ -190,7 +193,7 @@ def test_bad_schema_files_are_usage_errors(tmp_path: Path) -> None:
         (not_a_schema, "not a valid JSON schema"),
         (tmp_path / "missing.json", "cannot read"),
     ):
-        done = run_motio("run", prompts, "-o", out, "--base-url", "http://127.0.0.1:9/v1", "--json-schema", schema)
+        done = run_motio("run", prompts, "-o", out, "--base-url", NOWHERE, "--json-schema", schema)
         assert done.returncode == 2, done.stderr
         assert "--json-schema" in done.stderr and expected in done.stderr
     assert not out.exists()
@@ -199,7 +202,7 @@ def test_bad_schema_files_are_usage_errors(tmp_path: Path) -> None:
 def test_flags_that_need_a_schema(tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
     for flag in (("--max-invalid", "1"), ("--no-reask-feedback",)):
-        done = run_motio("run", prompts, "-o", tmp_path / "out.jsonl", "--base-url", "http://127.0.0.1:9/v1", *flag)
+        done = run_motio("run", prompts, "-o", tmp_path / "out.jsonl", "--base-url", NOWHERE, *flag)
         assert done.returncode == 2
         assert "need --json-schema" in done.stderr
 
@@ -221,10 +224,53 @@ def test_anthropic_is_refused_at_start_up(tmp_path: Path) -> None:
 def test_an_openai_batch_file_is_refused(tmp_path: Path) -> None:
     prompts = tmp_path / "batch.jsonl"
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    prompts.write_text(json.dumps({"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body}))
+    line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    prompts.write_text(json.dumps(line))
     done = run_motio(
-        "run", prompts, "-o", tmp_path / "out.jsonl", "--base-url", "http://127.0.0.1:9/v1",
+        "run", prompts, "-o", tmp_path / "out.jsonl", "--base-url", NOWHERE,
         "--json-schema", schema_file(tmp_path),
     )  # fmt: skip
     assert done.returncode == 2
     assert "OpenAI Batch body is sent as written" in done.stderr
+
+
+def test_a_plain_jsonl_run_loads_no_schema_machinery(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 3)
+    with running() as server:
+        code = (
+            "from motio.cli._main import main\n"
+            f"assert main(['run', {str(prompts)!r}, '-o', {str(tmp_path / 'out.jsonl')!r}, "
+            f"'--base-url', {server.base_url!r}, '-q']) == 0\n"
+            "import sys\nassert 'sqlite3' not in sys.modules and 'motio.data._schema' not in sys.modules"
+        )
+        assert loaded_after(code) == []
+    assert len(complete_lines(tmp_path / "out.jsonl")) == 3
+
+
+def test_the_embedded_model_with_a_schema(tmp_path: Path) -> None:
+    # Offline, the default backend: the schema is llama.cpp's grammar, so each
+    # answer parses and validates, or is re-asked and then reported.
+    schema = {
+        "type": "object",
+        "properties": {"sentiment": {"type": "string", "enum": ["positive", "negative"]}},
+        "required": ["sentiment"],
+        "additionalProperties": False,
+    }
+    prompts = tmp_path / "prompts.jsonl"
+    texts = ["Sentiment of: I love it.", "Sentiment of: It broke at once.", "Sentiment of: Superb."]
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": t}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "out.jsonl"
+    schema_path = schema_file(tmp_path, schema)
+    done = run_motio("run", prompts, "-o", out, "--json-schema", schema_path, "--max-tokens", "48")
+    assert done.returncode in (0, 1), done.stderr
+    assert_clean(done.stderr)
+    lines = complete_lines(out)
+    assert sorted(line["id"] for line in lines) == [0, 1, 2]
+    for line in lines:
+        if line["error"] is None:
+            assert json.loads(line["output"]) == line["parsed"]
+            assert line["parsed"]["sentiment"] in ("positive", "negative")
+        else:
+            assert line["error"]["type"] == "InvalidOutput" and line["reasks"] == 2
+    assert "invalid answers: " in done.stderr
+    assert "SmolLM2-135M-Instruct.Q4_1: " in done.stderr and " completion tokens" in done.stderr

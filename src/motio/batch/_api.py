@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
 from .._sync import run_sync
-from ..data._reask import DEFAULT_MAX_INVALID
 from ._job import BatchJob, OnRay
 from ._records import InputProblem, PromptRecord, default_id, parse_line, scan_prompts
 from ._runner import OnResult
@@ -47,6 +46,9 @@ __all__ = ["arun", "run"]
 Prompts = str | Path | Iterable[str | dict[str, Any] | PromptRecord]
 #: How long a batch stopped early may take to stop its workers and close its file.
 _STOP_TIMEOUT = 60.0
+#: ``max_invalid``'s default, motio.data.DEFAULT_MAX_INVALID (written here so
+#: that importing motio.batch does not load motio.data; a test checks they agree).
+DEFAULT_MAX_INVALID = 2
 
 
 def run(
@@ -103,9 +105,11 @@ def run(
     """
     if ray not in (None, False):
         _join(ray)  # on the caller's thread: Ray wants its main thread for signals
-    batch = _Batch(_Settings(
-        prompts, backend, ray, workers, concurrency, options, output, response_format, max_invalid, reask, cache
-    ))
+    settings = _Settings(
+        prompts, backend, ray, workers, concurrency, options, output,
+        response_format, max_invalid, reask, cache,
+    )  # fmt: skip
+    batch = _Batch(settings)
     try:
         while results := run_sync(batch.next_results()):
             yield from results
@@ -135,9 +139,11 @@ async def arun(
     With ``ray``, joining the cluster blocks this loop for the seconds it
     takes, once.
     """
-    batch = _Batch(_Settings(
-        prompts, backend, ray, workers, concurrency, options, output, response_format, max_invalid, reask, cache
-    ))
+    settings = _Settings(
+        prompts, backend, ray, workers, concurrency, options, output,
+        response_format, max_invalid, reask, cache,
+    )  # fmt: skip
+    batch = _Batch(settings)
     try:
         while results := await batch.next_results():
             for result in results:

@@ -147,6 +147,9 @@ class BatchJob:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
             if self.answering is not None:
                 self.answering.check_backend(backend)
+                if self.answering.cache is not None and backend.model is None and not checked:
+                    # The cache keys name the model: a server's must be known before the first.
+                    await backend.check()
             self.runner = Engine(
                 backend, tasks=tasks, options=self.options, defaults=self.defaults, answering=self.answering
             )

@@ -163,7 +163,11 @@ class Answering:
 
 
 def open_answering(
-    response_format: Any = None, cache: str | Path | bool | None = None, *, max_invalid: int = 2, reask: bool = True
+    response_format: Any = None,
+    cache: str | Path | bool | None = None,
+    *,
+    max_invalid: int = 2,
+    reask: bool = True,
 ) -> Answering | None:
     """``motio.batch.run``'s ``response_format=`` and ``cache=`` as an :class:`Answering`.
 
