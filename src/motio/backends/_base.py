@@ -119,7 +119,7 @@ class Backend(abc.ABC):
     default_concurrency: ClassVar[int | str] = 1
     #: How a JSON schema's answers are asked for (``--json-schema``):
     #: ``"json_schema"``, OpenAI's ``response_format`` (servers);
-    #: ``"llamacpp"``, llama-cpp-python's ``json_object`` with ``schema``,
+    #: ``"json_object"``, llama-cpp-python's ``json_object`` with ``schema``,
     #: which it makes a grammar; None: the backend has no way to ask.
     response_format_style: ClassVar[str | None] = "json_schema"
     #: Generations in flight at once at most (per server, for a remote

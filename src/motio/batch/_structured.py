@@ -114,7 +114,7 @@ class Answering:
         """The record with the schema's ``response_format`` among its options (ours win)."""
         if self.schema is None:
             return record
-        if backend.response_format_style == "llamacpp":
+        if backend.response_format_style == "json_object":
             response_format = self.schema.llamacpp_response_format()
         else:
             response_format = self.schema.response_format()
