@@ -35,7 +35,8 @@ input lines:
 output lines (one per prompt, written as each finishes):
   id, output, finish_reason, usage, ttfb_ms, queued_ms, latency_ms, model, retries,
   error (and partial_output when a stream broke after some text; tool_calls,
-  logprobs when the server returned them)
+  logprobs when the server returned them; parsed and reasks with --json-schema;
+  "cached": true on an answer from --cache)
 
 OpenAI Batch files (the format vLLM's run_batch reads too):
   {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
