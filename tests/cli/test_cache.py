@@ -37,6 +37,8 @@ def test_a_second_identical_run_sends_nothing(tmp_path: Path, server: ScriptedSe
     assert len(server.chat_requests) == 20  # nothing more sent
     assert "from the cache: 20 of 20 answers" in second.stderr
     before = {line["id"]: line for line in complete_lines(tmp_path / "first.jsonl")}
+    # Every line begins with "id", cached or not (how a torn last line is told apart).
+    assert all(raw.startswith('{"id"') for raw in (tmp_path / "second.jsonl").read_text().splitlines())
     for line in complete_lines(tmp_path / "second.jsonl"):
         assert line["cached"] is True
         assert line["output"] == before[line["id"]]["output"]

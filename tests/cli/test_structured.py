@@ -54,6 +54,8 @@ def test_one_reask_each_then_parsed(tmp_path: Path) -> None:
         assert line["parsed"] == JsonAnswers.valid(prompt_of(i))
         assert json.loads(line["output"]) == line["parsed"]
         assert line["reasks"] == 1
+    first_keys = [list(json.loads(raw))[:3] for raw in out.read_text().splitlines()]
+    assert first_keys == [["id", "output", "parsed"]] * 5
     # Each prompt's first request asks for the schema; its re-ask carries the
     # invalid answer and the complaint after the prompt.
     for record in requests:

@@ -125,12 +125,15 @@ class Answering:
         stored = self.cache.get(key)
         if not isinstance(stored, dict):
             return None
-        # This run's own facts: no request, no wait; the answer is the stored one.
-        stored.update(id=record.id, ttfb_ms=None, queued_ms=None, retries=0, attempts=1, cached=True)
-        if "reasks" in stored:
-            stored["reasks"] = 0  # this run asked nothing again
-        stored["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        return stored
+        # "id" first, as in every result line (a torn last line is recognised
+        # by how it begins: _results.py). Then this run's own facts: no
+        # request, no wait; the answer is the stored one.
+        line = {"id": record.id, **stored}
+        line.update(ttfb_ms=None, queued_ms=None, retries=0, attempts=1, cached=True)
+        if "reasks" in line:
+            line["reasks"] = 0  # this run asked nothing again
+        line["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return line
 
     def _store(self, key: str, result: dict[str, Any]) -> None:
         assert self.cache is not None
@@ -151,14 +154,14 @@ class Answering:
             result, attempts = await engine.generate(record)
             _add_usage(usage, result.get("usage"))
             if result["error"] is not None:
-                return _finished(result, usage, check.reasks, started), attempts
+                return _finished(result, None, usage, check.reasks, started), attempts
             try:
                 parsed = check.check(result["output"] or "")
             except InvalidOutput as invalid:
-                return _finished(_invalid(result, invalid), usage, check.reasks, started), attempts
+                _invalid(result, invalid)
+                return _finished(result, None, usage, check.reasks, started), attempts
             if parsed is not None:
-                result["parsed"] = parsed.value
-                return _finished(result, usage, check.reasks, started), attempts
+                return _finished(result, parsed.value, usage, check.reasks, started), attempts
             record = replace(record, request=check.messages)
 
 
@@ -198,20 +201,27 @@ def open_answering(
     return Answering(schema, max_invalid, reask, opened)
 
 
-def _finished(result: dict[str, Any], usage: dict[str, int], reasks: int, started: float) -> dict[str, Any]:
-    """The line over every answer asked for: their usage summed, the whole time, the re-asks."""
+def _finished(
+    result: dict[str, Any], parsed: Any, usage: dict[str, int], reasks: int, started: float
+) -> dict[str, Any]:
+    """The line over every answer asked for: ``parsed`` right after ``output`` (null
+    without a valid answer), their usage summed, the whole time, the re-asks."""
+    line: dict[str, Any] = {}
+    for name, value in result.items():
+        line[name] = value
+        if name == "output":
+            line["parsed"] = parsed
     if usage:
-        result["usage"] = usage
-    result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    result["reasks"] = reasks
-    return result
+        line["usage"] = usage
+    line["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    line["reasks"] = reasks
+    return line
 
 
-def _invalid(result: dict[str, Any], invalid: InvalidOutput) -> dict[str, Any]:
+def _invalid(result: dict[str, Any], invalid: InvalidOutput) -> None:
+    """The line of a prompt whose re-asks are spent: the last answer kept as ``output``."""
     result["output"] = invalid.output
-    result["parsed"] = None
     result["error"] = {"type": type(invalid).__name__, "message": str(invalid)}
-    return result
 
 
 def _add_usage(total: dict[str, int], usage: Any) -> None:
