@@ -16,7 +16,6 @@ import pytest
 from motio import ConfigurationError, UnsupportedOptionError, batch
 from motio.backends import AnthropicBackend, LlamaCppBackend, OpenAIBackend
 from motio.batch import Engine, PromptRecord
-from motio.batch._job import BatchJob, OnRay
 from motio.batch._structured import Answering, cache_body
 from motio.data import Parsed, ResponseCache, output_schema
 from tests.data.test_imports import loaded_after
@@ -104,8 +103,6 @@ def test_refusals() -> None:
             with pytest.raises(UnsupportedOptionError, match="cannot be asked for a JSON schema"):
                 list(batch.run(prompts(1), anthropic, response_format=SCHEMA))
         build = functools.partial(OpenAIBackend, base_url=server.base_url)
-        with pytest.raises(ConfigurationError, match="not on Ray workers"):
-            BatchJob(ray=OnRay(build), answering=Answering(output_schema(SCHEMA)))
         with pytest.raises(ConfigurationError, match="output schema"):
             list(batch.run(prompts(1), build, response_format=42))
         assert server.chat_requests == []

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .._exceptions import ConfigurationError
 from .._threaded import ThreadedIterator
 from ._engine import Engine
 from ._records import PromptRecord
@@ -75,10 +74,8 @@ class BatchJob:
             planned); None: nothing counted (a batch of millions from
             Python would otherwise keep every latency in memory).
         answering: the output schema and the response cache around each
-            prompt (``_structured.py``); None: neither. Not with ``ray``.
-
-    Raises:
-        ConfigurationError: ``answering`` with ``ray``.
+            prompt (``_structured.py``); None: neither. With ``ray``, each
+            worker builds its own from its recipe (the cache's file shared).
     """
 
     def __init__(
@@ -91,11 +88,6 @@ class BatchJob:
         stats: RunStats | None = None,
         answering: Answering | None = None,
     ) -> None:
-        if answering is not None and ray is not None:
-            raise ConfigurationError(
-                "an output schema or a response cache runs in this process only, not on Ray workers yet: "
-                "leave out ray, or the schema and the cache"
-            )
         self.options, self.defaults = dict(options or {}), dict(defaults or {})
         self.answering = answering
         self.in_flight = in_flight
@@ -108,8 +100,14 @@ class BatchJob:
     def _start_pool(self, ray: OnRay) -> RayPool:
         from ._ray import RayPool, actor_count
 
+        answering = None if self.answering is None else self.answering.recipe()
         return RayPool(
-            ray.build, ray.actors or actor_count(), options=self.options, defaults=self.defaults, env=ray.env
+            ray.build,
+            ray.actors or actor_count(),
+            options=self.options,
+            defaults=self.defaults,
+            env=ray.env,
+            answering=answering,
         )
 
     def open_results(self, output: str | Path | BinaryIO) -> ResultsFile | ResultsStream:
@@ -143,13 +141,14 @@ class BatchJob:
         """
         if self.stats is not None:
             self.stats.started = time.perf_counter()
+        if self.answering is not None:
+            self.answering.check_backend(backend)
+            if self.answering.cache is not None and backend.model is None and not checked:
+                # The cache keys name the model: a server's must be known before the first.
+                await backend.check()
+                checked = True
         if self.pool is None:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
-            if self.answering is not None:
-                self.answering.check_backend(backend)
-                if self.answering.cache is not None and backend.model is None and not checked:
-                    # The cache keys name the model: a server's must be known before the first.
-                    await backend.check()
             self.runner = Engine(
                 backend, tasks=tasks, options=self.options, defaults=self.defaults, answering=self.answering
             )

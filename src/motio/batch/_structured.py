@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..data import OutputSchema, ResponseCache
     from ._engine import Engine
 
-__all__ = ["Answering", "cache_body", "open_answering"]
+__all__ = ["Answering", "AnsweringRecipe", "cache_body", "open_answering"]
 
 # Options that say how motio waits or routes, not what is asked: never part of a cache key.
 _NOT_ASKED = frozenset(
@@ -67,6 +67,17 @@ class Answering:
     max_invalid: int = 2
     reask: bool = True
     cache: ResponseCache | None = None
+
+    def recipe(self) -> AnsweringRecipe:
+        """What a Ray worker needs to build its own (a validator and a SQLite
+        connection do not cross processes; a schema, a model class and a path do)."""
+        schema = self.schema
+        return AnsweringRecipe(
+            None if schema is None else (dict(schema.schema), schema.name, schema.strict, schema.model),
+            self.max_invalid,
+            self.reask,
+            None if self.cache is None else str(self.cache.path),
+        )
 
     def close(self) -> None:
         """Close the cache, if any. Idempotent."""
@@ -163,6 +174,36 @@ class Answering:
             if parsed is not None:
                 return _finished(result, parsed.value, usage, check.reasks, started), attempts
             record = replace(record, request=check.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweringRecipe:
+    """An :class:`Answering` as it travels to a Ray worker, which opens its own.
+
+    Attributes:
+        schema: ``(schema, name, strict, model)`` of the :class:`~motio.data.OutputSchema`, or None.
+        cache: the cache file's path (the workers must share its machine), or None.
+    """
+
+    schema: tuple[dict[str, Any], str, bool, Any] | None
+    max_invalid: int
+    reask: bool
+    cache: str | None
+
+    def open(self) -> Answering:
+        """This process's :class:`Answering` (its own validator, its own cache connection).
+
+        Raises:
+            sqlite3.Error, OSError: the cache file cannot be used.
+        """
+        from ..data import OutputSchema, ResponseCache
+
+        schema = None
+        if self.schema is not None:
+            spec, name, strict, model = self.schema
+            schema = OutputSchema(spec, name=name, strict=strict, model=model)
+        cache = None if self.cache is None else ResponseCache(self.cache)
+        return Answering(schema, self.max_invalid, self.reask, cache)
 
 
 def open_answering(

@@ -37,22 +37,17 @@ class AnswerPlan:
         return self.args.json_schema is not None or self.args.cache is not None
 
     @classmethod
-    def check(cls, args: AnswerArgs, spec: BackendSpec, *, ray: bool) -> AnswerPlan:
+    def check(cls, args: AnswerArgs, spec: BackendSpec) -> AnswerPlan:
         """The flags checked against each other and the backend; the schema read.
 
         Raises:
             CliError: a schema file that is not one, a flag that needs
-                ``--json-schema``, a backend that cannot be asked for a
-                schema, or either with ``--ray`` (usage errors, exit 2).
+                ``--json-schema``, or a backend that cannot be asked for a
+                schema (usage errors, exit 2).
         """
         plan = cls(args)
         if args.json_schema is None and (args.max_invalid is not None or not args.reask_feedback):
             raise CliError("--max-invalid and --no-reask-feedback need --json-schema", EXIT_USAGE)
-        if plan.wanted and ray:
-            raise CliError(
-                "--json-schema and --cache run in this process only, not on Ray workers yet; leave out --ray",
-                EXIT_USAGE,
-            )
         if args.json_schema is not None:
             plan.schema = _read_schema(args.json_schema)
             _check_backend(spec)

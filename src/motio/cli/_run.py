@@ -84,7 +84,7 @@ def run_command(args: RunArgs) -> int:
     if args.ray_workers is not None and args.ray is None:
         raise CliError("--workers needs --ray (without it the run is one process)", EXIT_USAGE)
     spec = BackendSpec.from_args(args.backend)
-    answers = AnswerPlan.check(args.answers, spec, ray=args.ray is not None)
+    answers = AnswerPlan.check(args.answers, spec)
     stats = RunStats(
         streaming_input=prompts is None, schema=answers.schema is not None, cache=answers.cache_path()
     )
