@@ -26,6 +26,8 @@ A line's ``usage`` adds up every answer asked for (re-asks are paid for),
 its ``latency_ms`` spans them all. Only motio's own prompt lines go through
 here: an OpenAI Batch body carries its own ``response_format`` and is sent
 as written (``motio run`` refuses ``--json-schema`` and ``--cache`` with one).
+On Ray, each worker opens its own (validator, cache connection) from the
+driver's :class:`AnsweringRecipe`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import ConfigurationError, InvalidOutput, UnsupportedOptionError
 from ._records import OPENAI_BATCH, PromptRecord
@@ -41,15 +43,25 @@ from ._records import OPENAI_BATCH, PromptRecord
 if TYPE_CHECKING:
     from ..backends import Backend
     from ..data import OutputSchema, ResponseCache
-    from ._engine import Engine
 
-__all__ = ["Answering", "AnsweringRecipe", "cache_body", "open_answering"]
+__all__ = ["Answering", "AnsweringRecipe", "Generating", "cache_body", "open_answering"]
 
 # Options that say how motio waits or routes, not what is asked: never part of a cache key.
 _NOT_ASKED = frozenset(
     {"chunk_timeout", "first_token_timeout", "total_timeout", "keep_response", "avoid_servers", "extra_body"}
 )
 _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class Generating(Protocol):
+    """What :class:`Answering` asks of the engine it wraps (``Engine``; named
+    here so that this module does not import the engine that imports it)."""
+
+    backend: Backend
+
+    async def generate(self, record: PromptRecord) -> tuple[dict[str, Any], Any]: ...
+
+    def options_for(self, record: PromptRecord) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +114,7 @@ class Answering:
                 backend=name,
             )
 
-    async def answer(self, engine: Engine, record: PromptRecord) -> tuple[dict[str, Any], Any]:
+    async def answer(self, engine: Generating, record: PromptRecord) -> tuple[dict[str, Any], Any]:
         """One record's result line and its ``Attempts``, as ``Engine.generate`` returns them."""
         if record.fmt == OPENAI_BATCH:
             return await engine.generate(record)
@@ -152,7 +164,7 @@ class Answering:
         self.cache.put(key, kept)
 
     async def _checked(
-        self, engine: Engine, record: PromptRecord, started: float
+        self, engine: Generating, record: PromptRecord, started: float
     ) -> tuple[dict[str, Any], Any]:
         from ..data import AnswerCheck
 
@@ -279,7 +291,7 @@ def _messages(request: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": request}] if isinstance(request, str) else list(request)
 
 
-def cache_body(engine: Engine, record: PromptRecord) -> dict[str, Any]:
+def cache_body(engine: Generating, record: PromptRecord) -> dict[str, Any]:
     """What the request asks (its cache key's body): the model, the messages, every
     sampling option and ``response_format``, a server's own fields from ``extra_body``."""
     options = engine.options_for(record)
@@ -290,7 +302,7 @@ def cache_body(engine: Engine, record: PromptRecord) -> dict[str, Any]:
     return body
 
 
-def _key(engine: Engine, record: PromptRecord) -> str | None:
+def _key(engine: Generating, record: PromptRecord) -> str | None:
     from ..data import request_key
 
     try:
