@@ -88,6 +88,16 @@ def test_the_two_backends_declare_what_they_are() -> None:
     assert local.endpoint_snapshot() == [] and local.adaptive_concurrency is None
 
 
+def test_each_backend_says_how_it_is_asked_for_a_json_schema() -> None:
+    # --json-schema: OpenAI's response_format, llama-cpp-python's grammar
+    # form, or no way at all (refused before anything is sent).
+    from motio.backends import AnthropicBackend
+
+    assert Echo.response_format_style == OpenAIBackend.response_format_style == "json_schema"
+    assert LlamaCppBackend.response_format_style == "json_object"
+    assert AnthropicBackend.response_format_style is None
+
+
 def test_a_server_backend_names_the_limits_its_workers_share() -> None:
     backend = OpenAIBackend(
         "m", base_url=["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"], max_concurrency=8, rpm=60

@@ -67,3 +67,39 @@ def test_reruns_are_counted_from_the_lines_attempts_and_named_in_the_summary() -
     stats.record({**_result(latency=100.0), "attempts": 2})
     assert stats.reruns == 3
     assert "re-run after a broken stream: 3" in "\n".join(format_summary(stats))
+
+
+def test_tokens_per_model_in_the_summary() -> None:
+    stats = RunStats(total=4)
+    usage = {"prompt_tokens": 12345, "completion_tokens": 6789}
+    stats.record({**_result(tokens=6789), "model": "model-x", "usage": usage})
+    stats.record({**_result(tokens=1), "model": "model-a"})
+    stats.record({**_result(tokens=2), "model": "model-a"})
+    stats.record({**_result(tokens=7), "model": "model-a", "cached": True})  # paid for before: not counted
+    assert stats.tokens_by_model == {"model-x": [12345, 6789], "model-a": [6, 3]}
+    lines = format_summary(stats)
+    assert "model-a: 6 prompt + 3 completion tokens" in lines
+    assert "model-x: 12,345 prompt + 6,789 completion tokens" in lines
+    assert lines.index("model-a: 6 prompt + 3 completion tokens") < lines.index(
+        "model-x: 12,345 prompt + 6,789 completion tokens"
+    )
+    assert "6792 completion tokens" in "\n".join(lines)  # the existing line stays
+
+
+def test_invalid_answers_reasks_and_cache_in_the_summary() -> None:
+    stats = RunStats(total=4, schema=True, cache="/tmp/c.sqlite3")
+    stats.record({**_result(), "reasks": 1})
+    stats.record({**_result(), "reasks": 0, "cached": True})
+    invalid = {"type": "InvalidOutput", "message": "no valid answer"}
+    stats.record({**_result(error=invalid), "reasks": 2})
+    assert (stats.invalid_answers, stats.reasks, stats.gave_up, stats.cached) == (4, 3, 1, 1)
+    lines = format_summary(stats)
+    assert "invalid answers: 4 (3 re-asks; 1 prompts left with InvalidOutput)" in lines
+    assert "from the cache: 1 of 3 answers (/tmp/c.sqlite3)" in lines
+
+
+def test_no_schema_nor_cache_lines_without_them() -> None:
+    stats = RunStats(total=1)
+    stats.record(_result())
+    text = "\n".join(format_summary(stats))
+    assert "invalid answers" not in text and "from the cache" not in text

@@ -188,6 +188,22 @@ behaviour                 on the wire (streamed; non-streamed in brackets)
                           the server while streams are open [wait, answer]
 ========================  ===============================================
 
+JSON answers (structured-output tests)
+--------------------------------------
+Two rules (``running(rule=...)`` or ``server.rule = ...``) answer chat
+requests in JSON, counting the answers per prompt (the conversation's first
+user message, which a re-ask keeps: it appends the invalid answer and the
+complaint after it):
+
+- ``invalid_json_then_valid(k=1)``: the first ``k`` answers to each prompt
+  are not JSON (``"not JSON: <prompt>"``), the next ones are
+  ``{"answer": <prompt>}`` (as two content chunks);
+- ``never_valid_json()``: every answer is ``"not JSON: <prompt>"``.
+
+Both are a :class:`JsonAnswers`: ``rule.attempts`` maps each prompt to the
+answers it got, ``JsonAnswers.valid(prompt)`` is the JSON value of a valid
+answer. Other requests (``GET /v1/models``) are left to the server.
+
 Capacity (server-wide; ``configure()`` changes it at run time)
 --------------------------------------------------------------
 ``capacity=N`` admits at most N chat requests at once. Beyond that,
@@ -264,6 +280,7 @@ __all__ = [
     "Gather",
     "HoldAfter",
     "IgnoreStream",
+    "JsonAnswers",
     "MalformedAfter",
     "NoDone",
     "Ok",
@@ -281,7 +298,9 @@ __all__ = [
     "gather",
     "hold_after",
     "ignore_stream",
+    "invalid_json_then_valid",
     "malformed_after",
+    "never_valid_json",
     "no_done",
     "ok",
     "reset_before_headers",
@@ -557,6 +576,49 @@ class RequestRecord:
 Rule = Callable[[RequestRecord], "Behaviour | Callable[[], Behaviour] | None"]
 
 
+class JsonAnswers:
+    """A rule answering in JSON: ``invalid`` answers per prompt that are not JSON, then valid ones.
+
+    Args:
+        invalid: how many answers to each prompt are not JSON; None: all of them.
+
+    Attributes:
+        attempts: per prompt (the first user message), the answers it got so far.
+    """
+
+    def __init__(self, invalid: int | None) -> None:
+        self.invalid = invalid
+        self.attempts: dict[str, int] = {}
+        self._lock = threading.Lock()  # the server's loop, but a test reads it from its own thread
+
+    @staticmethod
+    def valid(prompt: str) -> dict[str, str]:
+        """The JSON value of a valid answer to ``prompt``."""
+        return {"answer": prompt}
+
+    def __call__(self, record: RequestRecord) -> Behaviour | None:
+        if not record.chat:
+            return None
+        prompt = _first_user_text(record.body)
+        with self._lock:
+            seen = self.attempts.get(prompt, 0)
+            self.attempts[prompt] = seen + 1
+        if self.invalid is None or seen < self.invalid:
+            return ok(["not JSON: ", prompt])
+        text = json.dumps(self.valid(prompt))
+        return ok([text[: len(text) // 2], text[len(text) // 2 :]])
+
+
+def invalid_json_then_valid(k: int = 1) -> JsonAnswers:
+    """A rule: the first ``k`` answers to each prompt are not JSON, the next ones valid."""
+    return JsonAnswers(k)
+
+
+def never_valid_json() -> JsonAnswers:
+    """A rule: no answer is ever JSON."""
+    return JsonAnswers(None)
+
+
 # ---------------------------------------------------------------- wire formats
 
 _CREATED = 1700000000
@@ -572,6 +634,14 @@ def _first_tool(body: Any) -> str | None:
         if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
             return str(tool["function"].get("name"))
     return None
+
+
+def _first_user_text(body: Any) -> str:
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for message in messages or []:
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
 
 
 def _last_user_text(body: Any) -> str:

@@ -30,7 +30,9 @@ from tests.servers.scripted import (
     error_event,
     gather,
     ignore_stream,
+    invalid_json_then_valid,
     malformed_after,
+    never_valid_json,
     no_done,
     ok,
     reset_before_headers,
@@ -344,6 +346,53 @@ def test_a_rule_can_choose_by_model(server: ScriptedServer, wire: Wire) -> None:
     assert wire.response().status == 404
     wire.post(chat())
     assert wire.response().status == 200
+
+
+def reask_of(prompt: str, answer: str) -> dict[str, Any]:
+    """A re-ask as motio sends it: the prompt, the invalid answer, the complaint."""
+    messages = [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "That answer is not valid: ..."},
+    ]
+    return {**chat(prompt), "messages": messages}
+
+
+def test_invalid_json_then_valid_per_prompt(server: ScriptedServer, wire: Wire) -> None:
+    server.rule = rule = invalid_json_then_valid()
+    wire.post(chat("one"))
+    first = wire.response().text
+    assert first == "not JSON: one"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(first)
+    wire.post(chat("two", stream=False))  # another prompt starts invalid too, streamed or not
+    assert wire.response().json()["choices"][0]["message"]["content"] == "not JSON: two"
+    wire.post(reask_of("one", first))  # the re-ask keeps the first user message: the second answer
+    answer = wire.response()
+    assert json.loads(answer.text) == {"answer": "one"} == rule.valid("one")
+    assert len([c for c in answer.chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) == 2
+    wire.post(chat("one"))  # valid from then on
+    assert json.loads(wire.response().text) == {"answer": "one"}
+    assert rule.attempts == {"one": 3, "two": 1}
+
+
+def test_invalid_json_k_times(server: ScriptedServer, wire: Wire) -> None:
+    server.rule = invalid_json_then_valid(2)
+    texts = []
+    for _ in range(3):
+        wire.post(chat("p"))
+        texts.append(wire.response().text)
+    assert texts == ["not JSON: p", "not JSON: p", '{"answer": "p"}']
+
+
+def test_never_valid_json(server: ScriptedServer, wire: Wire) -> None:
+    server.rule = rule = never_valid_json()
+    for _ in range(4):
+        wire.post(reask_of("p", "not JSON: p"))
+        assert wire.response().text == "not JSON: p"
+    wire.get("/v1/models")  # not a chat request: the server's own answer
+    assert wire.response().json()["data"]
+    assert rule.attempts == {"p": 4}
 
 
 def test_a_non_behaviour_is_refused(server: ScriptedServer) -> None:

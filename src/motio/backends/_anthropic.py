@@ -425,6 +425,7 @@ class AnthropicBackend(HTTPBackend):
     """
 
     provider = "anthropic"
+    response_format_style = None  # the Messages API has no response_format
     default_base_url = DEFAULT_BASE_URL
     base_url_env = "ANTHROPIC_BASE_URL"
     api_key_env = "ANTHROPIC_API_KEY"

@@ -23,8 +23,8 @@ override it.
 Capabilities, for the command and the batch engine: every backend declares
 them here with a default, and a backend that has one overrides it, so that
 nothing outside ``backends/`` asks by attribute name or by kind:
-``remote`` and ``default_concurrency`` (class attributes, read before a
-backend is built), ``max_concurrency``, ``max_reruns``, ``recipe()``,
+``remote``, ``default_concurrency`` and ``response_format_style`` (class
+attributes, read before a backend is built), ``max_concurrency``, ``max_reruns``, ``recipe()``,
 ``endpoint_snapshot()``, ``adaptive_concurrency``, ``check_each()``, and for
 Ray workers ``limits_to_share()`` (what the driver's backend gives) and
 ``share_limits()`` (what each worker's copy takes).
@@ -117,6 +117,11 @@ class Backend(abc.ABC):
     #: ``--concurrency`` of the command when not given: an int, or
     #: ``"auto"`` (find a server's capacity; only for a remote backend).
     default_concurrency: ClassVar[int | str] = 1
+    #: How a JSON schema's answers are asked for (``--json-schema``):
+    #: ``"json_schema"``, OpenAI's ``response_format`` (servers);
+    #: ``"json_object"``, llama-cpp-python's ``json_object`` with ``schema``,
+    #: which it makes a grammar; None: the backend has no way to ask.
+    response_format_style: ClassVar[str | None] = "json_schema"
     #: Generations in flight at once at most (per server, for a remote
     #: backend): an int, ``"auto"``, or None for no cap.
     max_concurrency: int | str | None = 1

@@ -123,6 +123,7 @@ class LlamaCppBackend(Backend):
     provider = "llamacpp"
     remote = False
     default_concurrency = 1
+    response_format_style = "json_object"  # json_object + schema: llama-cpp-python makes it a grammar
     options = _OPTIONS | _REFUSED | {"max_completion_tokens"}
 
     def __init__(

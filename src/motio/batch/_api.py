@@ -47,6 +47,7 @@ from ._ids import IdSet
 from ._job import BatchJob, OnRay
 from ._records import InputProblem, PromptRecord, default_id, parse_line, scan_prompts
 from ._runner import OnResult
+from ._structured import Answering, open_answering
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -58,6 +59,9 @@ __all__ = ["arun", "run"]
 Prompts = str | Path | Iterable[str | dict[str, Any] | PromptRecord] | Any
 #: How long a batch stopped early may take to stop its workers and close its file.
 _STOP_TIMEOUT = 60.0
+#: ``max_invalid``'s default, motio.data.DEFAULT_MAX_INVALID (written here so
+#: that importing motio.batch does not load motio.data; a test checks they agree).
+DEFAULT_MAX_INVALID = 2
 
 
 def run(
@@ -72,6 +76,10 @@ def run(
     template: str | Template | None = None,
     system: str | None = None,
     id_column: str | None = None,
+    response_format: Any = None,
+    max_invalid: int = DEFAULT_MAX_INVALID,
+    reask: bool = True,
+    cache: str | Path | bool | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generate for every prompt; yield each result line as it finishes.
 
@@ -102,6 +110,17 @@ def run(
         system: with ``template``, a system message sent before each row's prompt.
         id_column: with ``template``, the column of each row's id
             (default: ``line-N``, N the row's number from 1).
+        response_format: ask for JSON and check every answer: a JSON
+            schema (dict), a ``response_format`` dict, a pydantic model
+            class (pydantic is imported only by the class itself) or a
+            schema file's path. Each line gets ``parsed``, or an
+            ``InvalidOutput`` error once ``max_invalid`` re-asks are spent.
+        max_invalid: invalid answers asked again before ``InvalidOutput``.
+        reask: append the invalid answer and what is wrong to the re-ask
+            (False: the same messages again).
+        cache: a response cache (SQLite file) to answer a request asked
+            before without sending it; True for the default location.
+            Cached lines carry ``"cached": true``.
 
     Raises:
         ConfigurationError: a prompt that is not one, or a bad row (raised
@@ -114,7 +133,11 @@ def run(
     if ray not in (None, False):
         _join(ray)  # on the caller's thread: Ray wants its main thread for signals
     dataset = _Dataset.of(template, system, id_column)
-    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output, dataset))
+    settings = _Settings(
+        prompts, backend, ray, workers, concurrency, options, output, dataset,
+        response_format, max_invalid, reask, cache,
+    )  # fmt: skip
+    batch = _Batch(settings)
     try:
         while results := run_sync(batch.next_results()):
             yield from results
@@ -137,6 +160,10 @@ async def arun(
     template: str | Template | None = None,
     system: str | None = None,
     id_column: str | None = None,
+    response_format: Any = None,
+    max_invalid: int = DEFAULT_MAX_INVALID,
+    reask: bool = True,
+    cache: str | Path | bool | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """:func:`run` for async code: an async iterator of result lines as they finish.
 
@@ -144,7 +171,11 @@ async def arun(
     takes, once.
     """
     dataset = _Dataset.of(template, system, id_column)
-    batch = _Batch(_Settings(prompts, backend, ray, workers, concurrency, options, output, dataset))
+    settings = _Settings(
+        prompts, backend, ray, workers, concurrency, options, output, dataset,
+        response_format, max_invalid, reask, cache,
+    )  # fmt: skip
+    batch = _Batch(settings)
     try:
         while results := await batch.next_results():
             for result in results:
@@ -165,6 +196,10 @@ class _Settings:
     options: dict[str, Any] | None
     output: str | Path | None
     dataset: _Dataset | None = None
+    response_format: Any = None
+    max_invalid: int = DEFAULT_MAX_INVALID
+    reask: bool = True
+    cache: str | Path | bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,11 +286,15 @@ async def _job(settings: _Settings, on_result: OnResult) -> None:
     owned = not _is_backend(settings.backend)
     local: Backend = _built(settings.backend) if owned else settings.backend
     job: BatchJob | None = None
+    answering: Answering | None = None
     try:
         # Opened first: a missing column stops the batch before any worker starts or request goes out.
         records = _records(settings.prompts, settings.dataset)
         ray = _on_ray(settings, local, owned)
-        job = BatchJob(options=settings.options, ray=ray, in_flight=settings.in_flight)
+        answering = open_answering(
+            settings.response_format, settings.cache, max_invalid=settings.max_invalid, reask=settings.reask
+        )
+        job = BatchJob(options=settings.options, ray=ray, in_flight=settings.in_flight, answering=answering)
         if settings.output is not None:
             job.open_results(settings.output)
         await job.start(local, checked=False)
@@ -263,6 +302,8 @@ async def _job(settings: _Settings, on_result: OnResult) -> None:
     finally:
         if job is not None:
             job.close()
+        if answering is not None:
+            answering.close()
         if owned:
             await local.aclose()
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import (
@@ -44,6 +45,7 @@ from ._runner import OnResult, Records
 if TYPE_CHECKING:
     from .._thunk import ModelOutputThunk
     from ..backends import Backend, EndpointSnapshot
+    from ._structured import Answering
 
 __all__ = ["BatchAborted", "Engine", "OnResult", "build_result"]
 
@@ -94,6 +96,8 @@ class Engine:
         defaults: options for motio's own lines only, under ``options``
             (``max_tokens=512`` for the command): a Batch body is sent as
             the Batch API would send it, without motio's defaults.
+        answering: the output schema and the response cache around each
+            prompt (``_structured.py``); None: neither.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class Engine:
         tasks: int = 1,
         options: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
+        answering: Answering | None = None,
     ) -> None:
         self.backend = backend
         self.tasks = tasks
@@ -111,6 +116,10 @@ class Engine:
         # Only a server can vanish; the embedded model's failures are its prompts'.
         self.remote = backend.remote
         self.max_reruns = backend.max_reruns if self.remote else 0
+        # Per prompt: generate() itself, or through the schema and the cache
+        # (_structured.py); without them no step is added to a prompt's path.
+        self.answer: Callable[[PromptRecord], Awaitable[tuple[dict[str, Any], Any]]]
+        self.answer = self.generate if answering is None else partial(answering.answer, self)
 
     async def run(self, records: Records, on_result: OnResult) -> None:
         """Run every record with ``tasks`` in flight, calling ``on_result`` for each.
@@ -143,7 +152,7 @@ class Engine:
         # One shared synchronous iterator is safe across tasks: next() never
         # awaits, so no two tasks are ever inside it at once.
         for record in records:
-            result, attempts = await self.generate(record)
+            result, attempts = await self.answer(record)
             on_result(result, attempts)
 
     async def _work_async(
@@ -157,7 +166,7 @@ class Engine:
                     record = await anext(records)
                 except StopAsyncIteration:
                     return
-            result, attempts = await self.generate(record)
+            result, attempts = await self.answer(record)
             on_result(result, attempts)
 
     def endpoint_snapshot(self) -> list[EndpointSnapshot]:

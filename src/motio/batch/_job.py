@@ -40,6 +40,7 @@ from ._stats import RunStats
 if TYPE_CHECKING:
     from ..backends import Backend
     from ._ray import RayPool
+    from ._structured import Answering
 
 __all__ = ["BatchJob", "OnRay", "fill", "pending"]
 
@@ -72,6 +73,9 @@ class BatchJob:
         stats: the counters to add to (the command's, counted while it
             planned); None: nothing counted (a batch of millions from
             Python would otherwise keep every latency in memory).
+        answering: the output schema and the response cache around each
+            prompt (``_structured.py``); None: neither. With ``ray``, each
+            worker builds its own from its recipe (the cache's file shared).
     """
 
     def __init__(
@@ -82,8 +86,10 @@ class BatchJob:
         ray: OnRay | None = None,
         in_flight: int | None = None,
         stats: RunStats | None = None,
+        answering: Answering | None = None,
     ) -> None:
         self.options, self.defaults = dict(options or {}), dict(defaults or {})
+        self.answering = answering
         self.in_flight = in_flight
         self.stats = stats
         self.results: ResultsFile | ResultsStream | None = None
@@ -94,8 +100,14 @@ class BatchJob:
     def _start_pool(self, ray: OnRay) -> RayPool:
         from ._ray import RayPool, actor_count
 
+        answering = None if self.answering is None else self.answering.recipe()
         return RayPool(
-            ray.build, ray.actors or actor_count(), options=self.options, defaults=self.defaults, env=ray.env
+            ray.build,
+            ray.actors or actor_count(),
+            options=self.options,
+            defaults=self.defaults,
+            env=ray.env,
+            answering=answering,
         )
 
     def open_results(self, output: str | Path | BinaryIO) -> ResultsFile | ResultsStream:
@@ -123,12 +135,23 @@ class BatchJob:
                 need its findings (the model) before they share its limits.
 
         The run's clock (``stats.started``) starts here.
+
+        Raises:
+            UnsupportedOptionError: an output schema the backend cannot ask for.
         """
         if self.stats is not None:
             self.stats.started = time.perf_counter()
+        if self.answering is not None:
+            self.answering.check_backend(backend)
+            if self.answering.cache is not None and backend.model is None and not checked:
+                # The cache keys name the model: a server's must be known before the first.
+                await backend.check()
+                checked = True
         if self.pool is None:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
-            self.runner = Engine(backend, tasks=tasks, options=self.options, defaults=self.defaults)
+            self.runner = Engine(
+                backend, tasks=tasks, options=self.options, defaults=self.defaults, answering=self.answering
+            )
             return self.runner
         if backend.remote and not checked:
             await backend.check()  # fails fast, and names the model once for every worker

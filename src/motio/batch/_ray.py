@@ -60,6 +60,7 @@ from ._engine import BatchAborted, Engine, OnResult, build_result
 from ._records import PromptRecord
 from ._runner import Records
 from ._share import SharePlan
+from ._structured import AnsweringRecipe
 
 __all__ = [
     "MAX_LOSSES",
@@ -246,11 +247,13 @@ class BatchWorker:
         factory: BackendFactory,
         options: tuple[dict[str, Any], dict[str, Any]],
         coordinator: str,
+        answering: AnsweringRecipe | None = None,
     ) -> None:
         # Built now, while the driver still checks the servers: the imports
         # and set-up overlap with it instead of delaying the first shard.
         self._backend = factory()
         self._options, self._coordinator_name = options, coordinator
+        self._answering = answering
         self._coordinator: Any = None
         self._plan = SharePlan(1)
         self._engine: Engine | None = None
@@ -274,7 +277,7 @@ class BatchWorker:
         finished: list[tuple[str, dict[str, Any], Any]] = []
 
         async def one(record: PromptRecord) -> None:
-            result, attempts = await engine.generate(record)
+            result, attempts = await engine.answer(record)
             finished.append((record.key, result, attempts))
 
         async def all_of_them() -> None:
@@ -319,7 +322,9 @@ class BatchWorker:
             self._coordinator = ray.get_actor(self._coordinator_name)
         self._share(self._backend)
         options, defaults = self._options
-        self._engine = Engine(self._backend, options=options, defaults=defaults)
+        # The worker's own schema validator and cache connection, from the driver's recipe.
+        answering = None if self._answering is None else self._answering.open()
+        self._engine = Engine(self._backend, options=options, defaults=defaults, answering=answering)
         if self._plan.adaptive and self._gates:
             self._sync = asyncio.ensure_future(self._sync_limits())
 
@@ -429,6 +434,8 @@ class RayPool:
         options: ``generate`` options for every prompt (a line's own win).
         defaults: options for motio's own lines only (see :class:`Engine`).
         env: environment variables the workers need (an API key).
+        answering: the output schema and the response cache, built again
+            in each worker (``_structured.py``); None: neither.
     """
 
     def __init__(
@@ -439,6 +446,7 @@ class RayPool:
         options: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
+        answering: AnsweringRecipe | None = None,
     ) -> None:
         self.plan = SharePlan(actors)
         self.shard_size = 1
@@ -456,7 +464,7 @@ class RayPool:
         self._actors = [
             _Actor(
                 actor_class.remote(
-                    factory, (dict(options or {}), dict(defaults or {})), self._coordinator_name
+                    factory, (dict(options or {}), dict(defaults or {})), self._coordinator_name, answering
                 )
             )
             for _ in range(actors)

@@ -58,6 +58,14 @@ class RunStats:
         fmt: the prompts file's shape (``"motio"``/``"openai-batch"``), once known.
         streaming_input: the prompts are read once as they come (stdin):
             ``total`` grows while the run goes, so it is no total yet.
+        tokens_by_model: per model, ``[prompt, completion]`` tokens this run
+            was answered with (answers from the cache not counted).
+        invalid_answers, reasks, gave_up: with an output schema: answers
+            that were not valid, prompts asked again for them, and prompts
+            left with ``InvalidOutput``.
+        cached: results answered from the response cache, nothing sent.
+        schema, cache: whether the run has an output schema, and its
+            cache's path (None: no cache), for the summary's lines.
     """
 
     total: int = 0
@@ -77,6 +85,13 @@ class RunStats:
     started: float = field(default_factory=time.perf_counter)
     fmt: str | None = None
     streaming_input: bool = False
+    tokens_by_model: dict[str, list[int]] = field(default_factory=dict)
+    invalid_answers: int = 0
+    reasks: int = 0
+    gave_up: int = 0
+    cached: int = 0
+    schema: bool = False
+    cache: str | None = None
 
     @property
     def to_run(self) -> int:
@@ -102,8 +117,31 @@ class RunStats:
             self.latencies_ms.append(result["latency_ms"])
         if result.get("ttfb_ms") is not None:
             self.ttfb_ms.append(result["ttfb_ms"])
-        usage = result.get("usage") or {}
-        self.completion_tokens += usage.get("completion_tokens") or 0
+        usage = result.get("usage")
+        if "reasks" in result or "cached" in result:
+            self._record_answering(result, error)
+            if result.get("cached"):
+                return  # paid for by an earlier run
+        if usage:
+            completion = usage.get("completion_tokens") or 0
+            self.completion_tokens += completion
+            model = result.get("model") or "(model not named)"
+            counts = self.tokens_by_model.get(model)
+            if counts is None:
+                counts = self.tokens_by_model[model] = [0, 0]
+            counts[0] += usage.get("prompt_tokens") or 0
+            counts[1] += completion
+
+    def _record_answering(self, result: dict[str, Any], error: Any) -> None:
+        """The schema's and the cache's counts, from a line of a run with either."""
+        if result.get("cached"):
+            self.cached += 1
+        reasks = result.get("reasks") or 0
+        self.reasks += reasks
+        self.invalid_answers += reasks
+        if error is not None and error.get("type") == "InvalidOutput":
+            self.invalid_answers += 1
+            self.gave_up += 1
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -130,10 +168,26 @@ def format_summary(stats: RunStats) -> list[str]:
     if stats.ttfb_ms:
         lines.append("first token " + _p50_p95(stats.ttfb_ms))
     lines.append(f"{stats.completion_tokens} completion tokens, {stats.tokens_per_second():.1f} tokens/s")
+    lines.extend(_tokens_per_model(stats))
+    if stats.schema:
+        lines.append(
+            f"invalid answers: {stats.invalid_answers} ({stats.reasks} re-asks; "
+            f"{stats.gave_up} prompts left with InvalidOutput)"
+        )
+    if stats.cache is not None:
+        lines.append(f"from the cache: {stats.cached} of {done} answers ({stats.cache})")
     reliability = _reliability_note(stats)
     if reliability:
         lines.append(reliability)
     return lines
+
+
+def _tokens_per_model(stats: RunStats) -> list[str]:
+    """A line per model: what a user multiplies by its prices."""
+    return [
+        f"{model}: {prompt:,} prompt + {completion:,} completion tokens"
+        for model, (prompt, completion) in sorted(stats.tokens_by_model.items())
+    ]
 
 
 def _reliability_note(stats: RunStats) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BackendArgs", "ChatArgs", "DatasetArgs", "GenerationArgs", "RunArgs"]
+__all__ = ["AnswerArgs", "BackendArgs", "ChatArgs", "DatasetArgs", "GenerationArgs", "RunArgs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,19 @@ class DatasetArgs:
     def given(self) -> bool:
         """Whether the input is to be read as a dataset (a template was given)."""
         return self.template is not None or self.template_file is not None
+class AnswerArgs:
+    """``motio run``'s structured-output and cache flags.
+
+    ``json_schema``: ``--json-schema``'s file; ``max_invalid``: None when
+    not given; ``reask_feedback``: False with ``--no-reask-feedback``;
+    ``cache``: ``--cache``'s path, ``""`` for ``--cache`` alone (the
+    default location), None without it.
+    """
+
+    json_schema: str | None = None
+    max_invalid: int | None = None
+    reask_feedback: bool = True
+    cache: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +98,7 @@ class RunArgs:
     ray: str | None = None
     ray_workers: int | None = None
     dataset: DatasetArgs = DatasetArgs()
+    answers: AnswerArgs = AnswerArgs()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._args import BackendArgs, ChatArgs, DatasetArgs, GenerationArgs, RunArgs
+from ._args import AnswerArgs, BackendArgs, ChatArgs, DatasetArgs, GenerationArgs, RunArgs
 from ._errors import EXIT_USAGE, CliError
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -35,7 +35,8 @@ input lines:
 output lines (one per prompt, written as each finishes):
   id, output, finish_reason, usage, ttfb_ms, queued_ms, latency_ms, model, retries,
   error (and partial_output when a stream broke after some text; tool_calls,
-  logprobs when the server returned them)
+  logprobs when the server returned them; parsed and reasks with --json-schema;
+  "cached": true on an answer from --cache)
 
 OpenAI Batch files (the format vLLM's run_batch reads too):
   {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
@@ -142,6 +143,7 @@ def parse_args(
 
 
 def _run_args(namespace: argparse.Namespace) -> RunArgs:
+    answers = _answer_args(namespace)
     prompts, ray = _ray_took_the_prompts(namespace.prompts, namespace.ray)
     return RunArgs(
         prompts,
@@ -153,6 +155,7 @@ def _run_args(namespace: argparse.Namespace) -> RunArgs:
         ray=ray,
         ray_workers=namespace.workers,
         dataset=_dataset_args(namespace),
+        answers=answers,
     )
 
 
@@ -295,6 +298,7 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     _add_ray_options(run)
     _add_dataset_options(run)
+    _add_answer_options(run)
 
 
 def _add_chat(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -546,3 +550,62 @@ def _dataset_args(namespace: argparse.Namespace) -> DatasetArgs:
         system=namespace.system,
         id_column=namespace.id_column,
     )
+def _add_answer_options(run: argparse.ArgumentParser) -> None:
+    answers = run.add_argument_group("structured outputs and the response cache")
+    answers.add_argument(
+        "--json-schema",
+        metavar="SCHEMA.json",
+        help="ask for JSON matching this JSON schema (a server gets it as response_format "
+        "json_schema, the embedded model as a grammar) and check every answer: each result "
+        "line gets parsed (the JSON value) next to output, or an InvalidOutput error",
+    )
+    answers.add_argument(
+        "--max-invalid",
+        type=_non_negative_int,
+        metavar="N",
+        help="with --json-schema: answers that are not valid JSON or break the schema are asked "
+        "again up to N times, then the prompt fails with InvalidOutput (default: 2; 0: never)",
+    )
+    answers.add_argument(
+        "--no-reask-feedback",
+        dest="reask_feedback",
+        action="store_false",
+        help="with --json-schema: ask again with the same messages (a fresh sample; needs "
+        "--temperature > 0 to differ) instead of appending the invalid answer and what is wrong with it",
+    )
+    answers.add_argument(
+        "--cache",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="answer a request identical to one answered before (same model, messages, sampling "
+        "options and schema) from this SQLite file, without sending it; shared safely by "
+        "concurrent runs. Without PATH: $XDG_CACHE_HOME/motio/responses.sqlite3 "
+        "(~/.cache/...). With --temperature > 0 it still answers from the cache: it is for "
+        "reruns, not for sampling",
+    )
+
+
+def _answer_args(namespace: argparse.Namespace) -> AnswerArgs:
+    cache = namespace.cache
+    if namespace.prompts is None and cache and _is_prompts_file(cache):
+        # `motio run --cache PROMPTS.jsonl -o ...`: --cache alone, then the
+        # prompts (as for --ray: argparse hands the optional value the next word).
+        namespace.prompts, cache = cache, ""
+    return AnswerArgs(
+        json_schema=namespace.json_schema,
+        max_invalid=namespace.max_invalid,
+        reask_feedback=namespace.reask_feedback,
+        cache=cache,
+    )
+
+
+def _is_prompts_file(path: str) -> bool:
+    """Whether a word given to ``--cache`` is a file that is not a SQLite database."""
+    if path == "-":
+        return True
+    try:
+        with open(path, "rb") as file:
+            return file.read(16) != b"SQLite format 3\x00"
+    except OSError:
+        return False

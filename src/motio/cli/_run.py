@@ -56,6 +56,7 @@ from ..batch import (
 from ..batch._ids import IdSet
 from ..batch._job import BatchJob
 from . import _signals
+from ._answers import AnswerPlan
 from ._args import RunArgs
 from ._backend import BackendSpec, one_line, open_backend, run_options
 from ._dataset import DatasetSource, dataset_source
@@ -86,7 +87,10 @@ def run_command(args: RunArgs) -> int:
     if args.ray_workers is not None and args.ray is None:
         raise CliError("--workers needs --ray (without it the run is one process)", EXIT_USAGE)
     spec = BackendSpec.from_args(args.backend)
-    stats = RunStats(streaming_input=prompts is None)
+    answers = AnswerPlan.check(args.answers, spec)
+    stats = RunStats(
+        streaming_input=prompts is None, schema=answers.schema is not None, cache=answers.cache_path()
+    )
     state = ResumeState() if out is None else _inspect(out)
     if prompts is None:
         # Read once as it comes: failed lines cannot be matched to the input
@@ -95,13 +99,14 @@ def run_command(args: RunArgs) -> int:
     else:
         retry = _plan(prompts, state, stats, retry_errors=args.retry_errors, dataset=dataset)
         _check_shapes(stats.fmt, state, out)
+        answers.check_format(stats.fmt)
         if stats.total == 0 and stats.bad_lines == 0:
             _say(f"{prompts}: the prompts file is empty; nothing to do")
             return EXIT_OK
         if stats.to_run == 0 and not retry:
             _print_end(stats, args.quiet)  # everything done, failed before, or bad
             return _exit_status(stats)
-    run = _Run(args, spec, prompts, out, stats, dataset)
+    run = _Run(args, spec, prompts, out, stats, answers, dataset)
     _tune_gc()
     joined = False
     try:
@@ -231,9 +236,11 @@ class _Run:
         prompts: Path | None,
         out: Path | None,
         stats: RunStats,
+        answers: AnswerPlan,
         dataset: DatasetSource | None = None,
     ) -> None:
         self.args, self.spec, self.prompts, self.out, self.stats = args, spec, prompts, out, stats
+        self.answers = answers
         self.dataset = dataset
         self.results: ResultsFile | ResultsStream | None = None
         self.running = False
@@ -269,7 +276,14 @@ class _Run:
             from ._run_ray import on_ray
 
             ray = on_ray(self.args, self.spec)
-        return BatchJob(options=options, defaults=defaults, ray=ray, in_flight=in_flight, stats=self.stats)
+        return BatchJob(
+            options=options,
+            defaults=defaults,
+            ray=ray,
+            in_flight=in_flight,
+            stats=self.stats,
+            answering=self.answers.open(),
+        )
 
     async def _run(self, job: BatchJob, retry: IdSet) -> None:
         backend = await open_backend(self.spec)
@@ -364,6 +378,7 @@ class _Run:
     def close(self) -> None:
         if self.job is not None:
             self.job.close()
+        self.answers.close()
 
 
 def _saved(results: ResultsFile | ResultsStream) -> str:
