@@ -160,6 +160,17 @@ def test_the_schema_orders_the_parsed_columns_and_a_clash_is_prefixed(tmp_path: 
     }
 
 
+def test_jsonl_lines_have_their_keys_in_the_columns_order(tmp_path: Path) -> None:
+    results = write_results(
+        tmp_path / "out.jsonl",
+        [result("a", "{}", {"label": "pos", "score": 2}), result("b", None, error={"type": "E", "message": "m"})],
+    )
+    report = export(results, tmp_path / "o.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert report.columns == ["id", "output", "label", "score", "error"]
+    assert [list(line) for line in lines] == [report.columns, report.columns]
+
+
 def test_an_input_column_named_like_an_added_one_is_refused(tmp_path: Path) -> None:
     dataset = write_parquet(tmp_path / "d.parquet", [{"text": "t", "output": "old"}])
     results = write_results(tmp_path / "out.jsonl", [result("line-1", "new")])
