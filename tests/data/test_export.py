@@ -306,3 +306,14 @@ def test_memory_stays_flat_as_the_dataset_grows(tmp_path: Path) -> None:
     # stops before 100,000 rows: 20k -> 200k rows measured 178 -> 192 MB.
     small, large = _peak_kb(tmp_path, 20_000), _peak_kb(tmp_path, 200_000)
     assert large - small < 30_000 and large < 1.25 * small, (small, large)  # kB
+
+
+def test_a_pydantic_model_as_the_schema_names_the_parsed_columns(tmp_path: Path) -> None:
+    # The README's Python example: export(..., schema=Label), Label a pydantic model.
+    from tests.data.test_schema import Sentiment
+
+    dataset = write_parquet(tmp_path / "d.parquet", [{"text": "good"}, {"text": "bad"}])
+    results = write_results(tmp_path / "out.jsonl", [result("line-2", "{}", {"label": "neg"})])
+    report = export(results, tmp_path / "o.parquet", join=dataset, schema=Sentiment)
+    assert report.columns == ["text", "output", "label", "score", "error"]  # score: in no answer yet
+    assert pq.read_table(tmp_path / "o.parquet").column("label").to_pylist() == [None, "neg"]
