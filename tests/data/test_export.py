@@ -160,6 +160,17 @@ def test_the_schema_orders_the_parsed_columns_and_a_clash_is_prefixed(tmp_path: 
     }
 
 
+def test_jsonl_lines_have_their_keys_in_the_columns_order(tmp_path: Path) -> None:
+    results = write_results(
+        tmp_path / "out.jsonl",
+        [result("a", "{}", {"label": "pos", "score": 2}), result("b", None, error={"type": "E", "message": "m"})],
+    )
+    report = export(results, tmp_path / "o.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert report.columns == ["id", "output", "label", "score", "error"]
+    assert [list(line) for line in lines] == [report.columns, report.columns]
+
+
 def test_an_input_column_named_like_an_added_one_is_refused(tmp_path: Path) -> None:
     dataset = write_parquet(tmp_path / "d.parquet", [{"text": "t", "output": "old"}])
     results = write_results(tmp_path / "out.jsonl", [result("line-1", "new")])
@@ -295,3 +306,14 @@ def test_memory_stays_flat_as_the_dataset_grows(tmp_path: Path) -> None:
     # stops before 100,000 rows: 20k -> 200k rows measured 178 -> 192 MB.
     small, large = _peak_kb(tmp_path, 20_000), _peak_kb(tmp_path, 200_000)
     assert large - small < 30_000 and large < 1.25 * small, (small, large)  # kB
+
+
+def test_a_pydantic_model_as_the_schema_names_the_parsed_columns(tmp_path: Path) -> None:
+    # The README's Python example: export(..., schema=Label), Label a pydantic model.
+    from tests.data.test_schema import Sentiment
+
+    dataset = write_parquet(tmp_path / "d.parquet", [{"text": "good"}, {"text": "bad"}])
+    results = write_results(tmp_path / "out.jsonl", [result("line-2", "{}", {"label": "neg"})])
+    report = export(results, tmp_path / "o.parquet", join=dataset, schema=Sentiment)
+    assert report.columns == ["text", "output", "label", "score", "error"]  # score: in no answer yet
+    assert pq.read_table(tmp_path / "o.parquet").column("label").to_pylist() == [None, "neg"]

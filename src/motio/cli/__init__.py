@@ -3,11 +3,13 @@
 Map of the package (everything below ``main`` is private):
 
 - ``_main``: argument parsing (once, into ``_args``), dispatch, exit statuses on error
-- ``_args``: the command line as typed values (``RunArgs``, ``ChatArgs``)
+- ``_args``: the command line as typed values (``RunArgs``, ``ChatArgs``, ``ExportArgs``)
 - ``_run``: ``motio run``: paths, resume plan, exit statuses, progress,
   around the batch job of :mod:`motio.batch` (prompts, results file, stats)
 - ``_run_ray``: ``motio run --ray``: joining the cluster, the workers' backend
 - ``_chat``: ``motio chat``, one answer streamed to stdout
+- ``_export``: ``motio export``, a results file as a table joined back onto
+  its dataset (the work is ``motio.data.export``'s)
 - ``_progress``: the optional rich progress bar on stderr
 - ``_backend``: options to a checked backend, errors to one line
 - ``_errors``: ``CliError`` and the exit statuses

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AnswerArgs", "BackendArgs", "ChatArgs", "DatasetArgs", "GenerationArgs", "RunArgs"]
+__all__ = ["AnswerArgs", "BackendArgs", "ChatArgs", "DatasetArgs", "ExportArgs", "GenerationArgs", "RunArgs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +109,21 @@ class ChatArgs:
     backend: BackendArgs
     generation: GenerationArgs
     system: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportArgs:
+    """``motio export``.
+
+    ``results``: the results file; ``to``: the table to write (its suffix
+    picks the format); ``join``: the dataset the run read, None for the
+    results alone; ``id_column``: the dataset's id column, as given to
+    ``motio run`` (None: ``line-N``); ``json_schema``: the schema file, to
+    name the parsed columns in its order (None: from the answers).
+    """
+
+    results: str
+    to: str
+    join: str | None = None
+    id_column: str | None = None
+    json_schema: str | None = None

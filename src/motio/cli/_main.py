@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._args import AnswerArgs, BackendArgs, ChatArgs, DatasetArgs, GenerationArgs, RunArgs
+from ._args import AnswerArgs, BackendArgs, ChatArgs, DatasetArgs, ExportArgs, GenerationArgs, RunArgs
 from ._errors import EXIT_USAGE, CliError
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -110,6 +110,38 @@ examples:
   echo "Summarise: ..." | motio chat - --system "Answer in one sentence"
   motio chat "Hi" --base-url http://127.0.0.1:8000/v1 --api-key-env MY_KEY"""
 
+_EXPORT_EPILOG = """\
+examples:
+  motio export out.jsonl --to labeled.parquet --join data.parquet
+  motio export out.jsonl --to labeled.csv --join data.csv --id-column review_id
+  motio export out.jsonl --to results.jsonl          # the results alone
+
+columns written:
+  with --join: every column of the dataset, in its order, then output, the
+  answer's parsed fields (when motio run had --json-schema and the answers are
+  JSON objects: one column per field, named parsed.FIELD when the dataset
+  already has that name; other JSON values: one column parsed, as JSON text),
+  then error ("Type: message"). One row per dataset row, in the dataset's
+  order; a row without a result (not run yet, or in flight when the run
+  stopped) gets nulls. Without --join: id, output, parsed fields, error, one
+  row per id of the results file, in the order the ids first appear. When an
+  id has several result lines (an error, then a success after --retry-errors)
+  the success counts.
+
+The parsed columns are named from the answers (in order of first sight);
+--json-schema orders them as the schema does and adds the fields no answer has
+yet. Rows are matched by id: --id-column must be what motio run was given
+(without it, the ids are line-N, N the row number). The table is written to a
+temporary file moved into place at the end: an export that fails leaves
+nothing under TABLE; an existing TABLE is replaced, unless it is one of the
+inputs (by any path: refused). Memory stays flat at any size.
+
+exit status: 0 written (rows without a result included: the report on stderr
+counts rows, answered, failed and missing); 2 bad command line, a file not
+found or not what it should be (not a results file, a .parquet that is not
+Parquet, --id-column not a column), TABLE one of the inputs or of an unknown
+suffix; 130 interrupted by Ctrl-C, 143 by SIGTERM (nothing left under TABLE)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``motio`` command; returns the exit status."""
@@ -127,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def parse_args(
     argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
-) -> RunArgs | ChatArgs | None:
+) -> RunArgs | ChatArgs | ExportArgs | None:
     """The command line as typed values; None when it names no command.
 
     Raises:
@@ -139,6 +171,8 @@ def parse_args(
         return _run_args(namespace)
     if namespace.command == "chat":
         return _chat_args(namespace)
+    if namespace.command == "export":
+        return _export_args(namespace)
     return None
 
 
@@ -166,6 +200,16 @@ def _chat_args(namespace: argparse.Namespace) -> ChatArgs:
         _backend_args(namespace, None),
         _generation_args(namespace, None),
         system=namespace.system,
+    )
+
+
+def _export_args(namespace: argparse.Namespace) -> ExportArgs:
+    return ExportArgs(
+        namespace.results,
+        namespace.to,
+        join=namespace.join,
+        id_column=namespace.id_column,
+        json_schema=namespace.json_schema,
     )
 
 
@@ -216,12 +260,16 @@ def _ray_took_the_prompts(prompts: str | None, ray: str | None) -> tuple[str, st
     raise CliError("the following arguments are required: PROMPTS.jsonl", EXIT_USAGE)
 
 
-def _command(args: RunArgs | ChatArgs) -> int:
+def _command(args: RunArgs | ChatArgs | ExportArgs) -> int:
     # Imported on demand: `motio --help` should not pay for asyncio and co.
     if isinstance(args, RunArgs):
         from ._run import run_command
 
         return run_command(args)
+    if isinstance(args, ExportArgs):
+        from ._export import export_command
+
+        return export_command(args)
     from ._chat import chat_command
 
     return chat_command(args)
@@ -241,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     generation = _generation_options()
     _add_run(commands, [backend, generation])
     _add_chat(commands, [backend, generation])
+    _add_export(commands)
     return parser
 
 
@@ -313,6 +362,43 @@ def _add_chat(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     chat.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     chat.add_argument("--system", metavar="TEXT", help="a system message sent before the prompt")
+
+
+def _add_export(commands: Any) -> None:
+    export = commands.add_parser(
+        "export",
+        allow_abbrev=False,
+        help="write a results file as a table, joined back onto its dataset",
+        description="Write the results of motio run as a Parquet, CSV/TSV or JSONL table:\n"
+        "with --join, the dataset's rows in their order with output, the parsed\n"
+        "fields and error added; without it, the results alone.",
+        epilog=_EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("results", metavar="OUT.jsonl", help="the results file motio run wrote (read only)")
+    export.add_argument(
+        "--to",
+        required=True,
+        metavar="TABLE",
+        help="the table to write; its suffix picks the format: .parquet, .csv, .tsv or .jsonl",
+    )
+    export.add_argument(
+        "--join",
+        metavar="DATA",
+        help="the dataset motio run read (.parquet, .csv, .tsv, .jsonl): its rows are written "
+        "with the results added, in its order",
+    )
+    export.add_argument(
+        "--id-column",
+        metavar="COL",
+        help="the dataset's id column, as given to motio run (default: line-N, N the row number)",
+    )
+    export.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="the schema file given to motio run: the parsed columns in its order, every field "
+        "present even when no answer has it (default: the fields of the answers)",
+    )
 
 
 def _backend_names() -> list[str]:

@@ -395,9 +395,11 @@ def _output_row(
     report.answered += bool(ok)
     report.failed += not ok
     parsed = None if parsed_text is None else json.loads(parsed_text)
-    row["output"], row["error"] = output, error
+    # Set in the plan's column order: a JSONL line's keys are written as they stand.
+    row["output"] = output
     for name, column in plan.parsed.items():
         row[column] = parsed if not name else parsed.get(name) if isinstance(parsed, dict) else None
+    row["error"] = error
     return row
 
 
