@@ -65,6 +65,9 @@ class DatasetArgs:
     def given(self) -> bool:
         """Whether the input is to be read as a dataset (a template was given)."""
         return self.template is not None or self.template_file is not None
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerArgs:
     """``motio run``'s structured-output and cache flags.
 
