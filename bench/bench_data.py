@@ -164,6 +164,9 @@ def report(opts: argparse.Namespace, f: dict[str, dict[str, float]]) -> None:
     speed = f["parquet-big"]["rate"] / f["jsonl-big"]["rate"]
     print(f"| prompts/s, Parquet / JSONL, {big} rows | {f['parquet-big']['rate']:,.0f} / "
           f"{f['jsonl-big']['rate']:,.0f} = {speed:.2f}x | >= 0.90x |")  # fmt: skip
+    cpu = f["parquet-big"]["cpu"] / f["jsonl-big"]["cpu"]
+    print(f"| client CPU s, Parquet / JSONL, {big} rows (a shared machine's load moves wall time, "
+          f"not CPU) | {f['parquet-big']['cpu']:,.1f} / {f['jsonl-big']['cpu']:,.1f} = {cpu:.2f}x | <= 1.1x |")  # fmt: skip
     mid_key = "jsonl-mid" if "jsonl-mid" in f else "jsonl-big"
     mid = f"{int(f[mid_key]['rows']):,}"
     after = f[mid_key]["rss"] / f["jsonl-small"]["rss"]

@@ -15,9 +15,9 @@ counted apart, as 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-__all__ = ["EXACT_UP_TO", "RELATIVE_ERROR", "Quantiles"]
+__all__ = ["EXACT_UP_TO", "RELATIVE_ERROR", "Quantiles", "exact_percentile"]
 
 #: Values kept exactly before the sketch takes over.
 EXACT_UP_TO = 2048
@@ -25,6 +25,24 @@ EXACT_UP_TO = 2048
 RELATIVE_ERROR = 0.01
 _GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 _LOG_GAMMA = math.log(_GAMMA)
+
+
+def exact_percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) by linear interpolation, or None if empty.
+
+    Same definition as NumPy's default, so figures compare with other tools.
+
+    Raises:
+        ValueError: ``q`` outside 0..100.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {q}")
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 class Quantiles:
@@ -82,9 +100,7 @@ class Quantiles:
         if self._count == 0:
             return None
         if self._exact is not None:
-            from ._stats import percentile  # the one exact definition
-
-            return percentile(self._exact, q)
+            return exact_percentile(self._exact, q)
         rank = (self._count - 1) * q / 100
         seen = self._zeros
         if rank < seen:

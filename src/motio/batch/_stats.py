@@ -7,7 +7,6 @@ however many prompts run.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 
 from ._formats import own_view
 from ._records import PromptFormat
-from ._sketch import Quantiles
+from ._sketch import Quantiles, exact_percentile
 
 __all__ = ["RunStats", "format_summary", "percentile"]
 
@@ -28,14 +27,7 @@ def percentile(values: Sequence[float] | Quantiles, q: float) -> float | None:
     """
     if isinstance(values, Quantiles):
         return values.percentile(q)
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within 0..100, got {q}")
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    return exact_percentile(values, q)
 
 
 @dataclass
