@@ -1701,6 +1701,22 @@ class ScriptedServer:
         # let each such handler start and register its connection first.
         for _ in range(5):
             await asyncio.sleep(0)
+        self._abort_all()
+        # Many clients at once (a Ray worker's pool): connections the kernel
+        # had already accepted are still being wrapped by asyncio's accept
+        # tasks. Cancelled there, the socket or its new transport is never
+        # closed; so wait for those tasks (bounded), aborting what they
+        # register, before cancelling the rest.
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while (accepting := _accept_tasks()) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.wait(accepting, timeout=0.05)
+            self._abort_all()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _abort_all(self) -> None:
         for conn in list(self._connections):
             conn.writer.transport.abort()
         # Over TLS, a connection whose handler ended is closed by a TLS
@@ -1708,10 +1724,6 @@ class ScriptedServer:
         # socket would be left open (a ResourceWarning in some later test).
         for transport in list(self._tls_transports):
             transport.abort()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _crash(self) -> None:
         self._listener.close()
@@ -2002,6 +2014,14 @@ class ScriptedServer:
 def _describe(predicate: Callable[..., Any]) -> str:
     code = getattr(predicate, "__code__", None)
     return f"{predicate.__qualname__} ({code.co_filename}:{code.co_firstlineno})" if code else repr(predicate)
+
+
+def _accept_tasks() -> set[asyncio.Task[Any]]:
+    """asyncio's own tasks that are turning an accepted socket into a connection."""
+    return {
+        task for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "").endswith("_accept_connection2")
+    }  # fmt: skip
 
 
 @contextmanager
