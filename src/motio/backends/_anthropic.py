@@ -29,13 +29,12 @@ from .._fields import CHAT_FIELDS
 from ._base import DEFAULT_FIRST_TOKEN_TIMEOUT, Messages
 from ._errors import Where
 from .http import DEFAULT_CONCURRENCY_BOUND, HTTP_OPTIONS, HTTPBackend
-from .http import ErrorAfterText, server_error_event, stream_error
+from .http import server_error_event, stream_error
 from .http import BoundFold, ErrorEvent, parse_events
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .._exceptions import StreamError
     from .._thunk import ModelOutputThunk
     from .http import TLSOption
 
@@ -186,16 +185,13 @@ class MessagesFold(BoundFold):
     """
 
     __slots__ = (
-        "_loads", "_stream", "_keep", "_done", "_pieces", "_usage", "_message",
+        "_keep", "_done", "_usage", "_message",
     )  # fmt: skip
 
     def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool, keep: bool = False) -> None:
-        super().__init__(where)
-        self._loads = loads
-        self._stream = stream
+        super().__init__(where, loads, stream)
         self._keep = keep
         self._done = False
-        self._pieces = 0
         self._usage: dict[str, Any] = {}
         # Keeping the whole answer: the message as message_start opened it,
         # its blocks grown by their deltas.
@@ -236,7 +232,7 @@ class MessagesFold(BoundFold):
     def _decode(self, payload: bytes | ErrorEvent, texts: list[str]) -> dict[str, Any]:
         """An event's data as an object; an ``event: error`` raised after ``texts``."""
         if isinstance(payload, ErrorEvent):
-            raise self._error_after(texts, _error_of(payload.data, self._loads))
+            raise self._error_after(texts, self._error_event_body(payload.data))
         try:
             event = self._loads(payload)
         except ValueError as exc:
@@ -277,16 +273,6 @@ class MessagesFold(BoundFold):
             return
         self._usage.update((k, v) for k, v in usage.items() if isinstance(v, int))
         self.meta.usage = openai_usage(self._usage)
-
-    def _error_after(self, texts: list[str], error: Any) -> Exception:
-        """The server's error event, raised once the text of the same read
-        that came before it has reached the thunk."""
-        exc: StreamError = server_error_event(error, self.where)
-        text = "".join(texts)
-        self._pieces += len(texts)
-        if self._stream:
-            exc.partial_text = self.text_so_far() + text
-        return ErrorAfterText(text, exc) if text else exc
 
     def fold_whole(self, body: bytes) -> str:
         """Fold a non-streamed ``message``; its text.
@@ -337,15 +323,6 @@ def openai_usage(usage: Mapping[str, int]) -> dict[str, int | None]:
     completion = usage.get("output_tokens")
     total = None if prompt is None or completion is None else prompt + completion
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
-
-
-def _error_of(data: bytes, loads: Callable[[bytes], Any]) -> Any:
-    """An ``error`` event's error object (``{"type": "error", "error": {...}}``), or its text."""
-    try:
-        decoded = loads(data)
-    except ValueError:
-        return data.decode("utf-8", "replace")
-    return decoded.get("error", decoded) if isinstance(decoded, dict) else decoded
 
 
 # What each kind of delta grows in its content block, keeping the whole answer

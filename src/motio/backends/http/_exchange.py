@@ -61,7 +61,7 @@ from ..._exceptions import (
 from .._base import Fold
 from .._deadlines import Deadlines, chunk_timeout_error
 from .._errors import Where, copy_error
-from ._errors import ErrorAfterText, broken_stream_error, translate
+from ._errors import ErrorAfterText, broken_stream_error, server_error_event, translate
 from ._retry import OVERLOAD_STATUSES, RETRYABLE_STATUSES, Attempts
 from ._sse import SSEDecoder
 
@@ -118,19 +118,23 @@ class HTTPFold(Fold, Protocol):
 
 
 class BoundFold:
-    """What every ``HTTPFold`` holds alike: the server it speaks for and the
-    thunk it folds into (``bind``). A protocol's fold subclasses it and sets
-    ``where`` in its constructor."""
+    """What every ``HTTPFold`` holds alike: the server it speaks for, the
+    thunk it folds into (``bind``), the JSON decoder, whether it streams, the
+    content pieces counted so far; and a server's error event raised after
+    the text before it. A protocol's fold subclasses it."""
 
-    __slots__ = ("where", "meta", "_mot")
+    __slots__ = ("where", "meta", "_mot", "_loads", "_stream", "_pieces")
 
     where: Where
     meta: GenerationMeta
 
-    def __init__(self, where: Where) -> None:
+    def __init__(self, where: Where, loads: Callable[[bytes], Any], stream: bool) -> None:
         self.where = where
         self.meta = None  # type: ignore[assignment]  # bind() sets it
         self._mot: ModelOutputThunk[Any] | None = None
+        self._loads = loads
+        self._stream = stream
+        self._pieces = 0
 
     def bind(self, mot: ModelOutputThunk[Any]) -> None:
         """Fold into ``mot``: called before its producer first runs."""
@@ -140,6 +144,25 @@ class BoundFold:
     def text_so_far(self) -> str:
         """The text the thunk holds (kept as a broken stream's ``partial_text``)."""
         return "" if self._mot is None else self._mot.text
+
+    def _error_after(self, texts: list[str], error: Any) -> Exception:
+        """The server's error event, raised once the text of the same read
+        that came before it has reached the thunk (the rare path)."""
+        exc = server_error_event(error, self.where)
+        text = "".join(texts)
+        self._pieces += len(texts)
+        if self._stream:
+            exc.partial_text = self.text_so_far() + text
+        return ErrorAfterText(text, exc) if text else exc
+
+    def _error_event_body(self, data: bytes) -> Any:
+        """What an SSE event named ``error`` says: its ``error`` object (both
+        APIs wrap it so), the object itself, or its text."""
+        try:
+            decoded = self._loads(data)
+        except ValueError:
+            return data.decode("utf-8", "replace")
+        return decoded.get("error", decoded) if isinstance(decoded, dict) else decoded
 
 
 class Host(Protocol):

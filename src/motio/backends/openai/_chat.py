@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Optional
 from .._assemble import ResponseAssembler
 from .._chat import USAGE_KEYS, fold_chunk
 from .._errors import Where
-from ..http import ErrorAfterText, server_error_event, stream_error
+from ..http import stream_error
 from ..http import BoundFold, ErrorEvent, data_as_json_array, parse_events
 
 if TYPE_CHECKING:
@@ -125,20 +125,17 @@ class ChatFold(BoundFold):
     """
 
     __slots__ = (
-        "_loads", "_batch", "_stream", "_done", "_pieces", "_keep", "_assembler",
+        "_batch", "_done", "_keep", "_assembler",
     )  # fmt: skip
 
     def __init__(self, loads: Callable[[bytes], Any], where: Where, stream: bool, keep: bool = False) -> None:
-        super().__init__(where)
-        self._loads = loads
+        super().__init__(where, loads, stream)
         # Keeping the whole answer needs every field of every chunk: the
         # generic path (dicts), never the fast one (structs with text only).
         self._batch = None if keep else batch_decoder()
         self._keep = keep
         self._assembler = ResponseAssembler() if keep and stream else None
-        self._stream = stream
         self._done = False
-        self._pieces = 0
 
     def fold(self, block: bytes) -> str | None:
         """Fold a block of SSE events (one network read's worth); its text, if any."""
@@ -217,7 +214,7 @@ class ChatFold(BoundFold):
         """A payload as a chunk; a server's error in it raised after ``texts``
         (this read's text so far)."""
         if isinstance(payload, ErrorEvent):
-            raise self._error_after(texts, _error_event_body(payload.data, self._loads))
+            raise self._error_after(texts, self._error_event_body(payload.data))
         try:
             chunk = self._loads(payload)
         except ValueError as exc:
@@ -227,16 +224,6 @@ class ChatFold(BoundFold):
         if "error" in chunk:
             raise self._error_after(texts, chunk["error"])
         return chunk
-
-    def _error_after(self, texts: list[str], error: Any) -> Exception:
-        """The server's error event, raised once the text of the same read
-        that came before it has reached the thunk (the rare path)."""
-        exc = server_error_event(error, self.where)
-        text = "".join(texts)
-        self._pieces += len(texts)
-        if self._stream:
-            exc.partial_text = self.text_so_far() + text
-        return ErrorAfterText(text, exc) if text else exc
 
     def finish(self, mot: ModelOutputThunk[Any]) -> None:
         meta = mot.generation
@@ -248,18 +235,6 @@ class ChatFold(BoundFold):
             # The server ignored stream_options: one content chunk per token
             # is what llama.cpp, vLLM and Ollama send; the prompt is unknown.
             meta.usage = {"prompt_tokens": None, "completion_tokens": self._pieces, "total_tokens": None}
-
-
-def _error_event_body(data: bytes, loads: Callable[[bytes], Any]) -> Any:
-    """What an SSE event named ``error`` says: its ``error`` object, the
-    object itself, or its text."""
-    try:
-        decoded = loads(data)
-    except ValueError:
-        return data.decode("utf-8", "replace")
-    if isinstance(decoded, dict):
-        return decoded.get("error", decoded)
-    return decoded
 
 
 def _generated_besides_text(chunk: dict[str, Any]) -> bool:
