@@ -245,14 +245,15 @@ def test_slow_after_makes_the_server_slower_after_that_many_seconds() -> None:
 
 
 def test_long_fraction_makes_that_share_of_requests_generate_more() -> None:
-    prompts = [f"prompt {i}" for i in range(200)]
-    with running_sim(long_fraction=0.25, long_factor=5, **FAST) as sim:
-        lengths = {p: ask(sim, chat(p, max_tokens=4, stream=False)).json()["usage"]["completion_tokens"]
-                   for p in prompts}  # fmt: skip
-        again = ask(sim, chat(prompts[0], max_tokens=4, stream=False)).json()["usage"]["completion_tokens"]
-    assert set(lengths.values()) == {4, 20}
-    assert 0.15 < sum(n == 20 for n in lengths.values()) / len(prompts) < 0.35
-    assert again == lengths[prompts[0]], "chosen from the prompt, so a repeat is as long"
+    def lengths(seed: int) -> list[int]:
+        with running_sim(long_fraction=0.25, long_factor=5, seed=seed, **FAST) as sim:
+            return [ask(sim, chat("same prompt", max_tokens=4, stream=False)).json()["usage"]["completion_tokens"]
+                    for _ in range(200)]  # fmt: skip
+
+    drawn = lengths(seed=1)
+    assert set(drawn) == {4, 20}, "drawn per request: the same prompt is long only sometimes"
+    assert 0.15 < drawn.count(20) / len(drawn) < 0.35
+    assert lengths(seed=1) == drawn and lengths(seed=2) != drawn, "the seed fixes the sequence"
 
 
 def test_reject_mode_answers_429_with_retry_after_beyond_capacity(wires: ExitStack) -> None:

@@ -91,9 +91,12 @@ Options (keyword arguments, ``reconfigure(...)`` at run time, CLI flags)
   ``retry_after`` are wall seconds, not scaled.
 - ``slow_after=S, slow_factor=N``: S wall seconds after the first chat
   request, every duration is N times longer.
-- ``long_fraction=f, long_factor=N``: a request whose first user message
-  hashes (crc32, with ``seed``) into the lowest fraction f generates N times
-  its output length (past ``max_tokens``: a heavy tail the client cannot cap).
+- ``long_fraction=f, long_factor=N``: each request, drawn from a random
+  generator seeded with ``seed`` (so a run's sequence of draws repeats),
+  is long with probability f and then generates N times its output length
+  (past ``max_tokens``: a heavy tail the client cannot cap). Drawn per
+  request, not per prompt, as sampling makes a generation's length: the same
+  prompt sent again (a retry, a hedge) is most likely of normal length.
 - ``overflow="reject"`` with ``capacity`` (16), ``service_time`` (0.5 s)
   and ``retry_after`` (1): a 429-storm server instead of the engine: at most
   ``capacity`` chat requests in flight, the rest answered 429 with
@@ -142,11 +145,11 @@ import asyncio
 import bisect
 import collections
 import json
+import random
 import signal
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -362,6 +365,7 @@ class VllmSim:
         self._running: list[_Request] = []
         self._cache = _PrefixCache(self.options.cache_tokens // self.options.block_size)
         self._first_arrival: float | None = None
+        self._random = random.Random(self.options.seed)
         self._ids = 0
         self._connections: set[_SimConnection] = set()
         self._thread: threading.Thread | None = None
@@ -568,10 +572,8 @@ class VllmSim:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         n_out = int(limit) if isinstance(limit, int) else opts.default_tokens
         limited = isinstance(limit, int)
-        if opts.long_fraction > 0:
-            key = zlib.crc32(f"{opts.seed}:{_first_user_text(body)}".encode()) / 2**32
-            if key < opts.long_fraction:
-                n_out, limited = round(n_out * opts.long_factor), False
+        if opts.long_fraction > 0 and self._random.random() < opts.long_fraction:
+            n_out, limited = round(n_out * opts.long_factor), False
         self._ids += 1
         return _Request(self._ids, conn, body, n_out, limited)
 
