@@ -31,7 +31,9 @@ server) come from each simulator's ``STATS`` line.
    local Ray this script starts (``ray.init(num_cpus=2)``, as bench_ray.py).
 6. **Report only**: the order experiment against the real
    ``llama_cpp.server --cache True`` (SmolLM2-135M): 4 prefix groups x 6
-   prompts, shuffled against grouped, one request at a time; wall time.
+   prompts sharing a 400-word system prompt, shuffled against grouped (two
+   rounds in turns, a fresh server each), one request at a time; wall time
+   and mean time to first token.
 
 A side whose flag ``motio run --help`` lacks (``--no-metrics``,
 ``--no-prefix-routing``, ``--hedge-budget``: added by issue 19) prints
@@ -40,7 +42,7 @@ side: today's figures.
 
 Time: the simulators run at ``time_scale`` 0.2-0.5 (every modelled GPU
 duration times that; the 429 storm's 0.5 s and Retry-After are wall
-seconds), so the whole bench takes about 6 minutes without ``--ray`` on 2
+seconds), so the whole bench takes about 5 minutes without ``--ray`` on 2
 cores (section 1 is half of it: ten runs of ~10 s; ``--storm-runs`` fewer).
 
     python bench/bench_schedule.py [--only storm|knee|prefix|racing|llama] [--ray] [--storm-runs 10]
@@ -344,7 +346,8 @@ def llama(opts: argparse.Namespace, tmp: Path) -> None:
     grouped.write_text("".join(json.dumps(row) + "\n" for row in rows))
     print("| order | wall s | mean first token ms | ok | failed |")
     print("| --- | --- | --- | --- | --- |")
-    for name, path in (("shuffled", shuffled), ("grouped", grouped)):
+    # Two rounds in turns: on a shared 2-core machine one pair can swap by noise alone.
+    for name, path in [("shuffled", shuffled), ("grouped", grouped)] * 2:
         port = free_port()
         url = f"http://127.0.0.1:{port}/v1"
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--model_alias",
