@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import os
 import random
 import re
@@ -78,7 +79,9 @@ MODEL = "sim-model"
 @contextmanager
 def sims(count: int, *args: str, extra: Sequence[Sequence[str]] = ()) -> Iterator[tuple[list[str], list[dict[str, Any]]]]:
     """``count`` simulators with ``args`` (server i also gets ``extra[i]``): (base URLs, stats filled at exit)."""
-    procs, urls, stats = [], [], []
+    procs: list[subprocess.Popen[str]] = []
+    urls: list[str] = []
+    stats: list[dict[str, Any]] = []
     try:
         for i in range(count):
             more = list(extra[i]) if i < len(extra) else []
@@ -383,7 +386,7 @@ def llama(opts: argparse.Namespace, tmp: Path) -> None:
 def local_ray(workers: int) -> Iterator[list[str]]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
         yield [f"--ray={ray.get_runtime_context().gcs_address}", "--workers", str(workers)]
     finally:
@@ -401,7 +404,10 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="motio-bench-") as name:
         tmp = Path(name)
-        wanted = (lambda section: opts.only in (None, section))  # noqa: E731
+
+        def wanted(section: str) -> bool:
+            return opts.only in (None, section)
+
         if wanted("storm"):
             storm(opts, tmp, ())
         if wanted("knee"):
