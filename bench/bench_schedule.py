@@ -73,11 +73,18 @@ sys.path.insert(0, str(HERE))
 
 MODEL = "sim-model"
 
+
+def where(ray: Sequence[str]) -> str:
+    return " (motio run --ray, 2 workers)" if ray else ""
+
+
 # ---------------------------------------------------------------- servers
 
 
 @contextmanager
-def sims(count: int, *args: str, extra: Sequence[Sequence[str]] = ()) -> Iterator[tuple[list[str], list[dict[str, Any]]]]:
+def sims(
+    count: int, *args: str, extra: Sequence[Sequence[str]] = ()
+) -> Iterator[tuple[list[str], list[dict[str, Any]]]]:
     """``count`` simulators with ``args`` (server i also gets ``extra[i]``): (base URLs, stats filled at exit)."""
     procs: list[subprocess.Popen[str]] = []
     urls: list[str] = []
@@ -130,11 +137,15 @@ def run_motio(prompts: Path, out: Path, urls: Sequence[str], *extra: str, ray: S
             *(a for url in urls for a in ("--base-url", url)), *extra, *ray]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     started = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        argv, check=False, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     wall = time.perf_counter() - started
     if proc.returncode not in (0, 1):
         raise SystemExit(f"motio run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
+    lines = (
+        [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
+    )
     ok = sum(line["error"] is None for line in lines)
     ttfb = sorted(line["ttfb_ms"] - (line.get("queued_ms") or 0.0) for line in lines
                   if line.get("ttfb_ms") is not None)  # fmt: skip
@@ -174,8 +185,10 @@ def storm(opts: argparse.Namespace, tmp: Path, ray: Sequence[str]) -> None:
         worst, failed_total = max(worst, ratio), failed_total + failed
         print(f"| {i + 1} | {run.wall:.2f} | {ratio:.2f} | {run.ok} | {failed} | {stats[0].get('rejected', '?')} "
               f"| {verdict(ratio <= 1.3 and failed == 0)} |", flush=True)  # fmt: skip
-    print(f"\nworst run {worst:.2f}x ideal (target <= 1.3), {failed_total} failed (target 0): "
-          f"{verdict(worst <= 1.3 and failed_total == 0)}")
+    print(
+        f"\nworst run {worst:.2f}x ideal (target <= 1.3), {failed_total} failed (target 0): "
+        f"{verdict(worst <= 1.3 and failed_total == 0)}"
+    )
 
 
 def write_plain(path: Path, count: int, words: int) -> None:
@@ -192,7 +205,7 @@ def knee(opts: argparse.Namespace, tmp: Path, flags: set[str], ray: Sequence[str
     count, slots, tokens, scale = 2000, 64, 48, 0.2
     prompts = tmp / "knee.jsonl"
     write_plain(prompts, count, words=48)
-    print(f"\n## 2. Knee: {slots} slots, the rest queued; {count} prompts of 48 words x {tokens} tokens "
+    print(f"\n## 2. Knee{where(ray)}: {slots} slots, the rest queued; {count} prompts of 48 words x {tokens} tokens "
           f"(time_scale {scale})\n")  # fmt: skip
     sides: dict[str, list[str]] = {str(c): ["--concurrency", str(c)] for c in (48, 64, 96, 256)}
     if "--no-metrics" in flags:
@@ -205,7 +218,9 @@ def knee(opts: argparse.Namespace, tmp: Path, flags: set[str], ray: Sequence[str
     rows = {}
     for name, extra in sides.items():
         with sims(1, "--slots", str(slots), "--time-scale", str(scale)) as (urls, stats):
-            run = run_motio(prompts, tmp / "knee-out.jsonl", urls, *extra, "--max-tokens", str(tokens), ray=ray)
+            run = run_motio(
+                prompts, tmp / "knee-out.jsonl", urls, *extra, "--max-tokens", str(tokens), ray=ray
+            )
         rows[name] = run
         print(f"| {name} | {run.wall:.2f} | {run.p95_ttft_ms or 0:.0f} | {run.ok} | {run.failed} "
               f"| {stats[0].get('max_running')} | {stats[0].get('max_waiting')} |", flush=True)  # fmt: skip
@@ -217,17 +232,100 @@ def knee(opts: argparse.Namespace, tmp: Path, flags: set[str], ray: Sequence[str
             continue
         run = rows[name]
         wall, p95 = run.wall / best, (run.p95_ttft_ms or 0) / base_p95
-        print(f"{name}: wall {wall:.2f}x best fixed (target <= 1.05), p95 first token {p95:.2f}x fixed 64's "
-              f"(target <= {limit}): {verdict(wall <= 1.05 and p95 <= limit and run.failed == 0)}")
+        print(
+            f"{name}: wall {wall:.2f}x best fixed (target <= 1.05), p95 first token {p95:.2f}x fixed 64's "
+            f"(target <= {limit}): {verdict(wall <= 1.05 and p95 <= limit and run.failed == 0)}"
+        )
 
 
 # ---------------------------------------------------------------- 3. prefix routing
 
 
-_VOCAB = ("the of and to in is it that for on with as was at by be this from or an are not but all were "
-          "one can had has more will who out about up so what when there which their time if would than "
-          "into only other some could new these two may first then do any like my now over such our man "
-          "me even most made after also did many before must through back years where much your way well").split()
+_VOCAB = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "it",
+    "that",
+    "for",
+    "on",
+    "with",
+    "as",
+    "was",
+    "at",
+    "by",
+    "be",
+    "this",
+    "from",
+    "or",
+    "an",
+    "are",
+    "not",
+    "but",
+    "all",
+    "were",
+    "one",
+    "can",
+    "had",
+    "has",
+    "more",
+    "will",
+    "who",
+    "out",
+    "about",
+    "up",
+    "so",
+    "what",
+    "when",
+    "there",
+    "which",
+    "their",
+    "time",
+    "if",
+    "would",
+    "than",
+    "into",
+    "only",
+    "other",
+    "some",
+    "could",
+    "new",
+    "these",
+    "two",
+    "may",
+    "first",
+    "then",
+    "do",
+    "any",
+    "like",
+    "my",
+    "now",
+    "over",
+    "such",
+    "our",
+    "man",
+    "me",
+    "even",
+    "most",
+    "made",
+    "after",
+    "also",
+    "did",
+    "many",
+    "before",
+    "must",
+    "through",
+    "back",
+    "years",
+    "where",
+    "much",
+    "your",
+    "way",
+    "well",
+]
 
 
 def write_groups(path: Path, groups: int, per_group: int, prefix_words: int, seed: int = 19,
@@ -237,7 +335,9 @@ def write_groups(path: Path, groups: int, per_group: int, prefix_words: int, see
     rows = []
     for g in range(groups):
         if plain:
-            system = f"Context {g}: " + " ".join(_VOCAB[(g * 31 + k * k) % len(_VOCAB)] for k in range(prefix_words))
+            system = f"Context {g}: " + " ".join(
+                _VOCAB[(g * 31 + k * k) % len(_VOCAB)] for k in range(prefix_words)
+            )
         else:
             system = " ".join(f"g{g}w{k}" for k in range(prefix_words))
         rows += [{"id": f"g{g}-{j}", "messages": [{"role": "system", "content": system},
@@ -254,7 +354,7 @@ def prefix(opts: argparse.Namespace, tmp: Path, flags: set[str], ray: Sequence[s
     prompts = tmp / "prefix.jsonl"
     write_groups(prompts, groups, per_group, words)
     sim_args = ["--slots", "64", "--cache-tokens", str(8 * words), "--time-scale", str(scale)]
-    print(f"\n## 3. Prefix: {servers} servers caching 8 prefixes of {words} tokens each, {groups} groups x "
+    print(f"\n## 3. Prefix{where(ray)}: {servers} servers caching 8 prefixes of {words} tokens each, {groups} groups x "
           f"{per_group} prompts shuffled, 64 in flight per server (time_scale {scale})\n")  # fmt: skip
     sides = {}
     if "--no-prefix-routing" in flags:
@@ -301,7 +401,7 @@ def racing(opts: argparse.Namespace, tmp: Path, flags: set[str], ray: Sequence[s
         "one server 10x slower after 2.5 s": (base, [["--slow-after", "2.5", "--slow-factor", "10"]]),
         "2% of requests 20x longer": ([*base, "--long-fraction", "0.02", "--long-factor", "20"], []),
     }
-    print(f"\n## 4. Racing: {servers} servers, {count} prompts x {tokens} tokens, 64 in flight per server "
+    print(f"\n## 4. Racing{where(ray)}: {servers} servers, {count} prompts x {tokens} tokens, 64 in flight per server "
           f"(time_scale {scale})\n")  # fmt: skip
     sides = {}
     if "--hedge-budget" in flags:
@@ -311,11 +411,12 @@ def racing(opts: argparse.Namespace, tmp: Path, flags: set[str], ray: Sequence[s
     sides["default"] = []
     print("| scenario | racing | wall s | server requests | extra | each id once | ok | failed |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    with sims(servers, *base) as (urls, _):
-        run = run_motio(prompts, tmp / "racing-out.jsonl", urls, "--concurrency", "64", "--max-tokens", str(tokens),
-                        ray=ray)  # fmt: skip
-    print(f"| reference: 4 healthy servers | default | {run.wall:.2f} | | | {exactly_once(run, count)} | {run.ok} "
-          f"| {run.failed} |", flush=True)  # fmt: skip
+    for healthy in (servers, servers - 1):
+        with sims(healthy, *base) as (urls, _):
+            run = run_motio(prompts, tmp / "racing-out.jsonl", urls, "--concurrency", "64", "--max-tokens",
+                            str(tokens), ray=ray)  # fmt: skip
+        print(f"| reference: {healthy} healthy servers | default | {run.wall:.2f} | | | {exactly_once(run, count)} "
+              f"| {run.ok} | {run.failed} |", flush=True)  # fmt: skip
     for scenario, (sim_args, extra_args) in scenarios.items():
         rows = {}
         for name, extra in sides.items():
@@ -329,8 +430,10 @@ def racing(opts: argparse.Namespace, tmp: Path, flags: set[str], ray: Sequence[s
         if len(rows) == 2:
             (off, _), (on, received) = rows["--hedge-budget 0"], rows["default"]
             shorter, extra = 1 - on.wall / off.wall, (received - count) / count
-            print(f"  {scenario}: {shorter:.0%} shorter (target >= 25%), {extra:.1%} extra (target <= 5%): "
-                  f"{verdict(shorter >= 0.25 and extra <= 0.05 and exactly_once(on, count))}")
+            print(
+                f"  {scenario}: {shorter:.0%} shorter (target >= 25%), {extra:.1%} extra (target <= 5%): "
+                f"{verdict(shorter >= 0.25 and extra <= 0.05 and exactly_once(on, count))}"
+            )
 
 
 # ---------------------------------------------------------------- 6. the real llama.cpp server
@@ -394,7 +497,9 @@ def local_ray(workers: int) -> Iterator[list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", choices=["storm", "knee", "prefix", "racing", "llama"])
     parser.add_argument("--ray", action="store_true", help="also sections 2-4 on a local Ray, 2 workers")
     parser.add_argument("--storm-runs", type=int, default=10)

@@ -77,7 +77,13 @@ def test_streamed_answer_in_vllms_shapes() -> None:
     assert response.events[-1] == b"data: [DONE]"
     first, *tokens, usage = response.chunks
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert [c["choices"][0]["delta"]["content"] for c in tokens] == ["echo:", " hello", " there", " tok3", " tok4"]
+    assert [c["choices"][0]["delta"]["content"] for c in tokens] == [
+        "echo:",
+        " hello",
+        " there",
+        " tok3",
+        " tok4",
+    ]
     assert [c["choices"][0]["finish_reason"] for c in tokens] == [None] * 4 + ["length"]
     assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 4, "completion_tokens": 5,
                                                           "total_tokens": 9}  # fmt: skip

@@ -269,11 +269,32 @@ class _PrefixCache:
 class _Request:
     """One chat request inside the engine: its prompt, its progress, its socket."""
 
-    __slots__ = ("rid", "conn", "model", "stream", "usage", "prompt", "hashes", "n_prompt", "n_out",
-                 "limit_hit", "echo", "prefill_left", "generated", "arrived", "first_token", "done",
-                 "state", "text", "head", "tail")  # fmt: skip
+    __slots__ = (
+        "arrived",
+        "conn",
+        "done",
+        "echo",
+        "first_token",
+        "generated",
+        "hashes",
+        "head",
+        "limit_hit",
+        "model",
+        "n_out",
+        "n_prompt",
+        "prefill_left",
+        "prompt",
+        "rid",
+        "state",
+        "stream",
+        "tail",
+        "text",
+        "usage",
+    )  # fmt: skip
 
-    def __init__(self, rid: int, conn: _SimConnection, body: dict[str, Any], n_out: int, limited: bool) -> None:
+    def __init__(
+        self, rid: int, conn: _SimConnection, body: dict[str, Any], n_out: int, limited: bool
+    ) -> None:
         self.rid, self.conn = rid, conn
         self.model = str(body.get("model") or "")
         self.stream = bool(body.get("stream"))
@@ -543,7 +564,9 @@ class VllmSim:
             return self._json(conn, 200, b"")
         if request.method == "GET" and path == "/metrics" and self.options.metrics:
             body = self._metrics().encode()
-            head = _head(200, [("content-type", "text/plain; version=0.0.4"), ("content-length", str(len(body)))])
+            head = _head(
+                200, [("content-type", "text/plain; version=0.0.4"), ("content-length", str(len(body)))]
+            )
             return conn.send(head + body)
         return self._json(conn, 404, _error_body(404, f"no route {request.method} {request.path}"))
 
@@ -685,7 +708,9 @@ class VllmSim:
                 prefills.append((req, take))
                 budget -= take
                 prefill_tokens += take
-        seconds = opts.decode_base + opts.decode_per_seq * len(decoding) + opts.prefill_token_time * prefill_tokens
+        seconds = (
+            opts.decode_base + opts.decode_per_seq * len(decoding) + opts.prefill_token_time * prefill_tokens
+        )
         return decoding, prefills, seconds * self._scale()
 
     def _finish_step(self, decoding: list[_Request], prefills: list[tuple[_Request, int]]) -> None:
@@ -729,7 +754,7 @@ class VllmSim:
         last = req.generated >= req.n_out
         if req.stream:
             finish = req.finish_reason() if last else None
-            if not req.conn.send(req.chunk('{"content":%s}' % json.dumps(token), finish)):
+            if not req.conn.send(req.chunk('{"content":' + json.dumps(token) + "}", finish)):
                 return False
         else:
             req.tail.append(token)
@@ -750,7 +775,9 @@ class VllmSim:
             req.conn.send(tail + _DONE)
         else:
             body = self._completion(req)
-            req.conn.send(_head(200, [("content-type", "application/json"), ("content-length", str(len(body)))]) + body)
+            req.conn.send(
+                _head(200, [("content-type", "application/json"), ("content-length", str(len(body)))]) + body
+            )
         if not req.done.done():
             req.done.set_result(True)
 
@@ -825,7 +852,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if field.name == "models":
             parser.add_argument("--model", dest="models", action="append", help="a model name (repeatable)")
         elif field.name == "metrics":
-            parser.add_argument("--no-metrics", dest="metrics", action="store_false", help="no /metrics (404)")
+            parser.add_argument(
+                "--no-metrics", dest="metrics", action="store_false", help="no /metrics (404)"
+            )
         elif field.name == "overflow":
             parser.add_argument(flag, choices=("queue", "reject"), default=default)
         elif field.name in ("slow_after", "retry_after"):
