@@ -347,12 +347,15 @@ class _SimConnection(_Connection):
             if self.active is not None:
                 self.on_leave(self.active)
 
+    def open(self) -> bool:
+        """Whether the client is still there (as far as this side knows)."""
+        return not (self.gone.is_set() or self.writer.transport.is_closing())
+
     def send(self, data: bytes) -> bool:
         """Write without waiting (the engine never blocks on one client); False if it left."""
-        transport = self.writer.transport
-        if self.gone.is_set() or transport.is_closing():
+        if not self.open():
             return False
-        transport.write(data)
+        self.writer.transport.write(data)
         return True
 
 
@@ -626,13 +629,10 @@ class VllmSim:
                 self._bump("disconnects")
                 return False
             self._count_prompt(req, cached=0)
-            if req.stream:
-                conn.send(_SSE_HEAD)
-            self._first_token(req)
+            data = (_SSE_HEAD if req.stream else b"") + self._first_token(req)
             while req.state != "finished":
-                if not self._emit(req):
-                    self._bump("disconnects")
-                    return False
+                data += self._next_token(req)
+            conn.send(data)
             return True
         finally:
             self._bump("in_flight", -1)
@@ -723,8 +723,7 @@ class VllmSim:
             req.prefill_left -= take
             if req.prefill_left == 0:
                 self._cache.insert(req.hashes)
-                self._first_token(req)
-                self._emit(req)
+                self._emit(req, self._first_token(req))
 
     def _count_prompt(self, req: _Request, cached: int) -> None:
         req.prefill_left = req.n_prompt - cached
@@ -733,36 +732,39 @@ class VllmSim:
         self._bump("prefix_cache_hits", cached)
         self._bump("prefill_tokens", req.prefill_left)
 
-    def _first_token(self, req: _Request) -> None:
-        """The prefill is done: note the time to first token, send the role chunk."""
+    def _first_token(self, req: _Request) -> bytes:
+        """The prefill is done: note the time to first token; the role chunk to send."""
         req.first_token = now = time.monotonic()
         ttft = now - req.arrived
         self._ttft_buckets[bisect.bisect_left(_TTFT_BUCKETS, ttft)] += 1
         self._ttft_sum += ttft
-        if req.stream:
-            req.conn.send(req.chunk('{"role":"assistant","content":""}', None))
+        return req.chunk('{"role":"assistant","content":""}', None) if req.stream else b""
 
-    def _emit(self, req: _Request) -> bool:
-        """One more token for ``req``, written at once (streamed), then its end if it was the last.
+    def _emit(self, req: _Request, before: bytes = b"") -> bool:
+        """Send ``before``, one more token of ``req`` and its end if that was the last: one write.
 
         Returns:
             False if the client is gone (its reader task aborts the request).
         """
+        if not req.conn.open():
+            return False
+        return req.conn.send(before + self._next_token(req))
+
+    def _next_token(self, req: _Request) -> bytes:
+        """One more token: its chunk (streamed), and the answer's end after the last."""
         token = req.token(req.generated)
         req.generated += 1
         self._bump("generation_tokens")
         last = req.generated >= req.n_out
+        data = b""
         if req.stream:
-            finish = req.finish_reason() if last else None
-            if not req.conn.send(req.chunk('{"content":' + json.dumps(token) + "}", finish)):
-                return False
+            data = req.chunk('{"content":' + json.dumps(token) + "}", req.finish_reason() if last else None)
         else:
             req.tail.append(token)
-        if last:
-            self._complete(req)
-        return True
+        return data + self._complete(req) if last else data
 
-    def _complete(self, req: _Request) -> None:
+    def _complete(self, req: _Request) -> bytes:
+        """Count the request served, out of its slot; its last bytes."""
         if req.state == "running":
             self._running.remove(req)
             self._bump("running", -1)
@@ -770,16 +772,12 @@ class VllmSim:
         self._bump("served")
         self._first_token_s.append(round(req.first_token - req.arrived, 6))
         self._prompts.append(req.text)
-        if req.stream:
-            tail = _http_chunk(self._usage_event(req)) if req.usage else b""
-            req.conn.send(tail + _DONE)
-        else:
-            body = self._completion(req)
-            req.conn.send(
-                _head(200, [("content-type", "application/json"), ("content-length", str(len(body)))]) + body
-            )
         if not req.done.done():
             req.done.set_result(True)
+        if req.stream:
+            return (_http_chunk(self._usage_event(req)) if req.usage else b"") + _DONE
+        body = self._completion(req)
+        return _head(200, [("content-type", "application/json"), ("content-length", str(len(body)))]) + body
 
     def _usage_event(self, req: _Request) -> bytes:
         chunk = {"id": f"chatcmpl-{req.rid}", "object": "chat.completion.chunk", "created": _CREATED,
