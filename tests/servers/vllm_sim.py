@@ -82,7 +82,7 @@ once, as vLLM aborts it: out of the waiting queue or its slot, counted in
 
 Options (keyword arguments, ``reconfigure(...)`` at run time, CLI flags)
 -----------------------------------------------------------------------
-- ``slots`` (256), ``max_batched_tokens`` (8192), ``cache_tokens``
+- ``slots`` (1024), ``max_batched_tokens`` (8192), ``cache_tokens``
   (400,000), ``block_size`` (16), ``default_tokens`` (16), ``models``.
 - Time constants in seconds: ``decode_base``, ``decode_per_seq``,
   ``prefill_token_time`` (below). ``time_scale`` (1.0) multiplies every
@@ -131,8 +131,11 @@ Calibration: Llama-3.1-8B-Instruct (BF16) on one H100-80GB
   ``prefill_token_time = 3.2e-5``. Check against the same sweep: time to
   first token at 1 in flight 13.98 ms = one step (6.5 ms) + ~230 prompt
   tokens x 32 us, a short chat prompt.
-- Capacity. vLLM's default ``max_num_seqs`` is 256 and
-  ``max_num_batched_tokens`` 8,192 for online serving. KV cache: 32 layers x
+- Capacity. vLLM's defaults for the API server on a GPU of 70 GiB or more
+  other than an A100 (``EngineArgs.get_batch_defaults`` in
+  ``vllm/engine/arg_utils.py``) are ``max_num_seqs`` 1,024 and
+  ``max_num_batched_tokens`` 8,192 (256 and 2,048 on smaller GPUs): ``slots =
+  1024``, ``max_batched_tokens = 8192``. KV cache: 32 layers x
   8 KV heads x 128 dims x 2 (K and V) x 2 bytes = 128 KiB per token; 0.9 x
   80 GB less 16 GB of weights leaves ~56 GB, ~420,000 tokens:
   ``cache_tokens = 400_000``.
@@ -184,7 +187,7 @@ _DONE = _http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 class SimOptions:
     """Every setting of the simulated server (see the module docstring)."""
 
-    slots: int = 256
+    slots: int = 1024
     max_batched_tokens: int = 8192
     cache_tokens: int = 400_000
     block_size: int = 16
