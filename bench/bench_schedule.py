@@ -45,7 +45,10 @@ duration times that; the 429 storm's 0.5 s and Retry-After are wall
 seconds), so the whole bench takes about 5 minutes without ``--ray`` on 2
 cores (section 1 is half of it: ten runs of ~10 s; ``--storm-runs`` fewer).
 
-    python bench/bench_schedule.py [--only storm|knee|prefix|racing|llama] [--ray] [--storm-runs 10]
+    python bench/bench_schedule.py [--only storm|knee|prefix|racing|llama] [--ray] [--storm-runs 10] [--src DIR]
+
+``--src`` runs another tree's motio (``/path/to/checkout/src``) against this
+checkout's simulator, e.g. main's before and a branch's after.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 MODEL = "sim-model"
+SRC = REPO / "src"  # the motio tree the runs import (--src)
 
 
 def where(ray: Sequence[str]) -> str:
@@ -114,7 +118,7 @@ def sims(
 
 
 def motio_flags() -> set[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = dict(os.environ, PYTHONPATH=str(SRC))
     text = subprocess.run([sys.executable, "-m", "motio", "run", "--help"], env=env, capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
     return set(re.findall(r"--[a-z][a-z-]+", text))
@@ -135,7 +139,7 @@ def run_motio(prompts: Path, out: Path, urls: Sequence[str], *extra: str, ray: S
     out.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "motio", "run", str(prompts), "-o", str(out), "--model", MODEL, "-q",
             *(a for url in urls for a in ("--base-url", url)), *extra, *ray]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = dict(os.environ, PYTHONPATH=str(SRC))
     started = time.perf_counter()
     proc = subprocess.run(
         argv, check=False, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -464,7 +468,7 @@ def llama(opts: argparse.Namespace, tmp: Path) -> None:
         try:
             wait_ready(url, server)
             warm_up(url)
-            env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+            env = dict(os.environ, PYTHONPATH=str(SRC))
             out = tmp / "llama-out.jsonl"
             out.unlink(missing_ok=True)
             started = time.perf_counter()
@@ -503,9 +507,16 @@ def main() -> None:
     parser.add_argument("--only", choices=["storm", "knee", "prefix", "racing", "llama"])
     parser.add_argument("--ray", action="store_true", help="also sections 2-4 on a local Ray, 2 workers")
     parser.add_argument("--storm-runs", type=int, default=10)
+    parser.add_argument(
+        "--src", type=Path, default=REPO / "src", help="the motio source tree to run (default: this one's)"
+    )
     opts = parser.parse_args()
+    global SRC
+    SRC = opts.src.resolve()
     flags = motio_flags()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; motio from {SRC}"
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="motio-bench-") as name:
         tmp = Path(name)
