@@ -76,6 +76,7 @@ sys.path.insert(0, str(HERE))
 
 MODEL = "sim-model"
 SRC = REPO / "src"  # the motio tree the runs import (--src)
+RUN_TIMEOUT = 300.0  # seconds: a motio run that takes longer is stopped and reported
 
 
 def where(ray: Sequence[str]) -> str:
@@ -141,12 +142,22 @@ def run_motio(prompts: Path, out: Path, urls: Sequence[str], *extra: str, ray: S
             *(a for url in urls for a in ("--base-url", url)), *extra, *ray]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(SRC))
     started = time.perf_counter()
-    proc = subprocess.run(
-        argv, check=False, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # A run that hangs is a finding, not the end of the bench: stop it as
+        # a user would (SIGTERM keeps what it answered), then report it.
+        proc.terminate()
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+        print(f"(motio run {' '.join(extra)} stopped after {RUN_TIMEOUT:.0f} s)", flush=True)
     wall = time.perf_counter() - started
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"motio run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    if proc.returncode not in (0, 1, 130, 143, -15, -9):
+        raise SystemExit(f"motio run failed ({proc.returncode}):\n{stderr[-3000:]}")
     lines = (
         [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
     )
@@ -155,7 +166,7 @@ def run_motio(prompts: Path, out: Path, urls: Sequence[str], *extra: str, ray: S
                   if line.get("ttfb_ms") is not None)  # fmt: skip
     p95 = ttfb[min(len(ttfb) - 1, int(0.95 * len(ttfb)))] if ttfb else None
     ids = collections.Counter(str(line["id"]) for line in lines)
-    return Run(wall, ok, len(lines) - ok, p95, ids, proc.stderr)
+    return Run(wall, ok, len(lines) - ok, p95, ids, stderr)
 
 
 def verdict(ok: bool) -> str:
@@ -510,9 +521,10 @@ def main() -> None:
     parser.add_argument(
         "--src", type=Path, default=REPO / "src", help="the motio source tree to run (default: this one's)"
     )
+    parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds a motio run may take")
     opts = parser.parse_args()
-    global SRC
-    SRC = opts.src.resolve()
+    global SRC, RUN_TIMEOUT
+    SRC, RUN_TIMEOUT = opts.src.resolve(), opts.run_timeout
     flags = motio_flags()
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; motio from {SRC}"
