@@ -41,16 +41,17 @@ def ask(sim: VllmSim, body: dict[str, Any]) -> Response:
 
 
 def metrics(sim: VllmSim) -> dict[str, float]:
-    """``/metrics`` as {name: value}, labels dropped (one model, one engine)."""
+    """``/metrics`` as {name: value}: labels dropped (one model, one engine) but a bucket's ``le``."""
     with Wire(sim.port) as wire:
         wire.get("/metrics")
         response = wire.response()
-    assert response.status == 200
+    assert response.status == 200 and response.headers["content-type"].startswith("text/plain")
     out: dict[str, float] = {}
     for line in response.body.decode().splitlines():
         if line and not line.startswith("#"):
-            name, value = re.fullmatch(r"([^{ ]+)(?:\{.*\})? (\S+)", line).groups()  # type: ignore[union-attr]
-            out.setdefault(name, float(value))
+            name, labels, value = re.fullmatch(r"([^{ ]+)(?:\{(.*)\})? (\S+)", line).groups()  # type: ignore[union-attr]
+            le = re.search(r'le="([^"]+)"', labels or "")
+            out[f'{name}{{le="{le.group(1)}"}}' if le else name] = float(value)
     return out
 
 
@@ -208,6 +209,11 @@ def test_a_cached_prefix_prefills_fewer_tokens_and_counts_hits() -> None:
     assert stats["prefix_cache_queries"] == stats["prompt_tokens"] == 204
     assert seen["vllm:prefix_cache_hits_total"] == 96 and seen["vllm:prefix_cache_queries_total"] == 204
     assert seen["vllm:prompt_tokens_total"] == 204 and seen["vllm:generation_tokens_total"] == 2
+    assert seen["vllm:time_to_first_token_seconds_count"] == 2
+    assert seen['vllm:time_to_first_token_seconds_bucket{le="+Inf"}'] == 2
+    buckets = [v for k, v in seen.items() if k.startswith("vllm:time_to_first_token_seconds_bucket")]
+    assert len(buckets) == 23 and buckets == sorted(buckets), "vLLM's 22 bounds and +Inf, cumulative"
+    assert seen["vllm:time_to_first_token_seconds_sum"] > 0
 
 
 def test_a_fully_cached_prompt_still_computes_its_last_token() -> None:
