@@ -17,14 +17,14 @@ server) come from each simulator's ``STATS`` line.
    ``auto --no-metrics`` and ``auto`` (which finds ``/metrics``). Targets:
    auto's total time <= 1.05x the best fixed; p95 time to first token <=
    1.2x fixed 64's without metrics, <= 1.1x with them.
-3. **Prefix**: 4 servers, each caching 8 prefixes of 2,000 tokens (16,000
-   tokens), 64 groups x 50 prompts in shuffled order, 64 in flight per
-   server. ``--no-prefix-routing`` (least loaded, file order) against the
-   default. Targets: prefill tokens computed >= 3x fewer, total time >=
+3. **Prefix**: 4 servers of 64 slots, each caching 8 prefixes of 2,000
+   tokens (16,000 tokens), 64 groups x 50 prompts in shuffled order, 64 in
+   flight per server. ``--no-prefix-routing`` (least loaded, file order)
+   against the default. Targets: prefill tokens computed >= 3x fewer, total time >=
    1.5x shorter, no server's share of prompts > 1.15x even.
-4. **Racing**: 4 servers, 3,000 prompts x 32 tokens, 64 in flight per
-   server; (a) one server turns 10x slower halfway, (b) 2% of requests
-   generate 20x more tokens. ``--hedge-budget 0`` against the default.
+4. **Racing**: 4 servers of 64 slots, 3,000 prompts x 32 tokens, 64 in
+   flight per server; (a) one server turns 10x slower halfway, (b) 2% of
+   requests generate 20x more tokens. ``--hedge-budget 0`` against the default.
    Targets: total time >= 25% shorter, extra requests (received by the
    servers less prompts) <= 5%, each id exactly once in the results.
 5. ``--ray``: sections 2-4 again with ``motio run --ray --workers 2`` on a
