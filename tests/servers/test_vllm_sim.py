@@ -350,3 +350,11 @@ def test_it_is_fast() -> None:
         elapsed = time.monotonic() - started
         assert sim.stats()["served"] == 1024 and sim.stats()["max_running"] > 1
     assert codes == [200] * 1024 and elapsed < BOUND
+
+
+def test_an_empty_prompt_is_answered_like_any_other() -> None:
+    with running_sim(**FAST) as sim:
+        response = ask(sim, {"model": "m", "messages": [{"role": "user", "content": ""}], "stream": True,
+                             "max_tokens": 2})  # fmt: skip
+    assert response.chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert response.text == "echo: tok1" and sim.stats()["first_token_s"][0] > 0

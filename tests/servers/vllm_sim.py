@@ -307,7 +307,8 @@ class _Request:
         self.hashes: list[int] = []
         self.n_prompt = len(self.prompt)
         self.n_out, self.limit_hit = max(1, n_out), limited
-        self.echo = ("echo:", *_tokens_of(" " + _last_user_text(body).strip()))
+        last = _last_user_text(body).strip()
+        self.echo = ("echo:", *_tokens_of(" " + last)) if last else ("echo:",)
         self.prefill_left = 0
         self.generated = 0
         self.arrived = time.monotonic()
@@ -729,7 +730,7 @@ class VllmSim:
                 self._emit(req, self._first_token(req))
 
     def _count_prompt(self, req: _Request, cached: int) -> None:
-        req.prefill_left = req.n_prompt - cached
+        req.prefill_left = max(1, req.n_prompt - cached)  # an empty prompt still has a step of prefill
         self._bump("prompt_tokens", req.n_prompt)
         self._bump("prefix_cache_queries", req.n_prompt)
         self._bump("prefix_cache_hits", cached)
