@@ -358,3 +358,19 @@ def test_an_empty_prompt_is_answered_like_any_other() -> None:
                              "max_tokens": 2})  # fmt: skip
     assert response.chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert response.text == "echo: tok1" and sim.stats()["first_token_s"][0] > 0
+
+
+def test_a_long_prefill_is_chunked_over_steps_while_others_decode(wires: ExitStack) -> None:
+    # 640 prompt tokens at 64 a step: ten steps of 20 ms before the first token,
+    # while a running sequence keeps getting one token a step (its budget comes first).
+    with running_sim(
+        max_batched_tokens=65, decode_base=0.02, decode_per_seq=0.0, prefill_token_time=0.0
+    ) as sim:
+        open_stream(sim, wires, chat("running", max_tokens=10_000))
+        sim.wait_for(lambda s: s["generation_tokens"] >= 1, BOUND)
+        before = sim.stats()["generation_tokens"]
+        long = ask(sim, chat(words(640, "w"), max_tokens=1))
+        during = sim.stats()["generation_tokens"] - before
+    assert long.status == 200
+    assert sim.stats()["first_token_s"][0] >= 10 * 0.02 * 0.9
+    assert during >= 10, "the running sequence decoded through the chunked prefill"
