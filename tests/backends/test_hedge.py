@@ -133,6 +133,7 @@ def test_a_late_first_token_is_hedged_and_the_other_server_wins(
     assert meta.request_id == request_id(hedge)
     assert meta.attempts.count == 1 and meta.streaming is stream
     assert meta.usage and meta.usage["completion_tokens"] and meta.finish_reasons
+    assert meta.response is None  # hedge= is no reason to keep the whole answer
     # The loser was closed at once: its server saw the client leave.
     late_server.wait_for(lambda s: s.disconnects >= 1, WAIT, "the late request closed")
     assert late_server.chat_requests[0].disconnected and not hedge.disconnected
