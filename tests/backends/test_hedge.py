@@ -257,9 +257,21 @@ def test_both_failing_raise_the_first_requests_error(
 ) -> None:
     in_turn(two, error_event(after=0, gap=0.4), status(400))
     backend = kind(MODEL, base_url=[s.base_url for s in two])
-    with pytest.raises(StreamError):
-        run(answer(backend, hedge=0.1))
-    assert [r.status for _, r in chats(two)] == [200, 400]
+
+    async def main() -> ModelOutputThunk[Any]:
+        async with backend:
+            mot = await backend.generate(PROMPT, hedge=0.1)
+            with pytest.raises(StreamError):
+                await mot.avalue()
+            return mot
+
+    mot = run(main())
+    [(first_server, first), (_, hedge)] = chats(two)
+    assert (first.status, hedge.status) == (200, 400)
+    # The metadata are the first request's, as the error is.
+    meta = mot.generation
+    assert meta.hedged is True and meta.base_url == first_server.base_url
+    assert meta.request_id == request_id(first) and meta.attempts.count == 1
     assert_slots_back(backend)
 
 

@@ -299,6 +299,9 @@ class _Race:
             for index, task in enumerate(self._tasks):
                 if task in done and task.exception() is None:
                     return self._commit(index, task.result())
+        # Both failed: the first request's error, and its metadata (attempts,
+        # server), as without hedging.
+        self._fold.commit(self._legs[0].exchange.fold, hedged=len(self._legs) > 1)
         error = self._tasks[0].exception()
         assert error is not None
         raise error
@@ -306,9 +309,7 @@ class _Race:
     def _commit(self, index: int, result: Any) -> Any:
         legs, loop = self._legs, asyncio.get_running_loop()
         first_sent = legs[0].sent.result()
-        self._policy.record(
-            self._request.stream, loop.time() - first_sent, second_won=index > 0
-        )
+        self._policy.record(self._request.stream, loop.time() - first_sent, second_won=index > 0)
         self._fold.commit(legs[index].exchange.fold, hedged=len(legs) > 1)
         self._winner = index
         return result
