@@ -359,6 +359,19 @@ def test_no_hedge_while_servers_push_back(two: tuple[ScriptedServer, ScriptedSer
     assert (stats.hedged, stats.paused) == (0, 1)
 
 
+def test_no_hedge_without_a_free_slot(kind: type[HTTPBackend]) -> None:
+    """One server, one slot, held by the first request: a hedge would only
+    queue behind it (and behind any other waiting generation)."""
+    with running() as only:
+        in_turn((only,), slow_first_token(0.4))
+        backend = kind(MODEL, base_url=only.base_url, max_concurrency=1)
+        mot = run(answer(backend, hedge=0.05))
+        assert mot.value == ANSWER and mot.generation.hedged is False
+        assert len(only.chat_requests) == 1
+        stats = backend.hedge_policy.snapshot()
+        assert (stats.hedged, stats.busy) == (0, 1)
+
+
 def test_the_budget_caps_hedges(two: tuple[ScriptedServer, ScriptedServer]) -> None:
     backend = OpenAIBackend(MODEL, base_url=[s.base_url for s in two])
     backend.hedge_policy = HedgePolicy(fraction=0.0, reserve=1.0)
@@ -442,6 +455,19 @@ def test_only_backends_of_servers_hedge(smollm2_path: Any) -> None:
     options = {"hedge": False, "max_tokens": 2}
     refuse_hedge(options, "LlamaCppBackend")  # off passes, taken out
     assert options == {"max_tokens": 2}
+
+
+def test_the_scheduling_package_imports_no_backend_nor_batch() -> None:
+    import ast
+    from pathlib import Path
+
+    import motio.scheduling
+
+    for path in Path(motio.scheduling.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("backends", "batch")), (path.name, node.module)
+                assert "motio.backends" not in node.module and "motio.batch" not in node.module
 
 
 def test_generation_meta_says_not_hedged_by_default() -> None:

@@ -17,8 +17,9 @@ slow server or a long queue gives. Three parts, each small:
   of doubling the load.
 - ``HedgePolicy``: the two together for one backend, the overload pause
   (no new hedge within ``pause`` seconds of a 429/503/529 from any of its
-  servers: a server that refuses work is not helped by more of it), and
-  counters. Thread-safe: a backend is shared by every loop and thread.
+  servers: a server that refuses work is not helped by more of it), no
+  hedge without a free slot for it (it would queue behind other requests,
+  taking a slot they wait for), and counters. Thread-safe: a backend is shared by every loop and thread.
 
 Samples are what the hedged generations saw: the time from their first
 request's send to their first content, whichever request brought it. When
@@ -136,6 +137,7 @@ class HedgeStats:
         won: of those, how many the second request won.
         over_budget: hedges not sent: the budget was spent.
         paused: hedges not sent: a server pushed back recently.
+        busy: hedges not sent: no server had a free concurrency slot.
         delay: what ``hedge=True`` waits now, in seconds (streamed answers).
     """
 
@@ -144,6 +146,7 @@ class HedgeStats:
     won: int
     over_budget: int
     paused: int
+    busy: int
     delay: float
 
 
@@ -177,7 +180,7 @@ class HedgePolicy:
         # Streamed answers (time to first content) and whole ones (time to
         # the whole answer) are different quantities: one percentile each.
         self._recent = {True: RecentPercentile(), False: RecentPercentile()}
-        self._asked = self._hedged = self._won = self._over_budget = self._paused = 0
+        self._asked = self._hedged = self._won = self._over_budget = self._paused = self._busy = 0
 
     def ask(self, stream: bool) -> float:
         """A generation asks for a hedge: count it, feed the budget, and
@@ -193,16 +196,21 @@ class HedgePolicy:
         value = recent.value() if len(recent) >= self.min_samples else None
         return self.default_delay if value is None else value
 
-    def allow(self, last_overload: float | None) -> bool:
+    def allow(self, last_overload: float | None, room: bool = True) -> bool:
         """Whether a second request may go now; spends the budget if so.
 
         Args:
             last_overload: when (on ``clock``) a server of the backend last
                 answered 429/503/529, or None if never.
+            room: whether a server the second request may go to has a free
+                slot (a hedge never queues behind other requests).
         """
         with self._lock:
             if last_overload is not None and self._clock() - last_overload < self.pause:
                 self._paused += 1
+                return False
+            if not room:
+                self._busy += 1
                 return False
             if not self._budget.try_spend():
                 self._over_budget += 1
@@ -222,5 +230,11 @@ class HedgePolicy:
         """The counters now."""
         with self._lock:
             return HedgeStats(
-                self._asked, self._hedged, self._won, self._over_budget, self._paused, self._delay(True)
+                self._asked,
+                self._hedged,
+                self._won,
+                self._over_budget,
+                self._paused,
+                self._busy,
+                self._delay(True),
             )

@@ -28,7 +28,9 @@ Decisions, for the documentation:
   generation, both legs included (they share its deadline); the chunk
   timeout applies to the winner's stream as usual.
 - Nothing is hedged within ``OVERLOAD_PAUSE`` s of a 429/503/529 from any
-  server of the backend, nor beyond the budget (``motio.scheduling``).
+  server of the backend, nor beyond the budget (``motio.scheduling``), nor
+  when the servers the hedge may go to have no free concurrency slot (it
+  would wait behind other requests, then take a slot one of them needs).
 - Cancelling the thunk (``aclose()``, a cancelled consumer) while legs are
   in flight cancels and closes both.
 """
@@ -284,12 +286,21 @@ class _Race:
         await asyncio.wait((task, first.sent), return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             await asyncio.wait((task,), timeout=max(0.0, delay - (loop.time() - first.sent.result())))
-        if not task.done() and self._policy.allow(_last_overload(self._host)):
+        if not task.done() and self._policy.allow(_last_overload(self._host), self._room(first)):
             assert first.server is not None
             _log.debug("%s: no first token after %.3f s; hedging", first.server.base_url, delay)
             # A copy: a protocol may change its body when a server refuses a field.
             self._start([*self._shun, first.server], dict(self._body))
         return await self._first_to_answer()
+
+    def _room(self, first: _Leg) -> bool:
+        """Whether a server the hedge may go to has a free slot: another than
+        the first request's (and than ``avoid_servers=``) while one is in
+        rotation, else any."""
+        taken = {e.base_url for e in (*self._shun, first.server) if e is not None}
+        rotating = [s for s in self._host.router.snapshot() if s.in_rotation]
+        candidates = [s for s in rotating if s.base_url not in taken] or rotating
+        return any(s.limit is None or s.in_flight < s.limit for s in candidates)
 
     async def _first_to_answer(self) -> Any:
         pending = set(self._tasks)
