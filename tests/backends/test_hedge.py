@@ -51,9 +51,9 @@ WAIT = 30.0
 FOREVER = 60.0
 # How late a hedge may be sent on a loaded 2-core machine.
 SLACK = 1.0
-# How much earlier than the client's send a server may note a request's
-# arrival relative to another's (its whole request read: a few writes apart).
-EARLY = 0.02
+# How much later a server may note a request's arrival than the client sent
+# it (the servers' threads share two busy cores with the client's loop).
+EARLY = 0.1
 
 KINDS: dict[str, type[HTTPBackend]] = {"openai": OpenAIBackend, "anthropic": AnthropicBackend}
 
@@ -122,7 +122,7 @@ def test_a_late_first_token_is_hedged_and_the_other_server_wins(
 ) -> None:
     in_turn(two, slow_first_token(FOREVER))
     backend = kind(MODEL, base_url=[s.base_url for s in two])
-    mot = run(answer(backend, hedge=0.2, stream=stream))
+    mot = run(answer(backend, hedge=0.3, stream=stream))
     [(late_server, late), (hedge_server, hedge)] = chats(two)
     assert late_server is not hedge_server  # sent away from the first one's server
     assert mot.value == ANSWER
@@ -137,7 +137,7 @@ def test_a_late_first_token_is_hedged_and_the_other_server_wins(
     # The loser was closed at once: its server saw the client leave.
     late_server.wait_for(lambda s: s.disconnects >= 1, WAIT, "the late request closed")
     assert late_server.chat_requests[0].disconnected and not hedge.disconnected
-    assert 0.2 - EARLY <= hedge.arrived - late.arrived < 0.2 + SLACK
+    assert 0.3 - EARLY <= hedge.arrived - late.arrived < 0.3 + SLACK
     assert_slots_back(backend)
 
 
@@ -181,7 +181,8 @@ def test_hedge_true_waits_the_recent_p95_time_to_first_token(
     backend = OpenAIBackend(MODEL, base_url=[s.base_url for s in two])
 
     async def main() -> ModelOutputThunk[Any]:
-        for _ in range(backend.hedge_policy.min_samples + 2):
+        # Enough that the p95 is not the slowest (the first, opening the loop's client).
+        for _ in range(3 * backend.hedge_policy.min_samples):
             fast = await backend.generate(PROMPT, hedge=True)
             assert await fast.avalue() == ANSWER and not fast.generation.hedged
         in_turn(two, slow_first_token(FOREVER))
@@ -192,7 +193,7 @@ def test_hedge_true_waits_the_recent_p95_time_to_first_token(
     assert delay < DEFAULT_HEDGE_DELAY / 2  # loopback answers at once
     assert mot.value == ANSWER and mot.generation.hedged is True
     late, hedge = (record for _, record in chats(two)[-2:])
-    assert hedge.arrived - late.arrived < DEFAULT_HEDGE_DELAY
+    assert delay - EARLY <= hedge.arrived - late.arrived < DEFAULT_HEDGE_DELAY
 
 
 def test_with_one_server_the_hedge_goes_to_the_same_server(kind: type[HTTPBackend]) -> None:

@@ -333,7 +333,8 @@ class _Race:
             task.cancel()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         for index, result in enumerate(results):
-            if index != winner and hasattr(result, "aclose"):
+            # A whole answer (stream=False) holds nothing: it was read to its end.
+            if index != winner and self._request.stream and not isinstance(result, BaseException):
                 await result.aclose()
 
 
