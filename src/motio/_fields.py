@@ -66,5 +66,6 @@ PLAIN_OPTIONS = frozenset(
         "chunk_timeout",
         "first_token_timeout",
         "total_timeout",
+        "hedge",
     }
 )

@@ -123,6 +123,10 @@ class GenerationMeta:
     """The server's whole answer as it would be without streaming (a
     ``chat.completion`` object: every choice, tool calls, logprobs, usage),
     assembled from the stream; only with ``generate(..., keep_response=True)``."""
+    hedged: bool = False
+    """True when ``generate(..., hedge=...)`` sent a second request for this
+    generation (whichever of the two won: ``base_url``, ``request_id``,
+    ``attempts`` and ``queued_ms`` describe the winner)."""
 
 
 class ModelOutputThunk(Generic[T]):

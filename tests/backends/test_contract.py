@@ -34,6 +34,7 @@ from motio import (
     ConfigurationError,
     ModelOutputThunk,
     MotioError,
+    UnsupportedOptionError,
 )
 from motio._exceptions import (
     BackendChunkTimeoutError,
@@ -342,6 +343,24 @@ def test_an_unknown_option_is_a_type_error_naming_it(backend_kind: Entry) -> Non
 
     run(main())
     assert backend_kind.generations_seen() == 0
+
+
+def test_a_hedge_is_honoured_or_refused_by_the_capability(backend_kind: Entry) -> None:
+    """``hedging`` says it: a backend of servers takes ``hedge=``, the others
+    refuse it with ``UnsupportedOptionError`` before anything reaches the source."""
+    backend = backend_kind.backend
+
+    async def main() -> None:
+        if backend.hedging:
+            mot = await backend.generate(PROMPT, hedge=30.0, **backend_kind.options(4))
+            assert await mot.avalue() and mot.generation.hedged is False  # in time: no second request
+            return
+        with pytest.raises(UnsupportedOptionError, match="hedge") as caught:
+            await backend.generate(PROMPT, hedge=True, **backend_kind.options(4))
+        assert caught.value.option == "hedge"
+
+    run(main())
+    assert backend_kind.generations_seen() == (1 if backend.hedging else 0)
 
 
 BAD_TIMEOUTS = [-1, 0, "5"]

@@ -23,7 +23,7 @@ override it.
 Capabilities, for the command and the batch engine: every backend declares
 them here with a default, and a backend that has one overrides it, so that
 nothing outside ``backends/`` asks by attribute name or by kind:
-``remote``, ``default_concurrency`` and ``response_format_style`` (class
+``remote``, ``default_concurrency``, ``response_format_style`` and ``hedging`` (class
 attributes, read before a backend is built), ``max_concurrency``, ``max_reruns``, ``recipe()``,
 ``endpoint_snapshot()``, ``adaptive_concurrency``, ``check_each()``, and for
 Ray workers ``limits_to_share()`` (what the driver's backend gives) and
@@ -71,6 +71,7 @@ __all__ = [
     "SlotStream",
     "check_options",
     "check_timeout",
+    "refuse_hedge",
     "to_messages",
 ]
 
@@ -125,6 +126,12 @@ class Backend(abc.ABC):
     #: Generations in flight at once at most (per server, for a remote
     #: backend): an int, ``"auto"``, or None for no cap.
     max_concurrency: int | str | None = 1
+    #: Whether ``generate(hedge=...)`` can race a second request against a
+    #: late first token (a backend of servers). A backend without it refuses
+    #: any hedge but False/None with ``UnsupportedOptionError`` (``refuse_hedge``):
+    #: the embedded model has no second server, and a second request would
+    #: only share the first one's CPU.
+    hedging: ClassVar[bool] = False
     # A class attribute, so subclasses need not call Backend.__init__.
     _closed = False
     _recipe: Callable[[], Backend]
@@ -234,6 +241,11 @@ class Backend(abc.ABC):
                 ``keep_response``: keep the whole answer in
                 ``mot.generation.response`` (default: whenever an option may
                 shape more than the text, such as ``tools`` or ``logprobs``).
+                ``hedge``: on a backend with ``hedging`` (servers), True or
+                a number of seconds sends a second request when the first
+                has no content after the recent p95 time to first token (or
+                those seconds); the first to bring content wins. False or
+                None (default): off.
 
         Raises:
             TypeError: an unknown option; errors of the generation itself are
@@ -546,6 +558,23 @@ def to_messages(prompt_or_messages: str | Messages) -> Messages:
         "a prompt must be a str or a list of chat messages such as "
         f"[{{'role': 'user', 'content': '...'}}], got {type(prompt_or_messages).__name__}"
     )
+
+
+def refuse_hedge(options: dict[str, Any], backend: str) -> None:
+    """Take ``hedge`` out of ``options`` for a backend without ``hedging``:
+    off (False, None) passes.
+
+    Raises:
+        UnsupportedOptionError: any other value.
+    """
+    hedge = options.pop("hedge", None)
+    if hedge is not None and hedge is not False:
+        raise UnsupportedOptionError(
+            f"{backend} cannot honour hedge={hedge!r}: it has no second server to race a late "
+            "first token on; hedge= is for backends of servers (OpenAIBackend, AnthropicBackend)",
+            option="hedge",
+            backend=backend,
+        )
 
 
 def check_options(options: Mapping[str, Any], allowed: frozenset[str], backend: str) -> None:

@@ -48,7 +48,15 @@ from .._fields import CHAT_FIELDS
 from .._threaded import ThreadedIterator
 from .._thunk import ModelOutputThunk
 from ._assemble import ResponseAssembler
-from ._base import COMMON_OPTIONS, DEFAULT_FIRST_TOKEN_TIMEOUT, Backend, Request, SlotStream, check_timeout
+from ._base import (
+    COMMON_OPTIONS,
+    DEFAULT_FIRST_TOKEN_TIMEOUT,
+    Backend,
+    Request,
+    SlotStream,
+    check_timeout,
+    refuse_hedge,
+)
 from ._chat import fold_chunk
 from ._deadlines import Deadlines, chunk_timeout_error
 from ._errors import Where
@@ -124,7 +132,7 @@ class LlamaCppBackend(Backend):
     remote = False
     default_concurrency = 1
     response_format_style = "json_object"  # json_object + schema: llama-cpp-python makes it a grammar
-    options = _OPTIONS | _REFUSED | {"max_completion_tokens"}
+    options = _OPTIONS | _REFUSED | {"max_completion_tokens", "hedge"}
 
     def __init__(
         self,
@@ -160,8 +168,9 @@ class LlamaCppBackend(Backend):
         """Refuse what the embedded model would drop; ``max_completion_tokens`` is ``max_tokens``.
 
         Raises:
-            UnsupportedOptionError: see ``_refuse_unsupported``.
+            UnsupportedOptionError: see ``_refuse_unsupported``; a hedge (``refuse_hedge``).
         """
+        refuse_hedge(options, type(self).__name__)
         self._refuse_unsupported(options)
         if "max_completion_tokens" in options:
             options["max_tokens"] = options.pop("max_completion_tokens")

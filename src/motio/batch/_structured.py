@@ -48,8 +48,9 @@ __all__ = ["Answering", "AnsweringRecipe", "Generating", "cache_body", "open_ans
 
 # Options that say how motio waits or routes, not what is asked: never part of a cache key.
 _NOT_ASKED = frozenset(
-    {"chunk_timeout", "first_token_timeout", "total_timeout", "keep_response", "avoid_servers", "extra_body"}
-)
+    {"chunk_timeout", "first_token_timeout", "total_timeout", "keep_response", "avoid_servers", "extra_body",
+     "hedge"}
+)  # fmt: skip
 _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 

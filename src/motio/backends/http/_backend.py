@@ -36,10 +36,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from ..._exceptions import ConfigurationError, MotioError, NotFoundError
 from ..._feed import DEFAULT_CHUNK_TIMEOUT
+from ...scheduling import HedgePolicy
 from .._base import (
     COMMON_OPTIONS,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     Backend,
+    Fold,
     Messages,
     Request,
     SharedLimits,
@@ -50,6 +52,7 @@ from .._gate import Gate
 from ._endpoints import Endpoint, Endpoints, EndpointSnapshot, each_checked, first_passing
 from ._errors import translate
 from ._exchange import Exchange, HTTPFold
+from ._hedge import hedge_delay, open_hedged
 from ._http import HTTPClient, json_codec
 from ._loopclients import LoopClient, LoopClients
 from ._retry import RetryPolicy
@@ -75,7 +78,9 @@ _AUTO_INITIAL = 16
 _PROBE_TIMEOUT = 5.0
 
 #: The options of ``generate`` every HTTP backend takes; a protocol adds its fields.
-HTTP_OPTIONS = COMMON_OPTIONS | {"keep_response", "first_token_timeout", "total_timeout", "avoid_servers"}
+HTTP_OPTIONS = COMMON_OPTIONS | {
+    "keep_response", "first_token_timeout", "total_timeout", "avoid_servers", "hedge",
+}  # fmt: skip
 
 
 class HTTPBackend(Backend):
@@ -140,6 +145,11 @@ class HTTPBackend(Backend):
             another. ``generate(..., avoid_servers=[url, ...])`` takes those
             servers only when no other is in rotation (it waits for room on
             another): a batch's re-run after a stream broke there.
+            ``generate(..., hedge=True)`` (or a number of seconds) sends a
+            second request to another server when the first has brought no
+            content after the recent p95 time to first token (or those
+            seconds); the first to bring content wins and the other is
+            closed (``_hedge.py``; off by default).
         api_key: default ``$<api_key_env>``, else a placeholder that local
             servers accept. Sent as ``auth_headers`` says to every
             server whose URL carries no credentials: user and password in a
@@ -190,6 +200,7 @@ class HTTPBackend(Backend):
 
     remote = True
     default_concurrency = "auto"
+    hedging = True
     default_base_url: ClassVar[str]
     base_url_env: ClassVar[str]
     api_key_env: ClassVar[str]
@@ -251,6 +262,8 @@ class HTTPBackend(Backend):
         self._model_lock = threading.Lock()
         self._loads = json_codec()[1]
         self._last_where: Where | None = None
+        #: When ``generate(hedge=...)`` sends its second request (``motio.scheduling``).
+        self.hedge_policy = HedgePolicy()
 
     def _endpoint(
         self, server: ServerURL, max_concurrency: int | str | None, bound: int, connect_timeout: float
@@ -319,16 +332,36 @@ class HTTPBackend(Backend):
 
     # -- the template's step ------------------------------------------------------
 
-    def _open(self, request: Request) -> tuple[Any, HTTPFold]:
+    def _open(self, request: Request) -> tuple[Any, Fold]:
         options = request.options
         avoid = options.pop("avoid_servers", None)
+        hedge = options.pop("hedge", None)
         body = self.request_body(request.messages, request.stream, options)
         tokens = self._token_estimate(request.messages, options)
+        if hedge is not None and hedge is not False:
+            return self._open_hedged(request, body, tokens, avoid, hedge)
         fold = self.new_fold(self._where(), request.stream, request.keep)
         exchange = Exchange(self, body, fold, request, tokens)
         if avoid:
             exchange.shun(self._servers_named(avoid))
         return (exchange.open_stream() if request.stream else exchange.complete()), fold
+
+    def _open_hedged(
+        self, request: Request, body: dict[str, Any], tokens: int, avoid: object, hedge: object
+    ) -> tuple[Any, Fold]:
+        """``_open`` for ``generate(hedge=...)`` (``_hedge.py``).
+
+        Raises:
+            ConfigurationError: a ``hedge=`` that is not True, False, None or seconds.
+        """
+        after = hedge_delay(hedge)
+        shun = self._servers_named(avoid) if avoid else []
+        where, stream, keep = self._where(), request.stream, request.keep
+
+        def new_fold() -> HTTPFold:
+            return self.new_fold(where, stream, keep)
+
+        return open_hedged(self, self.hedge_policy, new_fold, request, body, tokens, shun, after)
 
     def _base_urls(self, base_url: str | Sequence[str] | None) -> tuple[str, ...]:
         """The API roots, without trailing slashes; at least one, no repeats.

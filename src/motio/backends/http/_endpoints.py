@@ -200,7 +200,7 @@ class Endpoint:
 
     __slots__ = (
         "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
-        "failures", "health", "due", "backoff", "_where",
+        "failures", "health", "due", "backoff", "_where", "overloaded_at",
     )  # fmt: skip
 
     def __init__(
@@ -218,6 +218,8 @@ class Endpoint:
         self.due = 0.0  # when out: time.monotonic() of the next probe
         self.backoff = _FIRST_PROBE
         self._where: Where | None = None
+        # time.monotonic() of its last 429/503/529 (0.0: none): hedging pauses after one.
+        self.overloaded_at = 0.0
 
     def where(self, provider: str, model: str | None) -> Where:
         """The error context for this server; one shared object while the model stays."""

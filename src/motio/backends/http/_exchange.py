@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
@@ -511,6 +512,11 @@ class Exchange:
         """This generation's limits (the total deadline once started)."""
         return self._deadlines
 
+    @property
+    def fold(self) -> HTTPFold:
+        """What folds the answer into the thunk."""
+        return self._fold
+
 
 class _SSEStream:
     """The rest of a streamed answer: one text item per read that carried content.
@@ -693,7 +699,9 @@ async def _read_body(response: aiohttp.ClientResponse, deadlines: Deadlines, whe
 
 
 def _overloaded(endpoint: Endpoint) -> None:
-    """A congestion signal from ``endpoint``, for its adaptive controller if it has one."""
+    """A congestion signal from ``endpoint``, for its adaptive controller if
+    it has one, and for hedging (``_hedge.py``), which pauses after one."""
+    endpoint.overloaded_at = time.monotonic()
     if endpoint.adaptive is not None:
         endpoint.adaptive.record_overload()
 
