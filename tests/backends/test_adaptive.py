@@ -96,7 +96,7 @@ def test_overload_halves_once_per_round_and_good_rounds_grow() -> None:
     assert gate.limit == 22
 
 
-def test_rising_latency_cuts_by_the_gradient() -> None:
+def test_rising_latency_cuts_by_the_queue_it_shows_and_adds_no_headroom_above_baseline() -> None:
     gate = AdaptiveConcurrency(initial=64, maximum=256)
     for _ in range(32):  # slow start judges half rounds
         gate.record_first_token(0.01)
@@ -107,9 +107,15 @@ def test_rising_latency_cuts_by_the_gradient() -> None:
     for _ in range(48):
         gate.record_first_token(0.1)
     assert gate.limit == 48  # the round after a cut only shows the queue being drained
+    # Issue 19: no additive headroom while latency is above the baseline (it
+    # used to climb half the way back here, and settled a few requests above
+    # a slotted server's capacity: a standing queue that doubled the tail).
     for _ in range(48):
-        gate.record_first_token(0.012)  # near the baseline again: half the way back up
-    assert gate.limit == 71
+        gate.record_first_token(0.012)  # 1.2x the baseline: holds
+    assert gate.limit == 48
+    for _ in range(48):
+        gate.record_first_token(0.0102)  # at the baseline: one more
+    assert gate.limit == 49
 
 
 def test_bad_bounds_are_configuration_errors() -> None:
