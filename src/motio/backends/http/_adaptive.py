@@ -101,6 +101,16 @@ _AT_BASELINE = 1.1
 #: Growth per round before the first congestion signal (below TCP's 2, so
 #: the first overshoot sends at most half the capacity in excess).
 _SLOW_START_GROWTH = 1.5
+#: The tail percentile: what judges a slow-start round (afterwards the
+#: median does, and the tail above ``_TAIL_TOLERANCE`` x its baseline is a queue too).
+_TAIL_PERCENTILE = 0.9
+_TAIL_TOLERANCE = 2.0
+#: Excess (of the limit) a slow-start round must show, beyond one request, to count as a queue.
+_SLOW_START_NOISE = 0.05
+#: A queue this long (of the limit) is cut at once; a shorter one when two rounds in a row show it.
+_OBVIOUS_QUEUE = 0.1
+#: Growth per calm round (of the limit) when no level is known yet.
+_AFTER_SLOW_START_GROWTH = 1 / 16
 #: How many slow-start rounds the first baseline (the lowest median) is taken over.
 _BASELINE_ROUNDS = 10
 #: Fewest samples a round is judged on, however low the limit.
@@ -112,6 +122,12 @@ _PROBE_EVERY = 4
 #: Seconds between two measurements of the baseline, and their relative jitter.
 _MEASURE_EVERY = 8.0
 _MEASURE_JITTER = 0.3
+#: Seconds after slow start ends before the first measurement (its baseline
+#: came from few, low-limit rounds), with the same jitter.
+_FIRST_MEASURE = 2.0
+#: How far the limit may move from where the baseline was measured before
+#: it is measured again (as a ratio of the two).
+_BASELINE_SPAN = (0.8, 1.25)
 #: The part of the limit given up while the baseline is measured.
 _MEASURE_DIP = 1 / 8
 #: Growth per reading while a server that publishes its counts was never seen full.
@@ -120,6 +136,8 @@ _METRICS_GROWTH = 1.25
 _METRICS_PROBE_FACTOR = 10
 #: Readings whose running counts tell a full server from one still filling.
 _RUNNING_READINGS = 8
+#: Seconds over which throughput is counted (first tokens arrive in bursts).
+_RATE_WINDOW = 0.25
 #: Seconds after which the server's counts are too old to judge by.
 _STALE_AFTER = 2.0
 
@@ -155,6 +173,11 @@ class AdaptiveConcurrency(Gate):
         self._round_started = time.monotonic()
         self._medians: deque[float] = deque(maxlen=_BASELINE_ROUNDS)
         self._baseline: float | None = None
+        self._tail_baseline = math.inf  # the same, of the tail (_TAIL_PERCENTILE)
+        self._baseline_level = float(initial)  # the limit it was measured at
+        self._rate: float | None = None  # first tokens per second, the last _RATE_WINDOW
+        self._rate_mark = (time.monotonic(), 0)
+        self._counted = 0
         self._slow_start = True
         self._ceiling: float | None = None
         self._cut_this_round = False
@@ -162,6 +185,9 @@ class AdaptiveConcurrency(Gate):
         self._good_rounds = 0
         self._probe_every = _PROBE_EVERY
         self._skip_round = False
+        self._cut_at = -math.inf
+        self._skipped = 0
+        self._suspect = False  # the last round showed a short queue: the next decides
         self._jump_back = False  # the last cut named a level known to work: return to it in one step
         self._restore: float | None = None  # measuring the baseline: the limit to return to
         self._next_measure = math.inf
@@ -204,13 +230,16 @@ class AdaptiveConcurrency(Gate):
         with self._lock:
             if not self._slow_start and self.reads_metrics:
                 return  # the server's own counts say more than latency
-            self._samples.append(seconds)
             # Slow start judges every half round: it has not found the
             # server's level yet, and every round spent low is throughput lost.
             # So does a baseline measurement, which costs throughput.
+            self._count_sample()
             short = self._slow_start or self._restore is not None
-            round_size = self.limit // 2 if short else self.limit
-            if len(self._samples) >= max(_MIN_ROUND, round_size):
+            round_size = max(_MIN_ROUND, self.limit // 2 if short else self.limit)
+            if self._skip_round and self._skipped_older(seconds, round_size):
+                return
+            self._samples.append(seconds)
+            if len(self._samples) >= round_size:
                 self._end_round()
                 self._admit()
 
@@ -239,8 +268,7 @@ class AdaptiveConcurrency(Gate):
             self._jump_back = True
             self._slow_start = False
             self._cut_this_round = True
-            self._skip_round = True
-            self._samples.clear()
+            self._skip_older()
 
     def record_load(self, load: ServerLoad, ours: int | None = None, slack: int = 1) -> None:
         """The server's counts (``_metrics.py``), with ``ours`` of its requests
@@ -254,6 +282,34 @@ class AdaptiveConcurrency(Gate):
             held = self._in_flight if ours is None else ours
             self._judge_load(load.running, load.waiting, held, held >= self.limit - slack)
             self._admit()
+
+    def _count_sample(self) -> None:
+        """Keep the throughput (first tokens a second) up to date (the lock is held)."""
+        self._counted += 1
+        now = time.monotonic()
+        since, counted = self._rate_mark
+        if now - since >= _RATE_WINDOW:
+            # The latest window alone: a ramp's queue is sized by what the
+            # server delivers now, not by an average over lower levels.
+            self._rate = (self._counted - counted) / (now - since)
+            self._rate_mark = (now, self._counted)
+
+    def _skip_older(self) -> None:
+        """After a cut (or a dip): judge only requests sent from now on (the lock is held)."""
+        self._samples.clear()
+        self._skip_round = True
+        self._cut_at = time.monotonic()
+        self._skipped = 0
+
+    def _skipped_older(self, seconds: float, round_size: int) -> bool:
+        """Whether a sample is dropped: its request was sent before the last
+        cut, and a round's worth has not been dropped yet (the lock is held)."""
+        if time.monotonic() - seconds < self._cut_at and self._skipped < round_size:
+            self._skipped += 1
+            return True
+        self._skip_round = False
+        self._round_started = time.monotonic()
+        return False
 
     # -- judging by the server's counts -------------------------------------------
 
@@ -299,81 +355,129 @@ class AdaptiveConcurrency(Gate):
         self._jump_back = True
         self._slow_start = False
         self._good_rounds = 0
-        self._samples.clear()
-        self._skip_round = True
+        self._skip_older()
 
     # -- judging by first-token latency -------------------------------------------
 
     def _end_round(self) -> None:
-        figure = _median(self._samples)
+        # On the way up a round's later requests meet the queue its growth
+        # made, its first ones the room left before: a high percentile
+        # shows the queue the level makes. At a steady level every new
+        # request waits as long as the next: the median.
+        tail = _percentile(self._samples, _TAIL_PERCENTILE)
+        figure = tail if self._slow_start else _percentile(self._samples, 0.5)
         now = time.monotonic()
-        rate = len(self._samples) / max(now - self._round_started, 1e-3)
+        rate = self._rate or len(self._samples) / max(now - self._round_started, 1e-3)
         self._round_started = now
         self._samples.clear()
         self._cut_this_round = False
-        if self._skip_round:
-            self._skip_round = False
-            return
         if self._restore is not None:
             # A round at the dipped limit: what the server does unloaded.
-            self._baseline = figure
+            self._baseline, self._tail_baseline, self._baseline_level = figure, tail, self._limit
             self._end_measurement()
+            self._skip_older()
             return
         baseline = self._current_baseline(figure)
+        # Against hard slots a request or two too many shows in the tail
+        # first: requests that started together end together, and one that
+        # finds them all busy waits for a whole generation.
+        tail_queue = tail > _TAIL_TOLERANCE * self._tail_baseline
+        excess = (figure - baseline) * rate  # Little's law: the standing queue
+        suspect, self._suspect = self._suspect, False
         if self._slow_start:
-            if figure <= _TOLERANCE * baseline:
+            # A few requests' worth of noise (cold connections, a busy
+            # client) must not end slow start far below the server's level.
+            if figure <= _TOLERANCE * baseline or excess < max(1.0, _SLOW_START_NOISE * self._limit):
                 self._limit = min(float(self.maximum), self._limit * _SLOW_START_GROWTH)
+                self._skip_older()  # judge the new level by requests sent at it
+                return
+            if not self._confirmed(excess, suspect):
                 return
             if self.reads_metrics:
                 # The server's counts will say whether that was a queue (and
                 # how long): latency, which also grows with the batch, cuts nothing.
                 self._slow_start = False
                 return
-        elif figure <= _AT_BASELINE * baseline:
-            self._limit = min(float(self.maximum), self._grown())
-            self._maybe_measure(now)
+        elif (figure <= _AT_BASELINE * baseline or excess < 0.5) and not tail_queue:
+            grown = min(float(self.maximum), self._grown())
+            if grown != self._limit:
+                self._limit = grown
+                self._skip_older()
+            else:
+                self._maybe_measure(now)  # once settled, not as it moves
             return
-        elif figure <= _QUEUE_TOLERANCE * baseline:
+        elif not self._queued(figure, baseline, excess, tail_queue) or not self._confirmed(excess, suspect):
             self._maybe_measure(now)  # latency above baseline: no headroom added
             return
-        self._cut_for_queue((figure - baseline) * rate, now)
+        self._cut_for_queue(max(1.0, excess), now)
+
+    @staticmethod
+    def _queued(figure: float, baseline: float, excess: float, tail_queue: bool) -> bool:
+        return tail_queue or (figure > _QUEUE_TOLERANCE * baseline and excess >= 1)
+
+    def _confirmed(self, excess: float, suspect: bool) -> bool:
+        """Whether a round's queue is cut now: a long one at once, a short one
+        only if the round before showed one too (one slow round on a busy
+        client is not a queue); otherwise the next round is watched."""
+        if suspect or excess >= _OBVIOUS_QUEUE * self._limit:
+            return True
+        self._suspect = True
+        return False
 
     def _current_baseline(self, figure: float) -> float:
-        """The no-load latency to judge ``figure`` by (the lowest seen since it was measured)."""
+        """The no-load latency to judge ``figure`` by: in slow start the
+        lowest round so far, afterwards the last measurement's."""
         if self._slow_start or self._baseline is None:
             self._medians.append(figure)
-            self._baseline = min(self._medians)
-        else:
-            self._baseline = min(self._baseline, figure)
+            if self._baseline is None or figure <= min(self._medians):
+                self._baseline_level = self._limit
+            self._baseline = self._tail_baseline = min(self._medians)
+        # Afterwards only a measurement moves it: the lowest of many noisy
+        # rounds would drift down, and every round would look queued.
         return self._baseline
 
     def _cut_for_queue(self, excess: float, now: float) -> None:
         """Requests are queueing on the server, ``excess`` of them by Little's law: give them up."""
-        cut = min(self._limit * _MAX_LATENCY_CUT, max(1.0, excess))
+        cut = min(self._limit * _MAX_LATENCY_CUT, excess)
         if self._slow_start:
             # The queue showed on the way up: the level before it is the
             # baseline's (the lowest median), kept; what this round saw is not.
             self._medians.pop()
-            self._next_measure = now + self._measure_interval()
-        self._ceiling = self._limit
+            self._next_measure = now + _FIRST_MEASURE * self._measure_interval() / _MEASURE_EVERY
+        if self._ceiling is not None and self._limit >= self._ceiling:
+            self._probe_every *= 2  # a probe above the level known to work queued
+        if self._slow_start:
+            # The level before the last growth was calm: never below it. A
+            # ramp's queue is sized roughly (requests sent together end
+            # together, so the late ones wait a whole generation): climb
+            # back half the way to where it showed, per calm round.
+            level = max(self._limit - cut, self._limit / _SLOW_START_GROWTH)
+            self._ceiling = self._limit
+        else:
+            # At a steady level Little's law sized the cut: the level it
+            # leaves is the server's, held, with a probe above now and then.
+            level = self._limit - cut
+            self._ceiling = level + 1
+        self._limit = max(float(self.minimum), level)
         self._jump_back = False
-        self._limit = max(float(self.minimum), self._limit - cut)
         self._slow_start = False
-        self._skip_round = True
+        self._skip_older()
         self._good_rounds = 0
 
     def _grown(self, slower: int = 1) -> float:
         if self._slow_start:
             return self._limit * _SLOW_START_GROWTH
         below = None if self._ceiling is None else self._ceiling - 1
-        if below is None or (self._limit < below - 0.5 and not self._jump_back):
-            self._good_rounds = 0
-            return self._limit + 1
+        if below is None:
+            return self._limit + max(1.0, self._limit * _AFTER_SLOW_START_GROWTH)
         if self._limit < below - 0.5:
-            # The last cut named the level known to work (just below where
-            # the server refused or queued): return to it in one step.
             self._good_rounds = 0
-            return below
+            if self._jump_back:
+                # The last cut named the level known to work (just below
+                # where the server refused or queued): return in one step.
+                return below
+            step = min((below - self._limit) / 2, self._limit * _AFTER_SLOW_START_GROWTH)
+            return self._limit + max(1.0, step)
         self._good_rounds += 1
         if self._good_rounds < self._probe_every * slower:
             return self._limit
@@ -388,13 +492,16 @@ class AdaptiveConcurrency(Gate):
     def _maybe_measure(self, now: float) -> None:
         """Dip the limit for two rounds if the baseline is due to be measured again."""
         if self._next_measure == math.inf:  # slow start just ended (by an overload or a reading)
-            self._next_measure = now + self._measure_interval()
-        if now < self._next_measure or self.reads_metrics:
+            self._next_measure = now + _FIRST_MEASURE * self._measure_interval() / _MEASURE_EVERY
+        # Latency grows with the batch too: a baseline measured far from
+        # the limit now would read that growth as a queue.
+        moved = not _BASELINE_SPAN[0] <= self._limit / max(self._baseline_level, 1.0) <= _BASELINE_SPAN[1]
+        if (now < self._next_measure and not moved) or self.reads_metrics:
             return
         self._next_measure = now + self._measure_interval()
         self._restore = self._limit
         self._limit = max(float(self.minimum), self._limit - max(1.0, self._limit * _MEASURE_DIP))
-        self._skip_round = True  # the first dipped round still carries the old level's queue
+        self._skip_older()  # what was sent before the dip still meets the old level's queue
 
     def _end_measurement(self) -> None:
         if self._restore is not None:
@@ -402,9 +509,9 @@ class AdaptiveConcurrency(Gate):
             self._restore = None
 
 
-def _median(samples: list[float]) -> float:
+def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
-    return ordered[len(ordered) // 2]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @dataclass(frozen=True, slots=True)
