@@ -89,7 +89,9 @@ llamacpp:requests_deferred 1
         pytest.param(LLAMA_CPP, ServerLoad(4.0, 1.0), id="llama-cpp"),
     ],
 )
-def test_each_server_kinds_page_gives_running_and_waiting_summed_over_series(page: str, load: ServerLoad) -> None:
+def test_each_server_kinds_page_gives_running_and_waiting_summed_over_series(
+    page: str, load: ServerLoad
+) -> None:
     assert parse_load(page) == load
 
 
@@ -107,7 +109,10 @@ def test_a_page_without_both_counts_is_no_reading(page: str) -> None:
 
 
 def test_nan_and_unparsable_values_are_skipped() -> None:
-    page = 'vllm:num_requests_running{a="1"} NaN\nvllm:num_requests_running{a="2"} 5\nvllm:num_requests_waiting x\nvllm:num_requests_waiting 0\n'
+    page = (
+        'vllm:num_requests_running{a="1"} NaN\nvllm:num_requests_running{a="2"} 5\n'
+        "vllm:num_requests_waiting x\nvllm:num_requests_waiting 0\n"
+    )
     assert parse_load(page) == ServerLoad(5.0, 0.0)
 
 
@@ -149,7 +154,9 @@ def test_a_server_without_metrics_is_tried_once_and_left_silently(caplog: pytest
 
 def test_no_metrics_means_no_page_is_asked_for() -> None:
     with running() as server:
-        backend = OpenAIBackend("scripted-model", base_url=server.base_url, max_concurrency="auto", metrics_url=False)
+        backend = OpenAIBackend(
+            "scripted-model", base_url=server.base_url, max_concurrency="auto", metrics_url=False
+        )
         assert backend.adaptive_concurrency is not None and backend.adaptive_concurrency.scraper is None
 
         async def main() -> None:
@@ -164,7 +171,9 @@ def test_no_metrics_means_no_page_is_asked_for() -> None:
 def test_a_given_page_that_fails_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     with running() as server:
         page = server.base_url.removesuffix("/v1") + "/not-metrics"
-        backend = OpenAIBackend("scripted-model", base_url=server.base_url, max_concurrency="auto", metrics_url=page)
+        backend = OpenAIBackend(
+            "scripted-model", base_url=server.base_url, max_concurrency="auto", metrics_url=page
+        )
 
         async def main() -> None:
             async with backend:
@@ -199,7 +208,9 @@ def sim() -> Iterator[VllmSim]:
         yield server
 
 
-def run_at_the_knee(sim: VllmSim, prompts: int, **options: Any) -> tuple[OpenAIBackend, list[int], list[dict[str, Any]]]:
+def run_at_the_knee(
+    sim: VllmSim, prompts: int, **options: Any
+) -> tuple[OpenAIBackend, list[int], list[dict[str, Any]]]:
     """Run ``prompts`` through ``auto``; the limit and the server's counts
     sampled while the second half of the prompts completed (the server
     fully loaded, the controller past its start)."""

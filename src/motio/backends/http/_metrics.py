@@ -209,7 +209,8 @@ class MetricsScraper:
     def _failed(self, reason: str) -> None:
         if self._state is _State.DISCOVERING:
             # Most servers have no such page: "no metrics", without noise.
-            _log.debug("%s: no server metrics (%s); concurrency follows first-token latency", self.url, reason)
+            _log.debug("%s: no server metrics (%s); concurrency follows first-token latency",
+                       self.url, reason)  # fmt: skip
             self._state = _State.OFF
         elif self._state is _State.GIVEN and not self._warned:
             self._warned = True
