@@ -325,8 +325,9 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "-c",
         type=_concurrency,
         metavar="N|auto",
-        help="generations in flight at once: a number, or auto (adapt to what the server "
-        "serves, up to 256; auto:N for another bound); per server, given several. "
+        help="generations in flight at once: a number, or auto (hold each server full with "
+        "nothing waiting, by its metrics page when it has one, else by first-token times; up to "
+        "256, auto:N for another bound); per server, given several. "
         "Default: auto for a server, 1 embedded",
     )
     run.add_argument(

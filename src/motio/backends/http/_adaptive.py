@@ -6,67 +6,88 @@ with a hard number of slots every queued request waits for a whole
 generation to end, so even a small standing queue doubles the tail of the
 first-token latency; too few in flight and slots idle. The target is the
 knee: in flight = the server's capacity, its queue empty. Three signals:
+the server's counts when it publishes them, refusals, first-token latency.
 
 - **The server's own counts** (``_metrics.py``: vLLM, SGLang, TGI and
   llama.cpp publish how many requests run and how many wait), read at most
-  every ``SCRAPE_INTERVAL`` seconds. While they are fresh they alone judge,
-  once per reading, with ``ours`` = this gate's requests in flight,
-  ``share`` = ours / (running + waiting) and ``others`` = running + waiting
-  - ours (other clients of the same server):
+  every ``SCRAPE_INTERVAL`` seconds. While they are fresh they judge, once
+  per reading, with ``ours`` = this gate's requests in flight (a Ray
+  coordinator passes every worker's), ``share`` = ours / (running +
+  waiting) and ``others`` = running + waiting - ours (other clients):
 
-  * waiting > 0: the server is full, so its capacity is ``running``. The
-    limit drops by our share of what waits (``min(limit, ours) - waiting x
-    share``: two clients each give up their part, and together empty the
-    queue), and that level becomes the one to return to.
-  * nothing waits and the limit binds (ours >= limit - 1): with a known
-    capacity, grow by the free slots ``capacity - others - ours`` (other
-    clients left); at the capacity, hold, and probe one above every
-    ``_PROBE_EVERY`` readings (doubling after each probe that queued),
-    since a server's capacity may grow (more KV cache free). Without a known
-    capacity, slow start grows the limit (below).
+  * Requests wait while the server runs as many as it has in the last
+    ``_RUNNING_READINGS`` readings: it is full, its capacity ``running``.
+    (Waiting alone is not enough: a request that arrives during a step
+    waits for the next one even with slots free, and requests of equal
+    length end and are replaced together.) The limit drops to ``min(limit,
+    ours) - waiting x share`` (two clients each give up their part of the
+    queue, and together empty it) and that level is held.
+  * Nothing waits and the limit binds (ours within ``slack`` of it): with a
+    known capacity, grow by the free slots ``capacity - others - ours``
+    (other clients left) in one step; at the capacity hold, and probe one
+    above every ``_PROBE_EVERY x _METRICS_PROBE_FACTOR`` readings (each
+    probe queues a request for a while), doubling after each probe that
+    queued, since a server's capacity may grow (more KV cache free). Never
+    seen full, grow by ``_METRICS_GROWTH`` a reading.
+  * Slow start's latency rounds (below) still grow the limit, faster than
+    readings come, but cut nothing: the next reading says how long the
+    queue is, where latency, which also grows with the batch, would guess.
 
 - **Overload** (429, 503, 529, or a refused connection while others are in
   flight): halve the limit, at most once per round, and remember the level
   where it happened (``ceiling``), lowered by one for every further refusal
   of the same burst: a server of capacity C refuses about L - C of L sent.
-  A refusal while probing one above the level known to work is no news: the
-  limit goes back to that level, without halving, and the next probe waits
-  twice as long. On a small batch against a 429 server (capacity 16,
-  ``Retry-After: 1``, 300 requests of 0.5 s) a halving per probe plus its
-  1 s waits cost more than the whole batch.
+  After a calm round the limit returns in one step to just below it, and
+  probes one above every ``_PROBE_EVERY`` calm rounds. A refused probe is
+  no news: back to the level known to work without halving, and the next
+  probe waits twice as long. (On a small batch against a 429 server,
+  capacity 16, ``Retry-After: 1``, 300 requests of 0.5 s, a halving per
+  probe plus its 1 s waits cost more than the whole batch.)
 
-- **First-token latency**, when the server publishes no counts. Each round
-  (``limit`` first-token samples; half that in slow start) is judged by its
-  median against ``baseline``, the server's latency with no queue:
+- **First-token latency**, when the server publishes no counts. A round is
+  ``limit`` first-token samples (half that in slow start and while the
+  baseline is measured), and only of requests sent at the current limit:
+  after any change, samples of requests sent before it are dropped (at
+  most a round's worth), since they report the old level's queue.
 
   * Slow start (before the first congestion signal) multiplies the limit
-    by ``_SLOW_START_GROWTH`` while the median stays within ``_TOLERANCE``
-    of the lowest round so far (the baseline then).
-  * Above ``_QUEUE_TOLERANCE`` x baseline requests are queueing. By
-    Little's law, a standing queue of E requests delays each new one by
-    E / throughput, so ``E = (median - baseline) x samples per second`` of
-    the round, and the limit drops by E (at least 1, at most half). Against
-    a continuous-batching server at L > C in flight each new request waits
-    about (L - C) / C generation times, which this recovers as L - C.
-  * At baseline (within ``_AT_BASELINE``): no queue; the limit climbs back
-    by one a round (after an overload, in one step to just below where it
-    was refused, then one above every ``_PROBE_EVERY`` rounds).
-  * In between the limit holds: no additive headroom while latency is
-    above the baseline. (Gradient2 adds 4 a round, Envoy √L, Vegas keeps 3-6
-    queued: each keeps a small standing queue on purpose, which against hard
-    slots is a doubled tail.)
+    by ``_SLOW_START_GROWTH`` while the round's 90th percentile stays within
+    ``_TOLERANCE`` of the lowest round so far (the percentile, because the
+    later requests of a round meet the queue its growth made, the first
+    ones the room left before), or its queue is within noise. A queue ends
+    it: the limit goes back to the level before the last growth (calm) and
+    climbs from there towards where the queue showed, a sixteenth a round.
+  * Afterwards the median judges, against ``baseline``, the server's
+    latency with no queue. By Little's law a standing queue of E requests
+    delays each new one by E / throughput, so ``E = (median - baseline) x
+    first tokens per second`` (over the last ``_RATE_WINDOW``). Against a
+    continuous-batching server at L > C in flight each new request waits
+    about (L - C) / C generation times, which this recovers as L - C. A
+    median above ``_QUEUE_TOLERANCE`` x baseline with E >= 1, or a 90th
+    percentile above ``_TAIL_TOLERANCE`` x its baseline (against hard slots
+    a request or two too many first show there: one that finds every slot
+    busy waits a generation), is a queue: the limit drops by E (at least
+    one, at most half) and that level is held, probed one above now and
+    then. A short queue (under ``_OBVIOUS_QUEUE`` of the limit) is cut only
+    when two rounds in a row show it: one slow round on a busy client is
+    not a queue.
+  * Calm (median within ``_AT_BASELINE``, or E under half a request): one
+    step back up. In between the limit holds: no additive headroom while
+    latency is above the baseline. (Gradient2 adds 4 a round, Envoy √L,
+    Vegas keeps 3-6 queued: each keeps a small standing queue on purpose,
+    which against hard slots is a doubled tail.)
 
-  The baseline is the lowest round median since it was last measured, and
-  it is measured again every ``_MEASURE_EVERY`` seconds (give or take
-  ``_MEASURE_JITTER``, drawn each time, so that several clients or Ray
-  workers do not all dip at once): the limit drops by an eighth for two
-  rounds, the first drains what was sent before, the second's median is
-  the new baseline. That is Envoy's adaptive concurrency ``min_rtt``
-  window and Netflix's GradientLimit reset, not a moving average taken at
-  the operating point, which would drift up with a standing queue.
-
-After any cut the next round is not judged: its requests were sent before
-the cut, so it would only report the queue the cut is already draining.
+  The baseline comes from slow start's lowest round, and is measured again
+  ``_FIRST_MEASURE`` seconds after it, then every ``_MEASURE_EVERY`` seconds
+  (give or take ``_MEASURE_JITTER``, drawn each time, so that clients or
+  Ray workers do not all dip at once), and whenever the limit moved out of
+  ``_BASELINE_SPAN`` of where it was measured (latency grows with the batch
+  too): the limit dips by ``_MEASURE_DIP`` for two half rounds, the first
+  drains what was sent before, the second's median and tail are the new
+  baselines. That is Envoy's adaptive concurrency ``min_rtt`` window and
+  Netflix's GradientLimit reset, not a moving average taken at the
+  operating point, which would drift up with a standing queue (nor the
+  lowest round since, which would drift down with noise).
 
 The limit stays between ``minimum`` and ``maximum``. With ``adaptive=False``
 the gate is a plain cross-loop limit of ``initial``.
