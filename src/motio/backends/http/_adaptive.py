@@ -66,7 +66,8 @@ the server's counts when it publishes them, refusals, first-token latency.
     median above ``_QUEUE_TOLERANCE`` x baseline with E >= 1, or a 90th
     percentile above ``_TAIL_TOLERANCE`` x its baseline (against hard slots
     a request or two too many first show there: one that finds every slot
-    busy waits a generation), is a queue: the limit drops by E (at least
+    busy waits a generation) with the median above ``_AT_BASELINE`` x its
+    baseline, is a queue: the limit drops by E (at least
     one, at most half) and that level is held, probed one above now and
     then. A short queue (under ``_OBVIOUS_QUEUE`` of the limit) is cut only
     when two rounds in a row show it: one slow round on a busy client is
@@ -402,7 +403,8 @@ class AdaptiveConcurrency(Gate):
         # Against hard slots a request or two too many shows in the tail
         # first: requests that started together end together, and one that
         # finds them all busy waits for a whole generation.
-        tail_queue = tail > _TAIL_TOLERANCE * self._tail_baseline
+        # (With the median up too: a tail alone is as often a busy client.)
+        tail_queue = tail > _TAIL_TOLERANCE * self._tail_baseline and figure > _AT_BASELINE * baseline
         excess = (figure - baseline) * rate  # Little's law: the standing queue
         suspect, self._suspect = self._suspect, False
         if self._slow_start:
