@@ -30,8 +30,10 @@ the server's counts when it publishes them, refusals, first-token latency.
     queued, since a server's capacity may grow (more KV cache free). Never
     seen full, grow by ``_METRICS_GROWTH`` a reading.
   * Slow start's latency rounds (below) still grow the limit, faster than
-    readings come, but cut nothing: the next reading says how long the
-    queue is, where latency, which also grows with the batch, would guess.
+    readings come, but never past one growth step above the most a reading
+    showed running with nothing waiting, and cut nothing: the next reading
+    says how long the queue is, where latency, which also grows with the
+    batch, would guess.
 
 - **Overload** (429, 503, 529, or a refused connection while others are in
   flight): halve the limit, at most once per round, and remember the level
@@ -48,7 +50,8 @@ the server's counts when it publishes them, refusals, first-token latency.
   ``limit`` first-token samples (half that in slow start and while the
   baseline is measured), and only of requests sent at the current limit:
   after any change, samples of requests sent before it are dropped (at
-  most a round's worth), since they report the old level's queue.
+  most a round's worth, or as many as were in flight), since they report
+  the old level's queue.
 
   * Slow start (before the first congestion signal) multiplies the limit
     by ``_SLOW_START_GROWTH`` while the round's 90th percentile stays within
@@ -68,8 +71,8 @@ the server's counts when it publishes them, refusals, first-token latency.
     a request or two too many first show there: one that finds every slot
     busy waits a generation) with the median above ``_AT_BASELINE`` x its
     baseline, is a queue: the limit drops by E (at least
-    one, at most half) and that level is held, probed one above now and
-    then. A short queue (under ``_OBVIOUS_QUEUE`` of the limit) is cut only
+    one, at most half), and climbs back a sixteenth a calm round to just
+    below where the queue showed (so a cut that noise made is undone). A short queue (under ``_OBVIOUS_QUEUE`` of the limit) is cut only
     when two rounds in a row show it: one slow round on a busy client is
     not a queue.
   * Calm (median within ``_AT_BASELINE``, or E under half a request): one
@@ -209,6 +212,7 @@ class AdaptiveConcurrency(Gate):
         self._skip_round = False
         self._cut_at = -math.inf
         self._skipped = 0
+        self._skip_budget = 0
         self._suspect = False  # the last round showed a short queue: the next decides
         self._jump_back = False  # the last cut named a level known to work: return to it in one step
         self._restore: float | None = None  # measuring the baseline: the limit to return to
@@ -217,6 +221,7 @@ class AdaptiveConcurrency(Gate):
         self.scraper: MetricsScraper | None = None
         self._capacity: float | None = None  # the server's running count when it last queued
         self._running_seen: deque[float] = deque(maxlen=_RUNNING_READINGS)
+        self._proven = 0.0  # the most a reading showed running with nothing waiting
         self._load_at = -math.inf
 
     def snapshot(self) -> ConcurrencySnapshot:
@@ -322,11 +327,14 @@ class AdaptiveConcurrency(Gate):
         self._skip_round = True
         self._cut_at = time.monotonic()
         self._skipped = 0
+        # Every request in flight now was sent at the old level: a deep
+        # queue drains for longer than a round.
+        self._skip_budget = self._in_flight
 
     def _skipped_older(self, seconds: float, round_size: int) -> bool:
         """Whether a sample is dropped: its request was sent before the last
         cut, and a round's worth has not been dropped yet (the lock is held)."""
-        if time.monotonic() - seconds < self._cut_at and self._skipped < round_size:
+        if time.monotonic() - seconds < self._cut_at and self._skipped < max(round_size, self._skip_budget):
             self._skipped += 1
             return True
         self._skip_round = False
@@ -344,6 +352,8 @@ class AdaptiveConcurrency(Gate):
         # is waiting while running is as high as it has been lately.
         full = waiting >= 1 and bool(self._running_seen) and running >= max(self._running_seen)
         self._running_seen.append(running)
+        if waiting < 1:
+            self._proven = max(self._proven, running)
         if full:
             if self._ceiling is not None and self._limit >= self._ceiling:
                 self._probe_every *= 2  # a probe above the known level queued
@@ -411,7 +421,12 @@ class AdaptiveConcurrency(Gate):
             # A few requests' worth of noise (cold connections, a busy
             # client) must not end slow start far below the server's level.
             if figure <= _TOLERANCE * baseline or excess < max(1.0, _SLOW_START_NOISE * self._limit):
-                self._limit = min(float(self.maximum), self._limit * _SLOW_START_GROWTH)
+                grown = self._limit * _SLOW_START_GROWTH
+                if self.reads_metrics and self._proven:
+                    # Latency answers late: never grow past one step above
+                    # what a reading showed running with nothing waiting.
+                    grown = min(grown, max(self._limit, self._proven * _SLOW_START_GROWTH))
+                self._limit = min(float(self.maximum), grown)
                 self._skip_older()  # judge the new level by requests sent at it
                 return
             if not self._confirmed(excess, suspect):
@@ -477,10 +492,11 @@ class AdaptiveConcurrency(Gate):
             level = max(self._limit - cut, self._limit / _SLOW_START_GROWTH)
             self._ceiling = self._limit
         else:
-            # At a steady level Little's law sized the cut: the level it
-            # leaves is the server's, held, with a probe above now and then.
+            # At a steady level Little's law sized the cut; climb back from
+            # it a little a calm round, no higher than just below where the
+            # queue showed (a cut that noise made is undone so).
             level = self._limit - cut
-            self._ceiling = level + 1
+            self._ceiling = self._limit
         self._limit = max(float(self.minimum), level)
         self._jump_back = False
         self._slow_start = False
