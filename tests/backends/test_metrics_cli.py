@@ -1,4 +1,5 @@
-"""``motio run --metrics-url`` and ``--no-metrics``: real ``motio`` subprocesses against the simulated vLLM server."""
+"""``motio run --metrics-url`` and ``--no-metrics``: real ``motio`` subprocesses
+against the simulated vLLM server."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def test_a_run_reads_the_given_page_or_none(tmp_path: Path) -> None:
         out = tmp_path / f"out{len(flags[0])}.jsonl"
         with running_sim(slots=8) as sim:
             extra = [*flags, sim.metrics_url] if flags[0] == "--metrics-url" else flags
-            done = run_motio("run", prompts, "-o", out, "--base-url", sim.base_url, "--model", "sim-model", *extra)
+            done = run_motio(
+                "run", prompts, "-o", out, "--base-url", sim.base_url, "--model", "sim-model", *extra
+            )
             served = sim.stats()["served"]
         assert done.returncode == 0, done.stderr
         assert_clean(done.stderr)

@@ -23,11 +23,14 @@ from tests.cli.conftest import assert_clean, complete_lines, run_motio, write_pr
 from tests.servers.vllm_sim import running_sim
 
 
-def test_the_coordinator_judges_a_reading_with_every_workers_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_coordinator_judges_a_reading_with_every_workers_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(_ray, "SCRAPE_INTERVAL", 0.0)  # every reading judged: the test sends them
     url = "http://127.0.0.1:1/v1"
     coordinator = _ray.Coordinator(SharePlan(2, (url,), concurrency="auto", initial=16))
-    assert coordinator.report(1, {url: Signals([], 0, 8, ServerLoad(16, 0))}) == {url: 16}  # 8 of 16: not bound
+    # 8 of a limit of 16 in flight: the limit does not bind, nothing to learn.
+    assert coordinator.report(1, {url: Signals([], 0, 8, ServerLoad(16, 0))}) == {url: 16}
     # Both workers' 16 fill the limit and the server runs them all: room to grow.
     assert coordinator.report(2, {url: Signals([], 0, 8, ServerLoad(16, 0))}) == {url: 20}
     # 18 of ours, 16 running and 4 waiting at the server (one of them another
@@ -35,7 +38,9 @@ def test_the_coordinator_judges_a_reading_with_every_workers_requests(monkeypatc
     assert coordinator.report(2, {url: Signals([], 0, 10, ServerLoad(16, 4))}) == {url: 14}
 
 
-def test_two_workers_hold_the_server_at_capacity_with_nothing_waiting(tmp_path: Path, ray_address: str) -> None:
+def test_two_workers_hold_the_server_at_capacity_with_nothing_waiting(
+    tmp_path: Path, ray_address: str
+) -> None:
     count, slots = 1200, 8
     prompts, out = write_prompts(tmp_path / "p.jsonl", count, max_tokens=16), tmp_path / "out.jsonl"
     loads: list[dict[str, Any]] = []

@@ -72,7 +72,8 @@ the server's counts when it publishes them, refusals, first-token latency.
     busy waits a generation) with the median above ``_AT_BASELINE`` x its
     baseline, is a queue: the limit drops by E (at least
     one, at most half), and climbs back a sixteenth a calm round to just
-    below where the queue showed (so a cut that noise made is undone). A short queue (under ``_OBVIOUS_QUEUE`` of the limit) is cut only
+    below where the queue showed (so a cut that noise made is undone). A
+    short queue (under ``_OBVIOUS_QUEUE`` of the limit) is cut only
     when two rounds in a row show it: one slow round on a busy client is
     not a queue.
   * Calm (median within ``_AT_BASELINE``, or E under half a request): one
