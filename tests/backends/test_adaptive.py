@@ -96,20 +96,45 @@ def test_overload_halves_once_per_round_and_good_rounds_grow() -> None:
     assert gate.limit == 22
 
 
-def test_rising_latency_cuts_by_the_gradient() -> None:
+def test_rising_latency_cuts_by_the_queue_it_shows_and_adds_no_headroom_above_baseline() -> None:
     gate = AdaptiveConcurrency(initial=64, maximum=256)
     for _ in range(32):  # slow start judges half rounds
         gate.record_first_token(0.01)
     assert gate.limit == 96
     for _ in range(48):
-        gate.record_first_token(0.1)  # 10x the baseline: a long queue
-    assert gate.limit == 48  # the deepest single cut is a half
-    for _ in range(48):
         gate.record_first_token(0.1)
-    assert gate.limit == 48  # the round after a cut only shows the queue being drained
+    assert gate.limit == 96  # sent before it grew: a level is judged by requests sent at it
     for _ in range(48):
-        gate.record_first_token(0.012)  # near the baseline again: half the way back up
-    assert gate.limit == 71
+        gate.record_first_token(0.1)  # 10x the baseline: a long queue
+    assert gate.limit == 64  # back to the level before the growth, which was calm
+    for _ in range(64):
+        gate.record_first_token(0.1)
+    assert gate.limit == 64  # the round after a cut only shows the queue being drained
+    # Issue 19: no additive headroom while latency is above the baseline (it
+    # used to climb half the way back here, and settled a few requests above
+    # a slotted server's capacity: a standing queue that doubled the tail).
+    for _ in range(64):
+        gate.record_first_token(0.012)  # 1.2x the baseline: holds
+    assert gate.limit == 64
+    for _ in range(64):
+        gate.record_first_token(0.0102)  # at the baseline: a step (a sixteenth) back up
+    assert gate.limit == 68
+
+
+def test_a_refused_probe_above_the_known_level_steps_back_without_halving() -> None:
+    gate = AdaptiveConcurrency(initial=16, maximum=256)
+    gate.record_overload()  # a 429 at 16: halved, and 16 is where it happened
+    assert gate.limit == 8
+    for _ in range(16):  # a skipped round, then a calm one: straight back below it
+        gate.record_first_token(0.01)
+    assert gate.limit == 15
+    for _ in range(15 * 12):  # calm rounds at the known level (and a baseline measurement): a probe above
+        gate.record_first_token(0.01)
+        if gate.limit == 16:
+            break
+    assert gate.limit == 16
+    gate.record_overload()  # the probe was refused: that is no news, no halving
+    assert gate.limit == 15 and gate.snapshot().overloads == 2
 
 
 def test_bad_bounds_are_configuration_errors() -> None:

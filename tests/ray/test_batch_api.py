@@ -12,7 +12,7 @@ import pytest
 
 from motio import ConfigurationError, batch
 from motio.backends import LlamaCppBackend, OpenAIBackend
-from motio.backends.http._adaptive import SharedGate
+from motio.backends.http._adaptive import SharedGate, Signals
 from motio.batch import PromptRecord
 from motio.batch._ray import Coordinator
 from motio.batch._share import SharePlan
@@ -104,17 +104,17 @@ def test_the_coordinator_sets_one_limit_from_every_workers_signals() -> None:
     for gate in gates:
         for _ in range(8):
             gate.record_first_token(0.01)
-    limits = coordinator.report({"http://s/v1": gates[0].drain()})
-    limits = coordinator.report({"http://s/v1": gates[1].drain()})
+    limits = coordinator.report(1, {"http://s/v1": gates[0].drain()})
+    limits = coordinator.report(2, {"http://s/v1": gates[1].drain()})
     assert limits["http://s/v1"] > 8
     for gate in gates:
         gate.set_limit(plan.share(limits["http://s/v1"]))
     assert gates[0].limit == gates[1].limit == limits["http://s/v1"] // 2
     # ...and one worker's 429 halves it for both.
     gates[0].record_overload()
-    halved = coordinator.report({"http://s/v1": gates[0].drain()})["http://s/v1"]
+    halved = coordinator.report(1, {"http://s/v1": gates[0].drain()})["http://s/v1"]
     assert halved == limits["http://s/v1"] // 2
-    assert gates[1].drain() == ([], 0)
+    assert gates[1].drain() == Signals([], 0, 0)
 
 
 def test_the_progress_line_lists_every_server_before_any_worker_reports(ray_address: str) -> None:

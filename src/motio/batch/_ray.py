@@ -44,6 +44,7 @@ import gc
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -56,6 +57,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from .._exceptions import MotioError
 from ..backends import Backend
 from ..backends.http import AdaptiveConcurrency, EndpointSnapshot, RateLimiter, Reservation, SharedGate
+from ..backends.http._adaptive import Signals
+from ..backends.http._metrics import SCRAPE_INTERVAL
 from ._engine import BatchAborted, Engine, OnResult, build_result
 from ._records import PromptRecord
 from ._runner import Records
@@ -80,6 +83,8 @@ _SHARDS_AHEAD = 3
 _FLUSH_SECONDS = 0.05
 #: How often a worker reports its servers' signals and takes its shares.
 _SYNC_SECONDS = 0.1
+# Seconds after which a worker that has not reported holds nothing (it died).
+_SILENT_WORKER = 2.0
 #: How long an address may take to accept a TCP connection before it counts as unreachable.
 _REACH_TIMEOUT = 3.0
 #: How long a dead worker may take to come back (Ray restarts it) before it is fed no more.
@@ -170,7 +175,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 class Coordinator:
-    """One per batch: the rate limiter and, per server, the adaptive controller."""
+    """One per batch: the rate limiter and, per server, the adaptive controller.
+
+    The controller judges the whole cluster's requests: workers send their
+    first-token times, refusals, requests in flight and (each reading its
+    server's metrics page, when it has one) the server's counts; one
+    reading every ``SCRAPE_INTERVAL`` is judged, with every worker's
+    requests in flight as ours.
+    """
 
     def __init__(self, plan: SharePlan) -> None:
         self._limiter = RateLimiter(plan.rpm, plan.tpm) if plan.rate_limited else None
@@ -179,7 +191,11 @@ class Coordinator:
             if plan.adaptive
             else {}
         )
-        self._held: dict[int, Reservation] = {}
+        self._actors = plan.actors
+        # Per server, per worker (process id): its requests in flight, and when it said so.
+        self._held: dict[str, dict[int, tuple[int, float]]] = {url: {} for url in self._controllers}
+        self._read_at: dict[str, float] = {}
+        self._tickets: dict[int, Reservation] = {}
         self._next = 0
 
     async def acquire(self, tokens: int) -> int:
@@ -187,22 +203,31 @@ class Coordinator:
         assert self._limiter is not None
         reservation = await self._limiter.acquire(tokens)
         self._next += 1
-        self._held[self._next] = reservation
+        self._tickets[self._next] = reservation
         return self._next
 
     def settle(self, ticket: int, actual_tokens: int | None) -> None:
-        reservation = self._held.pop(ticket, None)
+        reservation = self._tickets.pop(ticket, None)
         if reservation is not None:
             reservation.settle(actual_tokens)
 
-    def report(self, signals: dict[str, tuple[list[float], int]]) -> dict[str, int]:
-        """Feed workers' signals to the controllers; every server's limit now."""
-        for url, (first_tokens, overloads) in signals.items():
-            controller = self._controllers[url]
-            for _ in range(overloads):
+    def report(self, worker: int, signals: dict[str, Signals]) -> dict[str, int]:
+        """Feed a worker's signals to the controllers; every server's limit now."""
+        now = time.monotonic()
+        for url, signal in signals.items():
+            controller, held = self._controllers[url], self._held[url]
+            held[worker] = (signal.in_flight, now)
+            for _ in range(signal.overloads):
                 controller.record_overload()
-            for seconds in first_tokens:
+            for seconds in signal.first_tokens:
                 controller.record_first_token(seconds)
+            # Every worker reads the page; the controller takes one reading
+            # a scrape interval, as it would in one process.
+            if signal.load is not None and now - self._read_at.get(url, -SCRAPE_INTERVAL) >= SCRAPE_INTERVAL:
+                self._read_at[url] = now
+                # A worker silent for a while has died (its replacement has another id).
+                ours = sum(n for n, at in held.values() if now - at < _SILENT_WORKER)
+                controller.record_load(signal.load, ours=ours, slack=self._actors)
         return {url: controller.limit for url, controller in self._controllers.items()}
 
 
@@ -350,7 +375,7 @@ class BatchWorker:
         while True:
             signals = {url: gate.drain() for url, gate in self._gates.items()}
             with contextlib.suppress(RayActorError, ActorUnavailableError):
-                limits = await self._coordinator.report.remote(signals)
+                limits = await self._coordinator.report.remote(os.getpid(), signals)
                 for url, limit in limits.items():
                     self._gates[url].set_limit(self._plan.share(limit))
             await asyncio.sleep(_SYNC_SECONDS)

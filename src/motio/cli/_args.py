@@ -21,6 +21,8 @@ class BackendArgs:
 
     ``base_urls``: every ``--base-url``, in order; ``concurrency``: None
     when not given (and always for ``motio chat``, which has no such flag).
+    ``metrics_urls``: every ``--metrics-url``, in order; ``no_metrics``:
+    ``--no-metrics`` (``motio run``'s only).
     """
 
     backend: str | None = None
@@ -35,6 +37,8 @@ class BackendArgs:
     tpm: float | None = None
     first_token_timeout: float | None = None
     total_timeout: float | None = None
+    metrics_urls: tuple[str, ...] = ()
+    no_metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,7 @@ class BackendSpec:
     total_timeout: float | None = None
     base_urls: tuple[str, ...] = ()
     ca_bundle: str | None = None
+    metrics: tuple[str, ...] | bool = True
 
     @classmethod
     def from_args(cls, args: BackendArgs) -> BackendSpec:
@@ -95,6 +96,7 @@ class BackendSpec:
             args.max_retries, args.rpm, args.tpm, args.first_token_timeout, args.total_timeout,
             base_urls=several,
             ca_bundle=None if args.ca_bundle is None else _readable_ca_bundle(args.ca_bundle),
+            metrics=_metrics_pages(args, max(1, len(urls))),
         )  # fmt: skip
 
     @property
@@ -121,6 +123,29 @@ class BackendSpec:
         """How many prompts the run keeps in flight (the gates may admit fewer):
         enough to fill every server's limit."""
         return self.per_server * self.servers
+
+
+def _metrics_pages(args: BackendArgs, servers: int) -> tuple[str, ...] | bool:
+    """``--metrics-url`` (one per server) or ``--no-metrics``: the pages given,
+    False for none, True to find them.
+
+    Raises:
+        CliError: both flags, or a count of pages that is not the servers' (usage errors).
+    """
+    pages = tuple(url.strip() for url in args.metrics_urls)
+    if args.no_metrics and pages:
+        raise CliError("--metrics-url and --no-metrics: give one of them", EXIT_USAGE)
+    if args.no_metrics:
+        return False
+    if not pages:
+        return True
+    if len(pages) != servers or not all(url.startswith(("http://", "https://")) for url in pages):
+        raise CliError(
+            f"--metrics-url: give one http(s) URL per server, in --base-url order "
+            f"({servers} server{'s' if servers > 1 else ''}, {len(pages)} given)",
+            EXIT_USAGE,
+        )
+    return pages
 
 
 def _server_backends() -> str:
@@ -222,6 +247,8 @@ def build_backend(spec: BackendSpec) -> Backend:
                 options[name] = None
         if spec.ca_bundle is not None:
             options["ssl"] = spec.ca_bundle
+        if spec.metrics is not True:
+            options["metrics_url"] = list(spec.metrics) if spec.metrics else False
         return cls(
             spec.model,
             base_url=list(spec.base_urls) if spec.base_urls else spec.base_url,

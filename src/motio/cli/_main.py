@@ -227,6 +227,8 @@ def _backend_args(namespace: argparse.Namespace, concurrency: int | str | None) 
         tpm=namespace.tpm,
         first_token_timeout=namespace.first_token_timeout,
         total_timeout=namespace.total_timeout,
+        metrics_urls=tuple(getattr(namespace, "metrics_url", None) or ()),
+        no_metrics=getattr(namespace, "no_metrics", False),
     )
 
 
@@ -323,9 +325,25 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "-c",
         type=_concurrency,
         metavar="N|auto",
-        help="generations in flight at once: a number, or auto (adapt to what the server "
-        "serves, up to 256; auto:N for another bound); per server, given several. "
+        help="generations in flight at once: a number, or auto (hold each server full with "
+        "nothing waiting, by its metrics page when it has one, else by first-token times; up to "
+        "256, auto:N for another bound); per server, given several. "
         "Default: auto for a server, 1 embedded",
+    )
+    run.add_argument(
+        "--metrics-url",
+        metavar="URL",
+        action="append",
+        help="with --concurrency auto: the server's Prometheus metrics page (vLLM, SGLang, TGI, "
+        "llama.cpp), read at most twice a second to keep it at capacity with nothing waiting; "
+        "one per server, in --base-url order. Default: each server's <origin>/metrics, tried "
+        "once (a server without it is judged by its first-token latency)",
+    )
+    run.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="with --concurrency auto: never read servers' metrics pages; follow first-token "
+        "latency alone",
     )
     run.add_argument(
         "--extra-body",

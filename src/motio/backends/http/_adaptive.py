@@ -1,34 +1,98 @@
-"""A concurrency gate whose limit finds what the server can actually serve.
+"""A concurrency gate whose limit finds a server's knee: every slot busy, nobody waiting.
 
 A stock vLLM never answers 429: it queues without limit, so sending more at
-once only shows up as a longer time to first token (TTFT). Hosted APIs and
-proxies do answer 429/503. So the controller listens to both signals:
+once only shows up as a longer time to first token (TTFT). Against a server
+with a hard number of slots every queued request waits for a whole
+generation to end, so even a small standing queue doubles the tail of the
+first-token latency; too few in flight and slots idle. The target is the
+knee: in flight = the server's capacity, its queue empty. Three signals:
+the server's counts when it publishes them, refusals, first-token latency.
+
+- **The server's own counts** (``_metrics.py``: vLLM, SGLang, TGI and
+  llama.cpp publish how many requests run and how many wait), read at most
+  every ``SCRAPE_INTERVAL`` seconds. While they are fresh they judge, once
+  per reading, with ``ours`` = this gate's requests in flight (a Ray
+  coordinator passes every worker's), ``share`` = ours / (running +
+  waiting) and ``others`` = running + waiting - ours (other clients):
+
+  * Requests wait while the server runs as many as it has in the last
+    ``_RUNNING_READINGS`` readings: it is full, its capacity ``running``.
+    (Waiting alone is not enough: a request that arrives during a step
+    waits for the next one even with slots free, and requests of equal
+    length end and are replaced together.) The limit drops to ``min(limit,
+    ours) - waiting x share`` (two clients each give up their part of the
+    queue, and together empty it) and that level is held.
+  * Nothing waits and the limit binds (ours within ``slack`` of it): with a
+    known capacity, grow by the free slots ``capacity - others - ours``
+    (other clients left) in one step; at the capacity hold, and probe one
+    above every ``_PROBE_EVERY x _METRICS_PROBE_FACTOR`` readings (each
+    probe queues a request for a while), doubling after each probe that
+    queued, since a server's capacity may grow (more KV cache free). Never
+    seen full, grow by ``_METRICS_GROWTH`` a reading.
+  * Slow start's latency rounds (below) still grow the limit, faster than
+    readings come, but never past one growth step above the most a reading
+    showed running with nothing waiting, and cut nothing: the next reading
+    says how long the queue is, where latency, which also grows with the
+    batch, would guess.
 
 - **Overload** (429, 503, 529, or a refused connection while others are in
   flight): halve the limit, at most once per round, and remember the level
   where it happened (``ceiling``), lowered by one for every further refusal
   of the same burst: a server of capacity C refuses about L - C of L sent.
-- **Latency**: each round (``limit`` first-token samples; half that in slow
-  start, which must find the server's level fast) is judged by
-  its 95th percentile TTFT against the best recent level (``baseline``: the
-  lowest round figure of the last ``_BASELINE_ROUNDS`` rounds, so it follows
-  a server whose base latency changes). A high percentile, not the median:
-  a server queueing a few requests beyond its capacity delays only those
-  few, and the median would not move until half of them waited.
+  After a calm round the limit returns in one step to just below it, and
+  probes one above every ``_PROBE_EVERY`` calm rounds. A refused probe is
+  no news: back to the level known to work without halving, and the next
+  probe waits twice as long. (On a small batch against a 429 server,
+  capacity 16, ``Retry-After: 1``, 300 requests of 0.5 s, a halving per
+  probe plus its 1 s waits cost more than the whole batch.)
 
-  * p95 <= ``_TOLERANCE`` x baseline: the server keeps up. Slow start
-    (before the first congestion signal) multiplies the limit by
-    ``_SLOW_START_GROWTH``; afterwards the limit climbs back quickly, half the
-    way per round, towards the last overload ``ceiling``, and by one
-    (additive increase) above it.
-    With no ceiling yet, the limit grows by one a round (additive increase).
-  * p95 above: requests are queueing on the server. Decrease by the gradient
-    ``_TOLERANCE x baseline / p95``, as in Netflix's concurrency-limits
-    (Gradient2), clamped to ``[0.5, 0.9]``: a long queue is drained in one
-    step, a short one trimmed by a tenth. Slow start ends.
+- **First-token latency**, when the server publishes no counts. A round is
+  ``limit`` first-token samples (half that in slow start and while the
+  baseline is measured), and only of requests sent at the current limit:
+  after any change, samples of requests sent before it are dropped (at
+  most a round's worth, or as many as were in flight), since they report
+  the old level's queue.
 
-After any cut the next round is not judged: its requests were sent before
-the cut, so it would only report the queue the cut is already draining.
+  * Slow start (before the first congestion signal) multiplies the limit
+    by ``_SLOW_START_GROWTH`` while the round's 90th percentile stays within
+    ``_TOLERANCE`` of the lowest round so far (the percentile, because the
+    later requests of a round meet the queue its growth made, the first
+    ones the room left before), or its queue is within noise. A queue ends
+    it: the limit goes back to the level before the last growth (calm) and
+    climbs from there towards where the queue showed, a sixteenth a round.
+  * Afterwards the median judges, against ``baseline``, the server's
+    latency with no queue. By Little's law a standing queue of E requests
+    delays each new one by E / throughput, so ``E = (median - baseline) x
+    first tokens per second`` (over the last ``_RATE_WINDOW``). Against a
+    continuous-batching server at L > C in flight each new request waits
+    about (L - C) / C generation times, which this recovers as L - C. A
+    median above ``_QUEUE_TOLERANCE`` x baseline with E >= 1, or a 90th
+    percentile above ``_TAIL_TOLERANCE`` x its baseline (against hard slots
+    a request or two too many first show there: one that finds every slot
+    busy waits a generation) with the median above ``_AT_BASELINE`` x its
+    baseline, is a queue: the limit drops by E (at least
+    one, at most half), and climbs back a sixteenth a calm round to just
+    below where the queue showed (so a cut that noise made is undone). A
+    short queue (under ``_OBVIOUS_QUEUE`` of the limit) is cut only
+    when two rounds in a row show it: one slow round on a busy client is
+    not a queue.
+  * Calm (median within ``_AT_BASELINE``, or E under half a request): one
+    step back up. In between the limit holds: no additive headroom while
+    latency is above the baseline. (Gradient2 adds 4 a round, Envoy √L,
+    Vegas keeps 3-6 queued: each keeps a small standing queue on purpose,
+    which against hard slots is a doubled tail.)
+
+  The baseline comes from slow start's lowest round, and is measured again
+  ``_FIRST_MEASURE`` seconds after it, then every ``_MEASURE_EVERY`` seconds
+  (give or take ``_MEASURE_JITTER``, drawn each time, so that clients or
+  Ray workers do not all dip at once), and whenever the limit moved out of
+  ``_BASELINE_SPAN`` of where it was measured (latency grows with the batch
+  too): the limit dips by ``_MEASURE_DIP`` for two half rounds, the first
+  drains what was sent before, the second's median and tail are the new
+  baselines. That is Envoy's adaptive concurrency ``min_rtt`` window and
+  Netflix's GradientLimit reset, not a moving average taken at the
+  operating point, which would drift up with a standing queue (nor the
+  lowest round since, which would drift down with noise).
 
 The limit stays between ``minimum`` and ``maximum``. With ``adaptive=False``
 the gate is a plain cross-loop limit of ``initial``.
@@ -39,30 +103,69 @@ using a backend, FIFO, a waiter holds no thread.
 
 from __future__ import annotations
 
+import math
+import random
+import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..._exceptions import ConfigurationError
 from .._gate import Gate
 
-__all__ = ["AdaptiveConcurrency", "ConcurrencySnapshot", "SharedGate"]
+if TYPE_CHECKING:
+    from ._metrics import MetricsScraper, ServerLoad
 
-#: A round's TTFT figure within this factor of the baseline counts as "no queue".
+__all__ = ["AdaptiveConcurrency", "ConcurrencySnapshot", "SharedGate", "Signals"]
+
+#: Slow start grows while a round's median is within this factor of the baseline.
 _TOLERANCE = 1.5
+#: After slow start, a round's median above this factor of the baseline is a queue.
+_QUEUE_TOLERANCE = 1.25
+#: ...and within this factor the server is at its no-load latency: room to grow.
+_AT_BASELINE = 1.1
 #: Growth per round before the first congestion signal (below TCP's 2, so
 #: the first overshoot sends at most half the capacity in excess).
 _SLOW_START_GROWTH = 1.5
-#: How many recent rounds the baseline (lowest round median) is taken over.
+#: The tail percentile: what judges a slow-start round (afterwards the
+#: median does, and the tail above ``_TAIL_TOLERANCE`` x its baseline is a queue too).
+_TAIL_PERCENTILE = 0.9
+_TAIL_TOLERANCE = 2.0
+#: Excess (of the limit) a slow-start round must show, beyond one request, to count as a queue.
+_SLOW_START_NOISE = 0.05
+#: A queue this long (of the limit) is cut at once; a shorter one when two rounds in a row show it.
+_OBVIOUS_QUEUE = 0.1
+#: Growth per calm round (of the limit) when no level is known yet.
+_AFTER_SLOW_START_GROWTH = 1 / 16
+#: How many slow-start rounds the first baseline (the lowest median) is taken over.
 _BASELINE_ROUNDS = 10
 #: Fewest samples a round is judged on, however low the limit.
 _MIN_ROUND = 4
-#: Deepest and gentlest single cut for latency (the gradient is clamped to these).
+#: The deepest single cut for latency.
 _MAX_LATENCY_CUT = 0.5
-_MIN_LATENCY_CUT = 0.9
-#: Which percentile of a round's TTFT samples judges it.
-_PERCENTILE = 0.95
-#: Good rounds spent just below the last overload level before probing above it.
+#: Good rounds (or metric readings) spent at the level known to work before probing above it.
 _PROBE_EVERY = 4
+#: Seconds between two measurements of the baseline, and their relative jitter.
+_MEASURE_EVERY = 8.0
+_MEASURE_JITTER = 0.3
+#: Seconds after slow start ends before the first measurement (its baseline
+#: came from few, low-limit rounds), with the same jitter.
+_FIRST_MEASURE = 2.0
+#: How far the limit may move from where the baseline was measured before
+#: it is measured again (as a ratio of the two).
+_BASELINE_SPAN = (0.8, 1.25)
+#: The part of the limit given up while the baseline is measured.
+_MEASURE_DIP = 1 / 8
+#: Growth per reading while a server that publishes its counts was never seen full.
+_METRICS_GROWTH = 1.25
+#: Readings at a known capacity between probes above it, per ``_PROBE_EVERY`` rounds.
+_METRICS_PROBE_FACTOR = 10
+#: Readings whose running counts tell a full server from one still filling.
+_RUNNING_READINGS = 8
+#: Seconds over which throughput is counted (first tokens arrive in bursts).
+_RATE_WINDOW = 0.25
+#: Seconds after which the server's counts are too old to judge by.
+_STALE_AFTER = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +196,14 @@ class AdaptiveConcurrency(Gate):
         super().__init__(initial)
         self.minimum, self.maximum, self.adaptive = minimum, maximum, adaptive
         self._samples: list[float] = []
+        self._round_started = time.monotonic()
         self._medians: deque[float] = deque(maxlen=_BASELINE_ROUNDS)
+        self._baseline: float | None = None
+        self._tail_baseline = math.inf  # the same, of the tail (_TAIL_PERCENTILE)
+        self._baseline_level = float(initial)  # the limit it was measured at
+        self._rate: float | None = None  # first tokens per second, the last _RATE_WINDOW
+        self._rate_mark = (time.monotonic(), 0)
+        self._counted = 0
         self._slow_start = True
         self._ceiling: float | None = None
         self._cut_this_round = False
@@ -101,11 +211,40 @@ class AdaptiveConcurrency(Gate):
         self._good_rounds = 0
         self._probe_every = _PROBE_EVERY
         self._skip_round = False
-        self._jump_back = False  # the last cut was an overload: return to below it in one step
+        self._cut_at = -math.inf
+        self._skipped = 0
+        self._skip_budget = 0
+        self._suspect = False  # the last round showed a short queue: the next decides
+        self._jump_back = False  # the last cut named a level known to work: return to it in one step
+        self._restore: float | None = None  # measuring the baseline: the limit to return to
+        self._next_measure = math.inf
+        self._random = random.Random()
+        self.scraper: MetricsScraper | None = None
+        self._capacity: float | None = None  # the server's running count when it last queued
+        self._running_seen: deque[float] = deque(maxlen=_RUNNING_READINGS)
+        self._proven = 0.0  # the most a reading showed running with nothing waiting
+        self._load_at = -math.inf
 
     def snapshot(self) -> ConcurrencySnapshot:
         with self._lock:
             return ConcurrencySnapshot(self.limit, self._in_flight, len(self._waiters), self._overloads)
+
+    async def acquire(self) -> None:
+        scraper = self.scraper
+        if scraper is not None:
+            scraper.poke()
+        await super().acquire()
+
+    def try_acquire(self) -> bool:
+        scraper = self.scraper
+        if scraper is not None:
+            scraper.poke()
+        return super().try_acquire()
+
+    @property
+    def reads_metrics(self) -> bool:
+        """Whether the server's counts judge the limit now (fresh ones arrived)."""
+        return time.monotonic() - self._load_at < _STALE_AFTER
 
     # -- the signals -----------------------------------------------------------------
 
@@ -113,12 +252,22 @@ class AdaptiveConcurrency(Gate):
         """A request got its first content ``seconds`` after it was sent."""
         if not self.adaptive:
             return
+        scraper = self.scraper
+        if scraper is not None:
+            scraper.poke()
         with self._lock:
-            self._samples.append(seconds)
+            if not self._slow_start and self.reads_metrics:
+                return  # the server's own counts say more than latency
             # Slow start judges every half round: it has not found the
             # server's level yet, and every round spent low is throughput lost.
-            round_size = self.limit // 2 if self._slow_start else self.limit
-            if len(self._samples) >= max(_MIN_ROUND, round_size):
+            # So does a baseline measurement, which costs throughput.
+            self._count_sample()
+            short = self._slow_start or self._restore is not None
+            round_size = max(_MIN_ROUND, self.limit // 2 if short else self.limit)
+            if self._skip_round and self._skipped_older(seconds, round_size):
+                return
+            self._samples.append(seconds)
+            if len(self._samples) >= round_size:
                 self._end_round()
                 self._admit()
 
@@ -128,68 +277,298 @@ class AdaptiveConcurrency(Gate):
             return
         with self._lock:
             self._overloads += 1
+            self._end_measurement()
             if self._cut_this_round:
                 # More of the same burst: each request refused beyond the
                 # first says the server holds one fewer than we sent.
                 if self._ceiling is not None and self._ceiling > self.minimum + 1:
                     self._ceiling -= 1
+                    self._limit = min(self._limit, max(float(self.minimum), self._ceiling - 1))
                 return
-            if self._ceiling is not None and self._limit >= self._ceiling - 1:
-                self._probe_every *= 2  # a probe above the known level failed again
-            self._ceiling = self._limit
+            if self._ceiling is not None and self._limit >= self._ceiling:
+                # A probe above the level known to work failed: back to that
+                # level, and the next probe waits twice as long.
+                self._probe_every *= 2
+                self._limit = max(float(self.minimum), self._ceiling - 1)
+            else:
+                self._ceiling = self._limit
+                self._limit = max(float(self.minimum), self._limit / 2)
             self._jump_back = True
-            self._limit = max(float(self.minimum), self._limit / 2)
             self._slow_start = False
             self._cut_this_round = True
-            self._skip_round = True
-            self._samples.clear()
+            self._skip_older()
+
+    def record_load(self, load: ServerLoad, ours: int | None = None, slack: int = 1) -> None:
+        """The server's counts (``_metrics.py``), with ``ours`` of its requests
+        in flight (default: this gate's); the limit binds when ours is within
+        ``slack`` of it (Ray workers' shares are rounded down: one each)."""
+        if not self.adaptive:
+            return
+        with self._lock:
+            self._load_at = time.monotonic()
+            self._end_measurement()
+            held = self._in_flight if ours is None else ours
+            self._judge_load(load.running, load.waiting, held, held >= self.limit - slack)
+            self._admit()
+
+    def _count_sample(self) -> None:
+        """Keep the throughput (first tokens a second) up to date (the lock is held)."""
+        self._counted += 1
+        now = time.monotonic()
+        since, counted = self._rate_mark
+        if now - since >= _RATE_WINDOW:
+            # The latest window alone: a ramp's queue is sized by what the
+            # server delivers now, not by an average over lower levels.
+            self._rate = (self._counted - counted) / (now - since)
+            self._rate_mark = (now, self._counted)
+
+    def _skip_older(self) -> None:
+        """After a cut (or a dip): judge only requests sent from now on (the lock is held)."""
+        self._samples.clear()
+        self._skip_round = True
+        self._cut_at = time.monotonic()
+        self._skipped = 0
+        # Every request in flight now was sent at the old level: a deep
+        # queue drains for longer than a round.
+        self._skip_budget = self._in_flight
+
+    def _skipped_older(self, seconds: float, round_size: int) -> bool:
+        """Whether a sample is dropped: its request was sent before the last
+        cut, and a round's worth has not been dropped yet (the lock is held)."""
+        if time.monotonic() - seconds < self._cut_at and self._skipped < max(round_size, self._skip_budget):
+            self._skipped += 1
+            return True
+        self._skip_round = False
+        self._round_started = time.monotonic()
+        return False
+
+    # -- judging by the server's counts -------------------------------------------
+
+    def _judge_load(self, running: float, waiting: float, ours: int, binding: bool) -> None:
+        total = running + waiting
+        share = min(1.0, ours / total) if total > 0 else 1.0
+        # Waiting requests alone do not make a full server: a request that
+        # arrived during a step waits for the next one even with slots free
+        # (requests of equal length end, and are replaced, together). Full
+        # is waiting while running is as high as it has been lately.
+        full = waiting >= 1 and bool(self._running_seen) and running >= max(self._running_seen)
+        self._running_seen.append(running)
+        if waiting < 1:
+            self._proven = max(self._proven, running)
+        if full:
+            if self._ceiling is not None and self._limit >= self._ceiling:
+                self._probe_every *= 2  # a probe above the known level queued
+            self._capacity = running
+            level = max(float(self.minimum), min(self._limit, ours) - math.ceil(waiting * share))
+            self._settle_at(level)
+            return
+        if not binding:
+            return  # a limit that does not bind teaches nothing about more
+        if self._capacity is not None:
+            self._capacity = max(self._capacity, running)
+            free = self._capacity - max(0.0, total - ours) - ours
+            if free >= 1:  # slots other clients left, or never filled
+                self._ceiling = max(self._ceiling or 0.0, self._limit + math.floor(free) + 1)
+                self._jump_back = True
+            # Readings come every half second: probe above a known capacity
+            # far more rarely than latency rounds do (each probe queues one
+            # request, which delays every next one a little while it lasts).
+            self._limit = min(float(self.maximum), self._grown(_METRICS_PROBE_FACTOR))
+        elif self._ceiling is not None and not self._slow_start:
+            self._limit = min(float(self.maximum), self._grown())  # the level a refusal named
+        elif waiting < 1:
+            # Never seen full: it ran all we sent. Grow, less than slow start
+            # does (which may run alongside): the next reading shows a queue.
+            self._limit = min(float(self.maximum), self._limit * _METRICS_GROWTH)
+
+    def _settle_at(self, level: float) -> None:
+        """``level`` is where the server runs full with nothing waiting: go there, and come back to it."""
+        self._ceiling = level + 1
+        self._limit = level
+        self._jump_back = True
+        self._slow_start = False
+        self._good_rounds = 0
+        self._skip_older()
+
+    # -- judging by first-token latency -------------------------------------------
 
     def _end_round(self) -> None:
-        figure = _percentile(self._samples, _PERCENTILE)
+        # On the way up a round's later requests meet the queue its growth
+        # made, its first ones the room left before: a high percentile
+        # shows the queue the level makes. At a steady level every new
+        # request waits as long as the next: the median.
+        tail = _percentile(self._samples, _TAIL_PERCENTILE)
+        figure = tail if self._slow_start else _percentile(self._samples, 0.5)
+        now = time.monotonic()
+        rate = self._rate or len(self._samples) / max(now - self._round_started, 1e-3)
+        self._round_started = now
         self._samples.clear()
         self._cut_this_round = False
-        if self._skip_round:
-            self._skip_round = False
+        if self._restore is not None:
+            # A round at the dipped limit: what the server does unloaded.
+            self._baseline, self._tail_baseline, self._baseline_level = figure, tail, self._limit
+            self._end_measurement()
+            self._skip_older()
             return
-        self._medians.append(figure)
-        baseline = min(self._medians)
-        if figure <= _TOLERANCE * baseline:
-            self._limit = min(float(self.maximum), self._grown())
+        baseline = self._current_baseline(figure)
+        # Against hard slots a request or two too many shows in the tail
+        # first: requests that started together end together, and one that
+        # finds them all busy waits for a whole generation.
+        # (With the median up too: a tail alone is as often a busy client.)
+        tail_queue = tail > _TAIL_TOLERANCE * self._tail_baseline and figure > _AT_BASELINE * baseline
+        excess = (figure - baseline) * rate  # Little's law: the standing queue
+        suspect, self._suspect = self._suspect, False
+        if self._slow_start:
+            # A few requests' worth of noise (cold connections, a busy
+            # client) must not end slow start far below the server's level.
+            if figure <= _TOLERANCE * baseline or excess < max(1.0, _SLOW_START_NOISE * self._limit):
+                grown = self._limit * _SLOW_START_GROWTH
+                if self.reads_metrics and self._proven:
+                    # Latency answers late: never grow past one step above
+                    # what a reading showed running with nothing waiting.
+                    grown = min(grown, max(self._limit, self._proven * _SLOW_START_GROWTH))
+                self._limit = min(float(self.maximum), grown)
+                self._skip_older()  # judge the new level by requests sent at it
+                return
+            if not self._confirmed(excess, suspect):
+                return
+            if self.reads_metrics:
+                # The server's counts will say whether that was a queue (and
+                # how long): latency, which also grows with the batch, cuts nothing.
+                self._slow_start = False
+                return
+        elif (figure <= _AT_BASELINE * baseline or excess < 0.5) and not tail_queue:
+            grown = min(float(self.maximum), self._grown())
+            if grown != self._limit:
+                self._limit = grown
+                self._skip_older()
+            else:
+                self._maybe_measure(now)  # once settled, not as it moves
             return
-        gradient = min(_MIN_LATENCY_CUT, max(_MAX_LATENCY_CUT, _TOLERANCE * baseline / figure))
-        self._ceiling = self._limit  # where the queue showed: recover towards just below it
-        self._jump_back = False
-        self._limit = max(float(self.minimum), self._limit * gradient)
-        self._slow_start = False
-        self._skip_round = True
-        # The queue this round saw inflated its figure: keep it out of the
-        # baseline's window, which must hold what the server does unloaded.
-        self._medians.pop()
-        self._medians.append(baseline)
+        elif not self._queued(figure, baseline, excess, tail_queue) or not self._confirmed(excess, suspect):
+            self._maybe_measure(now)  # latency above baseline: no headroom added
+            return
+        self._cut_for_queue(max(1.0, excess), now)
 
-    def _grown(self) -> float:
+    @staticmethod
+    def _queued(figure: float, baseline: float, excess: float, tail_queue: bool) -> bool:
+        return tail_queue or (figure > _QUEUE_TOLERANCE * baseline and excess >= 1)
+
+    def _confirmed(self, excess: float, suspect: bool) -> bool:
+        """Whether a round's queue is cut now: a long one at once, a short one
+        only if the round before showed one too (one slow round on a busy
+        client is not a queue); otherwise the next round is watched."""
+        if suspect or excess >= _OBVIOUS_QUEUE * self._limit:
+            return True
+        self._suspect = True
+        return False
+
+    def _current_baseline(self, figure: float) -> float:
+        """The no-load latency to judge ``figure`` by: in slow start the
+        lowest round so far, afterwards the last measurement's."""
+        if self._slow_start or self._baseline is None:
+            self._medians.append(figure)
+            if self._baseline is None or figure <= min(self._medians):
+                self._baseline_level = self._limit
+            self._baseline = self._tail_baseline = min(self._medians)
+        # Afterwards only a measurement moves it: the lowest of many noisy
+        # rounds would drift down, and every round would look queued.
+        return self._baseline
+
+    def _cut_for_queue(self, excess: float, now: float) -> None:
+        """Requests are queueing on the server, ``excess`` of them by Little's law: give them up."""
+        cut = min(self._limit * _MAX_LATENCY_CUT, excess)
+        if self._slow_start:
+            # The queue showed on the way up: the level before it is the
+            # baseline's (the lowest median), kept; what this round saw is not.
+            self._medians.pop()
+            self._next_measure = now + _FIRST_MEASURE * self._measure_interval() / _MEASURE_EVERY
+        if self._ceiling is not None and self._limit >= self._ceiling:
+            self._probe_every *= 2  # a probe above the level known to work queued
+        if self._slow_start:
+            # The level before the last growth was calm: never below it. A
+            # ramp's queue is sized roughly (requests sent together end
+            # together, so the late ones wait a whole generation): climb
+            # back half the way to where it showed, per calm round.
+            level = max(self._limit - cut, self._limit / _SLOW_START_GROWTH)
+            self._ceiling = self._limit
+        else:
+            # At a steady level Little's law sized the cut; climb back from
+            # it a little a calm round, no higher than just below where the
+            # queue showed (a cut that noise made is undone so).
+            level = self._limit - cut
+            self._ceiling = self._limit
+        self._limit = max(float(self.minimum), level)
+        self._jump_back = False
+        self._slow_start = False
+        self._skip_older()
+        self._good_rounds = 0
+
+    def _grown(self, slower: int = 1) -> float:
         if self._slow_start:
             return self._limit * _SLOW_START_GROWTH
         below = None if self._ceiling is None else self._ceiling - 1
         if below is None:
-            return self._limit + 1
+            return self._limit + max(1.0, self._limit * _AFTER_SLOW_START_GROWTH)
         if self._limit < below - 0.5:
             self._good_rounds = 0
             if self._jump_back:
-                # A halving for 429s made room for the server to drain; the
-                # level just below where it pushed back is known to work.
+                # The last cut named the level known to work (just below
+                # where the server refused or queued): return in one step.
                 return below
-            return max(self._limit + 1, self._limit + (below - self._limit) / 2)
+            step = min((below - self._limit) / 2, self._limit * _AFTER_SLOW_START_GROWTH)
+            return self._limit + max(1.0, step)
         self._good_rounds += 1
-        if self._good_rounds < self._probe_every:
+        if self._good_rounds < self._probe_every * slower:
             return self._limit
         self._good_rounds = 0
         return self._limit + 1
+
+    # -- measuring the baseline -------------------------------------------------------
+
+    def _measure_interval(self) -> float:
+        return _MEASURE_EVERY * (1 + self._random.uniform(-_MEASURE_JITTER, _MEASURE_JITTER))
+
+    def _maybe_measure(self, now: float) -> None:
+        """Dip the limit for two rounds if the baseline is due to be measured again."""
+        if self._next_measure == math.inf:  # slow start just ended (by an overload or a reading)
+            self._next_measure = now + _FIRST_MEASURE * self._measure_interval() / _MEASURE_EVERY
+        # Latency grows with the batch too: a baseline measured far from
+        # the limit now would read that growth as a queue.
+        moved = not _BASELINE_SPAN[0] <= self._limit / max(self._baseline_level, 1.0) <= _BASELINE_SPAN[1]
+        if (now < self._next_measure and not moved) or self.reads_metrics:
+            return
+        self._next_measure = now + self._measure_interval()
+        self._restore = self._limit
+        self._limit = max(float(self.minimum), self._limit - max(1.0, self._limit * _MEASURE_DIP))
+        self._skip_older()  # what was sent before the dip still meets the old level's queue
+
+    def _end_measurement(self) -> None:
+        if self._restore is not None:
+            self._limit = max(self._limit, self._restore)
+            self._restore = None
 
 
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """What a process's share of a server saw since it last reported.
+
+    Attributes:
+        first_tokens: first-token seconds of its requests.
+        overloads: refusals (429, 503, 529, refused connections under load).
+        in_flight: its requests in flight now.
+        load: the server's latest counts, if it read them (None: none new).
+    """
+
+    first_tokens: list[float]
+    overloads: int
+    in_flight: int
+    load: ServerLoad | None = None
 
 
 class SharedGate(AdaptiveConcurrency):
@@ -200,15 +579,20 @@ class SharedGate(AdaptiveConcurrency):
 
     Signals are kept, not acted on: :meth:`drain` hands them to whoever owns
     the cluster-wide controller, and :meth:`set_limit` applies the share it
-    answers with.
+    answers with. With a metrics scraper attached (``share_limits`` moves the
+    backend's to it), the server's counts go along too.
     """
 
     def __init__(self, share: int, maximum: int) -> None:
         super().__init__(initial=share, maximum=max(share, maximum), adaptive=False)
         self._first_tokens: list[float] = []
         self._pushed_back = 0
+        self._load: ServerLoad | None = None
 
     def record_first_token(self, seconds: float) -> None:
+        scraper = self.scraper
+        if scraper is not None:
+            scraper.poke()
         with self._lock:
             self._first_tokens.append(seconds)
 
@@ -217,11 +601,15 @@ class SharedGate(AdaptiveConcurrency):
             self._pushed_back += 1
             self._overloads += 1
 
-    def drain(self) -> tuple[list[float], int]:
-        """The signals since the last call: first-token seconds, overloads."""
+    def record_load(self, load: ServerLoad, ours: int | None = None, slack: int = 1) -> None:
         with self._lock:
-            signals = (self._first_tokens, self._pushed_back)
-            self._first_tokens, self._pushed_back = [], 0
+            self._load = load
+
+    def drain(self) -> Signals:
+        """The signals since the last call."""
+        with self._lock:
+            signals = Signals(self._first_tokens, self._pushed_back, self._in_flight, self._load)
+            self._first_tokens, self._pushed_back, self._load = [], 0, None
             return signals
 
     def set_limit(self, limit: int) -> None:

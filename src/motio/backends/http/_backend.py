@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._adaptive import AdaptiveConcurrency
+    from ._metrics import FetchText
     from ._ratelimit import RateLimiter, Reservation
 
 __all__ = ["DEFAULT_CONCURRENCY_BOUND", "HTTP_OPTIONS", "HTTPBackend"]
@@ -168,6 +169,13 @@ class HTTPBackend(Backend):
             (adapt to what the server serves: see ``_adaptive.py``; between
             1 and ``concurrency_bound``), or None for no cap.
         concurrency_bound: the upper bound of ``"auto"``.
+        metrics_url: where ``"auto"`` reads how full each server is (its
+            Prometheus page: vLLM's, SGLang's, TGI's or llama.cpp's running
+            and waiting requests), to hold it at capacity with nothing
+            waiting. None (default): ``<origin>/metrics`` of each base URL,
+            tried once; a server without such a page is judged by its
+            first-token latency instead, silently. False: never read them.
+            A URL, or a list of one per base URL: those pages.
         connect_timeout: seconds to establish a TCP (and TLS) connection.
         first_token_timeout: seconds from sending a request to its first
             content chunk (the server's queue and prompt processing); for a
@@ -227,6 +235,7 @@ class HTTPBackend(Backend):
         rpm: float | None = None,
         tpm: float | None = None,
         ssl: TLSOption = None,
+        metrics_url: str | Sequence[str] | Literal[False] | None = None,
     ) -> None:
         for timeout in (connect_timeout, first_token_timeout, chunk_timeout, total_timeout):
             check_timeout(timeout)
@@ -246,10 +255,11 @@ class HTTPBackend(Backend):
         self.first_token_timeout = first_token_timeout
         self.chunk_timeout = chunk_timeout
         self.total_timeout = total_timeout
+        pages = _metrics_urls(metrics_url, servers)
         self._endpoints = Endpoints(
             [
-                self._endpoint(server, max_concurrency, concurrency_bound, connect_timeout)
-                for server in servers
+                self._endpoint(server, max_concurrency, concurrency_bound, connect_timeout, page)
+                for server, page in zip(servers, pages, strict=True)
             ],
             self._probe,
         )
@@ -266,14 +276,25 @@ class HTTPBackend(Backend):
         self.hedge_policy = HedgePolicy()
 
     def _endpoint(
-        self, server: ServerURL, max_concurrency: int | str | None, bound: int, connect_timeout: float
+        self,
+        server: ServerURL,
+        max_concurrency: int | str | None,
+        bound: int,
+        connect_timeout: float,
+        metrics_url: tuple[str, bool] | None,
     ) -> Endpoint:
         gate, adaptive = _make_gate(max_concurrency, bound)
         headers = self._headers
         if server.basic_auth is not None:
             headers = {**headers, "Authorization": server.basic_auth}
         factory = functools.partial(HTTPClient, server.target, headers, connect_timeout, None, self._tls)
-        return Endpoint(server.shown, gate, adaptive, LoopClients(factory))
+        endpoint = Endpoint(server.shown, gate, adaptive, LoopClients(factory))
+        if adaptive is not None and metrics_url is not None:
+            from ._metrics import MetricsScraper
+
+            url, given = metrics_url
+            adaptive.scraper = MetricsScraper(url, _fetch_text(endpoint), adaptive.record_load, given=given)
+        return endpoint
 
     def _where(self) -> Where:
         # One shared Where while the model stays the same: no object per request.
@@ -443,8 +464,13 @@ class HTTPBackend(Backend):
             endpoint = next((e for e in self._endpoints.all if e.base_url == shown), None)
             if endpoint is None:
                 raise ConfigurationError(f"share_limits: no server {shown!r} in {self.base_urls}")
+            scraper = None if endpoint.adaptive is None else endpoint.adaptive.scraper
             endpoint.gate = gate
             endpoint.adaptive = gate if isinstance(gate, AdaptiveConcurrency) else None
+            if scraper is not None and endpoint.adaptive is not None:
+                # The share reads the server's counts and hands them on.
+                endpoint.adaptive.scraper = scraper
+                scraper.set_callback(endpoint.adaptive.record_load)
 
     def _servers_named(self, urls: object) -> list[Endpoint]:
         """The servers among ``urls`` (``avoid_servers=``); others are ignored.
@@ -663,6 +689,8 @@ class HTTPBackend(Backend):
         self._mark_closed()
         await self._endpoints.cancel_probes()
         for endpoint in self._endpoints.all:
+            if endpoint.adaptive is not None and endpoint.adaptive.scraper is not None:
+                await endpoint.adaptive.scraper.cancel()
             await endpoint.clients.aclose()
 
 
@@ -734,6 +762,49 @@ def _make_gate(
         adaptive = AdaptiveConcurrency(initial=min(_AUTO_INITIAL, bound), maximum=bound)
         return adaptive, adaptive
     return Gate(_positive_int("max_concurrency (a positive int, 'auto' or None)", max_concurrency)), None
+
+
+def _metrics_urls(
+    given: str | Sequence[str] | Literal[False] | None, servers: Sequence[ServerURL]
+) -> list[tuple[str, bool] | None]:
+    """Per server, its metrics page and whether it was given (None: none read).
+
+    Raises:
+        ConfigurationError: a ``metrics_url=`` that is not False, None, a URL
+            or a list of one URL per base URL.
+    """
+    from ._metrics import metrics_url_of
+
+    if given is False:
+        return [None] * len(servers)
+    if given is None:
+        return [(metrics_url_of(server.target), False) for server in servers]
+    urls = [given] if isinstance(given, str) else given
+    if (
+        isinstance(urls, Sequence)
+        and len(urls) == len(servers)
+        and all(isinstance(url, str) and url.startswith(("http://", "https://")) for url in urls)
+    ):
+        return [(url.strip(), True) for url in urls]
+    raise ConfigurationError(
+        f"metrics_url must be None (find <origin>/metrics), False (never), or one http(s) URL per "
+        f"base URL ({len(servers)}), got {given!r}"
+    )
+
+
+def _fetch_text(endpoint: Endpoint) -> FetchText:
+    """GET a page with ``endpoint``'s client on the running loop: its status and text."""
+
+    async def fetch(url: str) -> tuple[int, str]:
+        entry = await endpoint.clients.get()
+        entry.acquire()
+        client: HTTPClient = entry.client
+        try:
+            return await client.get_text(url)
+        finally:
+            entry.release()
+
+    return fetch
 
 
 def _make_limiter(rpm: float | None, tpm: float | None) -> RateLimiter | None:

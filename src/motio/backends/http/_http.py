@@ -157,6 +157,16 @@ class HTTPClient:
                 raise await _status_error(response, where)
             return self._loads(await response.read())
 
+    async def get_text(self, url: str) -> tuple[int, str]:
+        """GET an absolute ``url`` (a server's metrics page): its status, and
+        its text when that is 200.
+
+        Raises:
+            aiohttp.ClientError, OSError, TimeoutError, UnicodeDecodeError.
+        """
+        async with self._session.get(url, **self._through) as response:
+            return response.status, (await response.text()) if response.status == 200 else ""
+
     def _url(self, path: str) -> Any:
         # A parsed URL per path, made once: parsing a URL string is a large
         # share of a short request's own CPU in aiohttp.
