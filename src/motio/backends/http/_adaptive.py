@@ -131,6 +131,8 @@ _SLOW_START_GROWTH = 1.5
 #: median does, and the tail above ``_TAIL_TOLERANCE`` x its baseline is a queue too).
 _TAIL_PERCENTILE = 0.9
 _TAIL_TOLERANCE = 2.0
+#: A first token this many times the measured baseline (median) waited for a slot.
+_LONG_WAIT = 3.0
 #: Excess (of the limit) a slow-start round must show, beyond one request, to count as a queue.
 _SLOW_START_NOISE = 0.05
 #: A queue this long (of the limit) is cut at once; a shorter one when two rounds in a row show it.
@@ -215,6 +217,8 @@ class AdaptiveConcurrency(Gate):
         self._skipped = 0
         self._skip_budget = 0
         self._suspect = False  # the last round showed a short queue: the next decides
+        self._measured = False  # the baselines come from a measured round
+        self._probe_step = 1.0  # how far the next probe above the known level goes
         self._jump_back = False  # the last cut named a level known to work: return to it in one step
         self._restore: float | None = None  # measuring the baseline: the limit to return to
         self._next_measure = math.inf
@@ -399,6 +403,20 @@ class AdaptiveConcurrency(Gate):
         # request waits as long as the next: the median.
         tail = _percentile(self._samples, _TAIL_PERCENTILE)
         figure = tail if self._slow_start else _percentile(self._samples, 0.5)
+        # Against hard slots, requests that started together end together:
+        # one that finds every slot busy waits for a whole generation, far
+        # above the tail's baseline, while the median does not move. L - C
+        # too many in flight leave about L - C such waits a round: counted,
+        # they size the queue the median cannot see.
+        # Judged against a measured round's median, not its tail: a dip
+        # still above the slots has a few long waits in its tail, which
+        # would hide them for good, while its median stays put. (Not slow
+        # start's lowest median: taken at a low limit, the batch's own
+        # growth of latency would look like waits.)
+        long_waits = 0
+        if self._measured and not self._slow_start and self._baseline is not None:
+            long_wait = _LONG_WAIT * self._baseline
+            long_waits = sum(1 for sample in self._samples if sample > long_wait)
         now = time.monotonic()
         rate = self._rate or len(self._samples) / max(now - self._round_started, 1e-3)
         self._round_started = now
@@ -407,6 +425,7 @@ class AdaptiveConcurrency(Gate):
         if self._restore is not None:
             # A round at the dipped limit: what the server does unloaded.
             self._baseline, self._tail_baseline, self._baseline_level = figure, tail, self._limit
+            self._measured = True
             self._end_measurement()
             self._skip_older()
             return
@@ -415,8 +434,10 @@ class AdaptiveConcurrency(Gate):
         # first: requests that started together end together, and one that
         # finds them all busy waits for a whole generation.
         # (With the median up too: a tail alone is as often a busy client.)
-        tail_queue = tail > _TAIL_TOLERANCE * self._tail_baseline and figure > _AT_BASELINE * baseline
-        excess = (figure - baseline) * rate  # Little's law: the standing queue
+        tail_queue = long_waits > 0 or (
+            tail > _TAIL_TOLERANCE * self._tail_baseline and figure > _AT_BASELINE * baseline
+        )
+        excess = max((figure - baseline) * rate, float(long_waits))  # Little's law, or the long waits
         suspect, self._suspect = self._suspect, False
         if self._slow_start:
             # A few requests' worth of noise (cold connections, a busy
@@ -499,6 +520,7 @@ class AdaptiveConcurrency(Gate):
             level = self._limit - cut
             self._ceiling = self._limit
         self._limit = max(float(self.minimum), level)
+        self._probe_step = 1.0
         self._jump_back = False
         self._slow_start = False
         self._skip_older()
@@ -522,7 +544,12 @@ class AdaptiveConcurrency(Gate):
         if self._good_rounds < self._probe_every * slower:
             return self._limit
         self._good_rounds = 0
-        return self._limit + 1
+        # Each probe that found no queue doubles the next (up to an eighth
+        # of the limit): a cut that noise made, or a server that grew, is
+        # climbed back in a few probes, not one request per probe.
+        step = self._probe_step
+        self._probe_step = min(step * 2, max(1.0, self._limit / 8))
+        return self._limit + step
 
     # -- measuring the baseline -------------------------------------------------------
 
