@@ -219,6 +219,7 @@ class AdaptiveConcurrency(Gate):
         self._suspect = False  # the last round showed a short queue: the next decides
         self._measured = False  # the baselines come from a measured round
         self._probe_step = 1.0  # how far the next probe above the known level goes
+        self._latency_level = False  # the known level is where latency (not a refusal) showed a queue
         self._jump_back = False  # the last cut named a level known to work: return to it in one step
         self._restore: float | None = None  # measuring the baseline: the limit to return to
         self._next_measure = math.inf
@@ -298,6 +299,7 @@ class AdaptiveConcurrency(Gate):
                 self._ceiling = self._limit
                 self._limit = max(float(self.minimum), self._limit / 2)
             self._jump_back = True
+            self._latency_level = False
             self._slow_start = False
             self._cut_this_round = True
             self._skip_older()
@@ -520,7 +522,7 @@ class AdaptiveConcurrency(Gate):
             level = self._limit - cut
             self._ceiling = self._limit
         self._limit = max(float(self.minimum), level)
-        self._probe_step = 1.0
+        self._probe_step, self._latency_level = 1.0, True
         self._jump_back = False
         self._slow_start = False
         self._skip_older()
@@ -547,7 +549,9 @@ class AdaptiveConcurrency(Gate):
         # Each probe that found no queue doubles the next (up to an eighth
         # of the limit): a cut that noise made, or a server that grew, is
         # climbed back in a few probes, not one request per probe.
-        step = self._probe_step
+        # (Not above a level a refusal named, nor with the server's counts:
+        # there the level is known, and a probe costs refused requests.)
+        step = self._probe_step if self._latency_level and not self.reads_metrics else 1.0
         self._probe_step = min(step * 2, max(1.0, self._limit / 8))
         return self._limit + step
 
