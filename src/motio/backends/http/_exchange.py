@@ -694,6 +694,7 @@ async def _read_body(response: aiohttp.ClientResponse, deadlines: Deadlines, whe
 
 def _overloaded(endpoint: Endpoint) -> None:
     """A congestion signal from ``endpoint``, for its adaptive controller if it has one."""
+    endpoint.overloads += 1
     if endpoint.adaptive is not None:
         endpoint.adaptive.record_overload()
 
