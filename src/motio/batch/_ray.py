@@ -269,6 +269,7 @@ class BatchWorker:
         # and set-up overlap with it instead of delaying the first shard.
         self._backend = factory()
         self._hedge_budget = hedge_budget
+        self._drained: int | None = None  # the batch's prompts, once the driver has no more
         self._options, self._coordinator_name = options, coordinator
         self._answering = answering
         self._coordinator: Any = None
@@ -290,7 +291,7 @@ class BatchWorker:
         batch's prompt count once nothing is left to dispatch (see :meth:`drained`)."""
         engine = await self._ready(plan)
         if drained is not None:
-            self.drained(drained)
+            await self.drained(drained)
         # Before any prompt starts: from here on, a death of this worker is
         # a loss for the shard's prompts (see RayPool._run_shard).
         yield _STARTED, os.getpid()
@@ -326,9 +327,11 @@ class BatchWorker:
                 with contextlib.suppress(BaseException):
                     await work
 
-    def drained(self, total: int) -> None:
+    async def drained(self, total: int) -> None:
         """The driver has nothing left to dispatch: race this worker's stragglers
-        (a batch of ``total`` prompts, for the budget)."""
+        (a batch of ``total`` prompts, for the budget). Async: the racing
+        loop is a task on this worker's loop. Kept for an engine not built yet."""
+        self._drained = total
         if self._engine is not None and self._engine.racing is not None:
             self._engine.racing.drain(total)
 
@@ -366,6 +369,8 @@ class BatchWorker:
             hedge_budget=self._hedge_budget if racing else 0.0,
             take_race=self._take_race,
         )
+        if self._drained is not None and self._engine.racing is not None:
+            self._engine.racing.drain(self._drained)
         if self._plan.adaptive and self._gates:
             self._sync = asyncio.ensure_future(self._sync_limits())
 

@@ -62,7 +62,7 @@ WINDOW = 256
 #: Answers of a kind (else of every kind together) before its p95 means anything.
 MIN_SAMPLES = 20
 #: No request is raced before this long in service, whatever its kind's p95.
-MIN_STRAGGLER_SECONDS = 1.0
+MIN_STRAGGLER_SECONDS = 0.5
 #: Seconds without a new 429/503/529 before racing resumes.
 OVERLOAD_HOLD = 2.0
 
