@@ -347,7 +347,7 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         type=_fraction,
         metavar="FRACTION",
         help="with several servers: once nothing is left to send, a request running longer than "
-        "the recent p95 of its kind (and at least 1 s) is sent again to another server with room; "
+        "the recent p95 of its kind (and at least 0.5 s) is sent again to another server with room; "
         "the first answer wins, the other request is closed, one line per id (\"raced\": true). "
         "At most FRACTION of the prompts are sent twice; none while servers answer 429/503. "
         "Default: 0.05; 0 turns racing off",
