@@ -352,7 +352,10 @@ def test_kinds_bucket_prompt_lengths_by_powers_of_two_and_keep_max_tokens() -> N
     assert race_kind(20, 100) == race_kind(20, 120) != race_kind(20, 300)
     assert race_kind(20, 100) != race_kind(2000, 100)
     assert race_kind(None, 0) == (None, 0) and race_kind(True, 5)[0] is None
-    messages = [{"role": "system", "content": "ab"}, {"role": "user", "content": [{"type": "text", "text": "cde"}]}]
+    messages = [
+        {"role": "system", "content": "ab"},
+        {"role": "user", "content": [{"type": "text", "text": "cde"}]},
+    ]
     assert prompt_chars(messages) == 5 and prompt_chars("hello") == 5
 
 

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from tests.servers.scripted import Behaviour, RequestRecord, hold_after, ok, running
 
-from .conftest import EVENT_TIMEOUT, assert_clean, complete_lines, finish, run_motio, start_motio, write_prompts
+from .conftest import (
+    EVENT_TIMEOUT,
+    assert_clean,
+    complete_lines,
+    finish,
+    run_motio,
+    start_motio,
+    write_prompts,
+)
 
 
 class Holding:
@@ -51,10 +59,14 @@ def test_a_raced_run_writes_each_id_once_and_counts_the_races(tmp_path: Path) ->
         with lock:
             seen[record.prompt] += 1
             first = seen[record.prompt] == 1
-        return hold_after(1, max_wait=EVENT_TIMEOUT) if first and record.prompt == "Say the number 0." else ok()
+        return (
+            hold_after(1, max_wait=EVENT_TIMEOUT) if first and record.prompt == "Say the number 0." else ok()
+        )
 
     with running(rule=first_of_0_held) as a, running(rule=first_of_0_held) as b:
-        done = run_motio("run", prompts, "-o", out, "--base-url", a.base_url, "--base-url", b.base_url, "-c", "4")
+        done = run_motio(
+            "run", prompts, "-o", out, "--base-url", a.base_url, "--base-url", b.base_url, "-c", "4"
+        )
         requests = len(a.chat_requests) + len(b.chat_requests)
         assert a.disconnects + b.disconnects == 1  # the losing request: its client left
     assert done.returncode == 0, done.stderr
@@ -73,9 +85,7 @@ def test_a_run_killed_while_racing_resumes_and_writes_each_id_once(tmp_path: Pat
         urls = ["--base-url", a.base_url, "--base-url", b.base_url]
         proc = start_motio("run", prompts, "-o", out, *urls, "-c", "4", "--hedge-budget", "0.5")
         try:
-            raced = lambda _: sum(  # noqa: E731
-                1 for s in (a, b) for r in s.chat_requests if r.prompt in rule.held
-            ) == 4
+            raced = lambda _: sum(1 for s in (a, b) for r in s.chat_requests if r.prompt in rule.held) == 4
             a.wait_for(raced, EVENT_TIMEOUT, "both held prompts raced (four requests held)")
             proc.send_signal(signal.SIGKILL)
         finally:

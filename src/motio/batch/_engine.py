@@ -212,7 +212,9 @@ class Engine:
         adaptive = self.backend.adaptive_concurrency
         return None if adaptive is None else adaptive.limit
 
-    async def generate(self, record: PromptRecord, hooks: RunHooks | None = None) -> tuple[dict[str, Any], Any]:
+    async def generate(
+        self, record: PromptRecord, hooks: RunHooks | None = None
+    ) -> tuple[dict[str, Any], Any]:
         """One record's result line and its ``Attempts`` (None if no request was made).
 
         A run that broke mid-answer is run again (see the module docstring);

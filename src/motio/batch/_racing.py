@@ -34,18 +34,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..scheduling import OverloadWatch, RaceBudget, RecentLatency, prompt_chars, race_kind, straggler_after
 from ._formats import own_view
 
 if TYPE_CHECKING:
     from .._thunk import ModelOutputThunk
-    from ..backends import EndpointSnapshot
-    from ._engine import Engine
+    from ..backends import Backend, EndpointSnapshot
     from ._records import PromptRecord
 
-__all__ = ["Racing", "TakeRace"]
+__all__ = ["Raced", "Racing", "TakeRace"]
 
 #: ``take(prompts)``: spend one race of a batch of ``prompts``, True if one was left.
 TakeRace = Callable[[int], Awaitable[bool]]
@@ -58,11 +57,23 @@ _MIN_POLL = 0.01
 _ORIGINAL, _RACER = "original", "racer"
 
 
+class Raced(Protocol):
+    """What racing asks of the engine it races for (``Engine``; named here
+    so that this module does not import the engine that imports it)."""
+
+    backend: Backend
+    defaults: dict[str, Any]
+
+    async def generate(self, record: PromptRecord, hooks: Any = None) -> Answer: ...
+
+    def options_for(self, record: PromptRecord) -> dict[str, Any]: ...
+
+
 class _Flight:
     """One prompt in flight while racing may happen; the engine's hooks for
     its own runs (``Engine.generate``'s ``hooks``)."""
 
-    __slots__ = ("record", "kind", "started", "mot", "racer", "winner", "raced", "failure", "closing")
+    __slots__ = ("closing", "failure", "kind", "mot", "raced", "racer", "record", "started", "winner")
 
     def __init__(self, record: PromptRecord, kind: Any, started: float) -> None:
         self.record = record
@@ -129,7 +140,7 @@ class Racing:
             every worker); None: this engine's own budget.
     """
 
-    def __init__(self, engine: Engine, fraction: float, take: TakeRace | None = None) -> None:
+    def __init__(self, engine: Raced, fraction: float, take: TakeRace | None = None) -> None:
         self.engine = engine
         self.backend = engine.backend
         self._budget = RaceBudget(fraction)
@@ -223,7 +234,9 @@ class Racing:
         due, wake = self._stragglers(now)
         for flight in due:
             own = flight.server()
-            target = max((url for url in room if url != own and room[url] > 0), key=room.__getitem__, default=None)
+            target = max(
+                (url for url in room if url != own and room[url] > 0), key=room.__getitem__, default=None
+            )
             if target is None or own is None:
                 continue
             if not await self._take(self._total or self._dispatched):

@@ -284,7 +284,9 @@ class BatchWorker:
         """This worker's process id; it answers only once the worker is up (a probe)."""
         return os.getpid()
 
-    async def run_shard(self, records: list[PromptRecord], plan: SharePlan, drained: int | None = None) -> Any:
+    async def run_shard(
+        self, records: list[PromptRecord], plan: SharePlan, drained: int | None = None
+    ) -> Any:
         """Streams ``(_STARTED, process id)``, then ``(results, server
         loads)``; ``results`` are ``(key, result, attempts)``. A whole-run
         failure is streamed as ``("abort", message)``. ``drained``: the
@@ -713,7 +715,9 @@ class RayPool:
             refused it (its unanswered prompts are queued again).
         """
         waiting = {record.key: record for record in shard}
-        stream = actor.handle.run_shard.options(num_returns="streaming").remote(shard, self.plan, self._drained)
+        stream = actor.handle.run_shard.options(num_returns="streaming").remote(
+            shard, self.plan, self._drained
+        )
         pid: int | None = None  # the worker's process, once it started the shard
         ended = False
         try:
