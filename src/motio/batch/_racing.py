@@ -200,7 +200,9 @@ class Racing:
             self._start_loop()
 
     async def stop(self) -> None:
-        """Stop racing: the loop and any racer still running (its request closed)."""
+        """Stop racing: the loop and any racer still running (its request closed).
+        The next run of the engine races again only once it is drained."""
+        self._drained = False
         tasks = [t for t in (self._loop, *self._racers) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
