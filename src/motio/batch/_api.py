@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
 from .._sync import run_sync
+from ..scheduling import DEFAULT_HEDGE_BUDGET, check_hedge_budget
 from ._ids import IdSet
 from ._job import BatchJob, OnRay
 from ._records import InputProblem, PromptRecord, default_id, parse_line, scan_prompts
@@ -80,6 +81,7 @@ def run(
     max_invalid: int = DEFAULT_MAX_INVALID,
     reask: bool = True,
     cache: str | Path | bool | None = None,
+    hedge_budget: float = DEFAULT_HEDGE_BUDGET,
 ) -> Iterator[dict[str, Any]]:
     """Generate for every prompt; yield each result line as it finishes.
 
@@ -121,6 +123,11 @@ def run(
         cache: a response cache (SQLite file) to answer a request asked
             before without sending it; True for the default location.
             Cached lines carry ``"cached": true``.
+        hedge_budget: with several servers, once nothing is left to send,
+            a request running longer than its kind's recent p95 is sent
+            again to another server and the first answer wins (the other
+            is closed); at most this share of the prompts is sent twice
+            (0: no racing). Raced lines carry ``"raced": true``.
 
     Raises:
         ConfigurationError: a prompt that is not one, or a bad row (raised
@@ -135,7 +142,7 @@ def run(
     dataset = _Dataset.of(template, system, id_column)
     settings = _Settings(
         prompts, backend, ray, workers, concurrency, options, output, dataset,
-        response_format, max_invalid, reask, cache,
+        response_format, max_invalid, reask, cache, hedge_budget,
     )  # fmt: skip
     batch = _Batch(settings)
     try:
@@ -164,6 +171,7 @@ async def arun(
     max_invalid: int = DEFAULT_MAX_INVALID,
     reask: bool = True,
     cache: str | Path | bool | None = None,
+    hedge_budget: float = DEFAULT_HEDGE_BUDGET,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """:func:`run` for async code: an async iterator of result lines as they finish.
 
@@ -173,7 +181,7 @@ async def arun(
     dataset = _Dataset.of(template, system, id_column)
     settings = _Settings(
         prompts, backend, ray, workers, concurrency, options, output, dataset,
-        response_format, max_invalid, reask, cache,
+        response_format, max_invalid, reask, cache, hedge_budget,
     )  # fmt: skip
     batch = _Batch(settings)
     try:
@@ -200,6 +208,10 @@ class _Settings:
     max_invalid: int = DEFAULT_MAX_INVALID
     reask: bool = True
     cache: str | Path | bool | None = None
+    hedge_budget: float = DEFAULT_HEDGE_BUDGET
+
+    def __post_init__(self) -> None:
+        check_hedge_budget(self.hedge_budget)  # before anything is sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +306,13 @@ async def _job(settings: _Settings, on_result: OnResult) -> None:
         answering = open_answering(
             settings.response_format, settings.cache, max_invalid=settings.max_invalid, reask=settings.reask
         )
-        job = BatchJob(options=settings.options, ray=ray, in_flight=settings.in_flight, answering=answering)
+        job = BatchJob(
+            options=settings.options,
+            ray=ray,
+            in_flight=settings.in_flight,
+            answering=answering,
+            hedge_budget=settings.hedge_budget,
+        )
         if settings.output is not None:
             job.open_results(settings.output)
         await job.start(local, checked=False)

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import (
     AuthenticationError,
@@ -45,9 +45,10 @@ from ._runner import OnResult, Records
 if TYPE_CHECKING:
     from .._thunk import ModelOutputThunk
     from ..backends import Backend, EndpointSnapshot
+    from ._racing import Racing, TakeRace
     from ._structured import Answering
 
-__all__ = ["BatchAborted", "Engine", "OnResult", "build_result"]
+__all__ = ["BatchAborted", "Engine", "OnResult", "RunHooks", "build_result"]
 
 # A mid-run check of a server that may have died: it either answers at once or is gone.
 _CHECK_TIMEOUT = 10.0
@@ -78,6 +79,18 @@ class BatchAborted(MotioError):
         self.cause = cause
 
 
+class RunHooks(Protocol):
+    """What one prompt's runs tell whoever races it (``_racing.py``)."""
+
+    def options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options of its runs (a racer's: away from the original's server)."""
+        ...
+
+    def running(self, mot: ModelOutputThunk[Any]) -> None:
+        """A run started: its thunk (closed by the other request if that one wins)."""
+        ...
+
+
 class Engine:
     """Generates results for prompt records on one backend (a ``Runner``).
 
@@ -98,6 +111,11 @@ class Engine:
             the Batch API would send it, without motio's defaults.
         answering: the output schema and the response cache around each
             prompt (``_structured.py``); None: neither.
+        hedge_budget: the share of the prompts that may be sent a second
+            time to race a straggler (``_racing.py``); racing exists only
+            with several servers and a budget above 0.
+        take_race: spends one race of that budget (Ray: the coordinator's,
+            one for every worker); None: this engine's own.
     """
 
     def __init__(
@@ -108,6 +126,8 @@ class Engine:
         options: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
         answering: Answering | None = None,
+        hedge_budget: float = 0.0,
+        take_race: TakeRace | None = None,
     ) -> None:
         self.backend = backend
         self.tasks = tasks
@@ -120,6 +140,13 @@ class Engine:
         # (_structured.py); without them no step is added to a prompt's path.
         self.answer: Callable[[PromptRecord], Awaitable[tuple[dict[str, Any], Any]]]
         self.answer = self.generate if answering is None else partial(answering.answer, self)
+        # Racing only where it can happen: otherwise the per-prompt path is the above.
+        self.racing: Racing | None = None
+        if hedge_budget > 0 and len(backend.endpoint_snapshot()) > 1:
+            from ._racing import Racing
+
+            self.racing = racing = Racing(self, hedge_budget, take_race)
+            self.answer = racing.generate if answering is None else partial(answering.answer, racing)
 
     async def run(self, records: Records, on_result: OnResult) -> None:
         """Run every record with ``tasks`` in flight, calling ``on_result`` for each.
@@ -147,6 +174,9 @@ class Engine:
             # One task's failure cancelled the rest; the first is the cause,
             # the others are only its echo (the same server, the same disk).
             raise failed.exceptions[0] from None
+        finally:
+            if self.racing is not None:
+                await self.racing.stop()
 
     async def _work(self, records: Iterator[PromptRecord], on_result: OnResult) -> None:
         # One shared synchronous iterator is safe across tasks: next() never
@@ -154,6 +184,8 @@ class Engine:
         for record in records:
             result, attempts = await self.answer(record)
             on_result(result, attempts)
+        if self.racing is not None:
+            self.racing.drain()  # nothing left to dispatch
 
     async def _work_async(
         self, records: AsyncIterator[PromptRecord], lock: asyncio.Lock, on_result: OnResult
@@ -165,6 +197,8 @@ class Engine:
                 try:
                     record = await anext(records)
                 except StopAsyncIteration:
+                    if self.racing is not None:
+                        self.racing.drain()  # nothing left to dispatch
                     return
             result, attempts = await self.answer(record)
             on_result(result, attempts)
@@ -178,16 +212,21 @@ class Engine:
         adaptive = self.backend.adaptive_concurrency
         return None if adaptive is None else adaptive.limit
 
-    async def generate(self, record: PromptRecord) -> tuple[dict[str, Any], Any]:
+    async def generate(
+        self, record: PromptRecord, hooks: RunHooks | None = None
+    ) -> tuple[dict[str, Any], Any]:
         """One record's result line and its ``Attempts`` (None if no request was made).
 
         A run that broke mid-answer is run again (see the module docstring);
         the line is the last run's, with ``attempts`` the number of runs.
+        ``hooks``: a raced prompt's (``_racing.py``); None: not raced.
 
         Raises:
             BatchAborted: the failure was the run's, not this prompt's.
         """
         options = self.options_for(record)
+        if hooks is not None:
+            options = hooks.options(options)
         started = time.perf_counter()
         runs = 1
         while True:
@@ -195,6 +234,8 @@ class Engine:
             error: Exception | None = None
             try:
                 mot = await self.backend.generate(record.request, stream=True, **options)
+                if hooks is not None:
+                    hooks.running(mot)
                 await mot.avalue()
             except Exception as exc:  # noqa: BLE001 - any failure of one prompt is its result
                 error = exc

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._threaded import ThreadedIterator
+from ..scheduling import DEFAULT_HEDGE_BUDGET, check_hedge_budget
 from ._engine import Engine
 from ._records import PromptRecord
 from ._results import ResultsFile, ResultsStream, ResumeState
@@ -76,6 +77,12 @@ class BatchJob:
         answering: the output schema and the response cache around each
             prompt (``_structured.py``); None: neither. With ``ray``, each
             worker builds its own from its recipe (the cache's file shared).
+        hedge_budget: the share of the prompts that may be sent again to
+            race a straggler at the end (``_racing.py``; 0: no racing);
+            with ``ray``, one budget for every worker.
+
+    Raises:
+        ConfigurationError: ``hedge_budget`` is not a fraction from 0 to 1.
     """
 
     def __init__(
@@ -87,8 +94,10 @@ class BatchJob:
         in_flight: int | None = None,
         stats: RunStats | None = None,
         answering: Answering | None = None,
+        hedge_budget: float = DEFAULT_HEDGE_BUDGET,
     ) -> None:
         self.options, self.defaults = dict(options or {}), dict(defaults or {})
+        self.hedge_budget = check_hedge_budget(hedge_budget)
         self.answering = answering
         self.in_flight = in_flight
         self.stats = stats
@@ -108,6 +117,7 @@ class BatchJob:
             defaults=self.defaults,
             env=ray.env,
             answering=answering,
+            hedge_budget=self.hedge_budget,
         )
 
     def open_results(self, output: str | Path | BinaryIO) -> ResultsFile | ResultsStream:
@@ -150,7 +160,12 @@ class BatchJob:
         if self.pool is None:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
             self.runner = Engine(
-                backend, tasks=tasks, options=self.options, defaults=self.defaults, answering=self.answering
+                backend,
+                tasks=tasks,
+                options=self.options,
+                defaults=self.defaults,
+                answering=self.answering,
+                hedge_budget=self.hedge_budget,
             )
             return self.runner
         if backend.remote and not checked:

@@ -33,6 +33,13 @@ The shape, and why:
 - **Limits are the cluster's:** one coordinator actor holds the rate
   limiter and, per server, the adaptive controller; workers hold shares
   (see ``_share.py``).
+- **Racing stragglers** (``_racing.py``): only the driver knows when
+  nothing is left to dispatch; it then tells every worker (``drained``,
+  with the batch's prompt count; a shard sent later carries it too), and
+  each races its own in-flight stragglers. The budget is the cluster's:
+  the coordinator counts the races of every worker (``take_race``), so two
+  workers do not each spend 5% of the batch. Each id is still written once:
+  a worker returns one line per prompt, raced or not.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from ..backends import Backend
 from ..backends.http import AdaptiveConcurrency, EndpointSnapshot, RateLimiter, Reservation, SharedGate
 from ..backends.http._adaptive import Signals
 from ..backends.http._metrics import SCRAPE_INTERVAL
+from ..scheduling import RaceBudget
 from ._engine import BatchAborted, Engine, OnResult, build_result
 from ._records import PromptRecord
 from ._runner import Records
@@ -93,6 +101,8 @@ _REVIVE_TIMEOUT = 60.0
 _PROBE_PAUSE = 0.2
 #: What a worker's stream sends first, with the worker's process id: the shard runs there from now on.
 _STARTED = "started"
+#: How long the driver waits for the workers to take "nothing left to dispatch".
+_DRAINED_TIMEOUT = 10.0
 
 BackendFactory = Callable[[], Any]
 
@@ -197,6 +207,7 @@ class Coordinator:
         self._read_at: dict[str, float] = {}
         self._tickets: dict[int, Reservation] = {}
         self._next = 0
+        self._races = RaceBudget(0.0)  # its spent count: races of every worker
 
     async def acquire(self, tokens: int) -> int:
         """Wait for the budget of one request; a ticket to settle it with."""
@@ -229,6 +240,10 @@ class Coordinator:
                 ours = sum(n for n, at in held.values() if now - at < _SILENT_WORKER)
                 controller.record_load(signal.load, ours=ours, slack=self._actors)
         return {url: controller.limit for url, controller in self._controllers.items()}
+
+    def take_race(self, allowed: int) -> bool:
+        """Spend one race of the batch's budget (``allowed`` for every worker together)."""
+        return self._races.take_of(allowed)
 
 
 class _RemoteReservation:
@@ -273,10 +288,13 @@ class BatchWorker:
         options: tuple[dict[str, Any], dict[str, Any]],
         coordinator: str,
         answering: AnsweringRecipe | None = None,
+        hedge_budget: float = 0.0,
     ) -> None:
         # Built now, while the driver still checks the servers: the imports
         # and set-up overlap with it instead of delaying the first shard.
         self._backend = factory()
+        self._hedge_budget = hedge_budget
+        self._drained: int | None = None  # the batch's prompts, once the driver has no more
         self._options, self._coordinator_name = options, coordinator
         self._answering = answering
         self._coordinator: Any = None
@@ -291,11 +309,16 @@ class BatchWorker:
         """This worker's process id; it answers only once the worker is up (a probe)."""
         return os.getpid()
 
-    async def run_shard(self, records: list[PromptRecord], plan: SharePlan) -> Any:
+    async def run_shard(
+        self, records: list[PromptRecord], plan: SharePlan, drained: int | None = None
+    ) -> Any:
         """Streams ``(_STARTED, process id)``, then ``(results, server
         loads)``; ``results`` are ``(key, result, attempts)``. A whole-run
-        failure is streamed as ``("abort", message)``."""
+        failure is streamed as ``("abort", message)``. ``drained``: the
+        batch's prompt count once nothing is left to dispatch (see :meth:`drained`)."""
         engine = await self._ready(plan)
+        if drained is not None:
+            await self.drained(drained)
         # Before any prompt starts: from here on, a death of this worker is
         # a loss for the shard's prompts (see RayPool._run_shard).
         yield _STARTED, os.getpid()
@@ -331,6 +354,21 @@ class BatchWorker:
                 with contextlib.suppress(BaseException):
                     await work
 
+    async def drained(self, total: int) -> None:
+        """The driver has nothing left to dispatch: race this worker's stragglers
+        (a batch of ``total`` prompts, for the budget). Async: the racing
+        loop is a task on this worker's loop. Kept for an engine not built yet."""
+        self._drained = total
+        if self._engine is not None and self._engine.racing is not None:
+            self._engine.racing.drain(total)
+
+    async def _take_race(self, total: int) -> bool:
+        """One race of the cluster's budget, from the coordinator (False if it is gone)."""
+        allowed = RaceBudget(self._hedge_budget).allowed(total)
+        with contextlib.suppress(RayActorError, ActorUnavailableError):
+            return bool(await self._coordinator.take_race.remote(allowed))
+        return False
+
     async def _ready(self, plan: SharePlan) -> Engine:
         async with self._setting_up:  # the first shards arrive together
             if self._engine is None:
@@ -343,13 +381,23 @@ class BatchWorker:
         # the coordinator exists only when there is something to coordinate
         # (an actor process costs a second of CPU to start).
         self._plan = plan
-        if plan.rate_limited or plan.adaptive:
+        racing = _races(plan, self._hedge_budget)
+        if plan.rate_limited or plan.adaptive or racing:
             self._coordinator = ray.get_actor(self._coordinator_name)
         self._share(self._backend)
         options, defaults = self._options
         # The worker's own schema validator and cache connection, from the driver's recipe.
         answering = None if self._answering is None else self._answering.open()
-        self._engine = Engine(self._backend, options=options, defaults=defaults, answering=answering)
+        self._engine = Engine(
+            self._backend,
+            options=options,
+            defaults=defaults,
+            answering=answering,
+            hedge_budget=self._hedge_budget if racing else 0.0,
+            take_race=self._take_race,
+        )
+        if self._drained is not None and self._engine.racing is not None:
+            self._engine.racing.drain(self._drained)
         if self._plan.adaptive and self._gates:
             self._sync = asyncio.ensure_future(self._sync_limits())
 
@@ -403,6 +451,11 @@ def _tune_gc() -> None:
 # once per death (RayPool._unanswered).
 _WorkerActor: Any = ray.remote(max_restarts=-1, max_task_retries=0)(BatchWorker)
 _CoordinatorActor: Any = ray.remote(num_cpus=0)(Coordinator)
+
+
+def _races(plan: SharePlan, hedge_budget: float) -> bool:
+    """Whether the workers may race stragglers: a budget, and several servers to race on."""
+    return hedge_budget > 0 and len(plan.servers) > 1
 
 
 def _whole_run_failure(work: asyncio.Future[None]) -> str | None:
@@ -461,6 +514,8 @@ class RayPool:
         env: environment variables the workers need (an API key).
         answering: the output schema and the response cache, built again
             in each worker (``_structured.py``); None: neither.
+        hedge_budget: the share of the batch's prompts that may be sent
+            again to race stragglers, for every worker together.
     """
 
     def __init__(
@@ -472,8 +527,12 @@ class RayPool:
         defaults: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         answering: AnsweringRecipe | None = None,
+        hedge_budget: float = 0.0,
     ) -> None:
         self.plan = SharePlan(actors)
+        self.hedge_budget = hedge_budget
+        self._dispatched = 0  # prompts sent to workers (not counting shards sent again)
+        self._drained: int | None = None  # the batch's prompts, once nothing is left to dispatch
         self.shard_size = 1
         self.rerun = 0
         # Found by name, not handed over: an actor handle among a restartable
@@ -489,7 +548,11 @@ class RayPool:
         self._actors = [
             _Actor(
                 actor_class.remote(
-                    factory, (dict(options or {}), dict(defaults or {})), self._coordinator_name, answering
+                    factory,
+                    (dict(options or {}), dict(defaults or {})),
+                    self._coordinator_name,
+                    answering,
+                    hedge_budget,
                 )
             )
             for _ in range(actors)
@@ -508,7 +571,7 @@ class RayPool:
         self.plan = plan
         self.shard_size = plan.in_flight_per_worker()
         self._shared = True
-        if plan.rate_limited or plan.adaptive:
+        if plan.rate_limited or plan.adaptive or _races(plan, self.hedge_budget):
             self._coordinator = _CoordinatorActor.options(name=self._coordinator_name).remote(plan)
 
     def endpoint_snapshot(self) -> list[EndpointSnapshot]:
@@ -571,6 +634,7 @@ class RayPool:
         while True:
             shard = await self._take()
             if shard is None:
+                await self._announce_drained()
                 if self._running == 0:
                     self._finished.set()
                     self._changed.set()
@@ -625,8 +689,24 @@ class RayPool:
         if self._again:
             return self._again.popleft()
         if self._arrivals is None:
-            return list(islice(self._source, self.shard_size)) or None
-        return await self._take_arrived(self._arrivals)
+            shard = list(islice(self._source, self.shard_size)) or None
+        else:
+            shard = await self._take_arrived(self._arrivals)
+        if shard is not None:
+            self._dispatched += len(shard)
+        return shard
+
+    async def _announce_drained(self) -> None:
+        """Nothing is left to dispatch: every worker races its stragglers from now on (said once).
+
+        A worker dead at this moment learns it with its next shard instead.
+        """
+        if self._drained is not None or not _races(self.plan, self.hedge_budget):
+            return
+        self._drained = self._dispatched
+        calls = [_awaited(w.handle.drained.remote(self._drained)) for w in self._actors if not w.gone]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), _DRAINED_TIMEOUT)
 
     async def _take_arrived(self, arrivals: asyncio.Queue[PromptRecord | None]) -> list[PromptRecord] | None:
         # A pipe (stdin) delivers at its own pace: a shard is whatever has
@@ -660,7 +740,9 @@ class RayPool:
             refused it (its unanswered prompts are queued again).
         """
         waiting = {record.key: record for record in shard}
-        stream = actor.handle.run_shard.options(num_returns="streaming").remote(shard, self.plan)
+        stream = actor.handle.run_shard.options(num_returns="streaming").remote(
+            shard, self.plan, self._drained
+        )
         pid: int | None = None  # the worker's process, once it started the shard
         ended = False
         try:
@@ -752,4 +834,5 @@ def _added(a: EndpointSnapshot, b: EndpointSnapshot) -> EndpointSnapshot:
         a.served + b.served,
         a.tokens + b.tokens,
         max(a.failures, b.failures),
+        a.overloads + b.overloads,
     )

@@ -56,6 +56,9 @@ class RunStats:
             that were not valid, prompts asked again for them, and prompts
             left with ``InvalidOutput``.
         cached: results answered from the response cache, nothing sent.
+        raced: prompts whose straggling request was sent again to another
+            server (one extra request each; lines with ``"raced": true``).
+        race_wins: those whose written answer is the re-sent request's.
         schema, cache: whether the run has an output schema, and its
             cache's path (None: no cache), for the summary's lines.
     """
@@ -82,6 +85,8 @@ class RunStats:
     reasks: int = 0
     gave_up: int = 0
     cached: int = 0
+    raced: int = 0
+    race_wins: int = 0
     schema: bool = False
     cache: str | None = None
 
@@ -109,6 +114,9 @@ class RunStats:
             self.latencies_ms.append(result["latency_ms"])
         if result.get("ttfb_ms") is not None:
             self.ttfb_ms.append(result["ttfb_ms"])
+        if result.get("raced"):
+            self.raced += 1
+            self.race_wins += bool(result.get("race_won"))
         usage = result.get("usage")
         if "reasks" in result or "cached" in result:
             self._record_answering(result, error)
@@ -186,6 +194,8 @@ def _reliability_note(stats: RunStats) -> str:
     parts = [f"{stats.retries} retries ({stats.rate_limited} after HTTP 429)"] if stats.retries else []
     if stats.reruns:
         parts.append(f"re-run after a broken stream: {stats.reruns}")
+    if stats.raced:
+        parts.append(f"raced on another server: {stats.raced} ({stats.race_wins} won there)")
     if stats.timeouts:
         kinds = ", ".join(f"{count} {name}" for name, count in sorted(stats.timeouts.items()))
         parts.append(f"timeouts: {kinds}")

@@ -93,7 +93,7 @@ class RunArgs:
 
     ``ray``: the cluster's address (``"local"`` for ``--ray`` alone), None
     without ``--ray``; ``ray_workers``: ``--workers`` (Ray workers), None
-    when not given.
+    when not given; ``hedge_budget``: ``--hedge-budget`` (None: not given).
     """
 
     prompts: str
@@ -106,6 +106,7 @@ class RunArgs:
     ray_workers: int | None = None
     dataset: DatasetArgs = DatasetArgs()
     answers: AnswerArgs = AnswerArgs()
+    hedge_budget: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

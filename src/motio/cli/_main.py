@@ -75,6 +75,8 @@ several servers (--base-url more than once, or --endpoints FILE):
   goes to another server; a server that stops answering leaves rotation and
   is probed until it is back. The run starts if at least one server answers
   (a warning for each that does not) and stops only when none is left.
+  At the end, a straggling request is raced on another server with room
+  (--hedge-budget: at most 5% of the prompts sent twice; one line per id).
 
 on a Ray cluster (--ray [ADDRESS], pip install 'motio[ray]'):
   async worker actors run the prompts; this process reads them as a stream
@@ -190,6 +192,7 @@ def _run_args(namespace: argparse.Namespace) -> RunArgs:
         ray_workers=namespace.workers,
         dataset=_dataset_args(namespace),
         answers=answers,
+        hedge_budget=namespace.hedge_budget,
     )
 
 
@@ -356,6 +359,16 @@ def _add_run(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--retry-errors",
         action="store_true",
         help="run again the prompts whose earlier result is an error",
+    )
+    run.add_argument(
+        "--hedge-budget",
+        type=_fraction,
+        metavar="FRACTION",
+        help="with several servers: once nothing is left to send, a request running longer than "
+        "the recent p95 of its kind (and at least 0.5 s) is sent again to another server with room; "
+        "the first answer wins, the other request is closed, one line per id (\"raced\": true). "
+        "At most FRACTION of the prompts are sent twice; none while servers answer 429/503. "
+        "Default: 0.05; 0 turns racing off",
     )
     run.add_argument(
         "--quiet",
@@ -570,6 +583,13 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {text}")
     return value
 
 

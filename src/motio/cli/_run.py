@@ -55,6 +55,7 @@ from ..batch import (
 )
 from ..batch._ids import IdSet
 from ..batch._job import BatchJob
+from ..scheduling import DEFAULT_HEDGE_BUDGET
 from . import _signals
 from ._answers import AnswerPlan
 from ._args import RunArgs
@@ -283,6 +284,7 @@ class _Run:
             in_flight=in_flight,
             stats=self.stats,
             answering=self.answers.open(),
+            hedge_budget=DEFAULT_HEDGE_BUDGET if self.args.hedge_budget is None else self.args.hedge_budget,
         )
 
     async def _run(self, job: BatchJob, retry: IdSet) -> None:

@@ -1,12 +1,18 @@
 """Scheduling policy shared by the backend layer and the batch layer.
 
 Nothing here sends a request: these are the decisions (when to send a
-second request, how many may be sent) that ``motio.backends`` and
-``motio.batch`` act on. The package imports neither of them.
+second request, how many may be sent, which are stragglers) that
+``motio.backends`` and ``motio.batch`` act on. The package imports neither
+of them; both import it.
 
 - ``_hedge``: ``generate(hedge=...)``'s policy: the recent percentile of
   first-token times (``RecentPercentile``), the cap on second requests
   (``HedgeBudget``) and the pause while servers push back (``HedgePolicy``).
+- ``_race``: racing stragglers at the end of a batch: a request's kind, the
+  recent p95 per kind, the budget of extra requests, the overload hold.
+
+Both modules name the fewest samples their percentile needs
+``MIN_SAMPLES``; here they are ``HEDGE_MIN_SAMPLES`` and ``RACE_MIN_SAMPLES``.
 """
 
 from __future__ import annotations
@@ -16,23 +22,51 @@ from ._hedge import (
     HEDGE_FRACTION,
     HEDGE_PERCENTILE,
     HEDGE_RESERVE,
-    MIN_SAMPLES,
     OVERLOAD_PAUSE,
     HedgeBudget,
     HedgePolicy,
     HedgeStats,
     RecentPercentile,
 )
+from ._hedge import MIN_SAMPLES as HEDGE_MIN_SAMPLES
+from ._race import (
+    DEFAULT_HEDGE_BUDGET,
+    MIN_STRAGGLER_SECONDS,
+    OVERLOAD_HOLD,
+    WINDOW,
+    OverloadWatch,
+    RaceBudget,
+    RaceKind,
+    RecentLatency,
+    check_hedge_budget,
+    prompt_chars,
+    race_kind,
+    straggler_after,
+)
+from ._race import MIN_SAMPLES as RACE_MIN_SAMPLES
 
 __all__ = [
+    "DEFAULT_HEDGE_BUDGET",
     "DEFAULT_HEDGE_DELAY",
     "HEDGE_FRACTION",
+    "HEDGE_MIN_SAMPLES",
     "HEDGE_PERCENTILE",
     "HEDGE_RESERVE",
-    "MIN_SAMPLES",
+    "MIN_STRAGGLER_SECONDS",
+    "OVERLOAD_HOLD",
     "OVERLOAD_PAUSE",
+    "RACE_MIN_SAMPLES",
+    "WINDOW",
     "HedgeBudget",
     "HedgePolicy",
     "HedgeStats",
+    "OverloadWatch",
+    "RaceBudget",
+    "RaceKind",
+    "RecentLatency",
     "RecentPercentile",
+    "check_hedge_budget",
+    "prompt_chars",
+    "race_kind",
+    "straggler_after",
 ]

@@ -184,6 +184,8 @@ class EndpointSnapshot:
         served: generations it answered to the end.
         tokens: completion tokens of those answers (as their usage reported).
         failures: connection failures in a row (0 once it answers).
+        overloads: congestion signals so far (429/503/529 answers, connections refused
+            while busy); a batch holds off racing while they grow.
     """
 
     base_url: str
@@ -193,6 +195,7 @@ class EndpointSnapshot:
     served: int
     tokens: int
     failures: int
+    overloads: int = 0
 
 
 class Endpoint:
@@ -201,6 +204,7 @@ class Endpoint:
     __slots__ = (
         "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
         "failures", "health", "due", "backoff", "_where", "overloaded_at",
+        "overloads",
     )  # fmt: skip
 
     def __init__(
@@ -214,6 +218,7 @@ class Endpoint:
         self.served = 0
         self.tokens = 0
         self.failures = 0
+        self.overloads = 0  # counted without the lock: a signal, a lost count is harmless
         self.health = _IN_ROTATION  # changed only by Endpoints._become
         self.due = 0.0  # when out: time.monotonic() of the next probe
         self.backoff = _FIRST_PROBE
@@ -239,8 +244,9 @@ class Endpoint:
         limit = None if self.gate is None else self.gate.limit
         in_rotation = self.health in _ROTATING
         return EndpointSnapshot(
-            self.base_url, self.in_flight, limit, in_rotation, self.served, self.tokens, self.failures
-        )
+            self.base_url, self.in_flight, limit, in_rotation, self.served, self.tokens, self.failures,
+            self.overloads,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.base_url} in_flight={self.in_flight} {self.health.value}>"

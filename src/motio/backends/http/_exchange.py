@@ -700,8 +700,10 @@ async def _read_body(response: aiohttp.ClientResponse, deadlines: Deadlines, whe
 
 def _overloaded(endpoint: Endpoint) -> None:
     """A congestion signal from ``endpoint``, for its adaptive controller if
-    it has one, and for hedging (``_hedge.py``), which pauses after one."""
+    it has one, for hedging (``_hedge.py``), which pauses after one, and for
+    racing (its count, in the snapshot)."""
     endpoint.overloaded_at = time.monotonic()
+    endpoint.overloads += 1
     if endpoint.adaptive is not None:
         endpoint.adaptive.record_overload()
 
