@@ -427,6 +427,7 @@ class AnthropicBackend(HTTPBackend):
         rpm: float | None = None,
         tpm: float | None = None,
         ssl: TLSOption = None,
+        prefix_routing: bool | None = None,
     ) -> None:
         # Before the base's constructor: it asks auth_headers() for every request's headers.
         self.anthropic_version = anthropic_version
@@ -434,7 +435,7 @@ class AnthropicBackend(HTTPBackend):
             model, base_url=base_url, api_key=api_key, headers=headers, max_concurrency=max_concurrency,
             concurrency_bound=concurrency_bound, connect_timeout=connect_timeout,
             first_token_timeout=first_token_timeout, chunk_timeout=chunk_timeout, total_timeout=total_timeout,
-            max_retries=max_retries, rpm=rpm, tpm=tpm, ssl=ssl,
+            max_retries=max_retries, rpm=rpm, tpm=tpm, ssl=ssl, prefix_routing=prefix_routing,
         )  # fmt: skip
 
     def auth_headers(self, api_key: str) -> dict[str, str]:

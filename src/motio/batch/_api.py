@@ -80,6 +80,7 @@ def run(
     max_invalid: int = DEFAULT_MAX_INVALID,
     reask: bool = True,
     cache: str | Path | bool | None = None,
+    prefix_routing: bool | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generate for every prompt; yield each result line as it finishes.
 
@@ -121,6 +122,11 @@ def run(
         cache: a response cache (SQLite file) to answer a request asked
             before without sending it; True for the default location.
             Cached lines carry ``"cached": true``.
+        prefix_routing: None (default): as the backend routes (given several
+            servers: prompts sharing a start go to the same server, within a
+            slack of the least loaded, and are dispatched grouped by that
+            start, read a few times the prompts in flight ahead). False:
+            neither, for this batch (on the backend, and on every Ray worker's).
 
     Raises:
         ConfigurationError: a prompt that is not one, or a bad row (raised
@@ -135,7 +141,7 @@ def run(
     dataset = _Dataset.of(template, system, id_column)
     settings = _Settings(
         prompts, backend, ray, workers, concurrency, options, output, dataset,
-        response_format, max_invalid, reask, cache,
+        response_format, max_invalid, reask, cache, prefix_routing,
     )  # fmt: skip
     batch = _Batch(settings)
     try:
@@ -164,6 +170,7 @@ async def arun(
     max_invalid: int = DEFAULT_MAX_INVALID,
     reask: bool = True,
     cache: str | Path | bool | None = None,
+    prefix_routing: bool | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """:func:`run` for async code: an async iterator of result lines as they finish.
 
@@ -173,7 +180,7 @@ async def arun(
     dataset = _Dataset.of(template, system, id_column)
     settings = _Settings(
         prompts, backend, ray, workers, concurrency, options, output, dataset,
-        response_format, max_invalid, reask, cache,
+        response_format, max_invalid, reask, cache, prefix_routing,
     )  # fmt: skip
     batch = _Batch(settings)
     try:
@@ -200,6 +207,7 @@ class _Settings:
     max_invalid: int = DEFAULT_MAX_INVALID
     reask: bool = True
     cache: str | Path | bool | None = None
+    prefix_routing: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +302,13 @@ async def _job(settings: _Settings, on_result: OnResult) -> None:
         answering = open_answering(
             settings.response_format, settings.cache, max_invalid=settings.max_invalid, reask=settings.reask
         )
-        job = BatchJob(options=settings.options, ray=ray, in_flight=settings.in_flight, answering=answering)
+        job = BatchJob(
+            options=settings.options,
+            ray=ray,
+            in_flight=settings.in_flight,
+            answering=answering,
+            prefix_routing=settings.prefix_routing,
+        )
         if settings.output is not None:
             job.open_results(settings.output)
         await job.start(local, checked=False)

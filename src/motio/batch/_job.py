@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._threaded import ThreadedIterator
+from ..scheduling import POOL_FACTOR
 from ._engine import Engine
+from ._order import grouped, window_for
 from ._records import PromptRecord
 from ._results import ResultsFile, ResultsStream, ResumeState
 from ._runner import OnResult, Records, Runner
@@ -76,6 +78,11 @@ class BatchJob:
         answering: the output schema and the response cache around each
             prompt (``_structured.py``); None: neither. With ``ray``, each
             worker builds its own from its recipe (the cache's file shared).
+        prefix_routing: None: as the backend routes (``Backend.prefix_routing``:
+            on for several servers); when it routes by prefix, prompts are
+            also dispatched grouped by prefix (``_order.py``). False: off,
+            True: on (given several servers), set on the backend (and the
+            workers' copies).
     """
 
     def __init__(
@@ -87,7 +94,10 @@ class BatchJob:
         in_flight: int | None = None,
         stats: RunStats | None = None,
         answering: Answering | None = None,
+        prefix_routing: bool | None = None,
     ) -> None:
+        self.prefix_routing = prefix_routing
+        self._window = 0  # records read ahead to group by prefix (0: file order)
         self.options, self.defaults = dict(options or {}), dict(defaults or {})
         self.answering = answering
         self.in_flight = in_flight
@@ -141,6 +151,8 @@ class BatchJob:
         """
         if self.stats is not None:
             self.stats.started = time.perf_counter()
+        if self.prefix_routing is not None:
+            backend.prefix_routing = self.prefix_routing
         if self.answering is not None:
             self.answering.check_backend(backend)
             if self.answering.cache is not None and backend.model is None and not checked:
@@ -149,6 +161,7 @@ class BatchJob:
                 checked = True
         if self.pool is None:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
+            self._window = window_for(tasks) if backend.prefix_routing else 0
             self.runner = Engine(
                 backend, tasks=tasks, options=self.options, defaults=self.defaults, answering=self.answering
             )
@@ -156,6 +169,7 @@ class BatchJob:
         if backend.remote and not checked:
             await backend.check()  # fails fast, and names the model once for every worker
         self.pool.share(SharePlan.of(backend, self.pool.plan.actors))
+        self._window = window_for(fill(backend)) if backend.prefix_routing else 0
         self.runner = self.pool
         return self.pool
 
@@ -193,6 +207,8 @@ class BatchJob:
             raise RuntimeError("BatchJob.start(backend) must come before run()")
         state = ResumeState() if self.results is None else self.results.state
         todo = pending(records, state)
+        if self._window and not blocking:  # a pipe is sent as it arrives, never held back
+            todo = grouped(todo, self._window)
         source: Records = ThreadedIterator(todo, asyncio.get_running_loop()) if blocking else todo
         try:
             await runner.run(source, self._deliver(runner, on_result, write_failed))
@@ -253,9 +269,11 @@ def pending(records: Iterator[PromptRecord], state: ResumeState) -> Iterator[Pro
 
 
 def fill(backend: Backend) -> int:
-    """Prompts in flight that fill the backend's limit on every server."""
+    """Prompts in flight that fill the backend's limit on every server
+    (``POOL_FACTOR`` times that when it routes by prefix: those waiting are
+    what the router chooses among)."""
     plan = SharePlan.of(backend, 1)
     if plan.servers:
-        return plan.in_flight_per_worker()
+        return plan.in_flight_per_worker() * (POOL_FACTOR if backend.prefix_routing else 1)
     limit = backend.max_concurrency
     return limit if isinstance(limit, int) and limit > 0 else 1

@@ -20,7 +20,8 @@ class BackendArgs:
     """The backend group's flags (and ``--concurrency``), resolved by ``BackendSpec.from_args``.
 
     ``base_urls``: every ``--base-url``, in order; ``concurrency``: None
-    when not given (and always for ``motio chat``, which has no such flag).
+    when not given (and always for ``motio chat``, which has no such flag);
+    ``prefix_routing``: False with ``--no-prefix-routing``.
     """
 
     backend: str | None = None
@@ -35,6 +36,7 @@ class BackendArgs:
     tpm: float | None = None
     first_token_timeout: float | None = None
     total_timeout: float | None = None
+    prefix_routing: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ class BackendSpec:
     ``base_url`` is the (first) server; ``base_urls`` lists them all when
     there are several, and is empty otherwise. ``ca_bundle``: the absolute
     path of ``--ca-bundle`` (a path, so a Ray worker can rebuild it).
+    ``prefix_routing``: False with ``--no-prefix-routing``.
     """
 
     kind: str
@@ -61,6 +62,7 @@ class BackendSpec:
     total_timeout: float | None = None
     base_urls: tuple[str, ...] = ()
     ca_bundle: str | None = None
+    prefix_routing: bool = True
 
     @classmethod
     def from_args(cls, args: BackendArgs) -> BackendSpec:
@@ -95,6 +97,7 @@ class BackendSpec:
             args.max_retries, args.rpm, args.tpm, args.first_token_timeout, args.total_timeout,
             base_urls=several,
             ca_bundle=None if args.ca_bundle is None else _readable_ca_bundle(args.ca_bundle),
+            prefix_routing=args.prefix_routing,
         )  # fmt: skip
 
     @property
@@ -119,8 +122,12 @@ class BackendSpec:
     @property
     def in_flight(self) -> int:
         """How many prompts the run keeps in flight (the gates may admit fewer):
-        enough to fill every server's limit."""
-        return self.per_server * self.servers
+        enough to fill every server's limit; ``POOL_FACTOR`` times that when
+        routing by prefix (those waiting are what the router chooses among)."""
+        from ..scheduling import POOL_FACTOR
+
+        routed = self.prefix_routing and self.servers > 1
+        return self.per_server * self.servers * (POOL_FACTOR if routed else 1)
 
 
 def _server_backends() -> str:
@@ -222,6 +229,8 @@ def build_backend(spec: BackendSpec) -> Backend:
                 options[name] = None
         if spec.ca_bundle is not None:
             options["ssl"] = spec.ca_bundle
+        if not spec.prefix_routing:
+            options["prefix_routing"] = False
         return cls(
             spec.model,
             base_url=list(spec.base_urls) if spec.base_urls else spec.base_url,

@@ -14,6 +14,19 @@ share anyway, and every prompt sent to a dead one fails).
   arrival, a burst would split evenly and wait behind the slow server while
   the fast one idles. A slower server holds its requests longer, so it is
   picked less often.
+- **Prefix-aware routing** (``HTTPBackend(prefix_routing=...)``): an
+  attempt that carries a prefix key (``motio.scheduling.prefix_key``) goes
+  to the server its key ranks first (rendezvous hashing on the base URLs,
+  so every process agrees) unless that server's pressure (requests in
+  flight plus attempts waiting for it, per slot) is more than
+  ``PREFIX_SLACK`` above the least pressed server's; then to the next in
+  the key's order within the slack (bounded-load consistent hashing). It
+  never leaves a slot idle: with no room within the slack it takes the
+  least loaded server with room. An attempt that waits is queued for its
+  chosen server as well as in the one FIFO: room freed on a server goes
+  first to the earliest attempt waiting for that server, else to the head
+  of the line. A batch keeps more prompts in flight than there are slots
+  (``POOL_FACTOR``) so that there is such a choice.
 - **Failover**: an attempt that failed before any content reached the thunk
   (refused, reset, connect timeout; a retryable status; a 404 from a server
   started with another model) goes to another server (``_exchange.py``
@@ -63,9 +76,11 @@ import enum
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ...scheduling import PREFIX_SLACK, server_seed, weight
 
 if TYPE_CHECKING:
     from .._errors import Where
@@ -90,6 +105,8 @@ _FAILURES_TO_LEAVE = 3
 #: of the doubling that follows each failed probe.
 _FIRST_PROBE = 0.5
 _LAST_PROBE = 15.0
+#: Keys whose ranking of the servers is remembered (a batch's prefixes repeat).
+_RANKINGS_KEPT = 4096
 
 Probe = Callable[["Endpoint"], Coroutine[Any, Any, None]]
 Check = Probe
@@ -126,21 +143,24 @@ _ROTATING = (_IN_ROTATION, _BACK_WHILE_PROBING)
 
 class _Waiter:
     """An attempt waiting for room on any server, on its own loop; ``shunning``
-    if it may not take room on some servers (``acquire(shun=...)``)."""
+    if it may not take room on some servers (``acquire(shun=...)``);
+    ``prefers``: the server its prefix key chose, in whose queue it also waits."""
 
-    __slots__ = ("loop", "future", "woken", "shunning")
+    __slots__ = ("loop", "future", "woken", "shunning", "prefers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, shunning: bool = False) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.woken = False
         self.shunning = shunning
+        self.prefers: Endpoint | None = None
 
 
 def _wake_first(waiters: deque[_Waiter]) -> None:
     """Wake the first waiter whose loop still runs."""
     while waiters:
         waiter = waiters.popleft()
+        _leave_preferred(waiter)
         if _wake(waiter):
             return
 
@@ -154,8 +174,16 @@ def _wake_first_unshunning(waiters: deque[_Waiter]) -> None:
     for waiter in list(waiters):
         if not waiter.shunning:
             waiters.remove(waiter)
+            _leave_preferred(waiter)
             if _wake(waiter):
                 return
+
+
+def _leave_preferred(waiter: _Waiter) -> None:
+    """Out of its chosen server's queue, if in one (the router's lock is held)."""
+    if waiter.prefers is not None:
+        waiter.prefers.queue.remove(waiter)
+        waiter.prefers = None
 
 
 def _wake(waiter: _Waiter) -> bool:
@@ -200,7 +228,7 @@ class Endpoint:
 
     __slots__ = (
         "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
-        "failures", "health", "due", "backoff", "_where",
+        "failures", "health", "due", "backoff", "_where", "seed", "queue",
     )  # fmt: skip
 
     def __init__(
@@ -218,6 +246,8 @@ class Endpoint:
         self.due = 0.0  # when out: time.monotonic() of the next probe
         self.backoff = _FIRST_PROBE
         self._where: Where | None = None
+        self.seed = server_seed(base_url)  # its rank for a prefix key (rendezvous hashing)
+        self.queue: deque[_Waiter] = deque()  # attempts waiting that chose it by their prefix key
 
     def where(self, provider: str, model: str | None) -> Where:
         """The error context for this server; one shared object while the model stays."""
@@ -232,6 +262,13 @@ class Endpoint:
         """Requests in flight per slot: what routing compares."""
         gate = self.gate
         return self.in_flight / gate.limit if gate is not None else float(self.in_flight)
+
+    def pressure(self) -> float:
+        """Requests in flight and attempts waiting for it, per slot: what
+        prefix routing bounds."""
+        gate = self.gate
+        pending = self.in_flight + len(self.queue)
+        return pending / gate.limit if gate is not None else float(pending)
 
     def snapshot(self) -> EndpointSnapshot:
         limit = None if self.gate is None else self.gate.limit
@@ -267,10 +304,13 @@ class Endpoints:
         # attempt does not queue at one server's gate, where it would stay
         # committed to a slow server while a fast one frees slots.
         self._waiters: deque[_Waiter] = deque()
+        self._rankings: dict[int, tuple[Endpoint, ...]] = {}
 
     # -- routing ---------------------------------------------------------------------
 
-    async def acquire(self, avoid: Sequence[Endpoint] = (), shun: Sequence[Endpoint] = ()) -> Endpoint:
+    async def acquire(
+        self, avoid: Sequence[Endpoint] = (), shun: Sequence[Endpoint] = (), key: int | None = None
+    ) -> Endpoint:
         """A slot on the server for the next attempt, held until ``release``.
 
         Args:
@@ -278,6 +318,9 @@ class Endpoints:
                 no other server in rotation has room.
             shun: servers used only when no other server is in rotation
                 (this waits for room on another instead).
+            key: the prompt's prefix key (``motio.scheduling.prefix_key``):
+                route to the server that holds its prefix, within the slack;
+                None: to the least loaded.
         """
         if not self.several:
             endpoint = self.all[0]
@@ -293,23 +336,53 @@ class Endpoints:
                     self._start_due_probes()
                 # Waiters go first: a newcomer takes a free slot only when
                 # nobody queues (a woken waiter that lost a race re-queues first).
-                chosen = None if self._waiters and waiter is None else self._take_least_loaded(avoid, shun)
+                if self._waiters and waiter is None:
+                    chosen = None
+                elif key is None:
+                    chosen = self._take_least_loaded(avoid, shun)
+                else:
+                    chosen = self._take_by_key(key, avoid, shun)
                 if chosen is not None:
                     chosen.in_flight += 1
                     self._pass_on_room()
                     return chosen
                 if waiter is None:
                     waiter = _Waiter(asyncio.get_running_loop(), bool(shun))
-                    self._waiters.append(waiter)
+                    self._enqueue(waiter, key, avoid, shun)
                     if self._waiters[0].shunning and not shun and self._room_anywhere():
                         # Room the shunning head of the line will not take: this one may.
                         _wake_first_unshunning(self._waiters)
                 else:  # woken, but a newcomer took the room (or it is shunned): first in line again
                     waiter = _Waiter(waiter.loop, waiter.shunning)
-                    self._waiters.appendleft(waiter)
+                    self._enqueue(waiter, key, avoid, shun, first=True)
                     if shun and self._room_anywhere():
                         _wake_first_unshunning(self._waiters)
             await self._wait(waiter)
+
+    def _enqueue(
+        self,
+        waiter: _Waiter,
+        key: int | None,
+        avoid: Sequence[Endpoint],
+        shun: Sequence[Endpoint],
+        *,
+        first: bool = False,
+    ) -> None:
+        """Queue ``waiter`` in the line, and for the server its key chooses if
+        it has one (the lock is held)."""
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        if key is None or waiter.shunning:
+            return
+        prefers = next(self._within_slack(key, avoid, shun), None)
+        if prefers is not None:
+            waiter.prefers = prefers
+            if first:
+                prefers.queue.appendleft(waiter)
+            else:
+                prefers.queue.append(waiter)
 
     async def _wait(self, waiter: _Waiter) -> None:
         try:
@@ -320,6 +393,7 @@ class Endpoints:
                     self._pass_on_room()  # the wake-up reached us as we left: hand it on
                 else:
                     self._waiters.remove(waiter)
+                    _leave_preferred(waiter)
             raise
 
     def _take_least_loaded(self, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]) -> Endpoint | None:
@@ -338,10 +412,58 @@ class Endpoints:
                 return endpoint
         return None
 
+    def _take_by_key(self, key: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]) -> Endpoint | None:
+        """Take a slot on the first server in ``key``'s order within the slack
+        that has room, else on the least loaded with room (the lock is held)."""
+        for endpoint in self._within_slack(key, avoid, shun):
+            if endpoint.gate is None or endpoint.gate.try_acquire():
+                return endpoint
+        # Nothing within the slack has room: a free slot elsewhere is not left idle.
+        return self._take_least_loaded(avoid, shun)
+
+    def _within_slack(
+        self, key: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]
+    ) -> Iterator[Endpoint]:
+        """The servers in rotation, in ``key``'s order, that are at most
+        ``PREFIX_SLACK`` above the least pressed; not those in ``avoid``
+        nor ``shun`` (the lock is held)."""
+        candidates = [e for e in self.all if e.health in _ROTATING and e not in avoid and e not in shun]
+        if not candidates:
+            return
+        least = min(e.pressure() for e in candidates)
+        for endpoint in self._ranking(key):
+            if endpoint in candidates and endpoint.pressure() - least <= PREFIX_SLACK:
+                yield endpoint
+
+    def _ranking(self, key: int) -> tuple[Endpoint, ...]:
+        """Every server, in the order ``key`` prefers them (rendezvous hashing)."""
+        ranking = self._rankings.get(key)
+        if ranking is None:
+            if len(self._rankings) >= _RANKINGS_KEPT:
+                self._rankings.clear()  # a new batch's prefixes: start again
+            ranking = tuple(sorted(self.all, key=lambda e: weight(key, e.seed), reverse=True))
+            self._rankings[key] = ranking
+        return ranking
+
     def _pass_on_room(self) -> None:
-        """Wake the first waiter if some server may have room (the lock is held)."""
-        if self._waiters and self._room_anywhere():
-            _wake_first(self._waiters)
+        """Wake a waiter if some server may have room: one that chose that
+        server by its key, else the first (the lock is held)."""
+        if self._waiters:
+            roomy = next((e for e in self.all if e.gate is None or e.gate.in_flight < e.gate.limit), None)
+            if roomy is not None:
+                self._wake_for(roomy)
+
+    def _wake_for(self, endpoint: Endpoint) -> None:
+        """Wake the earliest waiter that chose ``endpoint``, else the first
+        in line (the lock is held)."""
+        queue = endpoint.queue
+        while queue:
+            waiter = queue.popleft()
+            waiter.prefers = None
+            self._waiters.remove(waiter)
+            if _wake(waiter):
+                return
+        _wake_first(self._waiters)
 
     def _room_anywhere(self) -> bool:
         return any(e.gate is None or e.gate.in_flight < e.gate.limit for e in self.all)
@@ -357,7 +479,7 @@ class Endpoints:
                 if isinstance(tokens, int):
                     endpoint.tokens += tokens
             if self._waiters:
-                _wake_first(self._waiters)
+                self._wake_for(endpoint)
 
     def can_fail_over(self, tried: Sequence[Endpoint]) -> bool:
         """Whether a server in rotation remains that this generation has not failed on."""
