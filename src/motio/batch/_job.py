@@ -71,7 +71,9 @@ class BatchJob:
         ray: run on Ray workers; None: in this process.
         in_flight: prompts in flight in this process (the engine's tasks);
             None: enough to fill the backend's limit on every server
-            (:func:`fill`). With ``ray``, the workers' shares decide.
+            (:func:`fill`). ``POOL_FACTOR`` times that when the backend
+            routes by prefix, so that some wait for a slot and the router
+            chooses which. With ``ray``, the workers' shares decide.
         stats: the counters to add to (the command's, counted while it
             planned); None: nothing counted (a batch of millions from
             Python would otherwise keep every latency in memory).
@@ -98,6 +100,7 @@ class BatchJob:
     ) -> None:
         self.prefix_routing = prefix_routing
         self._window = 0  # records read ahead to group by prefix (0: file order)
+        self._servers: tuple[str, ...] = ()  # whose turns the groups take
         self.options, self.defaults = dict(options or {}), dict(defaults or {})
         self.answering = answering
         self.in_flight = in_flight
@@ -161,7 +164,11 @@ class BatchJob:
                 checked = True
         if self.pool is None:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
+            if backend.prefix_routing:
+                # Those waiting for a slot are what the router chooses among.
+                tasks *= POOL_FACTOR
             self._window = window_for(tasks) if backend.prefix_routing else 0
+            self._servers = SharePlan.of(backend, 1).servers
             self.runner = Engine(
                 backend, tasks=tasks, options=self.options, defaults=self.defaults, answering=self.answering
             )
@@ -170,6 +177,7 @@ class BatchJob:
             await backend.check()  # fails fast, and names the model once for every worker
         self.pool.share(SharePlan.of(backend, self.pool.plan.actors))
         self._window = window_for(fill(backend)) if backend.prefix_routing else 0
+        self._servers = self.pool.plan.servers
         self.runner = self.pool
         return self.pool
 
@@ -208,7 +216,7 @@ class BatchJob:
         state = ResumeState() if self.results is None else self.results.state
         todo = pending(records, state)
         if self._window and not blocking:  # a pipe is sent as it arrives, never held back
-            todo = grouped(todo, self._window)
+            todo = grouped(todo, self._window, self._servers)
         source: Records = ThreadedIterator(todo, asyncio.get_running_loop()) if blocking else todo
         try:
             await runner.run(source, self._deliver(runner, on_result, write_failed))
@@ -269,11 +277,9 @@ def pending(records: Iterator[PromptRecord], state: ResumeState) -> Iterator[Pro
 
 
 def fill(backend: Backend) -> int:
-    """Prompts in flight that fill the backend's limit on every server
-    (``POOL_FACTOR`` times that when it routes by prefix: those waiting are
-    what the router chooses among)."""
+    """Prompts in flight that fill the backend's limit on every server."""
     plan = SharePlan.of(backend, 1)
     if plan.servers:
-        return plan.in_flight_per_worker() * (POOL_FACTOR if backend.prefix_routing else 1)
+        return plan.in_flight_per_worker()
     limit = backend.max_concurrency
     return limit if isinstance(limit, int) and limit > 0 else 1

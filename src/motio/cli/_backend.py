@@ -122,12 +122,9 @@ class BackendSpec:
     @property
     def in_flight(self) -> int:
         """How many prompts the run keeps in flight (the gates may admit fewer):
-        enough to fill every server's limit; ``POOL_FACTOR`` times that when
-        routing by prefix (those waiting are what the router chooses among)."""
-        from ..scheduling import POOL_FACTOR
-
-        routed = self.prefix_routing and self.servers > 1
-        return self.per_server * self.servers * (POOL_FACTOR if routed else 1)
+        enough to fill every server's limit (the batch job keeps
+        ``POOL_FACTOR`` times as many when routing by prefix)."""
+        return self.per_server * self.servers
 
 
 def _server_backends() -> str:

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
-__all__ = ["KEY_CHARS", "POOL_FACTOR", "PREFIX_SLACK", "prefix_key", "server_seed", "weight"]
+__all__ = ["KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_SLACK", "prefix_key", "server_seed", "weight"]
 
 #: Characters of a prompt's leading text that make its key: about 500
 #: tokens, past any chat template's preamble and into what a group shares.
@@ -40,7 +40,12 @@ KEY_CHARS = 2048
 #: How far above the least pressed server (in requests per slot, waiting
 #: ones included) a prefix's own server may be and still get it: half a
 #: server's slots of queue before its prefixes spill to their next choice.
-PREFIX_SLACK = 0.5
+PREFIX_SLACK = 1.0
+#: How many more prefixes than the mean a server may be the home of
+#: (0.15: 15% more), as in "Consistent Hashing with Bounded Loads" with
+#: prefixes as the balls: a new prefix goes to its first choice unless
+#: that one is full, then to the next.
+KEY_SLACK = 0.15
 #: Prompts a batch keeps in flight per slot when routing by prefix: the
 #: waiting ones are what lets room freed on a server go to a prompt whose
 #: prefix that server holds (with exactly as many as slots, each prompt

@@ -73,6 +73,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
+import math
 import threading
 import time
 from collections import deque
@@ -80,7 +82,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...scheduling import PREFIX_SLACK, server_seed, weight
+from ...scheduling import KEY_SLACK, PREFIX_SLACK, server_seed, weight
 
 if TYPE_CHECKING:
     from .._errors import Where
@@ -105,6 +107,9 @@ _FAILURES_TO_LEAVE = 3
 #: of the doubling that follows each failed probe.
 _FIRST_PROBE = 0.5
 _LAST_PROBE = 15.0
+# How deep the line is searched for a waiter without a prefix key (a
+# shunning re-run) when the room freed suits no one by key.
+_SCAN = 64
 #: Keys whose ranking of the servers is remembered (a batch's prefixes repeat).
 _RANKINGS_KEPT = 4096
 
@@ -146,7 +151,7 @@ class _Waiter:
     if it may not take room on some servers (``acquire(shun=...)``);
     ``prefers``: the server its prefix key chose, in whose queue it also waits."""
 
-    __slots__ = ("loop", "future", "woken", "shunning", "prefers")
+    __slots__ = ("loop", "future", "woken", "shunning", "prefers", "key")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, shunning: bool = False) -> None:
         self.loop = loop
@@ -154,6 +159,7 @@ class _Waiter:
         self.woken = False
         self.shunning = shunning
         self.prefers: Endpoint | None = None
+        self.key: int | None = None
 
 
 def _wake_first(waiters: deque[_Waiter]) -> None:
@@ -163,6 +169,20 @@ def _wake_first(waiters: deque[_Waiter]) -> None:
         _leave_preferred(waiter)
         if _wake(waiter):
             return
+
+
+def _wake_first_unpreferring(waiters: deque[_Waiter]) -> bool:
+    """Wake the first waiter that chose no server (no prefix key, or
+    shunning), looking ``_SCAN`` deep past the head; whether one was woken."""
+    while waiters and waiters[0].prefers is None:  # the common case: at the head
+        if _wake(waiters.popleft()):
+            return True
+    for waiter in list(itertools.islice(waiters, _SCAN)):
+        if waiter.prefers is None:
+            waiters.remove(waiter)
+            if _wake(waiter):
+                return True
+    return False
 
 
 def _wake_first_unshunning(waiters: deque[_Waiter]) -> None:
@@ -228,7 +248,7 @@ class Endpoint:
 
     __slots__ = (
         "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
-        "failures", "health", "due", "backoff", "_where", "seed", "queue",
+        "failures", "health", "due", "backoff", "_where", "seed", "queue", "homes",
     )  # fmt: skip
 
     def __init__(
@@ -248,6 +268,7 @@ class Endpoint:
         self._where: Where | None = None
         self.seed = server_seed(base_url)  # its rank for a prefix key (rendezvous hashing)
         self.queue: deque[_Waiter] = deque()  # attempts waiting that chose it by their prefix key
+        self.homes = 0  # prefix keys whose home it is
 
     def where(self, provider: str, model: str | None) -> Where:
         """The error context for this server; one shared object while the model stays."""
@@ -305,6 +326,7 @@ class Endpoints:
         # committed to a slow server while a fast one frees slots.
         self._waiters: deque[_Waiter] = deque()
         self._rankings: dict[int, tuple[Endpoint, ...]] = {}
+        self._homed = 0  # prefixes given a home (the sum of every server's homes)
 
     # -- routing ---------------------------------------------------------------------
 
@@ -349,7 +371,7 @@ class Endpoints:
                 if waiter is None:
                     waiter = _Waiter(asyncio.get_running_loop(), bool(shun))
                     self._enqueue(waiter, key, avoid, shun)
-                    if self._waiters[0].shunning and not shun and self._room_anywhere():
+                    if self._waiters and self._waiters[0].shunning and not shun and self._room_anywhere():
                         # Room the shunning head of the line will not take: this one may.
                         _wake_first_unshunning(self._waiters)
                 else:  # woken, but a newcomer took the room (or it is shunned): first in line again
@@ -378,11 +400,13 @@ class Endpoints:
             return
         prefers = next(self._within_slack(key, avoid, shun), None)
         if prefers is not None:
-            waiter.prefers = prefers
+            waiter.prefers, waiter.key = prefers, key
             if first:
                 prefers.queue.appendleft(waiter)
             else:
                 prefers.queue.append(waiter)
+            if prefers.gate is not None and prefers.gate.in_flight < prefers.gate.limit:
+                self._wake_for(prefers)  # room there that nobody was woken for
 
     async def _wait(self, waiter: _Waiter) -> None:
         try:
@@ -424,46 +448,111 @@ class Endpoints:
     def _within_slack(
         self, key: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]
     ) -> Iterator[Endpoint]:
-        """The servers in rotation, in ``key``'s order, that are at most
-        ``PREFIX_SLACK`` above the least pressed; not those in ``avoid``
+        """The servers in rotation, in ``key``'s order, whose load is at most
+        ``PREFIX_SLACK`` above the least loaded's; not those in ``avoid``
         nor ``shun`` (the lock is held)."""
         candidates = [e for e in self.all if e.health in _ROTATING and e not in avoid and e not in shun]
         if not candidates:
             return
-        least = min(e.pressure() for e in candidates)
-        for endpoint in self._ranking(key):
-            if endpoint in candidates and endpoint.pressure() - least <= PREFIX_SLACK:
+        least = min(e.load() for e in candidates)
+        for endpoint in self._ranking(key, candidates):
+            if endpoint in candidates and endpoint.load() - least <= PREFIX_SLACK:
                 yield endpoint
 
-    def _ranking(self, key: int) -> tuple[Endpoint, ...]:
-        """Every server, in the order ``key`` prefers them (rendezvous hashing)."""
+    def _ranking(self, key: int, candidates: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
+        """Every server, in the order ``key`` prefers them: its home first.
+
+        A key seen for the first time is given a home: its first choice by
+        rendezvous hashing unless that server's pressure (in flight and
+        waiting, per slot) is more than ``PREFIX_SLACK`` above the least
+        pressed one's, then the next within the slack. Its home stays
+        until a server with nothing to do takes its prompts (``_wake_for``).
+        """
         ranking = self._rankings.get(key)
         if ranking is None:
             if len(self._rankings) >= _RANKINGS_KEPT:
                 self._rankings.clear()  # a new batch's prefixes: start again
+                self._homed = 0
+                for endpoint in self.all:
+                    endpoint.homes = 0
             ranking = tuple(sorted(self.all, key=lambda e: weight(key, e.seed), reverse=True))
+            # Bounded loads over prefixes: at most (1 + slack) times the mean
+            # number of prefixes homed on a server.
+            self._homed += 1
+            cap = math.ceil((1 + KEY_SLACK) * self._homed / len(candidates))
+            home = next((e for e in ranking if e in candidates and e.homes < cap), ranking[0])
+            home.homes += 1
+            if home is not ranking[0]:
+                ranking = (home, *(e for e in ranking if e is not home))
             self._rankings[key] = ranking
         return ranking
 
-    def _pass_on_room(self) -> None:
-        """Wake a waiter if some server may have room: one that chose that
-        server by its key, else the first (the lock is held)."""
-        if self._waiters:
-            roomy = next((e for e in self.all if e.gate is None or e.gate.in_flight < e.gate.limit), None)
-            if roomy is not None:
-                self._wake_for(roomy)
+    def _settle(self, key: int, endpoint: Endpoint) -> None:
+        """``key``'s home is now ``endpoint``: its next prompts go there
+        first, so that a group moves whole (the lock is held)."""
+        ranking = self._rankings[key]
+        if ranking[0] is not endpoint:
+            ranking[0].homes -= 1
+            endpoint.homes += 1
+            self._rankings[key] = (endpoint, *(e for e in ranking if e is not endpoint))
 
-    def _wake_for(self, endpoint: Endpoint) -> None:
-        """Wake the earliest waiter that chose ``endpoint``, else the first
-        in line (the lock is held)."""
+    def _move(self, key: int | None, source: Endpoint, to: Endpoint) -> None:
+        """Re-home ``key`` on ``to``, its waiters queued at ``source`` with it (the lock is held)."""
+        assert key is not None  # only waiters with a key are queued for a server
+        self._settle(key, to)
+        moving = [w for w in source.queue if w.key == key]
+        for waiter in moving:
+            source.queue.remove(waiter)
+            waiter.prefers = to
+        to.queue.extend(moving)
+
+    def _pass_on_room(self) -> None:
+        """Wake a waiter for a server that may have room: one that chose
+        that server by its key, else the first (the lock is held)."""
+        if self._waiters:
+            for endpoint in self.all:
+                if (endpoint.gate is None or endpoint.gate.in_flight < endpoint.gate.limit) and self._wake_for(
+                    endpoint
+                ):
+                    return
+
+    def _wake_for(self, endpoint: Endpoint) -> bool:
+        """Wake the earliest waiter that chose ``endpoint``; else move a prefix
+        here from a server whose queue is past the slack; else the first in
+        line that chose no server. False if nobody was woken (the lock is held).
+
+        Room left to nobody is taken by the next prompt that chooses this
+        server, or at its next release: a prefix moved to a server that
+        does not hold it costs its prefill there and evicts another.
+        """
         queue = endpoint.queue
         while queue:
             waiter = queue.popleft()
             waiter.prefers = None
             self._waiters.remove(waiter)
             if _wake(waiter):
-                return
-        _wake_first(self._waiters)
+                return True
+        source = self._source_for(endpoint)
+        if source is not None:
+            # Its newest waiter's prefix (likely not started there) moves
+            # here with every prompt of it waiting there: the group moves whole.
+            self._move(source.queue[-1].key, source, endpoint)
+            return self._wake_for(endpoint)
+        return _wake_first_unpreferring(self._waiters)
+
+    def _source_for(self, idle: Endpoint) -> Endpoint | None:
+        """Whose waiters ``idle`` may take: a server that cannot serve its
+        queue (out of rotation, or nothing in flight whose end would wake
+        it), else the longest queue if more than the slack above ``idle``'s
+        pressure; None to leave the room."""
+        queued = [e for e in self.all if e.queue and e is not idle]
+        if not queued:
+            return None
+        stuck = next((e for e in queued if e.health not in _ROTATING or e.in_flight == 0), None)
+        if stuck is not None:
+            return stuck
+        longest = max(queued, key=lambda e: len(e.queue))
+        return longest if longest.pressure() - idle.pressure() > PREFIX_SLACK else None
 
     def _room_anywhere(self) -> bool:
         return any(e.gate is None or e.gate.in_flight < e.gate.limit for e in self.all)
