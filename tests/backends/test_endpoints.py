@@ -112,7 +112,8 @@ def test_snapshot_counts_in_flight_served_and_tokens(two: tuple[ScriptedServer, 
     a, b = two
     for server in two:
         server.script(*[stall_after(1)] * 2)
-    backend = OpenAIBackend(MODEL, base_url=[a.base_url, b.base_url], chunk_timeout=None)
+    # Routing by load: four prompts split two and two (by prefix, their keys would decide).
+    backend = OpenAIBackend(MODEL, base_url=[a.base_url, b.base_url], chunk_timeout=None, prefix_routing=False)
 
     async def main() -> tuple[list[EndpointSnapshot], list[EndpointSnapshot]]:
         stalled = [await backend.generate(f"s{i}") for i in range(4)]
