@@ -9,12 +9,15 @@ while every server gets work all the time.
 
 The records are read ``window`` ahead and held by prefix key
 (``motio.scheduling.prefix_key``), in one lane per server: the server the
-key ranks first (the router's first choice, computed the same way from the
-base URLs). Once the window is full, each record read lets one out: the
-lanes take turns, and a lane sends its oldest group's records one after
-the other until the group is spent. So each server is sent its groups one
-at a time, and all servers are sent work at the same pace. At the end
-every record left goes out the same way.
+router makes the key's home (its first choice by rendezvous hashing on the
+same base URLs, unless that server homes ``KEY_SLACK`` more keys than the
+mean). Once the window is full, each record read lets one out: the lanes
+take turns, and a lane sends its oldest group's records one after the
+other until the group is spent, the next group's first record ``STAGGER``
+records before the end (so that its prefix is computed and cached when the
+rest comes). So each server is sent its groups one at a time, and all
+servers are sent work at the same pace. At the end every record left goes
+out the same way.
 
 Each record is emitted exactly once; memory holds at most ``window``
 records; prompts with no shared prefix go out nearly in file order. The

@@ -16,17 +16,22 @@ share anyway, and every prompt sent to a dead one fails).
   picked less often.
 - **Prefix-aware routing** (``HTTPBackend(prefix_routing=...)``): an
   attempt that carries a prefix key (``motio.scheduling.prefix_key``) goes
-  to the server its key ranks first (rendezvous hashing on the base URLs,
-  so every process agrees) unless that server's pressure (requests in
-  flight plus attempts waiting for it, per slot) is more than
-  ``PREFIX_SLACK`` above the least pressed server's; then to the next in
-  the key's order within the slack (bounded-load consistent hashing). It
-  never leaves a slot idle: with no room within the slack it takes the
-  least loaded server with room. An attempt that waits is queued for its
-  chosen server as well as in the one FIFO: room freed on a server goes
-  first to the earliest attempt waiting for that server, else to the head
-  of the line. A batch keeps more prompts in flight than there are slots
-  (``POOL_FACTOR``) so that there is such a choice.
+  to its prefix's home. A key seen for the first time is homed on the
+  server it ranks first (rendezvous hashing on the base URLs, so every
+  process agrees) unless that server homes ``KEY_SLACK`` more prefixes
+  than the mean, then on the next (bounded loads, prefixes as the balls).
+  An attempt takes its home unless the home's load is more than
+  ``PREFIX_SLACK`` above the least loaded's (then the next in its order
+  within the slack); with no room within the slack it takes the least
+  loaded with room: a free slot is never left to a key. An attempt that
+  waits is queued in the one FIFO and for its home: room freed on a server
+  goes to the earliest attempt waiting for that server; a server nobody
+  waits for takes a whole prefix (the newest waiting, and every attempt of
+  it) from a server whose pressure (in flight and waiting, per slot) is
+  more than ``PREFIX_SLACK`` above its own, or from one out of rotation;
+  else it takes the first waiter without a key, or leaves the room to the
+  next attempt that chooses it. A batch keeps ``POOL_FACTOR`` times as many
+  prompts in flight as there are slots, so that there is such a choice.
 - **Failover**: an attempt that failed before any content reached the thunk
   (refused, reset, connect timeout; a retryable status; a 404 from a server
   started with another model) goes to another server (``_exchange.py``
