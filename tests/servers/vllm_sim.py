@@ -82,7 +82,7 @@ once, as vLLM aborts it: out of the waiting queue or its slot, counted in
 
 Options (keyword arguments, ``reconfigure(...)`` at run time, CLI flags)
 -----------------------------------------------------------------------
-- ``slots`` (256), ``max_batched_tokens`` (8192), ``cache_tokens``
+- ``slots`` (1024), ``max_batched_tokens`` (8192), ``cache_tokens``
   (400,000), ``block_size`` (16), ``default_tokens`` (16), ``models``.
 - Time constants in seconds: ``decode_base``, ``decode_per_seq``,
   ``prefill_token_time`` (below). ``time_scale`` (1.0) multiplies every
@@ -131,8 +131,11 @@ Calibration: Llama-3.1-8B-Instruct (BF16) on one H100-80GB
   ``prefill_token_time = 3.2e-5``. Check against the same sweep: time to
   first token at 1 in flight 13.98 ms = one step (6.5 ms) + ~230 prompt
   tokens x 32 us, a short chat prompt.
-- Capacity. vLLM's default ``max_num_seqs`` is 256 and
-  ``max_num_batched_tokens`` 8,192 for online serving. KV cache: 32 layers x
+- Capacity. vLLM's defaults for the API server on a GPU of 70 GiB or more
+  other than an A100 (``EngineArgs.get_batch_defaults`` in
+  ``vllm/engine/arg_utils.py``) are ``max_num_seqs`` 1,024 and
+  ``max_num_batched_tokens`` 8,192 (256 and 2,048 on smaller GPUs): ``slots =
+  1024``, ``max_batched_tokens = 8192``. KV cache: 32 layers x
   8 KV heads x 128 dims x 2 (K and V) x 2 bytes = 128 KiB per token; 0.9 x
   80 GB less 16 GB of weights leaves ~56 GB, ~420,000 tokens:
   ``cache_tokens = 400_000``.
@@ -184,7 +187,7 @@ _DONE = _http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 class SimOptions:
     """Every setting of the simulated server (see the module docstring)."""
 
-    slots: int = 256
+    slots: int = 1024
     max_batched_tokens: int = 8192
     cache_tokens: int = 400_000
     block_size: int = 16
@@ -269,11 +272,32 @@ class _PrefixCache:
 class _Request:
     """One chat request inside the engine: its prompt, its progress, its socket."""
 
-    __slots__ = ("rid", "conn", "model", "stream", "usage", "prompt", "hashes", "n_prompt", "n_out",
-                 "limit_hit", "echo", "prefill_left", "generated", "arrived", "first_token", "done",
-                 "state", "text", "head", "tail")  # fmt: skip
+    __slots__ = (
+        "arrived",
+        "conn",
+        "done",
+        "echo",
+        "first_token",
+        "generated",
+        "hashes",
+        "head",
+        "limit_hit",
+        "model",
+        "n_out",
+        "n_prompt",
+        "prefill_left",
+        "prompt",
+        "rid",
+        "state",
+        "stream",
+        "tail",
+        "text",
+        "usage",
+    )  # fmt: skip
 
-    def __init__(self, rid: int, conn: _SimConnection, body: dict[str, Any], n_out: int, limited: bool) -> None:
+    def __init__(
+        self, rid: int, conn: _SimConnection, body: dict[str, Any], n_out: int, limited: bool
+    ) -> None:
         self.rid, self.conn = rid, conn
         self.model = str(body.get("model") or "")
         self.stream = bool(body.get("stream"))
@@ -283,7 +307,8 @@ class _Request:
         self.hashes: list[int] = []
         self.n_prompt = len(self.prompt)
         self.n_out, self.limit_hit = max(1, n_out), limited
-        self.echo = ("echo:", *_tokens_of(" " + _last_user_text(body).strip()))
+        last = _last_user_text(body).strip()
+        self.echo = ("echo:", *_tokens_of(" " + last)) if last else ("echo:",)
         self.prefill_left = 0
         self.generated = 0
         self.arrived = time.monotonic()
@@ -326,12 +351,15 @@ class _SimConnection(_Connection):
             if self.active is not None:
                 self.on_leave(self.active)
 
+    def open(self) -> bool:
+        """Whether the client is still there (as far as this side knows)."""
+        return not (self.gone.is_set() or self.writer.transport.is_closing())
+
     def send(self, data: bytes) -> bool:
         """Write without waiting (the engine never blocks on one client); False if it left."""
-        transport = self.writer.transport
-        if self.gone.is_set() or transport.is_closing():
+        if not self.open():
             return False
-        transport.write(data)
+        self.writer.transport.write(data)
         return True
 
 
@@ -543,7 +571,9 @@ class VllmSim:
             return self._json(conn, 200, b"")
         if request.method == "GET" and path == "/metrics" and self.options.metrics:
             body = self._metrics().encode()
-            head = _head(200, [("content-type", "text/plain; version=0.0.4"), ("content-length", str(len(body)))])
+            head = _head(
+                200, [("content-type", "text/plain; version=0.0.4"), ("content-length", str(len(body)))]
+            )
             return conn.send(head + body)
         return self._json(conn, 404, _error_body(404, f"no route {request.method} {request.path}"))
 
@@ -603,13 +633,10 @@ class VllmSim:
                 self._bump("disconnects")
                 return False
             self._count_prompt(req, cached=0)
-            if req.stream:
-                conn.send(_SSE_HEAD)
-            self._first_token(req)
+            data = (_SSE_HEAD if req.stream else b"") + self._first_token(req)
             while req.state != "finished":
-                if not self._emit(req):
-                    self._bump("disconnects")
-                    return False
+                data += self._next_token(req)
+            conn.send(data)
             return True
         finally:
             self._bump("in_flight", -1)
@@ -685,7 +712,9 @@ class VllmSim:
                 prefills.append((req, take))
                 budget -= take
                 prefill_tokens += take
-        seconds = opts.decode_base + opts.decode_per_seq * len(decoding) + opts.prefill_token_time * prefill_tokens
+        seconds = (
+            opts.decode_base + opts.decode_per_seq * len(decoding) + opts.prefill_token_time * prefill_tokens
+        )
         return decoding, prefills, seconds * self._scale()
 
     def _finish_step(self, decoding: list[_Request], prefills: list[tuple[_Request, int]]) -> None:
@@ -698,46 +727,48 @@ class VllmSim:
             req.prefill_left -= take
             if req.prefill_left == 0:
                 self._cache.insert(req.hashes)
-                self._first_token(req)
-                self._emit(req)
+                self._emit(req, self._first_token(req))
 
     def _count_prompt(self, req: _Request, cached: int) -> None:
-        req.prefill_left = req.n_prompt - cached
+        req.prefill_left = max(1, req.n_prompt - cached)  # an empty prompt still has a step of prefill
         self._bump("prompt_tokens", req.n_prompt)
         self._bump("prefix_cache_queries", req.n_prompt)
         self._bump("prefix_cache_hits", cached)
         self._bump("prefill_tokens", req.prefill_left)
 
-    def _first_token(self, req: _Request) -> None:
-        """The prefill is done: note the time to first token, send the role chunk."""
+    def _first_token(self, req: _Request) -> bytes:
+        """The prefill is done: note the time to first token; the role chunk to send."""
         req.first_token = now = time.monotonic()
         ttft = now - req.arrived
         self._ttft_buckets[bisect.bisect_left(_TTFT_BUCKETS, ttft)] += 1
         self._ttft_sum += ttft
-        if req.stream:
-            req.conn.send(req.chunk('{"role":"assistant","content":""}', None))
+        return req.chunk('{"role":"assistant","content":""}', None) if req.stream else b""
 
-    def _emit(self, req: _Request) -> bool:
-        """One more token for ``req``, written at once (streamed), then its end if it was the last.
+    def _emit(self, req: _Request, before: bytes = b"") -> bool:
+        """Send ``before``, one more token of ``req`` and its end if that was the last: one write.
 
         Returns:
             False if the client is gone (its reader task aborts the request).
         """
+        if not req.conn.open():
+            return False
+        return req.conn.send(before + self._next_token(req))
+
+    def _next_token(self, req: _Request) -> bytes:
+        """One more token: its chunk (streamed), and the answer's end after the last."""
         token = req.token(req.generated)
         req.generated += 1
         self._bump("generation_tokens")
         last = req.generated >= req.n_out
+        data = b""
         if req.stream:
-            finish = req.finish_reason() if last else None
-            if not req.conn.send(req.chunk('{"content":%s}' % json.dumps(token), finish)):
-                return False
+            data = req.chunk('{"content":' + json.dumps(token) + "}", req.finish_reason() if last else None)
         else:
             req.tail.append(token)
-        if last:
-            self._complete(req)
-        return True
+        return data + self._complete(req) if last else data
 
-    def _complete(self, req: _Request) -> None:
+    def _complete(self, req: _Request) -> bytes:
+        """Count the request served, out of its slot; its last bytes."""
         if req.state == "running":
             self._running.remove(req)
             self._bump("running", -1)
@@ -745,14 +776,12 @@ class VllmSim:
         self._bump("served")
         self._first_token_s.append(round(req.first_token - req.arrived, 6))
         self._prompts.append(req.text)
-        if req.stream:
-            tail = _http_chunk(self._usage_event(req)) if req.usage else b""
-            req.conn.send(tail + _DONE)
-        else:
-            body = self._completion(req)
-            req.conn.send(_head(200, [("content-type", "application/json"), ("content-length", str(len(body)))]) + body)
         if not req.done.done():
             req.done.set_result(True)
+        if req.stream:
+            return (_http_chunk(self._usage_event(req)) if req.usage else b"") + _DONE
+        body = self._completion(req)
+        return _head(200, [("content-type", "application/json"), ("content-length", str(len(body)))]) + body
 
     def _usage_event(self, req: _Request) -> bytes:
         chunk = {"id": f"chatcmpl-{req.rid}", "object": "chat.completion.chunk", "created": _CREATED,
@@ -825,7 +854,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if field.name == "models":
             parser.add_argument("--model", dest="models", action="append", help="a model name (repeatable)")
         elif field.name == "metrics":
-            parser.add_argument("--no-metrics", dest="metrics", action="store_false", help="no /metrics (404)")
+            parser.add_argument(
+                "--no-metrics", dest="metrics", action="store_false", help="no /metrics (404)"
+            )
         elif field.name == "overflow":
             parser.add_argument(flag, choices=("queue", "reject"), default=default)
         elif field.name in ("slow_after", "retry_after"):
