@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
-__all__ = ["KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_SLACK", "prefix_key", "server_seed", "weight"]
+__all__ = ["KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "prefix_key", "server_seed", "weight"]
 
 #: Characters of a prompt's leading text that make its key: about 500
 #: tokens, past any chat template's preamble and into what a group shares.
@@ -51,6 +51,11 @@ KEY_SLACK = 0.15
 #: prefix that server holds (with exactly as many as slots, each prompt
 #: would take whatever slot freed).
 POOL_FACTOR = 2
+#: Seconds at most that a prompt waits for the first prompt of its prefix
+#: on the same server to reach that server's prefix cache (its first token:
+#: the prefill is done, the blocks are cached). Admitted together, a
+#: group's prompts would all miss the cache and each prefill the prefix.
+PREFIX_HOLD = 3.0
 _MASK = (1 << 64) - 1
 _LEADING_ROLES = ("system", "developer")
 # Between two messages' texts, so that "ab" + "c" and "a" + "bc" differ.

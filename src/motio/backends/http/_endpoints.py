@@ -87,7 +87,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...scheduling import KEY_SLACK, PREFIX_SLACK, server_seed, weight
+from ...scheduling import KEY_SLACK, PREFIX_HOLD, PREFIX_SLACK, server_seed, weight
 
 if TYPE_CHECKING:
     from .._errors import Where
@@ -211,6 +211,42 @@ def _leave_preferred(waiter: _Waiter) -> None:
         waiter.prefers = None
 
 
+def _held(endpoint: Endpoint, key: int | None) -> bool:
+    """Whether a prompt with prefix ``key`` waits before going to ``endpoint``:
+    the first prompt of that prefix there is being prefilled (no first token
+    yet) and ``PREFIX_HOLD`` has not passed (the router's lock is held)."""
+    if key is None:
+        return False
+    due = endpoint.warming.get(key)
+    if due is None:
+        return False
+    if time.monotonic() < due:
+        return True
+    del endpoint.warming[key]  # held long enough: the prompts go in anyway
+    return False
+
+
+def _first_unheld(endpoint: Endpoint) -> _Waiter | None:
+    """The earliest waiter in ``endpoint``'s queue not held (see ``_held``)."""
+    return next((w for w in endpoint.queue if not _held(endpoint, w.key)), None)
+
+
+def _warm_up(endpoint: Endpoint, key: int) -> None:
+    """A prompt with prefix ``key`` goes to ``endpoint``: unless the prefix is
+    cached there or on its way, the next ones wait for its first token."""
+    if key not in endpoint.warm and key not in endpoint.warming:
+        endpoint.warming[key] = time.monotonic() + PREFIX_HOLD
+
+
+def _hold_left(waiter: _Waiter) -> float | None:
+    """Seconds ``waiter`` is held at most, None if it is not held."""
+    endpoint = waiter.prefers
+    if endpoint is None or not endpoint.warming:
+        return None
+    due = endpoint.warming.get(waiter.key) if waiter.key is not None else None
+    return None if due is None else max(0.0, due - time.monotonic())
+
+
 def _wake(waiter: _Waiter) -> bool:
     waiter.woken = True
     try:
@@ -253,7 +289,7 @@ class Endpoint:
 
     __slots__ = (
         "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
-        "failures", "health", "due", "backoff", "_where", "seed", "queue", "homes",
+        "failures", "health", "due", "backoff", "_where", "seed", "queue", "homes", "warming", "warm",
     )  # fmt: skip
 
     def __init__(
@@ -274,6 +310,11 @@ class Endpoint:
         self.seed = server_seed(base_url)  # its rank for a prefix key (rendezvous hashing)
         self.queue: deque[_Waiter] = deque()  # attempts waiting that chose it by their prefix key
         self.homes = 0  # prefix keys whose home it is
+        # Prefix keys whose first prompt here is being prefilled (until its
+        # first token, at most until this time.monotonic()), and those whose
+        # first prompt here got its first token (the prefix is in its cache).
+        self.warming: dict[int, float] = {}
+        self.warm: set[int] = set()
 
     def where(self, provider: str, model: str | None) -> Where:
         """The error context for this server; one shared object while the model stays."""
@@ -371,6 +412,8 @@ class Endpoints:
                     chosen = self._take_by_key(key, avoid, shun)
                 if chosen is not None:
                     chosen.in_flight += 1
+                    if key is not None:
+                        _warm_up(chosen, key)
                     self._pass_on_room()
                     return chosen
                 if waiter is None:
@@ -384,7 +427,8 @@ class Endpoints:
                     self._enqueue(waiter, key, avoid, shun, first=True)
                     if shun and self._room_anywhere():
                         _wake_first_unshunning(self._waiters)
-            await self._wait(waiter)
+                hold = _hold_left(waiter)
+            await self._wait(waiter, hold)
 
     def _enqueue(
         self,
@@ -402,6 +446,8 @@ class Endpoints:
         else:
             self._waiters.append(waiter)
         if key is None or waiter.shunning:
+            if any(e.warming for e in self.all) and self._room_anywhere():
+                self._pass_on_room()  # room the held waiters ahead of it leave
             return
         prefers = next(self._within_slack(key, avoid, shun), None)
         if prefers is not None:
@@ -413,9 +459,20 @@ class Endpoints:
             if prefers.gate is not None and prefers.gate.in_flight < prefers.gate.limit:
                 self._wake_for(prefers)  # room there that nobody was woken for
 
-    async def _wait(self, waiter: _Waiter) -> None:
+    async def _wait(self, waiter: _Waiter, hold: float | None = None) -> None:
+        """Until ``waiter`` is woken; a held waiter (see ``_held``) at most
+        ``hold`` seconds, then it leaves the line to try again."""
         try:
-            await waiter.future
+            if hold is None:
+                await waiter.future
+                return
+            done, _ = await asyncio.wait((waiter.future,), timeout=hold)
+            if not done:
+                with self._lock:
+                    if not waiter.woken:  # the hold ran out: out of line, to try again
+                        waiter.woken = True
+                        self._waiters.remove(waiter)
+                        _leave_preferred(waiter)
         except BaseException:
             with self._lock:
                 if waiter.woken:
@@ -445,6 +502,8 @@ class Endpoints:
         """Take a slot on the first server in ``key``'s order within the slack
         that has room, else on the least loaded with room (the lock is held)."""
         for endpoint in self._within_slack(key, avoid, shun):
+            if _held(endpoint, key):
+                return None  # its first prompt there is being prefilled: wait for it
             if endpoint.gate is None or endpoint.gate.try_acquire():
                 return endpoint
         # Nothing within the slack has room: a free slot elsewhere is not left idle.
@@ -532,7 +591,10 @@ class Endpoints:
         """
         queue = endpoint.queue
         while queue:
-            waiter = queue.popleft()
+            waiter = queue[0] if not endpoint.warming else _first_unheld(endpoint)
+            if waiter is None:
+                break  # every prompt waiting for it waits for its prefix's first prompt there
+            queue.remove(waiter)
             waiter.prefers = None
             self._waiters.remove(waiter)
             if _wake(waiter):
@@ -574,6 +636,27 @@ class Endpoints:
                     endpoint.tokens += tokens
             if self._waiters:
                 self._wake_for(endpoint)
+
+    def warmed(self, endpoint: Endpoint, key: int, *, cached: bool) -> None:
+        """The first prompt with prefix ``key`` on ``endpoint`` got its first
+        token (``cached``: the server holds the prefix now) or ended without
+        one: the prompts of that prefix held for it may go there."""
+        if key not in endpoint.warming:
+            return  # the common case: not the first of its prefix there
+        with self._lock:
+            if endpoint.warming.pop(key, None) is None:
+                return
+            if cached:
+                if len(endpoint.warm) >= _RANKINGS_KEPT:
+                    endpoint.warm.clear()
+                endpoint.warm.add(key)
+            gate = endpoint.gate
+            room = len(endpoint.queue) if gate is None else gate.limit - gate.in_flight
+            for waiter in [w for w in endpoint.queue if w.key == key][: max(room, 0)]:
+                endpoint.queue.remove(waiter)
+                waiter.prefers = None
+                self._waiters.remove(waiter)
+                _wake(waiter)
 
     def can_fail_over(self, tried: Sequence[Endpoint]) -> bool:
         """Whether a server in rotation remains that this generation has not failed on."""

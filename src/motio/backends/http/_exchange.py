@@ -436,6 +436,8 @@ class Exchange:
             raise
         if endpoint.adaptive is not None:
             endpoint.adaptive.record_first_token(asyncio.get_running_loop().time() - started)
+        if self._key is not None:  # its prefix is in that server's cache now: release the prompts held for it
+            host.router.warmed(endpoint, self._key, cached=True)
         return held, result
 
     def _release(self, held: _Held, *, settle: bool = False, keep_connection: bool = False) -> None:
@@ -452,6 +454,8 @@ class Exchange:
                 held.response.close()
         if held.entry is not None:
             held.entry.release()
+        if self._key is not None:  # ended before its first token, maybe: release the prompts held for it
+            self._host.router.warmed(held.endpoint, self._key, cached=False)
         self._host.give_slot(
             held.endpoint, held.reservation, self._fold.meta.usage if settle else None, settle
         )
