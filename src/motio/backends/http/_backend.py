@@ -251,6 +251,7 @@ class HTTPBackend(Backend):
                 for server in servers
             ],
             self._probe,
+            hold_prefixes=True,  # the exchange reports each keyed request's first token
         )
         self._all_own_credentials = all(server.basic_auth for server in servers)
         # Only between several servers: with one there is nothing to choose.

@@ -32,6 +32,12 @@ share anyway, and every prompt sent to a dead one fails).
   else it takes the first waiter without a key, or leaves the room to the
   next attempt that chooses it. A batch keeps ``POOL_FACTOR`` times as many
   prompts in flight as there are slots, so that there is such a choice.
+  A prefix's further prompts are *held* for a server while its first prompt
+  there has no first token yet (``Endpoints(hold_prefixes=True)``, as the
+  HTTP backend does: its exchange calls ``warmed`` at the first token and
+  when an attempt ends): admitted together, they would all miss the cache
+  and each prefill the prefix. A hold lasts at most ``PREFIX_HOLD``
+  seconds, and a held prompt leaves room to the others.
 - **Failover**: an attempt that failed before any content reached the thunk
   (refused, reset, connect timeout; a retryable status; a 404 from a server
   started with another model) goes to another server (``_exchange.py``
@@ -355,9 +361,12 @@ class Endpoints:
         endpoints: the servers, at least one.
         probe: ``await probe(endpoint)`` returns if the server answers and
             raises otherwise; used to bring servers back into rotation.
+        hold_prefixes: hold a prefix's further prompts for a server until its
+            first prompt there got its first token (``warmed``); only for a
+            caller that reports first tokens and ends through ``warmed``.
     """
 
-    def __init__(self, endpoints: Sequence[Endpoint], probe: Probe) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint], probe: Probe, *, hold_prefixes: bool = False) -> None:
         if not endpoints:
             raise ValueError("a backend needs at least one endpoint")
         self.all: tuple[Endpoint, ...] = tuple(endpoints)
@@ -373,6 +382,7 @@ class Endpoints:
         self._waiters: deque[_Waiter] = deque()
         self._rankings: dict[int, tuple[Endpoint, ...]] = {}
         self._homed = 0  # prefixes given a home (the sum of every server's homes)
+        self._hold = hold_prefixes
 
     # -- routing ---------------------------------------------------------------------
 
@@ -412,7 +422,7 @@ class Endpoints:
                     chosen = self._take_by_key(key, avoid, shun)
                 if chosen is not None:
                     chosen.in_flight += 1
-                    if key is not None:
+                    if key is not None and self._hold:
                         _warm_up(chosen, key)
                     self._pass_on_room()
                     return chosen
