@@ -17,7 +17,7 @@ from motio.backends.http._endpoints import Endpoint, Endpoints
 from motio.backends.http._loopclients import LoopClients
 from motio.scheduling import KEY_SLACK, PREFIX_SLACK, prefix_key, server_seed, weight
 from tests.asyncutil import run
-from tests.servers.scripted import running
+from tests.servers.scripted import hold_after, running, stall_before_headers
 
 MODEL = "scripted-model"
 
@@ -198,3 +198,133 @@ async def _answer(backend: OpenAIBackend, prompt: str) -> Any:
     finally:
         await mot.aclose()
     return mot
+
+
+# -- holding a prefix's prompts until its first prompt is cached on the server ---------
+
+
+def holding_router(servers: int, limit: int) -> Endpoints:
+    return Endpoints(
+        [Endpoint(f"http://s{i}/v1", Gate(limit), None, LoopClients(object)) for i in range(servers)],
+        never_probed,
+        hold_prefixes=True,
+    )
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll ``predicate()`` on the loop until it holds, at most ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+
+def test_a_second_prompt_of_a_prefix_waits_for_the_first_ones_first_token_on_its_server() -> None:
+    routes = holding_router(2, limit=4)
+    s0, s1 = routes.all
+    key = key_preferring(s0.base_url, [s0.base_url, s1.base_url])
+
+    async def main() -> list[Endpoint]:
+        first = await routes.acquire(key=key)
+        second = asyncio.ensure_future(routes.acquire(key=key))
+        await until(lambda: len(s0.queue) == 1)
+        # Room on both servers, yet it waits: its prefix is being prefilled on s0.
+        assert not second.done()
+        assert s0.in_flight == 1 and s1.in_flight == 0
+        other = await routes.acquire()  # no key: not held
+        routes.warmed(first, key, cached=True)
+        got = await asyncio.wait_for(second, 10)
+        third = await routes.acquire(key=key)  # cached there now: no wait
+        return [first, got, third, other]
+
+    first, got, third, other = run(main())
+    assert first is got is third is s0 and other is s1
+    assert not routes._waiters and not s0.queue and not s0.warming and key in s0.warm
+
+
+def test_a_held_prompt_is_released_when_the_first_one_ends_without_a_first_token() -> None:
+    routes = holding_router(2, limit=4)
+    s0, s1 = routes.all
+    key = key_preferring(s0.base_url, [s0.base_url, s1.base_url])
+
+    async def main() -> Endpoint:
+        first = await routes.acquire(key=key)
+        second = asyncio.ensure_future(routes.acquire(key=key))
+        await until(lambda: len(s0.queue) == 1)
+        routes.warmed(first, key, cached=False)  # failed or closed before its first token
+        return await asyncio.wait_for(second, 10)
+
+    assert run(main()) is s0
+    assert key in s0.warming and key not in s0.warm  # the second prefills it now: the next wait for it
+
+
+def test_a_hold_is_bounded(monkeypatch: Any) -> None:
+    import motio.backends.http._endpoints as endpoints_module
+
+    monkeypatch.setattr(endpoints_module, "PREFIX_HOLD", 0.2)
+    routes = holding_router(2, limit=4)
+    s0, s1 = routes.all
+    key = key_preferring(s0.base_url, [s0.base_url, s1.base_url])
+
+    async def main() -> tuple[Endpoint, float]:
+        await routes.acquire(key=key)  # its first token never comes
+        started = asyncio.get_running_loop().time()
+        second = await asyncio.wait_for(routes.acquire(key=key), 10)
+        return second, asyncio.get_running_loop().time() - started
+
+    second, waited = run(main())
+    assert second is s0 and 0.15 <= waited < 5
+    assert not routes._waiters and not s0.queue
+
+
+def test_without_a_key_or_without_hold_prefixes_nothing_is_held() -> None:
+    routes = holding_router(2, limit=4)
+    plain = router(2, limit=4)
+    key = prefix_key("a shared system prompt")
+
+    async def main() -> None:
+        for _ in range(4):
+            await routes.acquire()
+        for _ in range(3):
+            await plain.acquire(key=key)
+
+    run(main())
+    assert not any(e.warming for e in routes.all) and not any(e.warming for e in plain.all)
+    assert sum(e.in_flight for e in routes.all) == 4 and sum(e.in_flight for e in plain.all) == 3
+
+
+def test_the_backend_holds_a_prefix_for_its_first_token_and_releases_it_on_close() -> None:
+    with running() as a, running() as b:
+        urls = [a.base_url, b.base_url]
+        mine = (p for g in range(1000) if ranking(prefix_key(p := f"question {g}"), urls)[0] == a.base_url)
+        prompt, other = next(mine), next(mine)
+        backend = OpenAIBackend(MODEL, base_url=urls, max_concurrency=4)
+        home = next(e for e in backend._endpoints.all if e.base_url == a.base_url)
+
+        async def main() -> list[Any]:
+            try:
+                a.script(hold_after(0))
+                first = await backend.generate(prompt)
+                await until(lambda: len(a.chat_requests) == 1)
+                second = await backend.generate(prompt)
+                await until(lambda: len(home.queue) == 1)
+                assert len(a.chat_requests) == 1 and not b.chat_requests  # held, with room on both
+                a.release()  # the first token: the prefix is cached there, the second goes
+                await second.avalue()
+                a.script(stall_before_headers())
+                stalled = await backend.generate(other)
+                await until(lambda: len(a.chat_requests) == 3)
+                held = await backend.generate(other)
+                await until(lambda: len(home.queue) == 1)
+                await stalled.aclose()  # closed before its first token: the held one goes
+                await held.avalue()
+                for mot in (first, second, held):
+                    await mot.avalue()
+                    await mot.aclose()
+                return [first, second, held]
+            finally:
+                await backend.aclose()
+
+        mots = run(main())
+        assert [m.generation.base_url for m in mots] == [a.base_url] * 3
+        assert [m.value for m in mots] == [f"echo: {prompt}"] * 2 + [f"echo: {other}"]
+        assert len(a.chat_requests) == 4 and not b.chat_requests

@@ -7,6 +7,10 @@ It imports nothing from ``motio.backends`` or ``motio.batch``: both import it.
   prefix-aware routing over several servers.
 """
 
-from ._prefix import KEY_CHARS, KEY_SLACK, POOL_FACTOR, PREFIX_HOLD, PREFIX_SLACK, prefix_key, server_seed, weight
+from ._prefix import (
+    KEY_CHARS, KEY_SLACK, POOL_FACTOR, PREFIX_HOLD, PREFIX_SLACK, prefix_key, server_seed, weight,
+)  # fmt: skip
 
-__all__ = ["KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "prefix_key", "server_seed", "weight"]
+__all__ = [
+    "KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "prefix_key", "server_seed", "weight",
+]  # fmt: skip

@@ -32,7 +32,9 @@ from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
-__all__ = ["KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "prefix_key", "server_seed", "weight"]
+__all__ = [
+    "KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "prefix_key", "server_seed", "weight",
+]  # fmt: skip
 
 #: Characters of a prompt's leading text that make its key: about 500
 #: tokens, past any chat template's preamble and into what a group shares.
