@@ -15,7 +15,7 @@ from motio.backends import OpenAIBackend
 from motio.backends._gate import Gate
 from motio.backends.http._endpoints import Endpoint, Endpoints
 from motio.backends.http._loopclients import LoopClients
-from motio.scheduling import KEY_SLACK, PREFIX_SLACK, prefix_key, server_seed, weight
+from motio.scheduling import KEY_SLACK, PREFIX_SLACK, SHARE_SLACK, prefix_key, server_seed, weight
 from tests.asyncutil import run
 from tests.servers.scripted import hold_after, running, stall_before_headers
 
@@ -328,3 +328,20 @@ def test_the_backend_holds_a_prefix_for_its_first_token_and_releases_it_on_close
         assert [m.generation.base_url for m in mots] == [a.base_url] * 3
         assert [m.value for m in mots] == [f"echo: {prompt}"] * 2 + [f"echo: {other}"]
         assert len(a.chat_requests) == 4 and not b.chat_requests
+
+
+def test_no_server_takes_more_than_its_share_of_prompts_by_key() -> None:
+    # Slots enough that only the share bounds: one prefix for 400 prompts.
+    routes = router(4, limit=1000)
+    urls = [e.base_url for e in routes.all]
+    key = prefix_key("one prefix, many prompts")
+
+    async def main() -> Counter[str]:
+        return Counter([(await routes.acquire(key=key)).base_url for _ in range(400)])
+
+    counts = run(main())
+    home = ranking(key, urls)[0]
+    assert sum(counts.values()) == 400
+    # Its home takes more than an even share (the prefix stays), at most the bound.
+    assert 100 < counts[home] <= (1 + SHARE_SLACK) * 100 + 16 + 1
+    assert max(counts.values()) == counts[home]

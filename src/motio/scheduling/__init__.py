@@ -8,9 +8,11 @@ It imports nothing from ``motio.backends`` or ``motio.batch``: both import it.
 """
 
 from ._prefix import (
-    KEY_CHARS, KEY_SLACK, POOL_FACTOR, PREFIX_HOLD, PREFIX_SLACK, prefix_key, server_seed, weight,
+    KEY_CHARS, KEY_SLACK, POOL_FACTOR, PREFIX_HOLD, PREFIX_SLACK, SHARE_SLACK,
+    prefix_key, server_seed, weight,
 )  # fmt: skip
 
 __all__ = [
-    "KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "prefix_key", "server_seed", "weight",
+    "KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "SHARE_SLACK",
+    "prefix_key", "server_seed", "weight",
 ]  # fmt: skip

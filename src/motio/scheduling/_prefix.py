@@ -33,7 +33,8 @@ from hashlib import blake2b
 from typing import Any
 
 __all__ = [
-    "KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "prefix_key", "server_seed", "weight",
+    "KEY_CHARS", "KEY_SLACK", "POOL_FACTOR", "PREFIX_HOLD", "PREFIX_SLACK", "SHARE_SLACK",
+    "prefix_key", "server_seed", "weight",
 ]  # fmt: skip
 
 #: Characters of a prompt's leading text that make its key: about 500
@@ -48,6 +49,9 @@ PREFIX_SLACK = 1.0
 #: prefixes as the balls: a new prefix goes to its first choice unless
 #: that one is full, then to the next.
 KEY_SLACK = 0.15
+#: How many more prompts than the mean a server may take by prefix key
+#: (0.1: 10% more) before its prefixes' next prompts go to their next choice.
+SHARE_SLACK = 0.1
 #: Prompts a batch keeps in flight per slot when routing by prefix: the
 #: waiting ones are what lets room freed on a server go to a prompt whose
 #: prefix that server holds (with exactly as many as slots, each prompt

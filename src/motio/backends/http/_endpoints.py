@@ -93,7 +93,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...scheduling import KEY_SLACK, PREFIX_HOLD, PREFIX_SLACK, server_seed, weight
+from ...scheduling import KEY_SLACK, PREFIX_HOLD, PREFIX_SLACK, SHARE_SLACK, server_seed, weight
 
 if TYPE_CHECKING:
     from .._errors import Where
@@ -121,6 +121,9 @@ _LAST_PROBE = 15.0
 # How deep the line is searched for a waiter without a prefix key (a
 # shunning re-run) when the room freed suits no one by key.
 _SCAN = 64
+#: Attempts by prefix key a server may take over its share (``SHARE_SLACK``
+#: above the mean) before the bound applies: a small batch is not spread.
+_SHARE_FLOOR = 16
 #: Keys whose ranking of the servers is remembered (a batch's prefixes repeat).
 _RANKINGS_KEPT = 4096
 
@@ -296,6 +299,7 @@ class Endpoint:
     __slots__ = (
         "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
         "failures", "health", "due", "backoff", "_where", "seed", "queue", "homes", "warming", "warm",
+        "taken",
     )  # fmt: skip
 
     def __init__(
@@ -321,6 +325,7 @@ class Endpoint:
         # first prompt here got its first token (the prefix is in its cache).
         self.warming: dict[int, float] = {}
         self.warm: set[int] = set()
+        self.taken = 0  # attempts routed to it by prefix key: their share is bounded
 
     def where(self, provider: str, model: str | None) -> Where:
         """The error context for this server; one shared object while the model stays."""
@@ -422,8 +427,10 @@ class Endpoints:
                     chosen = self._take_by_key(key, avoid, shun)
                 if chosen is not None:
                     chosen.in_flight += 1
-                    if key is not None and self._hold:
-                        _warm_up(chosen, key)
+                    if key is not None:
+                        chosen.taken += 1
+                        if self._hold:
+                            _warm_up(chosen, key)
                     self._pass_on_room()
                     return chosen
                 if waiter is None:
@@ -529,8 +536,10 @@ class Endpoints:
         if not candidates:
             return
         least = min(e.load() for e in candidates)
+        # Bounded loads over prompts too: a server past its share is skipped.
+        most = (1 + SHARE_SLACK) * sum(e.taken for e in candidates) / len(candidates) + _SHARE_FLOOR
         for endpoint in self._ranking(key, candidates):
-            if endpoint in candidates and endpoint.load() - least <= PREFIX_SLACK:
+            if endpoint in candidates and endpoint.load() - least <= PREFIX_SLACK and endpoint.taken <= most:
                 yield endpoint
 
     def _ranking(self, key: int, candidates: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
@@ -714,6 +723,8 @@ class Endpoints:
         if rejoining is not None:
             self._become(endpoint, rejoining)
             self._out -= 1
+            # Its share counts from now: not a flood to catch up on what it missed.
+            endpoint.taken = max(endpoint.taken, max(e.taken for e in self.all) - _SHARE_FLOOR)
         endpoint.backoff = _FIRST_PROBE
 
     @staticmethod
