@@ -50,8 +50,8 @@ PREFIX_SLACK = 1.0
 #: that one is full, then to the next.
 KEY_SLACK = 0.15
 #: How many more prompts than the mean a server may take by prefix key
-#: (0.1: 10% more) before its prefixes' next prompts go to their next choice.
-SHARE_SLACK = 0.1
+#: (0.075: 7.5% more) before its prefixes' next prompts go to their next choice.
+SHARE_SLACK = 0.075
 #: Prompts a batch keeps in flight per slot when routing by prefix: the
 #: waiting ones are what lets room freed on a server go to a prompt whose
 #: prefix that server holds (with exactly as many as slots, each prompt
