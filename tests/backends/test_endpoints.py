@@ -112,7 +112,8 @@ def test_snapshot_counts_in_flight_served_and_tokens(two: tuple[ScriptedServer, 
     a, b = two
     for server in two:
         server.script(*[stall_after(1)] * 2)
-    backend = OpenAIBackend(MODEL, base_url=[a.base_url, b.base_url], chunk_timeout=None)
+    # Routing by load: four prompts split two and two (by prefix, their keys would decide).
+    backend = OpenAIBackend(MODEL, base_url=[a.base_url, b.base_url], chunk_timeout=None, prefix_routing=False)
 
     async def main() -> tuple[list[EndpointSnapshot], list[EndpointSnapshot]]:
         stalled = [await backend.generate(f"s{i}") for i in range(4)]
@@ -247,8 +248,11 @@ def test_a_stream_that_gave_content_is_not_resent() -> None:
 async def _crash_after_content(
     dying: ScriptedServer, healthy: ScriptedServer
 ) -> tuple[Any, BaseException | None]:
-    # Listed second, the dying server is the first the round-robin picks.
-    backend = OpenAIBackend(MODEL, base_url=[healthy.base_url, dying.base_url], max_concurrency=1)
+    # Listed second, the dying server is the first the round-robin picks
+    # (routing by load: by prefix, the port would decide).
+    backend = OpenAIBackend(
+        MODEL, base_url=[healthy.base_url, dying.base_url], max_concurrency=1, prefix_routing=False
+    )
 
     mot = await backend.generate("partial")
     await wait_on(dying, lambda s: any(r.chunks for r in s.chat_requests), "a content chunk sent")
@@ -268,7 +272,9 @@ def test_a_server_that_comes_back_rejoins_rotation(two: tuple[ScriptedServer, Sc
     first, other = two
     url, port = first.base_url, first.port
     first.stop()  # its port now refuses
-    backend = OpenAIBackend(MODEL, base_url=[url, other.base_url], max_concurrency=4)
+    # Routing by load: one prompt sent again and again goes round-robin (by
+    # prefix it would always go to the one server its key ranks first).
+    backend = OpenAIBackend(MODEL, base_url=[url, other.base_url], max_concurrency=4, prefix_routing=False)
 
     async def main(revived: ScriptedServer) -> list[EndpointSnapshot]:
         for _ in range(2):  # round-robin: one of the two goes to the stopped server
@@ -499,7 +505,10 @@ def test_a_404_for_the_model_fails_over_and_the_server_leaves_rotation_until_it_
         return None if record.model in models else status(404, body=missing)
 
     with running() as good, running(models=models, rule=not_listed) as wrong:
-        backend = OpenAIBackend(MODEL, base_url=[wrong.base_url, good.base_url], max_concurrency=2)
+        # Routing by load: "again" reaches the rejoined server in turn (by prefix, only if its key ranks it first).
+        backend = OpenAIBackend(
+            MODEL, base_url=[wrong.base_url, good.base_url], max_concurrency=2, prefix_routing=False
+        )
 
         async def main() -> tuple[list[Any], EndpointSnapshot, list[Any]]:
             first = await asyncio.gather(*(answer(backend, f"p{i}") for i in range(20)))

@@ -428,6 +428,7 @@ class AnthropicBackend(HTTPBackend):
         tpm: float | None = None,
         ssl: TLSOption = None,
         metrics_url: str | Sequence[str] | Literal[False] | None = None,
+        prefix_routing: bool | None = None,
     ) -> None:
         # Before the base's constructor: it asks auth_headers() for every request's headers.
         self.anthropic_version = anthropic_version
@@ -436,6 +437,7 @@ class AnthropicBackend(HTTPBackend):
             concurrency_bound=concurrency_bound, connect_timeout=connect_timeout,
             first_token_timeout=first_token_timeout, chunk_timeout=chunk_timeout, total_timeout=total_timeout,
             max_retries=max_retries, rpm=rpm, tpm=tpm, ssl=ssl, metrics_url=metrics_url,
+            prefix_routing=prefix_routing,
         )  # fmt: skip
 
     def auth_headers(self, api_key: str) -> dict[str, str]:

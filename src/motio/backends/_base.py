@@ -25,7 +25,7 @@ them here with a default, and a backend that has one overrides it, so that
 nothing outside ``backends/`` asks by attribute name or by kind:
 ``remote``, ``default_concurrency``, ``response_format_style`` and ``hedging`` (class
 attributes, read before a backend is built), ``max_concurrency``, ``max_reruns``, ``recipe()``,
-``endpoint_snapshot()``, ``adaptive_concurrency``, ``check_each()``, and for
+``endpoint_snapshot()``, ``adaptive_concurrency``, ``prefix_routing``, ``check_each()``, and for
 Ray workers ``limits_to_share()`` (what the driver's backend gives) and
 ``share_limits()`` (what each worker's copy takes).
 """
@@ -167,6 +167,17 @@ class Backend(abc.ABC):
         """Per server: requests in flight, limit, rotation, generations served
         (a read-only copy). Empty here: a backend without servers."""
         return []
+
+    @property
+    def prefix_routing(self) -> bool:
+        """Whether prompts are routed to servers by their prefix key (and a
+        batch dispatches them grouped by it); False here: no servers to choose."""
+        return False
+
+    @prefix_routing.setter
+    def prefix_routing(self, on: bool) -> None:
+        """Turn routing by prefix off (or back on, where there are servers to
+        choose among; here there are none)."""
 
     @property
     def adaptive_concurrency(self) -> AdaptiveConcurrency | None:

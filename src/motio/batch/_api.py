@@ -82,6 +82,7 @@ def run(
     reask: bool = True,
     cache: str | Path | bool | None = None,
     hedge_budget: float = DEFAULT_HEDGE_BUDGET,
+    prefix_routing: bool | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generate for every prompt; yield each result line as it finishes.
 
@@ -128,6 +129,11 @@ def run(
             again to another server and the first answer wins (the other
             is closed); at most this share of the prompts is sent twice
             (0: no racing). Raced lines carry ``"raced": true``.
+        prefix_routing: None (default): as the backend routes (given several
+            servers: prompts sharing a start go to the same server, within a
+            slack of the least loaded, and are dispatched grouped by that
+            start, read a few times the prompts in flight ahead). False:
+            neither, for this batch (on the backend, and on every Ray worker's).
 
     Raises:
         ConfigurationError: a prompt that is not one, or a bad row (raised
@@ -142,7 +148,7 @@ def run(
     dataset = _Dataset.of(template, system, id_column)
     settings = _Settings(
         prompts, backend, ray, workers, concurrency, options, output, dataset,
-        response_format, max_invalid, reask, cache, hedge_budget,
+        response_format, max_invalid, reask, cache, hedge_budget, prefix_routing,
     )  # fmt: skip
     batch = _Batch(settings)
     try:
@@ -172,6 +178,7 @@ async def arun(
     reask: bool = True,
     cache: str | Path | bool | None = None,
     hedge_budget: float = DEFAULT_HEDGE_BUDGET,
+    prefix_routing: bool | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """:func:`run` for async code: an async iterator of result lines as they finish.
 
@@ -181,7 +188,7 @@ async def arun(
     dataset = _Dataset.of(template, system, id_column)
     settings = _Settings(
         prompts, backend, ray, workers, concurrency, options, output, dataset,
-        response_format, max_invalid, reask, cache, hedge_budget,
+        response_format, max_invalid, reask, cache, hedge_budget, prefix_routing,
     )  # fmt: skip
     batch = _Batch(settings)
     try:
@@ -208,6 +215,7 @@ class _Settings:
     max_invalid: int = DEFAULT_MAX_INVALID
     reask: bool = True
     cache: str | Path | bool | None = None
+    prefix_routing: bool | None = None
     hedge_budget: float = DEFAULT_HEDGE_BUDGET
 
     def __post_init__(self) -> None:
@@ -312,6 +320,7 @@ async def _job(settings: _Settings, on_result: OnResult) -> None:
             in_flight=settings.in_flight,
             answering=answering,
             hedge_budget=settings.hedge_budget,
+            prefix_routing=settings.prefix_routing,
         )
         if settings.output is not None:
             job.open_results(settings.output)

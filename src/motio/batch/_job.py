@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._threaded import ThreadedIterator
-from ..scheduling import DEFAULT_HEDGE_BUDGET, check_hedge_budget
+from ..scheduling import DEFAULT_HEDGE_BUDGET, POOL_FACTOR, check_hedge_budget
 from ._engine import Engine
+from ._order import grouped, window_for
 from ._records import PromptRecord
 from ._results import ResultsFile, ResultsStream, ResumeState
 from ._runner import OnResult, Records, Runner
@@ -70,7 +71,9 @@ class BatchJob:
         ray: run on Ray workers; None: in this process.
         in_flight: prompts in flight in this process (the engine's tasks);
             None: enough to fill the backend's limit on every server
-            (:func:`fill`). With ``ray``, the workers' shares decide.
+            (:func:`fill`). ``POOL_FACTOR`` times that when the backend
+            routes by prefix, so that some wait for a slot and the router
+            chooses which. With ``ray``, the workers' shares decide.
         stats: the counters to add to (the command's, counted while it
             planned); None: nothing counted (a batch of millions from
             Python would otherwise keep every latency in memory).
@@ -80,6 +83,12 @@ class BatchJob:
         hedge_budget: the share of the prompts that may be sent again to
             race a straggler at the end (``_racing.py``; 0: no racing);
             with ``ray``, one budget for every worker.
+
+        prefix_routing: None: as the backend routes (``Backend.prefix_routing``:
+            on for several servers); when it routes by prefix, prompts are
+            also dispatched grouped by prefix (``_order.py``). False: off,
+            True: on (given several servers), set on the backend (and the
+            workers' copies).
 
     Raises:
         ConfigurationError: ``hedge_budget`` is not a fraction from 0 to 1.
@@ -95,7 +104,11 @@ class BatchJob:
         stats: RunStats | None = None,
         answering: Answering | None = None,
         hedge_budget: float = DEFAULT_HEDGE_BUDGET,
+        prefix_routing: bool | None = None,
     ) -> None:
+        self.prefix_routing = prefix_routing
+        self._window = 0  # records read ahead to group by prefix (0: file order)
+        self._servers: tuple[str, ...] = ()  # whose turns the groups take
         self.options, self.defaults = dict(options or {}), dict(defaults or {})
         self.hedge_budget = check_hedge_budget(hedge_budget)
         self.answering = answering
@@ -151,6 +164,8 @@ class BatchJob:
         """
         if self.stats is not None:
             self.stats.started = time.perf_counter()
+        if self.prefix_routing is not None:
+            backend.prefix_routing = self.prefix_routing
         if self.answering is not None:
             self.answering.check_backend(backend)
             if self.answering.cache is not None and backend.model is None and not checked:
@@ -159,6 +174,11 @@ class BatchJob:
                 checked = True
         if self.pool is None:
             tasks = fill(backend) if self.in_flight is None else self.in_flight
+            if backend.prefix_routing:
+                # Those waiting for a slot are what the router chooses among.
+                tasks *= POOL_FACTOR
+            self._window = window_for(tasks) if backend.prefix_routing else 0
+            self._servers = SharePlan.of(backend, 1).servers
             self.runner = Engine(
                 backend,
                 tasks=tasks,
@@ -171,6 +191,8 @@ class BatchJob:
         if backend.remote and not checked:
             await backend.check()  # fails fast, and names the model once for every worker
         self.pool.share(SharePlan.of(backend, self.pool.plan.actors))
+        self._window = window_for(fill(backend)) if backend.prefix_routing else 0
+        self._servers = self.pool.plan.servers
         self.runner = self.pool
         return self.pool
 
@@ -208,6 +230,8 @@ class BatchJob:
             raise RuntimeError("BatchJob.start(backend) must come before run()")
         state = ResumeState() if self.results is None else self.results.state
         todo = pending(records, state)
+        if self._window and not blocking:  # a pipe is sent as it arrives, never held back
+            todo = grouped(todo, self._window, self._servers)
         source: Records = ThreadedIterator(todo, asyncio.get_running_loop()) if blocking else todo
         try:
             await runner.run(source, self._deliver(runner, on_result, write_failed))

@@ -407,6 +407,7 @@ class BatchWorker:
             return
         if backend.model is None:
             backend.model = plan.model
+        backend.prefix_routing = plan.prefix_routing  # routed alike in every worker
         # The proxy has what the backend asks of a RateLimiter (rpm, tpm, acquire).
         limiter = cast(RateLimiter, _RemoteLimiter(self._coordinator, plan)) if plan.rate_limited else None
         gates: dict[str, Any] = {}

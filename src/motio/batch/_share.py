@@ -44,6 +44,8 @@ class SharePlan:
         model: the model the driver's check found, so that no worker asks
             a server for it on its first request (a server that is down
             then would fail that request instead of sending it elsewhere).
+        prefix_routing: whether the driver's backend routes by prefix key
+            (each worker's copy then does too, ranking the servers alike).
     """
 
     actors: int
@@ -54,6 +56,7 @@ class SharePlan:
     bound: int = 256
     initial: int = 16
     model: str | None = None
+    prefix_routing: bool = False
 
     @classmethod
     def of(cls, backend: Backend, actors: int) -> SharePlan:
@@ -71,6 +74,7 @@ class SharePlan:
             limits.bound,
             limits.initial,
             limits.model,
+            backend.prefix_routing,
         )
 
     @property

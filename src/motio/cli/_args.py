@@ -20,7 +20,8 @@ class BackendArgs:
     """The backend group's flags (and ``--concurrency``), resolved by ``BackendSpec.from_args``.
 
     ``base_urls``: every ``--base-url``, in order; ``concurrency``: None
-    when not given (and always for ``motio chat``, which has no such flag).
+    when not given (and always for ``motio chat``, which has no such flag);
+    ``prefix_routing``: False with ``--no-prefix-routing``.
     ``metrics_urls``: every ``--metrics-url``, in order; ``no_metrics``:
     ``--no-metrics`` (``motio run``'s only).
     """
@@ -39,6 +40,7 @@ class BackendArgs:
     total_timeout: float | None = None
     metrics_urls: tuple[str, ...] = ()
     no_metrics: bool = False
+    prefix_routing: bool = True
 
 
 @dataclass(frozen=True, slots=True)

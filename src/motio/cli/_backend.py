@@ -47,6 +47,7 @@ class BackendSpec:
     ``base_url`` is the (first) server; ``base_urls`` lists them all when
     there are several, and is empty otherwise. ``ca_bundle``: the absolute
     path of ``--ca-bundle`` (a path, so a Ray worker can rebuild it).
+    ``prefix_routing``: False with ``--no-prefix-routing``.
     """
 
     kind: str
@@ -62,6 +63,7 @@ class BackendSpec:
     base_urls: tuple[str, ...] = ()
     ca_bundle: str | None = None
     metrics: tuple[str, ...] | bool = True
+    prefix_routing: bool = True
 
     @classmethod
     def from_args(cls, args: BackendArgs) -> BackendSpec:
@@ -97,6 +99,7 @@ class BackendSpec:
             base_urls=several,
             ca_bundle=None if args.ca_bundle is None else _readable_ca_bundle(args.ca_bundle),
             metrics=_metrics_pages(args, max(1, len(urls))),
+            prefix_routing=args.prefix_routing,
         )  # fmt: skip
 
     @property
@@ -121,7 +124,8 @@ class BackendSpec:
     @property
     def in_flight(self) -> int:
         """How many prompts the run keeps in flight (the gates may admit fewer):
-        enough to fill every server's limit."""
+        enough to fill every server's limit (the batch job keeps
+        ``POOL_FACTOR`` times as many when routing by prefix)."""
         return self.per_server * self.servers
 
 
@@ -249,6 +253,8 @@ def build_backend(spec: BackendSpec) -> Backend:
             options["ssl"] = spec.ca_bundle
         if spec.metrics is not True:
             options["metrics_url"] = list(spec.metrics) if spec.metrics else False
+        if not spec.prefix_routing:
+            options["prefix_routing"] = False
         return cls(
             spec.model,
             base_url=list(spec.base_urls) if spec.base_urls else spec.base_url,

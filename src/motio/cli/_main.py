@@ -70,8 +70,12 @@ result): any other file, or the prompts file by any name, is refused and
 left untouched. OUT is created only once the backend answered.
 
 several servers (--base-url more than once, or --endpoints FILE):
-  each request goes to the server with the fewest in flight for its limit
-  (--concurrency is per server); a request that failed before any content
+  prompts that share a start (system prompt, start of the first message) go
+  to the same server, unless it has half its limit more in flight and
+  waiting than the least loaded, and are sent grouped (read a few times the
+  concurrency ahead), so that each server's prefix cache serves them;
+  --no-prefix-routing sends each request to the server with the fewest in
+  flight for its limit, in file order (--concurrency is per server); a request that failed before any content
   goes to another server; a server that stops answering leaves rotation and
   is probed until it is back. The run starts if at least one server answers
   (a warning for each that does not) and stops only when none is left.
@@ -232,6 +236,7 @@ def _backend_args(namespace: argparse.Namespace, concurrency: int | str | None) 
         total_timeout=namespace.total_timeout,
         metrics_urls=tuple(getattr(namespace, "metrics_url", None) or ()),
         no_metrics=getattr(namespace, "no_metrics", False),
+        prefix_routing=not namespace.no_prefix_routing,
     )
 
 
@@ -507,6 +512,13 @@ def _backend_options() -> argparse.ArgumentParser:
         type=_non_negative_float,
         metavar="SECONDS",
         help="fail a generation that takes longer than this, retries included (default: no limit)",
+    )
+    options.add_argument(
+        "--no-prefix-routing",
+        action="store_true",
+        help="with several servers, send each request to the least loaded and prompts in file "
+        "order (default: prompts sharing a start go to the same server, within a slack of the "
+        "least loaded, and a run sends them grouped, so that its prefix cache serves them)",
     )
     return group
 

@@ -10,6 +10,9 @@ of them; both import it.
   (``HedgeBudget``) and the pause while servers push back (``HedgePolicy``).
 - ``_race``: racing stragglers at the end of a batch: a request's kind, the
   recent p95 per kind, the budget of extra requests, the overload hold.
+- ``_prefix``: a prompt's prefix key (``prefix_key``) and the servers' ranks
+  for a key (``server_seed``, ``weight``: rendezvous hashing), for
+  prefix-aware routing over several servers, with its slacks.
 
 Both modules name the fewest samples their percentile needs
 ``MIN_SAMPLES``; here they are ``HEDGE_MIN_SAMPLES`` and ``RACE_MIN_SAMPLES``.
@@ -43,6 +46,17 @@ from ._race import (
     race_kind,
     straggler_after,
 )
+from ._prefix import (
+    KEY_CHARS,
+    KEY_SLACK,
+    POOL_FACTOR,
+    PREFIX_HOLD,
+    PREFIX_SLACK,
+    SHARE_SLACK,
+    prefix_key,
+    server_seed,
+    weight,
+)
 from ._race import MIN_SAMPLES as RACE_MIN_SAMPLES
 
 __all__ = [
@@ -52,10 +66,16 @@ __all__ = [
     "HEDGE_MIN_SAMPLES",
     "HEDGE_PERCENTILE",
     "HEDGE_RESERVE",
+    "KEY_CHARS",
+    "KEY_SLACK",
     "MIN_STRAGGLER_SECONDS",
     "OVERLOAD_HOLD",
     "OVERLOAD_PAUSE",
+    "POOL_FACTOR",
+    "PREFIX_HOLD",
+    "PREFIX_SLACK",
     "RACE_MIN_SAMPLES",
+    "SHARE_SLACK",
     "WINDOW",
     "HedgeBudget",
     "HedgePolicy",
@@ -66,7 +86,10 @@ __all__ = [
     "RecentLatency",
     "RecentPercentile",
     "check_hedge_budget",
+    "prefix_key",
     "prompt_chars",
     "race_kind",
+    "server_seed",
     "straggler_after",
+    "weight",
 ]

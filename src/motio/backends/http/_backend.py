@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from ..._exceptions import ConfigurationError, MotioError, NotFoundError
 from ..._feed import DEFAULT_CHUNK_TIMEOUT
-from ...scheduling import HedgePolicy
+from ...scheduling import HedgePolicy, prefix_key
 from .._base import (
     COMMON_OPTIONS,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
@@ -199,6 +199,14 @@ class HTTPBackend(Backend):
             every loop and thread of the process. ``tpm`` counts the prompt
             (estimated: 4 characters a token) plus ``max_tokens`` up front,
             corrected from the answer's usage.
+        prefix_routing: given several servers, send prompts that share a
+            start (system prompt, first user message: see
+            ``motio.scheduling.prefix_key``) to the same server, so that its
+            prefix cache serves them, unless that server is more than a
+            slack above the least loaded (bounded-load consistent hashing;
+            ``_endpoints.py``). None (default): on when there are several
+            servers; False: off (least loaded only). A batch also
+            dispatches prompts grouped by prefix when it is on.
 
     Raises:
         ConfigurationError: a bad limit, timeout, URL or ``ssl=``; an
@@ -236,6 +244,7 @@ class HTTPBackend(Backend):
         tpm: float | None = None,
         ssl: TLSOption = None,
         metrics_url: str | Sequence[str] | Literal[False] | None = None,
+        prefix_routing: bool | None = None,
     ) -> None:
         for timeout in (connect_timeout, first_token_timeout, chunk_timeout, total_timeout):
             check_timeout(timeout)
@@ -262,8 +271,11 @@ class HTTPBackend(Backend):
                 for server, page in zip(servers, pages, strict=True)
             ],
             self._probe,
+            hold_prefixes=True,  # the exchange reports each keyed request's first token
         )
         self._all_own_credentials = all(server.basic_auth for server in servers)
+        # Only between several servers: with one there is nothing to choose.
+        self._by_prefix = self._endpoints.several and prefix_routing is not False
         self._clients = self._endpoints.all[0].clients
         for endpoint in self._endpoints.all:
             # A backend dropped without close(): close its clients on their own
@@ -365,6 +377,8 @@ class HTTPBackend(Backend):
         exchange = Exchange(self, body, fold, request, tokens)
         if avoid:
             exchange.shun(self._servers_named(avoid))
+        if self._by_prefix:
+            exchange.route_by(prefix_key(request.messages))
         return (exchange.open_stream() if request.stream else exchange.complete()), fold
 
     def _open_hedged(
@@ -396,6 +410,16 @@ class HTTPBackend(Backend):
         if not urls:
             raise ConfigurationError("base_url: an empty list; give at least one server URL")
         return urls
+
+    @property
+    def prefix_routing(self) -> bool:
+        """Whether prompts are routed by their prefix key (several servers,
+        ``prefix_routing`` not False; see ``Backend.prefix_routing``)."""
+        return self._by_prefix
+
+    @prefix_routing.setter
+    def prefix_routing(self, on: bool) -> None:
+        self._by_prefix = self._endpoints.several and bool(on)
 
     @property
     def adaptive_concurrency(self) -> AdaptiveConcurrency | None:
@@ -502,12 +526,17 @@ class HTTPBackend(Backend):
     # -- what an Exchange asks of its backend ------------------------------------
 
     async def take_slot(
-        self, tokens: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint] = ()
+        self,
+        tokens: int,
+        avoid: Sequence[Endpoint],
+        shun: Sequence[Endpoint] = (),
+        key: int | None = None,
     ) -> tuple[Endpoint, Reservation | None]:
         """A concurrency slot on a server (not one in ``avoid`` while another
-        has room, nor one in ``shun`` while another is in rotation), then
-        the rate limiter's go."""
-        endpoint = await self._endpoints.acquire(avoid, shun)
+        has room, nor one in ``shun`` while another is in rotation; the one
+        holding prefix ``key`` within the slack, if given), then the rate
+        limiter's go."""
+        endpoint = await self._endpoints.acquire(avoid, shun, key)
         if self._limiter is None:
             return endpoint, None
         try:

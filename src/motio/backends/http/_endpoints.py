@@ -14,6 +14,30 @@ share anyway, and every prompt sent to a dead one fails).
   arrival, a burst would split evenly and wait behind the slow server while
   the fast one idles. A slower server holds its requests longer, so it is
   picked less often.
+- **Prefix-aware routing** (``HTTPBackend(prefix_routing=...)``): an
+  attempt that carries a prefix key (``motio.scheduling.prefix_key``) goes
+  to its prefix's home. A key seen for the first time is homed on the
+  server it ranks first (rendezvous hashing on the base URLs, so every
+  process agrees) unless that server homes ``KEY_SLACK`` more prefixes
+  than the mean, then on the next (bounded loads, prefixes as the balls).
+  An attempt takes its home unless the home's load is more than
+  ``PREFIX_SLACK`` above the least loaded's (then the next in its order
+  within the slack); with no room within the slack it takes the least
+  loaded with room: a free slot is never left to a key. An attempt that
+  waits is queued in the one FIFO and for its home: room freed on a server
+  goes to the earliest attempt waiting for that server; a server nobody
+  waits for takes a whole prefix (the newest waiting, and every attempt of
+  it) from a server whose pressure (in flight and waiting, per slot) is
+  more than ``PREFIX_SLACK`` above its own, or from one out of rotation;
+  else it takes the first waiter without a key, or leaves the room to the
+  next attempt that chooses it. A batch keeps ``POOL_FACTOR`` times as many
+  prompts in flight as there are slots, so that there is such a choice.
+  A prefix's further prompts are *held* for a server while its first prompt
+  there has no first token yet (``Endpoints(hold_prefixes=True)``, as the
+  HTTP backend does: its exchange calls ``warmed`` at the first token and
+  when an attempt ends): admitted together, they would all miss the cache
+  and each prefill the prefix. A hold lasts at most ``PREFIX_HOLD``
+  seconds, and a held prompt leaves room to the others.
 - **Failover**: an attempt that failed before any content reached the thunk
   (refused, reset, connect timeout; a retryable status; a 404 from a server
   started with another model) goes to another server (``_exchange.py``
@@ -60,12 +84,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
+import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ...scheduling import KEY_SLACK, PREFIX_HOLD, PREFIX_SLACK, SHARE_SLACK, server_seed, weight
 
 if TYPE_CHECKING:
     from .._errors import Where
@@ -90,6 +118,14 @@ _FAILURES_TO_LEAVE = 3
 #: of the doubling that follows each failed probe.
 _FIRST_PROBE = 0.5
 _LAST_PROBE = 15.0
+# How deep the line is searched for a waiter without a prefix key (a
+# shunning re-run) when the room freed suits no one by key.
+_SCAN = 64
+#: Attempts by prefix key a server may take over its share (``SHARE_SLACK``
+#: above the mean) before the bound applies: a small batch is not spread.
+_SHARE_FLOOR = 16
+#: Keys whose ranking of the servers is remembered (a batch's prefixes repeat).
+_RANKINGS_KEPT = 4096
 
 Probe = Callable[["Endpoint"], Coroutine[Any, Any, None]]
 Check = Probe
@@ -126,23 +162,41 @@ _ROTATING = (_IN_ROTATION, _BACK_WHILE_PROBING)
 
 class _Waiter:
     """An attempt waiting for room on any server, on its own loop; ``shunning``
-    if it may not take room on some servers (``acquire(shun=...)``)."""
+    if it may not take room on some servers (``acquire(shun=...)``);
+    ``prefers``: the server its prefix key chose, in whose queue it also waits."""
 
-    __slots__ = ("loop", "future", "woken", "shunning")
+    __slots__ = ("loop", "future", "woken", "shunning", "prefers", "key")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, shunning: bool = False) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.woken = False
         self.shunning = shunning
+        self.prefers: Endpoint | None = None
+        self.key: int | None = None
 
 
 def _wake_first(waiters: deque[_Waiter]) -> None:
     """Wake the first waiter whose loop still runs."""
     while waiters:
         waiter = waiters.popleft()
+        _leave_preferred(waiter)
         if _wake(waiter):
             return
+
+
+def _wake_first_unpreferring(waiters: deque[_Waiter]) -> bool:
+    """Wake the first waiter that chose no server (no prefix key, or
+    shunning), looking ``_SCAN`` deep past the head; whether one was woken."""
+    while waiters and waiters[0].prefers is None:  # the common case: at the head
+        if _wake(waiters.popleft()):
+            return True
+    for waiter in list(itertools.islice(waiters, _SCAN)):
+        if waiter.prefers is None:
+            waiters.remove(waiter)
+            if _wake(waiter):
+                return True
+    return False
 
 
 def _wake_first_unshunning(waiters: deque[_Waiter]) -> None:
@@ -154,8 +208,52 @@ def _wake_first_unshunning(waiters: deque[_Waiter]) -> None:
     for waiter in list(waiters):
         if not waiter.shunning:
             waiters.remove(waiter)
+            _leave_preferred(waiter)
             if _wake(waiter):
                 return
+
+
+def _leave_preferred(waiter: _Waiter) -> None:
+    """Out of its chosen server's queue, if in one (the router's lock is held)."""
+    if waiter.prefers is not None:
+        waiter.prefers.queue.remove(waiter)
+        waiter.prefers = None
+
+
+def _held(endpoint: Endpoint, key: int | None) -> bool:
+    """Whether a prompt with prefix ``key`` waits before going to ``endpoint``:
+    the first prompt of that prefix there is being prefilled (no first token
+    yet) and ``PREFIX_HOLD`` has not passed (the router's lock is held)."""
+    if key is None:
+        return False
+    due = endpoint.warming.get(key)
+    if due is None:
+        return False
+    if time.monotonic() < due:
+        return True
+    del endpoint.warming[key]  # held long enough: the prompts go in anyway
+    return False
+
+
+def _first_unheld(endpoint: Endpoint) -> _Waiter | None:
+    """The earliest waiter in ``endpoint``'s queue not held (see ``_held``)."""
+    return next((w for w in endpoint.queue if not _held(endpoint, w.key)), None)
+
+
+def _warm_up(endpoint: Endpoint, key: int) -> None:
+    """A prompt with prefix ``key`` goes to ``endpoint``: unless the prefix is
+    cached there or on its way, the next ones wait for its first token."""
+    if key not in endpoint.warm and key not in endpoint.warming:
+        endpoint.warming[key] = time.monotonic() + PREFIX_HOLD
+
+
+def _hold_left(waiter: _Waiter) -> float | None:
+    """Seconds ``waiter`` is held at most, None if it is not held."""
+    endpoint = waiter.prefers
+    if endpoint is None or not endpoint.warming:
+        return None
+    due = endpoint.warming.get(waiter.key) if waiter.key is not None else None
+    return None if due is None else max(0.0, due - time.monotonic())
 
 
 def _wake(waiter: _Waiter) -> bool:
@@ -204,7 +302,7 @@ class Endpoint:
     __slots__ = (
         "base_url", "gate", "adaptive", "clients", "in_flight", "served", "tokens",
         "failures", "health", "due", "backoff", "_where", "overloaded_at",
-        "overloads",
+        "overloads", "seed", "queue", "homes", "warming", "warm", "taken",
     )  # fmt: skip
 
     def __init__(
@@ -225,6 +323,15 @@ class Endpoint:
         self._where: Where | None = None
         # time.monotonic() of its last 429/503/529 (0.0: none): hedging pauses after one.
         self.overloaded_at = 0.0
+        self.seed = server_seed(base_url)  # its rank for a prefix key (rendezvous hashing)
+        self.queue: deque[_Waiter] = deque()  # attempts waiting that chose it by their prefix key
+        self.homes = 0  # prefix keys whose home it is
+        # Prefix keys whose first prompt here is being prefilled (until its
+        # first token, at most until this time.monotonic()), and those whose
+        # first prompt here got its first token (the prefix is in its cache).
+        self.warming: dict[int, float] = {}
+        self.warm: set[int] = set()
+        self.taken = 0  # attempts routed to it by prefix key: their share is bounded
 
     def where(self, provider: str, model: str | None) -> Where:
         """The error context for this server; one shared object while the model stays."""
@@ -239,6 +346,13 @@ class Endpoint:
         """Requests in flight per slot: what routing compares."""
         gate = self.gate
         return self.in_flight / gate.limit if gate is not None else float(self.in_flight)
+
+    def pressure(self) -> float:
+        """Requests in flight and attempts waiting for it, per slot: what
+        prefix routing bounds."""
+        gate = self.gate
+        pending = self.in_flight + len(self.queue)
+        return pending / gate.limit if gate is not None else float(pending)
 
     def snapshot(self) -> EndpointSnapshot:
         limit = None if self.gate is None else self.gate.limit
@@ -259,9 +373,12 @@ class Endpoints:
         endpoints: the servers, at least one.
         probe: ``await probe(endpoint)`` returns if the server answers and
             raises otherwise; used to bring servers back into rotation.
+        hold_prefixes: hold a prefix's further prompts for a server until its
+            first prompt there got its first token (``warmed``); only for a
+            caller that reports first tokens and ends through ``warmed``.
     """
 
-    def __init__(self, endpoints: Sequence[Endpoint], probe: Probe) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint], probe: Probe, *, hold_prefixes: bool = False) -> None:
         if not endpoints:
             raise ValueError("a backend needs at least one endpoint")
         self.all: tuple[Endpoint, ...] = tuple(endpoints)
@@ -275,10 +392,15 @@ class Endpoints:
         # attempt does not queue at one server's gate, where it would stay
         # committed to a slow server while a fast one frees slots.
         self._waiters: deque[_Waiter] = deque()
+        self._rankings: dict[int, tuple[Endpoint, ...]] = {}
+        self._homed = 0  # prefixes given a home (the sum of every server's homes)
+        self._hold = hold_prefixes
 
     # -- routing ---------------------------------------------------------------------
 
-    async def acquire(self, avoid: Sequence[Endpoint] = (), shun: Sequence[Endpoint] = ()) -> Endpoint:
+    async def acquire(
+        self, avoid: Sequence[Endpoint] = (), shun: Sequence[Endpoint] = (), key: int | None = None
+    ) -> Endpoint:
         """A slot on the server for the next attempt, held until ``release``.
 
         Args:
@@ -286,6 +408,9 @@ class Endpoints:
                 no other server in rotation has room.
             shun: servers used only when no other server is in rotation
                 (this waits for room on another instead).
+            key: the prompt's prefix key (``motio.scheduling.prefix_key``):
+                route to the server that holds its prefix, within the slack;
+                None: to the least loaded.
         """
         if not self.several:
             endpoint = self.all[0]
@@ -301,33 +426,84 @@ class Endpoints:
                     self._start_due_probes()
                 # Waiters go first: a newcomer takes a free slot only when
                 # nobody queues (a woken waiter that lost a race re-queues first).
-                chosen = None if self._waiters and waiter is None else self._take_least_loaded(avoid, shun)
+                if self._waiters and waiter is None:
+                    chosen = None
+                elif key is None:
+                    chosen = self._take_least_loaded(avoid, shun)
+                else:
+                    chosen = self._take_by_key(key, avoid, shun)
                 if chosen is not None:
                     chosen.in_flight += 1
+                    if key is not None:
+                        chosen.taken += 1
+                        if self._hold:
+                            _warm_up(chosen, key)
                     self._pass_on_room()
                     return chosen
                 if waiter is None:
                     waiter = _Waiter(asyncio.get_running_loop(), bool(shun))
-                    self._waiters.append(waiter)
-                    if self._waiters[0].shunning and not shun and self._room_anywhere():
+                    self._enqueue(waiter, key, avoid, shun)
+                    if self._waiters and self._waiters[0].shunning and not shun and self._room_anywhere():
                         # Room the shunning head of the line will not take: this one may.
                         _wake_first_unshunning(self._waiters)
                 else:  # woken, but a newcomer took the room (or it is shunned): first in line again
                     waiter = _Waiter(waiter.loop, waiter.shunning)
-                    self._waiters.appendleft(waiter)
+                    self._enqueue(waiter, key, avoid, shun, first=True)
                     if shun and self._room_anywhere():
                         _wake_first_unshunning(self._waiters)
-            await self._wait(waiter)
+                hold = _hold_left(waiter)
+            await self._wait(waiter, hold)
 
-    async def _wait(self, waiter: _Waiter) -> None:
+    def _enqueue(
+        self,
+        waiter: _Waiter,
+        key: int | None,
+        avoid: Sequence[Endpoint],
+        shun: Sequence[Endpoint],
+        *,
+        first: bool = False,
+    ) -> None:
+        """Queue ``waiter`` in the line, and for the server its key chooses if
+        it has one (the lock is held)."""
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        if key is None or waiter.shunning:
+            if any(e.warming for e in self.all) and self._room_anywhere():
+                self._pass_on_room()  # room the held waiters ahead of it leave
+            return
+        prefers = next(self._within_slack(key, avoid, shun), None)
+        if prefers is not None:
+            waiter.prefers, waiter.key = prefers, key
+            if first:
+                prefers.queue.appendleft(waiter)
+            else:
+                prefers.queue.append(waiter)
+            if prefers.gate is not None and prefers.gate.in_flight < prefers.gate.limit:
+                self._wake_for(prefers)  # room there that nobody was woken for
+
+    async def _wait(self, waiter: _Waiter, hold: float | None = None) -> None:
+        """Until ``waiter`` is woken; a held waiter (see ``_held``) at most
+        ``hold`` seconds, then it leaves the line to try again."""
         try:
-            await waiter.future
+            if hold is None:
+                await waiter.future
+                return
+            done, _ = await asyncio.wait((waiter.future,), timeout=hold)
+            if not done:
+                with self._lock:
+                    if not waiter.woken:  # the hold ran out: out of line, to try again
+                        waiter.woken = True
+                        self._waiters.remove(waiter)
+                        _leave_preferred(waiter)
         except BaseException:
             with self._lock:
                 if waiter.woken:
                     self._pass_on_room()  # the wake-up reached us as we left: hand it on
                 else:
                     self._waiters.remove(waiter)
+                    _leave_preferred(waiter)
             raise
 
     def _take_least_loaded(self, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]) -> Endpoint | None:
@@ -346,10 +522,130 @@ class Endpoints:
                 return endpoint
         return None
 
+    def _take_by_key(self, key: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]) -> Endpoint | None:
+        """Take a slot on the first server in ``key``'s order within the slack
+        that has room, else on the least loaded with room (the lock is held)."""
+        for endpoint in self._within_slack(key, avoid, shun):
+            if _held(endpoint, key):
+                return None  # its first prompt there is being prefilled: wait for it
+            if endpoint.gate is None or endpoint.gate.try_acquire():
+                return endpoint
+        # Nothing within the slack has room: a free slot elsewhere is not left idle.
+        return self._take_least_loaded(avoid, shun)
+
+    def _within_slack(
+        self, key: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]
+    ) -> Iterator[Endpoint]:
+        """The servers in rotation, in ``key``'s order, whose load is at most
+        ``PREFIX_SLACK`` above the least loaded's; not those in ``avoid``
+        nor ``shun`` (the lock is held)."""
+        candidates = [e for e in self.all if e.health in _ROTATING and e not in avoid and e not in shun]
+        if not candidates:
+            return
+        least = min(e.load() for e in candidates)
+        # Bounded loads over prompts too: a server past its share is skipped.
+        most = (1 + SHARE_SLACK) * sum(e.taken for e in candidates) / len(candidates) + _SHARE_FLOOR
+        for endpoint in self._ranking(key, candidates):
+            if endpoint in candidates and endpoint.load() - least <= PREFIX_SLACK and endpoint.taken <= most:
+                yield endpoint
+
+    def _ranking(self, key: int, candidates: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
+        """Every server, in the order ``key`` prefers them: its home first.
+
+        A key seen for the first time is given a home: its first choice by
+        rendezvous hashing unless that server's pressure (in flight and
+        waiting, per slot) is more than ``PREFIX_SLACK`` above the least
+        pressed one's, then the next within the slack. Its home stays
+        until a server with nothing to do takes its prompts (``_wake_for``).
+        """
+        ranking = self._rankings.get(key)
+        if ranking is None:
+            if len(self._rankings) >= _RANKINGS_KEPT:
+                self._rankings.clear()  # a new batch's prefixes: start again
+                self._homed = 0
+                for endpoint in self.all:
+                    endpoint.homes = 0
+            ranking = tuple(sorted(self.all, key=lambda e: weight(key, e.seed), reverse=True))
+            # Bounded loads over prefixes: at most (1 + slack) times the mean
+            # number of prefixes homed on a server.
+            self._homed += 1
+            cap = math.ceil((1 + KEY_SLACK) * self._homed / len(candidates))
+            home = next((e for e in ranking if e in candidates and e.homes < cap), ranking[0])
+            home.homes += 1
+            if home is not ranking[0]:
+                ranking = (home, *(e for e in ranking if e is not home))
+            self._rankings[key] = ranking
+        return ranking
+
+    def _settle(self, key: int, endpoint: Endpoint) -> None:
+        """``key``'s home is now ``endpoint``: its next prompts go there
+        first, so that a group moves whole (the lock is held)."""
+        ranking = self._rankings[key]
+        if ranking[0] is not endpoint:
+            ranking[0].homes -= 1
+            endpoint.homes += 1
+            self._rankings[key] = (endpoint, *(e for e in ranking if e is not endpoint))
+
+    def _move(self, key: int | None, source: Endpoint, to: Endpoint) -> None:
+        """Re-home ``key`` on ``to``, its waiters queued at ``source`` with it (the lock is held)."""
+        assert key is not None  # only waiters with a key are queued for a server
+        self._settle(key, to)
+        moving = [w for w in source.queue if w.key == key]
+        for waiter in moving:
+            source.queue.remove(waiter)
+            waiter.prefers = to
+        to.queue.extend(moving)
+
     def _pass_on_room(self) -> None:
-        """Wake the first waiter if some server may have room (the lock is held)."""
-        if self._waiters and self._room_anywhere():
-            _wake_first(self._waiters)
+        """Wake a waiter for a server that may have room: one that chose
+        that server by its key, else the first (the lock is held)."""
+        if self._waiters:
+            for endpoint in self.all:
+                if (endpoint.gate is None or endpoint.gate.in_flight < endpoint.gate.limit) and self._wake_for(
+                    endpoint
+                ):
+                    return
+
+    def _wake_for(self, endpoint: Endpoint) -> bool:
+        """Wake the earliest waiter that chose ``endpoint``; else move a prefix
+        here from a server whose queue is past the slack; else the first in
+        line that chose no server. False if nobody was woken (the lock is held).
+
+        Room left to nobody is taken by the next prompt that chooses this
+        server, or at its next release: a prefix moved to a server that
+        does not hold it costs its prefill there and evicts another.
+        """
+        queue = endpoint.queue
+        while queue:
+            waiter = queue[0] if not endpoint.warming else _first_unheld(endpoint)
+            if waiter is None:
+                break  # every prompt waiting for it waits for its prefix's first prompt there
+            queue.remove(waiter)
+            waiter.prefers = None
+            self._waiters.remove(waiter)
+            if _wake(waiter):
+                return True
+        source = self._source_for(endpoint)
+        if source is not None:
+            # Its newest waiter's prefix (likely not started there) moves
+            # here with every prompt of it waiting there: the group moves whole.
+            self._move(source.queue[-1].key, source, endpoint)
+            return self._wake_for(endpoint)
+        return _wake_first_unpreferring(self._waiters)
+
+    def _source_for(self, idle: Endpoint) -> Endpoint | None:
+        """Whose waiters ``idle`` may take: a server that cannot serve its
+        queue (out of rotation, or nothing in flight whose end would wake
+        it), else the longest queue if more than the slack above ``idle``'s
+        pressure; None to leave the room."""
+        queued = [e for e in self.all if e.queue and e is not idle]
+        if not queued:
+            return None
+        stuck = next((e for e in queued if e.health not in _ROTATING or e.in_flight == 0), None)
+        if stuck is not None:
+            return stuck
+        longest = max(queued, key=lambda e: len(e.queue))
+        return longest if longest.pressure() - idle.pressure() > PREFIX_SLACK else None
 
     def _room_anywhere(self) -> bool:
         return any(e.gate is None or e.gate.in_flight < e.gate.limit for e in self.all)
@@ -365,7 +661,28 @@ class Endpoints:
                 if isinstance(tokens, int):
                     endpoint.tokens += tokens
             if self._waiters:
-                _wake_first(self._waiters)
+                self._wake_for(endpoint)
+
+    def warmed(self, endpoint: Endpoint, key: int, *, cached: bool) -> None:
+        """The first prompt with prefix ``key`` on ``endpoint`` got its first
+        token (``cached``: the server holds the prefix now) or ended without
+        one: the prompts of that prefix held for it may go there."""
+        if key not in endpoint.warming:
+            return  # the common case: not the first of its prefix there
+        with self._lock:
+            if endpoint.warming.pop(key, None) is None:
+                return
+            if cached:
+                if len(endpoint.warm) >= _RANKINGS_KEPT:
+                    endpoint.warm.clear()
+                endpoint.warm.add(key)
+            gate = endpoint.gate
+            room = len(endpoint.queue) if gate is None else gate.limit - gate.in_flight
+            for waiter in [w for w in endpoint.queue if w.key == key][: max(room, 0)]:
+                endpoint.queue.remove(waiter)
+                waiter.prefers = None
+                self._waiters.remove(waiter)
+                _wake(waiter)
 
     def can_fail_over(self, tried: Sequence[Endpoint]) -> bool:
         """Whether a server in rotation remains that this generation has not failed on."""
@@ -413,6 +730,8 @@ class Endpoints:
         if rejoining is not None:
             self._become(endpoint, rejoining)
             self._out -= 1
+            # Its share counts from now: not a flood to catch up on what it missed.
+            endpoint.taken = max(endpoint.taken, max(e.taken for e in self.all) - _SHARE_FLOOR)
         endpoint.backoff = _FIRST_PROBE
 
     @staticmethod

@@ -183,9 +183,9 @@ class Host(Protocol):
         """The servers, their health and routing."""
 
     async def take_slot(
-        self, tokens: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]
+        self, tokens: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint], key: int | None
     ) -> tuple[Endpoint, Reservation | None]:
-        """A concurrency slot on a server, then the rate limiter's go."""
+        """A concurrency slot on a server (by prefix ``key``, if not None), then the rate limiter's go."""
 
     def give_slot(
         self,
@@ -259,7 +259,7 @@ class Exchange:
 
     __slots__ = (
         "_host", "_body", "_fold", "_deadlines", "_tokens", "attempts",
-        "_endpoint", "_tried", "_failovers", "_shun",
+        "_endpoint", "_tried", "_failovers", "_shun", "_key",
     )  # fmt: skip
 
     def __init__(
@@ -280,11 +280,17 @@ class Exchange:
         self._tried: list[Endpoint] = _NONE_TRIED  # servers this generation failed on
         self._failovers = 0  # attempts sent to another server outside the retry budget
         self._shun: list[Endpoint] = _NONE_TRIED  # servers to take only when no other is in rotation
+        self._key: int | None = None  # the prompt's prefix key, when routing by prefix
 
     def shun(self, servers: list[Endpoint]) -> None:
         """Send every attempt to another server than ``servers`` while one is
         in rotation, waiting for its room if need be (``avoid_servers=``)."""
         self._shun = servers or _NONE_TRIED
+
+    def route_by(self, key: int) -> None:
+        """Send every attempt to the server that holds this prefix key, within
+        the router's slack (``HTTPBackend(prefix_routing=...)``)."""
+        self._key = key
 
     # -- the two entry points: the thunk's opener coroutine --------------------
 
@@ -365,7 +371,7 @@ class Exchange:
         """A server's slot and the rate-limit place, the wait recorded in ``queued_ms``."""
         loop = asyncio.get_running_loop()
         waited = loop.time()
-        endpoint, reservation = await self._host.take_slot(self._tokens, self._tried, self._shun)
+        endpoint, reservation = await self._host.take_slot(self._tokens, self._tried, self._shun, self._key)
         self._endpoint = endpoint
         meta = self._fold.meta
         meta.queued_ms = (meta.queued_ms or 0.0) + (loop.time() - waited) * 1000.0
@@ -431,6 +437,8 @@ class Exchange:
             raise
         if endpoint.adaptive is not None:
             endpoint.adaptive.record_first_token(asyncio.get_running_loop().time() - started)
+        if self._key is not None:  # its prefix is in that server's cache now: release the prompts held for it
+            host.router.warmed(endpoint, self._key, cached=True)
         return held, result
 
     def _release(self, held: _Held, *, settle: bool = False, keep_connection: bool = False) -> None:
@@ -447,6 +455,8 @@ class Exchange:
                 held.response.close()
         if held.entry is not None:
             held.entry.release()
+        if self._key is not None:  # ended before its first token, maybe: release the prompts held for it
+            self._host.router.warmed(held.endpoint, self._key, cached=False)
         self._host.give_slot(
             held.endpoint, held.reservation, self._fold.meta.usage if settle else None, settle
         )
