@@ -215,8 +215,8 @@ class _Settings:
     max_invalid: int = DEFAULT_MAX_INVALID
     reask: bool = True
     cache: str | Path | bool | None = None
-    prefix_routing: bool | None = None
     hedge_budget: float = DEFAULT_HEDGE_BUDGET
+    prefix_routing: bool | None = None
 
     def __post_init__(self) -> None:
         check_hedge_budget(self.hedge_budget)  # before anything is sent

@@ -123,9 +123,9 @@ class _Leg:
         return self._backend.router
 
     async def take_slot(
-        self, tokens: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint]
+        self, tokens: int, avoid: Sequence[Endpoint], shun: Sequence[Endpoint], key: int | None = None
     ) -> tuple[Endpoint, Reservation | None]:
-        endpoint, reservation = await self._backend.take_slot(tokens, avoid, shun)
+        endpoint, reservation = await self._backend.take_slot(tokens, avoid, shun, key)
         self.server = endpoint
         return endpoint, reservation
 
