@@ -21,9 +21,11 @@ share anyway, and every prompt sent to a dead one fails).
   process agrees) unless that server homes ``KEY_SLACK`` more prefixes
   than the mean, then on the next (bounded loads, prefixes as the balls).
   An attempt takes its home unless the home's load is more than
-  ``PREFIX_SLACK`` above the least loaded's (then the next in its order
-  within the slack); with no room within the slack it takes the least
-  loaded with room: a free slot is never left to a key. An attempt that
+  ``PREFIX_SLACK`` above the least loaded's or has taken ``SHARE_SLACK``
+  more keyed attempts than the mean (then the next in its order within
+  both); with no room within the slack it takes the least
+  loaded with room: a free slot is never left to a key (but see holds
+  below). An attempt that
   waits is queued in the one FIFO and for its home: room freed on a server
   goes to the earliest attempt waiting for that server; a server nobody
   waits for takes a whole prefix (the newest waiting, and every attempt of
