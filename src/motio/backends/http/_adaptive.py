@@ -72,10 +72,19 @@ the server's counts when it publishes them, refusals, first-token latency.
     busy waits a generation) with the median above ``_AT_BASELINE`` x its
     baseline, is a queue: the limit drops by E (at least
     one, at most half), and climbs back a sixteenth a calm round to just
-    below where the queue showed (so a cut that noise made is undone). A
-    short queue (under ``_OBVIOUS_QUEUE`` of the limit) is cut only
-    when two rounds in a row show it: one slow round on a busy client is
-    not a queue.
+    below where the queue showed (so a cut that noise made is undone);
+    above it a probe goes one higher every ``_PROBE_EVERY`` calm rounds,
+    and each probe that met no queue doubles the next (up to an eighth of
+    the limit). A short queue (under ``_OBVIOUS_QUEUE`` of the limit) is
+    cut only when two rounds in a row show it: one slow round on a busy
+    client is not a queue.
+  * The median misses a short queue against hard slots: requests that
+    started together end together, so of L - C too many, each round about
+    L - C wait a whole generation and the rest not at all. Once the
+    baseline was measured, a round counts its first tokens above
+    ``_LONG_WAIT`` x the baseline (median, which a dip still above the
+    slots does not move, where its tail would hide the waits): any such
+    wait is a queue of at least that many.
   * Calm (median within ``_AT_BASELINE``, or E under half a request): one
     step back up. In between the limit holds: no additive headroom while
     latency is above the baseline. (Gradient2 adds 4 a round, Envoy √L,
