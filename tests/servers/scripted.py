@@ -1711,6 +1711,11 @@ class ScriptedServer:
         while (accepting := _accept_tasks()) and asyncio.get_running_loop().time() < deadline:
             await asyncio.wait(accepting, timeout=0.05)
             self._abort_all()
+        # The last accept task's handler may not have started (nor registered
+        # its connection) yet: a few turns more, then abort what registered.
+        for _ in range(5):
+            await asyncio.sleep(0)
+        self._abort_all()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
