@@ -28,7 +28,7 @@ from motio.batch import PromptRecord, RunStats, format_summary
 from motio.batch._job import BatchJob
 from motio.scheduling import (
     RACE_MIN_SAMPLES as MIN_SAMPLES,
-    OverloadWatch,
+    overloaded_lately,
     RaceBudget,
     RecentLatency,
     check_hedge_budget,
@@ -385,13 +385,10 @@ def test_the_budget_is_a_floor_of_the_fraction_of_the_batch() -> None:
 
 
 def test_overloads_hold_racing_until_quiet() -> None:
-    watch = OverloadWatch()
-    assert watch.quiet(0, 100.0)
-    assert not watch.quiet(1, 101.0)  # a new one
-    assert not watch.quiet(1, 102.0)
-    assert watch.quiet(1, 103.5)  # none for the hold
-    late = OverloadWatch()
-    assert not late.quiet(5, 10.0)  # counted before the first look: taken as recent
+    assert not overloaded_lately([0.0, 0.0], 100.0)  # never pushed back
+    assert overloaded_lately([0.0, 101.0], 101.0)  # a new one
+    assert overloaded_lately([0.0, 101.0], 102.0)
+    assert not overloaded_lately([0.0, 101.0], 103.5)  # none for the hold
 
 
 def test_the_scheduling_package_imports_no_backend_and_no_batch() -> None:

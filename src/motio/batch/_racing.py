@@ -33,10 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..scheduling import OverloadWatch, RaceBudget, RecentLatency, prompt_chars, race_kind, straggler_after
+from ..scheduling import (
+    RaceBudget,
+    RecentLatency,
+    overloaded_lately,
+    prompt_chars,
+    race_kind,
+    straggler_after,
+)
 from ._formats import own_view
 
 if TYPE_CHECKING:
@@ -146,7 +154,6 @@ class Racing:
         self._budget = RaceBudget(fraction)
         self._take: TakeRace = take or self._take_here
         self._latency = RecentLatency()
-        self._watch = OverloadWatch()
         self._flights: set[_Flight] = set()
         self._racers: set[asyncio.Task[None]] = set()
         self._dispatched = 0
@@ -228,7 +235,7 @@ class Racing:
         """Race the stragglers a server has room for; seconds until the next look."""
         now = asyncio.get_running_loop().time()
         servers = self.backend.endpoint_snapshot()
-        if not self._watch.quiet(sum(s.overloads for s in servers), now):
+        if overloaded_lately((s.overloaded_at for s in servers), time.monotonic()):
             return _POLL
         room = _room(servers)
         if not room:

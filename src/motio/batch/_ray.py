@@ -836,4 +836,5 @@ def _added(a: EndpointSnapshot, b: EndpointSnapshot) -> EndpointSnapshot:
         a.tokens + b.tokens,
         max(a.failures, b.failures),
         a.overloads + b.overloads,
+        max(a.overloaded_at, b.overloaded_at),
     )

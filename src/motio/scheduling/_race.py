@@ -25,16 +25,18 @@ and the other request is closed (the batch layer does that). What decides
 - **Budget** (:class:`RaceBudget`): at most ``fraction`` of the batch's
   prompts (``floor``: 5% of 30 prompts is one race) are sent again; on Ray
   one budget for the whole cluster (the coordinator holds it).
-- **Overloads** (:class:`OverloadWatch`): no race while servers answer
+- **Overloads** (:func:`overloaded_lately`): no race while servers answer
   429/503/529 (a racer would only add to the queue): racing waits until
-  :data:`OVERLOAD_HOLD` seconds have passed without a new one.
+  :data:`OVERLOAD_HOLD` seconds have passed without a new one, read from
+  when each server last pushed back (``EndpointSnapshot.overloaded_at``,
+  the record ``generate(hedge=...)`` pauses on too).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._exceptions import ConfigurationError
@@ -45,11 +47,11 @@ __all__ = [
     "MIN_STRAGGLER_SECONDS",
     "OVERLOAD_HOLD",
     "WINDOW",
-    "OverloadWatch",
     "RaceBudget",
     "RaceKind",
     "RecentLatency",
     "check_hedge_budget",
+    "overloaded_lately",
     "prompt_chars",
     "race_kind",
     "straggler_after",
@@ -168,25 +170,7 @@ class RaceBudget:
         return True
 
 
-class OverloadWatch:
-    """Whether servers answered 429/503/529 lately, from a running count of such answers.
-
-    The count only grows (the servers' overload counters, summed); racing
-    is held while it grew within :data:`OVERLOAD_HOLD` seconds. Overloads
-    already counted at the first look are taken as recent: when they came
-    is not known.
-    """
-
-    __slots__ = ("_count", "_last")
-
-    def __init__(self) -> None:
-        self._count: int | None = None
-        self._last = -math.inf
-
-    def quiet(self, count: int, now: float) -> bool:
-        """True when no overload came within the hold, given the count now."""
-        seen = self._count
-        if (seen is None and count > 0) or (seen is not None and count > seen):
-            self._last = now
-        self._count = count
-        return now - self._last >= OVERLOAD_HOLD
+def overloaded_lately(last_overloads: Iterable[float], now: float) -> bool:
+    """Whether a server pushed back within :data:`OVERLOAD_HOLD` seconds of
+    ``now``, given when each last did (``time.monotonic()``; 0.0: never)."""
+    return any(last and now - last < OVERLOAD_HOLD for last in last_overloads)

@@ -285,7 +285,9 @@ class EndpointSnapshot:
         tokens: completion tokens of those answers (as their usage reported).
         failures: connection failures in a row (0 once it answers).
         overloads: congestion signals so far (429/503/529 answers, connections refused
-            while busy); a batch holds off racing while they grow.
+            while busy).
+        overloaded_at: ``time.monotonic()`` of the last of them (0.0: none);
+            hedging and a batch's racing hold off for a while after one.
     """
 
     base_url: str
@@ -296,6 +298,7 @@ class EndpointSnapshot:
     tokens: int
     failures: int
     overloads: int = 0
+    overloaded_at: float = 0.0
 
 
 class Endpoint:
@@ -323,7 +326,7 @@ class Endpoint:
         self.due = 0.0  # when out: time.monotonic() of the next probe
         self.backoff = _FIRST_PROBE
         self._where: Where | None = None
-        # time.monotonic() of its last 429/503/529 (0.0: none): hedging pauses after one.
+        # time.monotonic() of its last 429/503/529 (0.0: none): hedging and racing pause after one.
         self.overloaded_at = 0.0
         self.seed = server_seed(base_url)  # its rank for a prefix key (rendezvous hashing)
         self.queue: deque[_Waiter] = deque()  # attempts waiting that chose it by their prefix key
@@ -361,7 +364,7 @@ class Endpoint:
         in_rotation = self.health in _ROTATING
         return EndpointSnapshot(
             self.base_url, self.in_flight, limit, in_rotation, self.served, self.tokens, self.failures,
-            self.overloads,
+            self.overloads, self.overloaded_at,
         )  # fmt: skip
 
     def __repr__(self) -> str:
