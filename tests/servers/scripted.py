@@ -1695,31 +1695,7 @@ class ScriptedServer:
         await self._close_connections()
 
     async def _close_connections(self) -> None:
-        # A connection accepted just before the listener closed has a handler
-        # task that has not run yet: cancelled unstarted, it would never close
-        # its socket (a ResourceWarning in some later test). A few loop turns
-        # let each such handler start and register its connection first.
-        for _ in range(5):
-            await asyncio.sleep(0)
-        self._abort_all()
-        # Many clients at once (a Ray worker's pool): connections the kernel
-        # had already accepted are still being wrapped by asyncio's accept
-        # tasks. Cancelled there, the socket or its new transport is never
-        # closed; so wait for those tasks (bounded), aborting what they
-        # register, before cancelling the rest.
-        deadline = asyncio.get_running_loop().time() + 5.0
-        while (accepting := _accept_tasks()) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.wait(accepting, timeout=0.05)
-            self._abort_all()
-        # The last accept task's handler may not have started (nor registered
-        # its connection) yet: a few turns more, then abort what registered.
-        for _ in range(5):
-            await asyncio.sleep(0)
-        self._abort_all()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_connections(self._abort_all)
 
     def _abort_all(self) -> None:
         for conn in list(self._connections):
@@ -2019,6 +1995,37 @@ class ScriptedServer:
 def _describe(predicate: Callable[..., Any]) -> str:
     code = getattr(predicate, "__code__", None)
     return f"{predicate.__qualname__} ({code.co_filename}:{code.co_firstlineno})" if code else repr(predicate)
+
+
+async def close_connections(abort_all: Callable[[], None]) -> None:
+    """Stop a server's connections on its loop: ``abort_all`` aborts every
+    transport registered so far; then every other task is cancelled.
+
+    A connection accepted just before the listener closed has a handler
+    task that has not run yet: cancelled unstarted, it would never close
+    its socket (a ResourceWarning in some later test). A few loop turns let
+    each such handler start and register its connection first. Many clients
+    at once (a Ray worker's pool): connections the kernel had already
+    accepted are still being wrapped by asyncio's accept tasks. Cancelled
+    there, the socket or its new transport is never closed; so wait for
+    those tasks (bounded), aborting what they register, and give the last
+    one's handler a few turns too, before cancelling the rest.
+    """
+    for _ in range(5):
+        await asyncio.sleep(0)
+    abort_all()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while (accepting := _accept_tasks()) and loop.time() < deadline:
+        await asyncio.wait(accepting, timeout=0.05)
+        abort_all()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    abort_all()
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _accept_tasks() -> set[asyncio.Task[Any]]:

@@ -161,7 +161,6 @@ from typing import Any, Literal, Self
 
 from tests.servers.scripted import (
     _TOKEN,
-    _accept_tasks,
     _BadRequest,
     _Connection,
     _error_body,
@@ -171,6 +170,7 @@ from tests.servers.scripted import (
     _last_user_text,
     _Parsed,
     _text_of,
+    close_connections,
 )
 
 __all__ = ["SimOptions", "VllmSim", "main", "running_sim"]
@@ -513,25 +513,7 @@ class VllmSim:
         await self._close_connections()
 
     async def _close_connections(self) -> None:
-        # As the scripted server does: let accepted handlers register, abort
-        # every transport (those asyncio is still wrapping too), then cancel.
-        for _ in range(5):
-            await asyncio.sleep(0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        self._abort_all()
-        while (accepting := _accept_tasks()) and loop.time() < deadline:
-            await asyncio.wait(accepting, timeout=0.05)
-            self._abort_all()
-        # The last accept task's handler may not have started (nor registered
-        # its connection) yet: a few turns more, then abort what registered.
-        for _ in range(5):
-            await asyncio.sleep(0)
-        self._abort_all()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_connections(self._abort_all)  # as the scripted server stops
 
     def _abort_all(self) -> None:
         for conn in list(self._connections):
