@@ -19,6 +19,7 @@ import pytest
 from motio import ConfigurationError
 from motio.backends import OpenAIBackend
 from motio.backends.http._adaptive import AdaptiveConcurrency
+from motio.backends.http._metrics import ServerLoad
 from tests.asyncutil import run
 from tests.servers.scripted import ScriptedServer, running
 
@@ -135,6 +136,46 @@ def test_a_refused_probe_above_the_known_level_steps_back_without_halving() -> N
     assert gate.limit == 16
     gate.record_overload()  # the probe was refused: that is no news, no halving
     assert gate.limit == 15 and gate.snapshot().overloads == 2
+
+
+def _read(gate: AdaptiveConcurrency, capacity: int) -> tuple[int, int]:
+    """One reading of a single client's server with ``capacity`` slots, the limit binding."""
+    running, waiting = min(gate.limit, capacity), max(0, gate.limit - capacity)
+    gate.record_load(ServerLoad(running, waiting), ours=running + waiting)
+    return running, waiting
+
+
+def test_with_metrics_a_false_full_reading_is_left_within_a_few_readings() -> None:
+    gate = AdaptiveConcurrency(initial=8, maximum=256)
+    while gate.limit < 40:  # nothing waiting: it grows by a quarter a reading
+        _read(gate, 64)
+    level = gate.limit
+    # Requests that arrived mid-step wait for the next one although slots
+    # are free; running is the highest yet: that reading looks full.
+    gate.record_load(ServerLoad(level - 3, 3), ours=level)
+    assert gate.limit == level - 3
+    readings = 0
+    while gate.limit < 64:
+        _read(gate, 64)
+        readings += 1
+        assert readings <= 12, gate.limit  # 6 s of readings; it held the false level for 20 s before
+    for _ in range(8):
+        _read(gate, 64)
+    assert 63 <= gate.limit <= 65
+
+
+def test_with_metrics_probes_above_the_capacity_get_rarer_as_they_queue() -> None:
+    gate = AdaptiveConcurrency(initial=64, maximum=256)
+    gate.record_load(ServerLoad(64, 0), ours=64)
+    gate.record_load(ServerLoad(64, 16), ours=80)  # full at 64
+    assert gate.limit == 64
+    probes = []
+    for reading in range(400):
+        if _read(gate, 64)[1]:
+            probes.append(reading)
+    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    assert len(probes) >= 4 and all(b >= 2 * a - 1 for a, b in zip(gaps, gaps[1:], strict=False)), probes
+    assert gate.limit == 64
 
 
 def test_bad_bounds_are_configuration_errors() -> None:

@@ -24,11 +24,16 @@ the server's counts when it publishes them, refusals, first-token latency.
     queue, and together empty it) and that level is held.
   * Nothing waits and the limit binds (ours within ``slack`` of it): with a
     known capacity, grow by the free slots ``capacity - others - ours``
-    (other clients left) in one step; at the capacity hold, and probe one
-    above every ``_PROBE_EVERY x _METRICS_PROBE_FACTOR`` readings (each
-    probe queues a request for a while), doubling after each probe that
-    queued, since a server's capacity may grow (more KV cache free). Never
-    seen full, grow by ``_METRICS_GROWTH`` a reading.
+    (other clients left) in one step; at the capacity hold, and probe
+    above it after ``_PROBE_EVERY`` readings, since a server's capacity may
+    grow (more KV cache free) and a reading may have been wrong (one that
+    caught requests arriving mid-step while the server ran all it had
+    looks full). A probe that queued settles back at the capacity and
+    doubles the readings before the next (each probe queues a request for
+    a reading or two); a probe the server ran with nothing waiting proves
+    the capacity was higher: the next comes one reading later and goes
+    twice as far (up to an eighth of the limit). Never seen full, grow by
+    ``_METRICS_GROWTH`` a reading.
   * Slow start's latency rounds (below) still grow the limit, faster than
     readings come, but never past one growth step above the most a reading
     showed running with nothing waiting, and cut nothing: the next reading
@@ -169,8 +174,6 @@ _BASELINE_SPAN = (0.8, 1.25)
 _MEASURE_DIP = 1 / 8
 #: Growth per reading while a server that publishes its counts was never seen full.
 _METRICS_GROWTH = 1.25
-#: Readings at a known capacity between probes above it, per ``_PROBE_EVERY`` rounds.
-_METRICS_PROBE_FACTOR = 10
 #: Readings whose running counts tell a full server from one still filling.
 _RUNNING_READINGS = 8
 #: Seconds over which throughput is counted (first tokens arrive in bursts).
@@ -380,15 +383,20 @@ class AdaptiveConcurrency(Gate):
         if not binding:
             return  # a limit that does not bind teaches nothing about more
         if self._capacity is not None:
-            self._capacity = max(self._capacity, running)
-            free = self._capacity - max(0.0, total - ours) - ours
+            free = max(self._capacity, running) - max(0.0, total - ours) - ours
             if free >= 1:  # slots other clients left, or never filled
                 self._ceiling = max(self._ceiling or 0.0, self._limit + math.floor(free) + 1)
                 self._jump_back = True
-            # Readings come every half second: probe above a known capacity
-            # far more rarely than latency rounds do (each probe queues one
-            # request, which delays every next one a little while it lasts).
-            self._limit = min(float(self.maximum), self._grown(_METRICS_PROBE_FACTOR))
+            # A reading a probe above the capacity made with nothing waiting
+            # says the capacity was too low (a request that arrived mid-step
+            # looked queued, or the server grew): the next probe comes after
+            # one more reading, twice as far (``_grown``), so a false level is
+            # left in a few seconds. A probe that queued doubles the wait
+            # before the next instead (``_probe_every``).
+            if running > self._capacity and waiting < 1:
+                self._good_rounds = max(self._good_rounds, self._probe_every - 1)
+            self._capacity = max(self._capacity, running)
+            self._limit = min(float(self.maximum), self._grown())
         elif self._ceiling is not None and not self._slow_start:
             self._limit = min(float(self.maximum), self._grown())  # the level a refusal named
         elif waiting < 1:
@@ -400,6 +408,7 @@ class AdaptiveConcurrency(Gate):
         """``level`` is where the server runs full with nothing waiting: go there, and come back to it."""
         self._ceiling = level + 1
         self._limit = level
+        self._probe_step = 1.0
         self._jump_back = True
         self._slow_start = False
         self._good_rounds = 0
@@ -537,7 +546,7 @@ class AdaptiveConcurrency(Gate):
         self._skip_older()
         self._good_rounds = 0
 
-    def _grown(self, slower: int = 1) -> float:
+    def _grown(self) -> float:
         if self._slow_start:
             return self._limit * _SLOW_START_GROWTH
         below = None if self._ceiling is None else self._ceiling - 1
@@ -552,15 +561,16 @@ class AdaptiveConcurrency(Gate):
             step = min((below - self._limit) / 2, self._limit * _AFTER_SLOW_START_GROWTH)
             return self._limit + max(1.0, step)
         self._good_rounds += 1
-        if self._good_rounds < self._probe_every * slower:
+        if self._good_rounds < self._probe_every:
             return self._limit
         self._good_rounds = 0
         # Each probe that found no queue doubles the next (up to an eighth
         # of the limit): a cut that noise made, or a server that grew, is
         # climbed back in a few probes, not one request per probe.
-        # (Not above a level a refusal named, nor with the server's counts:
-        # there the level is known, and a probe costs refused requests.)
-        step = self._probe_step if self._latency_level and not self.reads_metrics else 1.0
+        # (Not above a level a refusal named: there a probe costs refused
+        # requests. With the server's counts a probe that queued is seen at
+        # the next reading, and settles back at the capacity.)
+        step = self._probe_step if self._latency_level or self.reads_metrics else 1.0
         self._probe_step = min(step * 2, max(1.0, self._limit / 8))
         return self._limit + step
 
