@@ -45,5 +45,8 @@ def test_groups_stay_on_their_server_across_two_workers(tmp_path: Path, ray_addr
     on_its_server = sum(max(counts.values()) for counts in by_group.values())
     # Both workers send a prefix to the server its key ranks (rendezvous on
     # the same base URLs), so a group shared by the two lands on one server.
-    assert on_its_server >= 0.6 * len(rows), on_its_server
+    # Measured over 4 runs each (the ports, so the ranking, change every
+    # run): 171-233 of 320 routed, 108-118 with prefix_routing=False (each
+    # group scattered over the 4 servers). Between the two, clear of both.
+    assert on_its_server >= 0.45 * len(rows), on_its_server
     assert all(s["served"] > 0 for s in stats)

@@ -27,7 +27,7 @@ The shape, and why:
   worker said it started it (the first object its stream sends). A send
   that failed before that (the worker was dead or restarting) is no loss:
   the shard goes back to the queue for any live worker, and the dead
-  worker's feeders wait, bounded, until it answers again before sending it
+  worker's feeder waits, bounded, until it answers again before sending it
   more. Otherwise one death would be counted again for every shard sent to
   the worker while Ray restarts it.
 - **Limits are the cluster's:** one coordinator actor holds the rate
@@ -85,7 +85,9 @@ __all__ = [
 
 #: How often a prompt may be in flight on a worker that died before it is recorded as failed.
 MAX_LOSSES = 3
-#: Shards in flight per worker: one running, the next ones already there.
+#: Prompts on a worker at once, in shards: one running, the next ones
+#: already there. Counted in prompts, not shards: a shard whose last
+#: prompts straggle holds only their places (see ``RayPool._feed``).
 _SHARDS_AHEAD = 3
 #: How often a worker sends back what finished.
 _FLUSH_SECONDS = 0.05
@@ -474,7 +476,7 @@ def _whole_run_failure(work: asyncio.Future[None]) -> str | None:
 
 
 class _Actor:
-    __slots__ = ("dead", "gone", "handle", "loads", "revival")
+    __slots__ = ("dead", "down", "freed", "gone", "handle", "loads", "outstanding", "revival")
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -483,9 +485,23 @@ class _Actor:
         # at zero in flight, so that what it served still counts.
         self.loads: dict[int, list[EndpointSnapshot]] = {}
         self.dead: set[int] = set()
-        # After a death: one probe shared by the worker's feeders; True when it answers.
+        # After a death: one probe, shared while it runs; True when it answers.
         self.revival: asyncio.Task[bool] | None = None
         self.gone = False  # did not come back within _REVIVE_TIMEOUT: fed no more
+        self.down = False  # a shard of it died since it last answered: revive before feeding
+        self.outstanding = 0  # prompts sent to it and not answered yet
+        self.freed = asyncio.Event()  # some of them were answered (or went back to the queue)
+
+    def free(self, prompts: int) -> None:
+        if prompts:
+            self.outstanding -= prompts
+            self.freed.set()
+
+    async def room_for(self, prompts: int, most: int) -> None:
+        """Until ``prompts`` more keep this worker within ``most`` outstanding."""
+        while self.outstanding and self.outstanding + prompts > most:
+            self.freed.clear()
+            await self.freed.wait()
 
     def report(self, pid: int, loads: list[EndpointSnapshot]) -> None:
         if pid not in self.dead:  # a late report of a dead one is not in flight any more
@@ -611,8 +627,7 @@ class RayPool:
                 else:
                     self._source = records
                 for actor in self._actors:
-                    for _ in range(_SHARDS_AHEAD):
-                        group.create_task(self._feed(actor, on_result))
+                    group.create_task(self._feed(actor, on_result, group))
         except* Exception as failed:
             raise failed.exceptions[0] from None
         finally:
@@ -631,8 +646,23 @@ class RayPool:
 
     # -- feeding ------------------------------------------------------------------------
 
-    async def _feed(self, actor: _Actor, on_result: OnResult) -> None:
+    async def _feed(self, actor: _Actor, on_result: OnResult, group: asyncio.TaskGroup) -> None:
+        """Keep ``actor`` fed: a shard more whenever its unanswered prompts
+        leave room for one within ``_SHARDS_AHEAD`` shards' worth.
+
+        Counted in prompts, not shards: a shard returns only when its last
+        prompt is answered, so a few stragglers (a hung request, a long
+        generation) each pinned a whole shard's place. Enough of them and
+        no shard was sent any more, and the batch never reached its end
+        (where racing would have raced them).
+        """
+        most = self.shard_size * _SHARDS_AHEAD
         while True:
+            if actor.down and not await self._revived(actor):
+                return
+            await actor.room_for(self.shard_size, most)
+            if actor.down:
+                continue  # it died while this waited: revive it first
             shard = await self._take()
             if shard is None:
                 await self._announce_drained()
@@ -645,14 +675,19 @@ class RayPool:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            actor.outstanding += len(shard)
             self._running += 1
-            try:
-                answered = await self._run_shard(actor, shard, on_result)
-            finally:
-                self._running -= 1
-                self._changed.set()
-            if not answered and not await self._revived(actor):
-                return
+            group.create_task(self._shard(actor, shard, on_result))
+
+    async def _shard(self, actor: _Actor, shard: list[PromptRecord], on_result: OnResult) -> None:
+        try:
+            answered = await self._run_shard(actor, shard, on_result)
+        finally:
+            self._running -= 1
+            self._changed.set()
+        if not answered:
+            actor.down = True  # its feeder waits until it answers again
+            actor.freed.set()
 
     async def _revived(self, actor: _Actor) -> bool:
         """After ``actor`` died: wait until it answers again (Ray restarts it).
@@ -678,6 +713,7 @@ class RayPool:
         if self._finished.is_set():
             return False
         if actor.revival.result():
+            actor.down = False
             return True
         actor.gone = True
         if all(w.gone for w in self._actors):
@@ -757,10 +793,12 @@ class RayPool:
                 batch, loads = item
                 if pid is not None:  # always: the worker sends _STARTED first
                     actor.report(pid, loads)
+                left = len(waiting)
                 for key, result, attempts in batch:
                     if waiting.pop(key, None) is not None and key not in self._delivered:
                         self._delivered.add(key)
                         on_result(result, attempts)
+                actor.free(left - len(waiting))
             ended = True
         except RayActorError:  # ActorUnavailableError too: what a dying worker's streams raise
             if pid is not None:
@@ -770,6 +808,7 @@ class RayPool:
         except RayTaskError as exc:
             raise MotioError(f"a worker failed: {_first_line(exc)}") from exc
         finally:
+            actor.free(len(waiting))  # answered elsewhere, or queued again
             if not ended:  # cancelled, or failed: stop what the worker still runs of it
                 with contextlib.suppress(Exception):
                     ray.cancel(stream)
