@@ -279,3 +279,27 @@ def test_sigterm_of_motio_chat_mid_answer_is_exit_143_and_the_stream_is_dropped(
     assert code == 143, err
     assert_clean(err)
     assert out.rstrip("\n") in ("", "echo:", "echo: hello")  # what had arrived when it stopped
+
+
+_KEPT = """
+import os, signal
+from motio.cli import _signals
+_signals.take_sigterm()
+try:
+    with _signals.keep_sigterm():
+        # What Ray's C++ core does as it connects: a handler of its own for
+        # SIGTERM (absl's aborts), until its Python handlers replace it.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("held", flush=True)
+except KeyboardInterrupt:
+    print("stopped", _signals.stop_status(), flush=True)
+"""
+
+
+def test_a_sigterm_while_a_join_replaces_the_handler_waits_for_ours() -> None:
+    done = subprocess.run([sys.executable, "-c", _KEPT], capture_output=True, text=True, timeout=30)
+    # Not killed by the handler in place when it came (-15, or -6 from
+    # absl's): held, then taken by ours once it is back, as the command's stop.
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.split("\n")[:2] == ["held", "stopped ('terminated', 143)"], done.stdout

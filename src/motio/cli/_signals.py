@@ -116,10 +116,17 @@ class keep_sigterm:  # noqa: N801 (a context manager, named as one)
     ``ray.init`` does: its handlers end the process with ``sys.exit`` (after
     stopping the local instance it was starting, if any). A SIGTERM in that
     window is taken as ours: ``KeyboardInterrupt``, the command's stop.
+
+    SIGTERM is blocked in this thread meanwhile, and let through once ours
+    is back: Ray's C++ core installs a crash handler for it (absl's, which
+    aborts: exit -6, not 143) before its Python handlers replace it, and a
+    SIGTERM in between killed the process. The threads Ray starts inside
+    inherit the block, so a SIGTERM waits for this thread, and is not lost.
     """
 
     def __enter__(self) -> None:
         self._ours = signal.getsignal(signal.SIGTERM)
+        self._blocked = _block_sigterm(True)
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
@@ -127,10 +134,24 @@ class keep_sigterm:  # noqa: N801 (a context manager, named as one)
         replaced = signal.getsignal(signal.SIGTERM) is not self._ours
         if self._ours is not None and replaced:
             signal.signal(signal.SIGTERM, self._ours)
+        if self._blocked:
+            _block_sigterm(False)  # one that came meanwhile reaches our handler here
         if kind is not None and issubclass(kind, SystemExit) and replaced:
             # A SystemExit from inside can only be the replacing handler's.
             _State.received = True
             raise KeyboardInterrupt from None
+
+
+def _block_sigterm(block: bool) -> bool:
+    """Block (or let through) SIGTERM alone in the main thread. Blocking
+    returns whether it is ours to let through (False: it cannot be blocked
+    here, or it already was)."""
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return False
+    before = signal.pthread_sigmask(signal.SIG_BLOCK if block else signal.SIG_UNBLOCK, {signal.SIGTERM})
+    return signal.SIGTERM not in before
 
 
 def hold(held: bool) -> None:
