@@ -142,21 +142,23 @@ class keep_sigterm:  # noqa: N801 (a context manager, named as one)
             raise KeyboardInterrupt from None
 
 
+def hold(held: bool) -> None:
+    """Block (or let through) SIGINT and SIGTERM in this thread; a blocked one waits, it is not lost."""
+    _mask(held, _STOP_SIGNALS)
+
+
 def _block_sigterm(block: bool) -> bool:
-    """Block (or let through) SIGTERM alone in the main thread. Blocking
-    returns whether it is ours to let through (False: it cannot be blocked
-    here, or it already was)."""
+    """Block (or let through) SIGTERM alone. Blocking returns whether it is
+    ours to let through (False: it cannot be blocked here, or it already was)."""
+    before = _mask(block, {signal.SIGTERM})
+    return before is not None and signal.SIGTERM not in before
+
+
+def _mask(block: bool, signals: set[signal.Signals]) -> set[int | signal.Signals] | None:
+    """Block (or unblock) ``signals`` in the main thread; the mask before,
+    or None where there is no per-thread mask or this is another thread."""
     import threading
 
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return False
-    before = signal.pthread_sigmask(signal.SIG_BLOCK if block else signal.SIG_UNBLOCK, {signal.SIGTERM})
-    return signal.SIGTERM not in before
-
-
-def hold(held: bool) -> None:
-    """Block (or let through) SIGINT and SIGTERM in this thread; a blocked one waits, it is not lost."""
-    import threading
-
-    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
-        signal.pthread_sigmask(signal.SIG_BLOCK if held else signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK if block else signal.SIG_UNBLOCK, signals)
