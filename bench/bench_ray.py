@@ -13,7 +13,11 @@ the two servers' own CPU: it counts the driver, the workers and Ray's own
 processes (raylet, GCS), and whatever else the machine ran meanwhile, so
 read it next to the load average printed first.
 
-    python bench/bench_ray.py [--prompts 20000] [--max-tokens 20] [--concurrency 128] [--workers 2]
+    python bench/bench_ray.py [--prompts 20000] [--max-tokens 20] [--concurrency 128|auto] [--workers 2]
+
+With ``--concurrency auto`` both runs find the limit themselves: one
+process with its own controllers, the Ray workers with the coordinator's
+(fed their first-token times in batches, a tenth of a second at a time).
 """
 
 from __future__ import annotations
@@ -56,11 +60,19 @@ def timed(argv: list[str], servers: list[int]) -> tuple[float, float, float, str
     return wall, client, driver, text
 
 
+def _concurrency(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"a positive number or auto, not {text!r}")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=20_000)
     parser.add_argument("--max-tokens", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=128, help="per server, for the whole run")
+    parser.add_argument(
+        "--concurrency", type=_concurrency, default="128", help="per server, for the whole run: a number or auto"
+    )
     parser.add_argument("--workers", type=int, default=2)
     opts = parser.parse_args()
     import ray

@@ -104,17 +104,52 @@ def test_the_coordinator_sets_one_limit_from_every_workers_signals() -> None:
     for gate in gates:
         for _ in range(8):
             gate.record_first_token(0.01)
-    limits = coordinator.report(1, {"http://s/v1": gates[0].drain()})
-    limits = coordinator.report(2, {"http://s/v1": gates[1].drain()})
-    assert limits["http://s/v1"] > 8
+    coordinator.report(1, {"http://s/v1": gates[0].drain()})
+    limit, epoch = coordinator.report(2, {"http://s/v1": gates[1].drain()})["http://s/v1"]
+    assert limit > 8 and epoch >= 1
     for gate in gates:
-        gate.set_limit(plan.share(limits["http://s/v1"]))
-    assert gates[0].limit == gates[1].limit == limits["http://s/v1"] // 2
+        gate.set_limit(plan.share(limit), epoch)
+    assert gates[0].limit == gates[1].limit == limit // 2
     # ...and one worker's 429 halves it for both.
     gates[0].record_overload()
-    halved = coordinator.report(1, {"http://s/v1": gates[0].drain()})["http://s/v1"]
-    assert halved == limits["http://s/v1"] // 2
+    halved, _ = coordinator.report(1, {"http://s/v1": gates[0].drain()})["http://s/v1"]
+    assert halved == limit // 2
     assert gates[1].drain() == Signals([], 0, 0)
+
+
+def test_a_sample_carries_the_epoch_its_request_was_sent_in() -> None:
+    gate = SharedGate(4, 64)
+    gate.set_limit(4, 3)
+    gate.record_first_token(3600.0)  # sent an hour ago: before epoch 3 was applied
+    gate.record_first_token(0.0)  # sent now
+    (old, old_epoch, _), (new, new_epoch, age) = gate.drain().first_tokens
+    assert (old, old_epoch) == (3600.0, 0) and (new, new_epoch) == (0.0, 3)
+    assert 0.0 <= age < 60.0
+
+
+def test_a_reports_samples_sent_before_a_cut_do_not_cut_again() -> None:
+    """A report brings a tenth of a second's samples at once. Those sent at
+    the old limit still show its queue; judged as new, each round of them
+    cut again, and the cluster's limit fell to 1 in one report."""
+    url = "http://s/v1"
+    coordinator = Coordinator(SharePlan(actors=2, servers=(url,), concurrency="auto", bound=256, initial=16))
+
+    def report(count: int, seconds: float, epoch: int) -> tuple[int, int]:
+        return coordinator.report(1, {url: Signals([(seconds, epoch, 0.0)] * count, 0, 8)})[url]
+
+    # Slow start on a fast server: a round (half the limit) grows the limit and starts an epoch.
+    assert report(8, 0.01, 0) == (24, 1)
+    assert report(12, 0.01, 1) == (36, 2)
+    # A queue (ten times the baseline): slow start ends with one cut.
+    cut, epoch = report(18, 0.1, 2)
+    assert cut < 36 and epoch == 3
+    # Many more requests sent before the cut, as slow: they say nothing new,
+    # nor after another worker's first sample sent at the new limit.
+    assert report(200, 0.1, 2) == (cut, 3)
+    assert report(1, 0.01, 3) == (cut, 3)
+    assert report(200, 0.1, 2) == (cut, 3)
+    # Sent after it, they are a queue at the new level.
+    assert report(200, 0.1, 3)[0] < cut
 
 
 def test_the_progress_line_lists_every_server_before_any_worker_reports(ray_address: str) -> None:

@@ -224,16 +224,19 @@ class Coordinator:
         if reservation is not None:
             reservation.settle(actual_tokens)
 
-    def report(self, worker: int, signals: dict[str, Signals]) -> dict[str, int]:
-        """Feed a worker's signals to the controllers; every server's limit now."""
+    def report(self, worker: int, signals: dict[str, Signals]) -> dict[str, tuple[int, int]]:
+        """Feed a worker's signals to the controllers; every server's limit
+        now, with its epoch (the worker tags its next samples with it)."""
         now = time.monotonic()
         for url, signal in signals.items():
             controller, held = self._controllers[url], self._held[url]
             held[worker] = (signal.in_flight, now)
             for _ in range(signal.overloads):
                 controller.record_overload()
-            for seconds in signal.first_tokens:
-                controller.record_first_token(seconds)
+            for seconds, epoch, age in signal.first_tokens:
+                # Each judged by when it came and the limit it was sent at:
+                # a report carries a tenth of a second's samples at once.
+                controller.record_first_token(seconds, epoch=epoch, age=age)
             # Every worker reads the page; the controller takes one reading
             # a scrape interval, as it would in one process.
             if signal.load is not None and now - self._read_at.get(url, -SCRAPE_INTERVAL) >= SCRAPE_INTERVAL:
@@ -241,7 +244,7 @@ class Coordinator:
                 # A worker silent for a while has died (its replacement has another id).
                 ours = sum(n for n, at in held.values() if now - at < _SILENT_WORKER)
                 controller.record_load(signal.load, ours=ours, slack=self._actors)
-        return {url: controller.limit for url, controller in self._controllers.items()}
+        return {url: (controller.limit, controller.epoch) for url, controller in self._controllers.items()}
 
     def take_race(self, allowed: int) -> bool:
         """Spend one race of the batch's budget (``allowed`` for every worker together)."""
@@ -427,8 +430,8 @@ class BatchWorker:
             signals = {url: gate.drain() for url, gate in self._gates.items()}
             with contextlib.suppress(RayActorError, ActorUnavailableError):
                 limits = await self._coordinator.report.remote(os.getpid(), signals)
-                for url, limit in limits.items():
-                    self._gates[url].set_limit(self._plan.share(limit))
+                for url, (limit, epoch) in limits.items():
+                    self._gates[url].set_limit(self._plan.share(limit), epoch)
             await asyncio.sleep(_SYNC_SECONDS)
 
     def _loads(self) -> list[EndpointSnapshot]:

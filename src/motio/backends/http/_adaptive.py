@@ -180,6 +180,9 @@ _RUNNING_READINGS = 8
 _RATE_WINDOW = 0.25
 #: Seconds after which the server's counts are too old to judge by.
 _STALE_AFTER = 2.0
+#: Epochs a shared gate remembers when it applied (a request in flight
+#: longer than the last this many changes is counted in the oldest).
+_EPOCHS_KEPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +231,7 @@ class AdaptiveConcurrency(Gate):
         self._cut_at = -math.inf
         self._skipped = 0
         self._skip_budget = 0
+        self._epoch = 0
         self._suspect = False  # the last round showed a short queue: the next decides
         self._measured = False  # the baselines come from a measured round
         self._probe_step = 1.0  # how far the next probe above the known level goes
@@ -265,8 +269,15 @@ class AdaptiveConcurrency(Gate):
 
     # -- the signals -----------------------------------------------------------------
 
-    def record_first_token(self, seconds: float) -> None:
-        """A request got its first content ``seconds`` after it was sent."""
+    def record_first_token(self, seconds: float, *, epoch: int | None = None, age: float = 0.0) -> None:
+        """A request got its first content ``seconds`` after it was sent.
+
+        From another process (a Ray worker's gate, batched): ``age``, how
+        long ago that first token came, and ``epoch``, this controller's
+        :attr:`epoch` that process had applied when it sent the request.
+        A batch of samples judged at one instant is judged by when each
+        came, and one sent before the last change is known to be old.
+        """
         if not self.adaptive:
             return
         scraper = self.scraper
@@ -275,18 +286,31 @@ class AdaptiveConcurrency(Gate):
         with self._lock:
             if not self._slow_start and self.reads_metrics:
                 return  # the server's own counts say more than latency
+            at = time.monotonic() - age
             # Slow start judges every half round: it has not found the
             # server's level yet, and every round spent low is throughput lost.
             # So does a baseline measurement, which costs throughput.
-            self._count_sample()
+            self._count_sample(at)
             short = self._slow_start or self._restore is not None
             round_size = max(_MIN_ROUND, self.limit // 2 if short else self.limit)
-            if self._skip_round and self._skipped_older(seconds, round_size):
+            if epoch is not None and epoch < self._epoch:
+                # Sent at a limit since changed: it shows that limit's queue.
+                # Exact, and however many: a worker's samples come a batch
+                # at once, and each worker applies a change when it hears of it.
+                return
+            if self._skip_round and self._skipped_older(seconds, at, round_size, epoch is not None):
                 return
             self._samples.append(seconds)
             if len(self._samples) >= round_size:
-                self._end_round()
+                self._end_round(at)
                 self._admit()
+
+    @property
+    def epoch(self) -> int:
+        """How many times the limit changed in a way that made the requests
+        in flight old (their samples are dropped): a process that sends with
+        a limit this controller set tags its samples with the epoch it had."""
+        return self._epoch
 
     def record_overload(self) -> None:
         """The server pushed back (429, 503, 529, refused under load): halve, once per round."""
@@ -329,35 +353,37 @@ class AdaptiveConcurrency(Gate):
             self._judge_load(load.running, load.waiting, held, held >= self.limit - slack)
             self._admit()
 
-    def _count_sample(self) -> None:
-        """Keep the throughput (first tokens a second) up to date (the lock is held)."""
+    def _count_sample(self, at: float) -> None:
+        """Keep the throughput (first tokens a second) up to date with a
+        first token that came at ``at`` (the lock is held)."""
         self._counted += 1
-        now = time.monotonic()
         since, counted = self._rate_mark
-        if now - since >= _RATE_WINDOW:
+        if at - since >= _RATE_WINDOW:
             # The latest window alone: a ramp's queue is sized by what the
             # server delivers now, not by an average over lower levels.
-            self._rate = (self._counted - counted) / (now - since)
-            self._rate_mark = (now, self._counted)
+            self._rate = (self._counted - counted) / (at - since)
+            self._rate_mark = (at, self._counted)
 
     def _skip_older(self) -> None:
         """After a cut (or a dip): judge only requests sent from now on (the lock is held)."""
         self._samples.clear()
         self._skip_round = True
         self._cut_at = time.monotonic()
+        self._epoch += 1
         self._skipped = 0
         # Every request in flight now was sent at the old level: a deep
         # queue drains for longer than a round.
         self._skip_budget = self._in_flight
 
-    def _skipped_older(self, seconds: float, round_size: int) -> bool:
+    def _skipped_older(self, seconds: float, at: float, round_size: int, tagged: bool) -> bool:
         """Whether a sample is dropped: its request was sent before the last
-        cut, and a round's worth has not been dropped yet (the lock is held)."""
-        if time.monotonic() - seconds < self._cut_at and self._skipped < max(round_size, self._skip_budget):
+        cut, and a round's worth has not been dropped yet (the lock is held).
+        A ``tagged`` sample (with its epoch) is of the current epoch: kept."""
+        if not tagged and at - seconds < self._cut_at and self._skipped < max(round_size, self._skip_budget):
             self._skipped += 1
             return True
         self._skip_round = False
-        self._round_started = time.monotonic()
+        self._round_started = at
         return False
 
     # -- judging by the server's counts -------------------------------------------
@@ -416,7 +442,8 @@ class AdaptiveConcurrency(Gate):
 
     # -- judging by first-token latency -------------------------------------------
 
-    def _end_round(self) -> None:
+    def _end_round(self, now: float) -> None:
+        """Judge the round's samples; ``now``: when its last first token came."""
         # On the way up a round's later requests meet the queue its growth
         # made, its first ones the room left before: a high percentile
         # shows the queue the level makes. At a steady level every new
@@ -437,7 +464,6 @@ class AdaptiveConcurrency(Gate):
         if self._measured and not self._slow_start and self._baseline is not None:
             long_wait = _LONG_WAIT * self._baseline
             long_waits = sum(1 for sample in self._samples if sample > long_wait)
-        now = time.monotonic()
         rate = self._rate or len(self._samples) / max(now - self._round_started, 1e-3)
         self._round_started = now
         self._samples.clear()
@@ -609,13 +635,16 @@ class Signals:
     """What a process's share of a server saw since it last reported.
 
     Attributes:
-        first_tokens: first-token seconds of its requests.
+        first_tokens: per request, ``(seconds, epoch, age)``: its first-token
+            seconds, the controller's epoch the process had applied when it
+            sent the request, and how many seconds ago the first token came
+            (at the call that drained it).
         overloads: refusals (429, 503, 529, refused connections under load).
         in_flight: its requests in flight now.
         load: the server's latest counts, if it read them (None: none new).
     """
 
-    first_tokens: list[float]
+    first_tokens: list[tuple[float, int, float]]
     overloads: int
     in_flight: int
     load: ServerLoad | None = None
@@ -635,16 +664,23 @@ class SharedGate(AdaptiveConcurrency):
 
     def __init__(self, share: int, maximum: int) -> None:
         super().__init__(initial=share, maximum=max(share, maximum), adaptive=False)
-        self._first_tokens: list[float] = []
+        self._first_tokens: list[tuple[float, int, float]] = []  # seconds, epoch, when it came
         self._pushed_back = 0
         self._load: ServerLoad | None = None
+        # When each of the controller's epochs was applied here, newest last:
+        # a request belongs to the epoch applied when it was sent.
+        self._epochs: deque[tuple[float, int]] = deque([(-math.inf, 0)], maxlen=_EPOCHS_KEPT)
 
-    def record_first_token(self, seconds: float) -> None:
+    def record_first_token(self, seconds: float, *, epoch: int | None = None, age: float = 0.0) -> None:
         scraper = self.scraper
         if scraper is not None:
             scraper.poke()
+        now = time.monotonic()
+        sent = now - seconds
         with self._lock:
-            self._first_tokens.append(seconds)
+            # Older than every epoch kept: the oldest (it is old either way).
+            sent_in = next((e for applied, e in reversed(self._epochs) if applied <= sent), self._epochs[0][1])
+            self._first_tokens.append((seconds, sent_in, now))
 
     def record_overload(self) -> None:
         with self._lock:
@@ -657,13 +693,17 @@ class SharedGate(AdaptiveConcurrency):
 
     def drain(self) -> Signals:
         """The signals since the last call."""
+        now = time.monotonic()
         with self._lock:
-            signals = Signals(self._first_tokens, self._pushed_back, self._in_flight, self._load)
+            first_tokens = [(seconds, epoch, now - at) for seconds, epoch, at in self._first_tokens]
+            signals = Signals(first_tokens, self._pushed_back, self._in_flight, self._load)
             self._first_tokens, self._pushed_back, self._load = [], 0, None
             return signals
 
-    def set_limit(self, limit: int) -> None:
-        """Apply a new share; waiters are let in at once if it grew."""
+    def set_limit(self, limit: int, epoch: int | None = None) -> None:
+        """Apply a new share (of the controller at ``epoch``); waiters are let in at once if it grew."""
         with self._lock:
             self._limit = float(max(1, min(limit, self.maximum)))
+            if epoch is not None and epoch != self._epochs[-1][1]:
+                self._epochs.append((time.monotonic(), epoch))
             self._admit()
