@@ -62,6 +62,10 @@ def test_3000_prompts_on_two_workers_and_two_servers(tmp_path: Path, ray_address
             "-o",
             out,
             *on_ray(ray_address, a.base_url, b.base_url),
+            # Every prompt sent once: a straggler raced at the end (on a busy
+            # machine) would be a second request (racing: test_ray_racing.py).
+            "--hedge-budget",
+            "0",
         )
         shares = len(a.chat_requests), len(b.chat_requests)
     assert done.returncode == 0, done.stderr
