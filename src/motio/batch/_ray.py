@@ -193,7 +193,10 @@ class Coordinator:
     first-token times, refusals, requests in flight and (each reading its
     server's metrics page, when it has one) the server's counts; one
     reading every ``SCRAPE_INTERVAL`` is judged, with every worker's
-    requests in flight as ours.
+    requests in flight as ours. Each first-token time comes with the
+    controller's epoch the worker had applied when it sent the request
+    (``report`` answers every limit with its epoch), so that those sent
+    before a change are dropped however late their report arrives.
     """
 
     def __init__(self, plan: SharePlan) -> None:

@@ -56,7 +56,12 @@ the server's counts when it publishes them, refusals, first-token latency.
   baseline is measured), and only of requests sent at the current limit:
   after any change, samples of requests sent before it are dropped (at
   most a round's worth, or as many as were in flight), since they report
-  the old level's queue.
+  the old level's queue. Samples from another process (a Ray worker's
+  ``SharedGate``, a batch every tenth of a second) carry the ``epoch`` of
+  the limit that process had applied when it sent the request, and how
+  long ago their first token came: every one of an older epoch is
+  dropped, and rates and rounds go by when first tokens came, not by when
+  the batch arrived (judged at one instant, a batch cut round after round).
 
   * Slow start (before the first congestion signal) multiplies the limit
     by ``_SLOW_START_GROWTH`` while the round's 90th percentile stays within
