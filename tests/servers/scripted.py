@@ -256,6 +256,7 @@ import collections
 import copy
 import dataclasses
 import http
+import inspect
 import json
 import re
 import signal
@@ -265,12 +266,11 @@ import struct
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
 
 __all__ = [
     "MAX_WAIT",
@@ -293,6 +293,7 @@ __all__ = [
     "StallBeforeHeaders",
     "Status",
     "Trickle",
+    "close_connections",
     "drop_after",
     "error_event",
     "gather",
@@ -308,6 +309,7 @@ __all__ = [
     "slow_first_token",
     "stall_after",
     "stall_before_headers",
+    "start_tracked_server",
     "status",
     "trickle",
     "trickle_chunks",
@@ -1497,7 +1499,7 @@ class ScriptedServer:
         self._gathering: list[asyncio.Future[None]] = []
         self._released: asyncio.Event | None = None  # made on the server's loop
         self._connections: set[_Connection] = set()
-        self._tls_transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self._transports: set[asyncio.Transport] = set()  # every connection's, from its first moment
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -1679,8 +1681,9 @@ class ScriptedServer:
         self._loop = asyncio.get_running_loop()
         self._loop.set_exception_handler(lambda _loop, ctx: self._note_error(str(ctx)))
         self._stopping = asyncio.Event()
-        listener = await asyncio.start_server(
+        listener = await start_tracked_server(
             self._serve_connection,
+            self._transports,
             "127.0.0.1",
             self._requested_port,
             backlog=4096,
@@ -1691,20 +1694,7 @@ class ScriptedServer:
         self._listener = listener
         self._ready.set()
         await self._stopping.wait()
-        listener.close()
-        await self._close_connections()
-
-    async def _close_connections(self) -> None:
-        await close_connections(self._abort_all)
-
-    def _abort_all(self) -> None:
-        for conn in list(self._connections):
-            conn.writer.transport.abort()
-        # Over TLS, a connection whose handler ended is closed by a TLS
-        # shutdown that waits for the client's reply: stopped meanwhile, its
-        # socket would be left open (a ResourceWarning in some later test).
-        for transport in list(self._tls_transports):
-            transport.abort()
+        await close_connections(listener, self._transports)
 
     def _crash(self) -> None:
         self._listener.close()
@@ -1742,8 +1732,6 @@ class ScriptedServer:
             self._cond.notify_all()
         conn = _Connection(cid, reader, writer)
         self._connections.add(conn)
-        if self.tls is not None:
-            self._tls_transports.add(writer.transport)
         try:
             while isinstance(request := await conn.requests.get(), _Parsed):
                 if not await self._serve_request(conn, request) or not request.keep_alive:
@@ -1997,35 +1985,101 @@ def _describe(predicate: Callable[..., Any]) -> str:
     return f"{predicate.__qualname__} ({code.co_filename}:{code.co_firstlineno})" if code else repr(predicate)
 
 
-async def close_connections(abort_all: Callable[[], None]) -> None:
-    """Stop a server's connections on its loop: ``abort_all`` aborts every
-    transport registered so far; then every other task is cancelled.
+class _TrackedProtocol(asyncio.StreamReaderProtocol):
+    """``asyncio.start_server``'s protocol, keeping its transport in a set
+    from the moment it exists until the connection is lost."""
 
-    A connection accepted just before the listener closed has a handler
-    task that has not run yet: cancelled unstarted, it would never close
-    its socket (a ResourceWarning in some later test). A few loop turns let
-    each such handler start and register its connection first. Many clients
-    at once (a Ray worker's pool): connections the kernel had already
-    accepted are still being wrapped by asyncio's accept tasks. Cancelled
-    there, the socket or its new transport is never closed; so wait for
-    those tasks (bounded), aborting what they register, and give the last
-    one's handler a few turns too, before cancelling the rest.
-    """
-    for _ in range(5):
-        await asyncio.sleep(0)
-    abort_all()
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+        transports: set[asyncio.Transport],
+    ) -> None:
+        super().__init__(reader, handler)
+        self._transports = transports
+        self._tracked: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream server's transports are full ones (socket, or TLS over one).
+        self._tracked = cast(asyncio.Transport, transport)
+        self._transports.add(self._tracked)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._tracked is not None:
+            self._transports.discard(self._tracked)
+        super().connection_lost(exc)
+
+
+async def start_tracked_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    transports: set[asyncio.Transport],
+    host: str,
+    port: int,
+    *,
+    limit: int,
+    **kwargs: Any,
+) -> asyncio.Server:
+    """``asyncio.start_server``, with every connection's transport in
+    ``transports`` until it is lost (see ``close_connections``)."""
     loop = asyncio.get_running_loop()
+
+    def factory() -> _TrackedProtocol:
+        return _TrackedProtocol(asyncio.StreamReader(limit=limit, loop=loop), handler, transports)
+
+    return await loop.create_server(factory, host, port, **kwargs)
+
+
+async def close_connections(listener: asyncio.Server, transports: set[asyncio.Transport]) -> None:
+    """Stop a server on its loop: close ``listener``, abort every transport
+    in ``transports`` (``start_tracked_server``'s), let every handler start,
+    then cancel every other task; return once every transport is lost.
+
+    - Accepting stops first, and the listener closes only once asyncio's
+      accept tasks (many clients at once: a Ray worker's pool) have made
+      their transports: Python 3.11 attaches each to its server, and one
+      made after the server closed fails half-built, its socket left open.
+    - Tracked from ``connection_made``, a connection is aborted even if its
+      handler never ran; that handler then starts, finds it closed, ends.
+    - A handler is cancelled only once it has started: cancelled before its
+      first step it would skip its own clean-up, and Python 3.11's
+      ``start_server`` reports a handler task that ended cancelled.
+    - An abort closes the socket a loop turn later: the loop turns until
+      every transport is lost (a loop that ended first left it open).
+
+    Each wait is on a state, and bounded.
+    """
+    loop = asyncio.get_running_loop()
+    for sock in listener.sockets:
+        loop.remove_reader(sock.fileno())
     deadline = loop.time() + 5.0
     while (accepting := _accept_tasks()) and loop.time() < deadline:
         await asyncio.wait(accepting, timeout=0.05)
-        abort_all()
-    for _ in range(5):
-        await asyncio.sleep(0)
-    abort_all()
+    listener.close()
+    for transport in list(transports):
+        transport.abort()
+    await _turn_until(lambda: not any(_unstarted(t) for t in asyncio.all_tasks()))
+    for transport in list(transports):
+        transport.abort()
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await _turn_until(lambda: not transports)
+
+
+async def _turn_until(done: Callable[[], bool], turns: int = 100) -> None:
+    """Let the loop turn until ``done()``, at most ``turns`` times."""
+    for _ in range(turns):
+        if done():
+            return
+        await asyncio.sleep(0)
+
+
+def _unstarted(task: asyncio.Task[Any]) -> bool:
+    """A task whose coroutine has not taken its first step yet."""
+    coro = task.get_coro()
+    return inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
 
 
 def _accept_tasks() -> set[asyncio.Task[Any]]:

@@ -7,6 +7,7 @@ client would; the shapes are also checked through the openai SDK and aiohttp.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import select
@@ -44,6 +45,7 @@ from tests.servers.scripted import (
     trickle,
     trickle_chunks,
 )
+from tests.servers.vllm_sim import VllmSim
 
 REPO = Path(__file__).resolve().parents[2]
 BOUND = 10.0  # seconds: every socket read and every wait in these tests
@@ -287,6 +289,29 @@ def test_keep_alive_serves_50_requests_on_one_connection(server: ScriptedServer,
     assert [r.index for r in records] == list(range(50)) and {r.connection for r in records} == {1}
     # Each request stopped counting before its last bytes: never two at once.
     assert server.max_in_flight == 1 and server.completed == 50
+
+
+@pytest.mark.parametrize("make", [ScriptedServer, VllmSim], ids=["scripted", "vllm_sim"])
+def test_connections_accepted_as_the_server_stops_are_all_closed(make: Any) -> None:
+    """Clients that connect while the server stops: every socket it accepted
+    is closed by stop (each client sees its end), and none is left for the
+    garbage collector (warnings are errors: an unclosed one fails here).
+    A handler that never ran used to leave its connection open."""
+    server = make().start()
+    clients = []
+    try:
+        for _ in range(200):
+            clients.append(socket.create_connection(("127.0.0.1", server.port), timeout=BOUND))
+        server.stop()
+        gc.collect()
+        for client in clients:
+            try:
+                assert client.recv(1) == b""  # the server closed its side
+            except ConnectionResetError:
+                pass  # aborted, or reset by the kernel with the listener
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_connection_close_is_honoured(server: ScriptedServer, wire: Wire) -> None:

@@ -171,6 +171,7 @@ from tests.servers.scripted import (
     _Parsed,
     _text_of,
     close_connections,
+    start_tracked_server,
 )
 
 __all__ = ["SimOptions", "VllmSim", "main", "running_sim"]
@@ -396,6 +397,7 @@ class VllmSim:
         self._random = random.Random(self.options.seed)
         self._ids = 0
         self._connections: set[_SimConnection] = set()
+        self._transports: set[asyncio.Transport] = set()  # every connection's, from its first moment
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -502,22 +504,14 @@ class VllmSim:
         loop = self._loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, ctx: self._errors.append(str(ctx)))
         self._stopping, self._wake = asyncio.Event(), asyncio.Event()
-        listener = await asyncio.start_server(self._serve_connection, "127.0.0.1", self._requested_port,
-                                              backlog=4096, limit=1 << 22)  # fmt: skip
+        listener = await start_tracked_server(self._serve_connection, self._transports, "127.0.0.1",
+                                              self._requested_port, backlog=4096, limit=1 << 22)  # fmt: skip
         self.port = listener.sockets[0].getsockname()[1]
         engine = loop.create_task(self._engine())
         self._ready.set()
         await self._stopping.wait()
-        listener.close()
         engine.cancel()
-        await self._close_connections()
-
-    async def _close_connections(self) -> None:
-        await close_connections(self._abort_all)  # as the scripted server stops
-
-    def _abort_all(self) -> None:
-        for conn in list(self._connections):
-            conn.writer.transport.abort()
+        await close_connections(listener, self._transports)  # as the scripted server stops
 
     def _bump(self, name: str, by: int = 1) -> None:
         count = self._count
